@@ -1,0 +1,296 @@
+//! Dapr's gRPC API: `dapr.proto.runtime.v1.Dapr` (served by tonic) and proxy
+//! mode, where any other gRPC call carrying `dapr-app-id` metadata is
+//! forwarded frame for frame to the target app, without decoding protobuf.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header::CONTENT_TYPE;
+use http::{HeaderMap, HeaderValue, Method, Request, Response};
+use hyper::body::Incoming;
+use skiff_proto::common::{InvokeResponse, http_extension::Verb};
+use skiff_proto::google::protobuf::Any;
+use skiff_proto::runtime::InvokeServiceRequest;
+use skiff_proto::runtime::dapr_server::{Dapr, DaprServer};
+use tonic::Code;
+use tonic::codegen::Service;
+
+use crate::body::SkiffBody;
+use crate::errors::{self, grpc_code_from_http};
+use crate::headers::{
+    self, DAPR_APP_ID, GRPC_TIMEOUT, MODE_GRPC_PROXY, SKIFF_GRPC_MESSAGE, SKIFF_GRPC_STATUS,
+    SKIFF_MODE, SKIFF_TYPE_URL, SKIFF_VERB_NONE,
+};
+use crate::invoke::target;
+use crate::runtime::Sidecar;
+
+/// The gRPC front door of one sidecar.
+#[derive(Clone)]
+pub struct GrpcApi {
+    sc: Arc<Sidecar>,
+    dapr: DaprServer<DaprApi>,
+}
+
+impl GrpcApi {
+    pub fn new(sc: Arc<Sidecar>) -> Self {
+        let limit = sc.settings.max_body_size;
+        let dapr = DaprServer::new(DaprApi { sc: sc.clone() })
+            .max_decoding_message_size(limit)
+            .max_encoding_message_size(usize::MAX);
+        Self { sc, dapr }
+    }
+
+    /// Serves one request on the gRPC API port.
+    pub async fn handle(
+        mut self,
+        req: Request<Incoming>,
+    ) -> Result<Response<SkiffBody>, Infallible> {
+        if !super::token_ok(self.sc.settings.api_token.as_deref(), req.headers()) {
+            return Ok(errors::grpc_error(
+                Code::Unauthenticated,
+                "invalid api token",
+            ));
+        }
+        let is_dapr_api = req
+            .uri()
+            .path()
+            .starts_with(skiff_proto::paths::DAPR_SERVICE_PREFIX);
+        if !is_dapr_api && req.headers().contains_key(&DAPR_APP_ID) {
+            return Ok(proxy(&self.sc, req).await);
+        }
+        match self.dapr.call(req).await {
+            Ok(resp) => Ok(resp.map(SkiffBody::Grpc)),
+            Err(never) => match never {},
+        }
+    }
+}
+
+/// Forwards a gRPC call to the app named by `dapr-app-id`. Bodies and
+/// trailers stream both ways, so every call shape works; the deadline
+/// travels in `grpc-timeout` and also bounds the wait for the response head.
+async fn proxy(sc: &Sidecar, req: Request<Incoming>) -> Response<SkiffBody> {
+    let raw = req
+        .headers()
+        .get(&DAPR_APP_ID)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let target = match target::parse_app_id(raw, &sc.settings.namespace) {
+        Ok(t) => t,
+        Err(e) => return errors::grpc_error(Code::InvalidArgument, &e.to_string()),
+    };
+    let deadline = req
+        .headers()
+        .get(&GRPC_TIMEOUT)
+        .and_then(parse_grpc_timeout);
+    let (mut parts, body) = req.into_parts();
+    headers::prepare_outbound(&mut parts.headers);
+    parts
+        .headers
+        .insert(SKIFF_MODE, HeaderValue::from_static(MODE_GRPC_PROXY));
+    let out = Request::from_parts(parts, SkiffBody::Incoming(body));
+    let send = sc.outbound.send(&target, out);
+    let result = match deadline {
+        Some(d) => match tokio::time::timeout(d, send).await {
+            Ok(r) => r,
+            Err(_) => {
+                return errors::grpc_error(
+                    Code::DeadlineExceeded,
+                    "deadline exceeded waiting for the target",
+                );
+            }
+        },
+        None => send.await,
+    };
+    match result {
+        Ok(mut resp) => {
+            headers::strip_internal(resp.headers_mut());
+            resp
+        }
+        Err(e) => errors::grpc_error(
+            Code::Unavailable,
+            &format!("failed to proxy to {}: {e}", target.app_id),
+        ),
+    }
+}
+
+/// `grpc-timeout`: up to 8 digits and a unit (H, M, S, m, u, n).
+pub fn parse_grpc_timeout(v: &HeaderValue) -> Option<Duration> {
+    let s = v.to_str().ok()?;
+    if s.len() < 2 || s.len() > 9 {
+        return None;
+    }
+    let (n, unit) = s.split_at(s.len() - 1);
+    let n: u64 = n.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// The tonic implementation of `dapr.proto.runtime.v1.Dapr`.
+pub struct DaprApi {
+    sc: Arc<Sidecar>,
+}
+
+#[tonic::async_trait]
+impl Dapr for DaprApi {
+    async fn invoke_service(
+        &self,
+        request: tonic::Request<InvokeServiceRequest>,
+    ) -> Result<tonic::Response<InvokeResponse>, tonic::Status> {
+        let (metadata, _, msg) = request.into_parts();
+        let target = target::parse_app_id(&msg.id, &self.sc.settings.namespace)
+            .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
+        let inv = msg.message.ok_or_else(|| {
+            tonic::Status::invalid_argument("InvokeServiceRequest.message is required")
+        })?;
+        let ext = inv.http_extension.unwrap_or_default();
+        let verb = Verb::try_from(ext.verb).unwrap_or(Verb::None);
+        let query = (!ext.querystring.is_empty()).then_some(ext.querystring.as_str());
+        let pq = target::app_path(&inv.method, query)
+            .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
+
+        let (type_url, data) = inv.data.map(|a| (a.type_url, a.value)).unwrap_or_default();
+        let mut req = Request::new(SkiffBody::full(data));
+        *req.uri_mut() = pq.into();
+        *req.method_mut() = method_of(verb);
+        *req.headers_mut() = forwarded_metadata(metadata.into_headers());
+        let h = req.headers_mut();
+        headers::prepare_outbound(h);
+        if verb == Verb::None {
+            h.insert(SKIFF_VERB_NONE, HeaderValue::from_static("1"));
+        }
+        if let Ok(ct) = HeaderValue::from_str(&inv.content_type)
+            && !inv.content_type.is_empty()
+        {
+            h.insert(CONTENT_TYPE, ct);
+        }
+        if let Ok(t) = HeaderValue::from_str(&type_url)
+            && !type_url.is_empty()
+        {
+            h.insert(SKIFF_TYPE_URL, t);
+        }
+        let resp = self.sc.outbound.send(&target, req).await.map_err(|e| {
+            tonic::Status::unavailable(format!("failed to invoke, id: {}, err: {e}", target.app_id))
+        })?;
+        into_invoke_response(resp, self.sc.settings.max_body_size).await
+    }
+}
+
+/// The caller's gRPC metadata travels to the callee as headers, minus what
+/// belongs to the gRPC call to this sidecar.
+fn forwarded_metadata(mut h: HeaderMap) -> HeaderMap {
+    for n in [
+        "content-type",
+        "te",
+        "content-length",
+        "grpc-accept-encoding",
+        "grpc-encoding",
+        "grpc-timeout",
+        "user-agent",
+    ] {
+        h.remove(n);
+    }
+    h
+}
+
+fn method_of(v: Verb) -> Method {
+    match v {
+        Verb::Get => Method::GET,
+        Verb::Head => Method::HEAD,
+        Verb::Put => Method::PUT,
+        Verb::Delete => Method::DELETE,
+        Verb::Connect => Method::CONNECT,
+        Verb::Options => Method::OPTIONS,
+        Verb::Trace => Method::TRACE,
+        Verb::Patch => Method::PATCH,
+        Verb::Post | Verb::None => Method::POST,
+    }
+}
+
+/// The callee's HTTP-shaped answer as `InvokeResponse`: the body becomes
+/// `data`, the HTTP status travels in `dapr-http-status`, a non-2xx status or
+/// a gRPC app's error becomes a gRPC error.
+async fn into_invoke_response(
+    resp: Response<SkiffBody>,
+    limit: usize,
+) -> Result<tonic::Response<InvokeResponse>, tonic::Status> {
+    let (parts, body) = resp.into_parts();
+    let status = parts.status;
+    if let Some(code) = parts
+        .headers
+        .get(&SKIFF_GRPC_STATUS)
+        .and_then(|v| v.to_str().ok()?.parse::<i32>().ok())
+    {
+        let msg = parts
+            .headers
+            .get(&SKIFF_GRPC_MESSAGE)
+            .and_then(|v| v.to_str().ok())
+            .map(|m| {
+                percent_encoding::percent_decode_str(m)
+                    .decode_utf8_lossy()
+                    .into_owned()
+            })
+            .unwrap_or_default();
+        return Err(tonic::Status::new(Code::from_i32(code), msg));
+    }
+    let data = crate::body::collect_limited(body, limit)
+        .await
+        .map_err(|e| tonic::Status::resource_exhausted(format!("response from the app: {e}")))?;
+    let mut md = tonic::metadata::MetadataMap::new();
+    md.insert(
+        "dapr-http-status",
+        tonic::metadata::MetadataValue::from(status.as_u16()),
+    );
+    if !status.is_success() {
+        let mut s = tonic::Status::new(
+            grpc_code_from_http(status),
+            String::from_utf8_lossy(&data).into_owned(),
+        );
+        *s.metadata_mut() = md;
+        return Err(s);
+    }
+    let content_type = parts
+        .headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let type_url = parts
+        .headers
+        .get(&SKIFF_TYPE_URL)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let mut out = tonic::Response::new(InvokeResponse {
+        data: Some(Any {
+            type_url,
+            value: data,
+        }),
+        content_type,
+    });
+    *out.metadata_mut() = md;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeouts() {
+        let p = |s: &'static str| parse_grpc_timeout(&HeaderValue::from_static(s));
+        assert_eq!(p("5S"), Some(Duration::from_secs(5)));
+        assert_eq!(p("250m"), Some(Duration::from_millis(250)));
+        assert_eq!(p("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(p("S"), None);
+        assert_eq!(p("5x"), None);
+        assert_eq!(p("123456789S"), None);
+    }
+}

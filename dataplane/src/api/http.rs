@@ -1,0 +1,206 @@
+//! Dapr's HTTP API: service invocation (`/v1.0/invoke/{app}/method/{m}` and
+//! the `dapr-app-id` header form), health, metadata and shutdown.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+
+use crate::body::SkiffBody;
+use crate::errors::{code, http_error};
+use crate::headers::{self, DAPR_APP_ID};
+use crate::invoke::target::{self, TargetError};
+use crate::runtime::Sidecar;
+
+const INVOKE_PREFIX: &str = "/v1.0/invoke/";
+
+/// Serves one request on the HTTP API port.
+pub async fn handle(
+    sc: Arc<Sidecar>,
+    req: Request<Incoming>,
+) -> Result<Response<SkiffBody>, Infallible> {
+    let path = req.uri().path();
+    if let Some(rest) = path.strip_prefix(INVOKE_PREFIX) {
+        if !super::token_ok(sc.settings.api_token.as_deref(), req.headers()) {
+            return Ok(unauthorized());
+        }
+        let Some((app, method)) = split_invoke(rest) else {
+            return Ok(http_error(
+                StatusCode::BAD_REQUEST,
+                code::MALFORMED_REQUEST,
+                "expected /v1.0/invoke/<app-id>/method/<method>",
+            ));
+        };
+        let (app, method) = (app.to_owned(), method.to_owned());
+        return Ok(invoke(&sc, &app, &method, req).await);
+    }
+    if !path.starts_with("/v1.0/")
+        && let Some(app) = req.headers().get(&DAPR_APP_ID)
+    {
+        if !super::token_ok(sc.settings.api_token.as_deref(), req.headers()) {
+            return Ok(unauthorized());
+        }
+        let Ok(app) = app.to_str().map(str::to_owned) else {
+            return Ok(bad_target(TargetError::AppId("<non-ASCII>".into())));
+        };
+        let method = path.trim_start_matches('/').to_owned();
+        return Ok(invoke(&sc, &app, &method, req).await);
+    }
+    Ok(control(&sc, req).await)
+}
+
+/// `<app>/method/<method...>` → (app, method).
+fn split_invoke(rest: &str) -> Option<(&str, &str)> {
+    let (app, tail) = rest.split_once('/')?;
+    let method = tail
+        .strip_prefix("method")
+        .filter(|m| m.is_empty() || m.starts_with('/'))?;
+    Some((app, method.strip_prefix('/').unwrap_or(method)))
+}
+
+async fn invoke(
+    sc: &Sidecar,
+    app: &str,
+    method: &str,
+    req: Request<Incoming>,
+) -> Response<SkiffBody> {
+    let target = match target::parse_app_id(app, &sc.settings.namespace) {
+        Ok(t) => t,
+        Err(e) => return bad_target(e),
+    };
+    let (mut parts, body) = req.into_parts();
+    parts.uri = match target::app_path(method, parts.uri.query()) {
+        Ok(pq) => pq.into(),
+        Err(e) => return bad_target(e),
+    };
+    headers::prepare_outbound(&mut parts.headers);
+    let out = Request::from_parts(parts, SkiffBody::Incoming(body));
+    match sc.outbound.send(&target, out).await {
+        Ok(mut resp) => {
+            headers::strip_internal(resp.headers_mut());
+            resp
+        }
+        Err(e) => http_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            code::DIRECT_INVOKE,
+            &format!("failed to invoke, id: {}, err: {e}", target.app_id),
+        ),
+    }
+}
+
+fn bad_target(e: TargetError) -> Response<SkiffBody> {
+    http_error(
+        StatusCode::BAD_REQUEST,
+        code::MALFORMED_REQUEST,
+        &e.to_string(),
+    )
+}
+
+fn unauthorized() -> Response<SkiffBody> {
+    http_error(
+        StatusCode::UNAUTHORIZED,
+        code::API_TOKEN,
+        "invalid api token",
+    )
+}
+
+/// Health, metadata and shutdown.
+async fn control(sc: &Sidecar, req: Request<Incoming>) -> Response<SkiffBody> {
+    // Control routes are off the hot path; owning these keeps the body free
+    // to be read below.
+    let path = req.uri().path().to_owned();
+    let method = req.method().clone();
+    match (&method, path.as_str()) {
+        (&Method::GET, "/v1.0/healthz") => healthz(sc, req.uri().query()),
+        (&Method::GET, "/v1.0/healthz/outbound") => {
+            if sc.is_ready() {
+                no_content()
+            } else {
+                http_error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    code::HEALTH_NOT_READY,
+                    "dapr is not ready",
+                )
+            }
+        }
+        _ if !super::token_ok(sc.settings.api_token.as_deref(), req.headers()) => unauthorized(),
+        (&Method::GET, "/v1.0/metadata") => json(sc.metadata()),
+        (&Method::PUT, p) if p.starts_with("/v1.0/metadata/") => {
+            let key = p["/v1.0/metadata/".len()..].to_owned();
+            match crate::body::collect_limited(req.into_body(), sc.settings.max_body_size).await {
+                Ok(v) => {
+                    sc.put_metadata(key, String::from_utf8_lossy(&v).into_owned());
+                    no_content()
+                }
+                Err(e) => http_error(
+                    StatusCode::BAD_REQUEST,
+                    code::MALFORMED_REQUEST,
+                    &e.to_string(),
+                ),
+            }
+        }
+        (&Method::POST, "/v1.0/shutdown") => {
+            sc.trigger_shutdown();
+            no_content()
+        }
+        _ => http_error(
+            StatusCode::NOT_FOUND,
+            code::NOT_FOUND,
+            &format!("{method} {path} is not a route this sidecar serves"),
+        ),
+    }
+}
+
+fn healthz(sc: &Sidecar, query: Option<&str>) -> Response<SkiffBody> {
+    if let Some(want) = query.and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("appid=")))
+        && want != sc.settings.app_id
+    {
+        return http_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            code::HEALTH_APPID_NOT_MATCH,
+            &format!(
+                "app id {want} does not match this sidecar's ({})",
+                sc.settings.app_id
+            ),
+        );
+    }
+    if sc.is_ready() {
+        no_content()
+    } else {
+        http_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            code::HEALTH_NOT_READY,
+            "dapr is not ready",
+        )
+    }
+}
+
+fn no_content() -> Response<SkiffBody> {
+    let mut r = Response::new(SkiffBody::Empty);
+    *r.status_mut() = StatusCode::NO_CONTENT;
+    r
+}
+
+fn json(v: serde_json::Value) -> Response<SkiffBody> {
+    let mut r = Response::new(SkiffBody::full(v.to_string()));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invoke_paths() {
+        assert_eq!(split_invoke("app/method/a/b"), Some(("app", "a/b")));
+        assert_eq!(split_invoke("app/method/"), Some(("app", "")));
+        assert_eq!(split_invoke("app/method"), Some(("app", "")));
+        assert_eq!(split_invoke("app/methods/x"), None);
+        assert_eq!(split_invoke("app"), None);
+    }
+}

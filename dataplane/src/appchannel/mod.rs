@@ -1,0 +1,211 @@
+//! The app channel: how the callee sidecar delivers calls to its own app.
+//!
+//! - `http` apps: HTTP/1.1 over a keep-alive connection pool.
+//! - `h2c` apps: HTTP/2 without TLS, on the same [`Pool`] the sidecars share.
+//! - `grpc` apps: proxied gRPC calls pass through frame for frame on that
+//!   pool; HTTP-style invocations become `AppCallback/OnInvoke` calls (see
+//!   [`grpc`]), the one place the sidecar must buffer a body.
+//!
+//! It also enforces `--app-max-concurrency`, adds `APP_API_TOKEN`, and runs
+//! the app health probe.
+
+pub mod grpc;
+pub mod health;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use http::uri::{Authority, Scheme};
+use http::{HeaderValue, Request, Response, Uri, Version};
+use hyper_util::client::legacy::{Client, connect::HttpConnector};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tokio::sync::Semaphore;
+
+use crate::body::SkiffBody;
+use crate::config::{AppProtocol, Settings};
+use crate::headers::DAPR_API_TOKEN;
+use crate::pool::{Pool, PoolConfig, PoolError};
+use crate::transport::Connector;
+
+/// Idle keep-alive connections to an HTTP/1.1 app are closed after this.
+pub const HTTP1_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// Connecting to the app (same host) should be immediate.
+pub const APP_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("app at {addr} is not reachable: {source}")]
+    Http1 {
+        addr: SocketAddr,
+        #[source]
+        source: hyper_util::client::legacy::Error,
+    },
+    #[error("app at {1}: {0}")]
+    H2(#[source] PoolError, SocketAddr),
+    #[error("app is not healthy (app health check failing)")]
+    Unhealthy,
+    #[error("the app's concurrency limit is closed")]
+    Closed,
+}
+
+impl AppError {
+    fn h2(e: PoolError, addr: SocketAddr) -> Self {
+        Self::H2(e, addr)
+    }
+}
+
+/// Connections from this sidecar to its app.
+pub struct AppChannel {
+    pub protocol: AppProtocol,
+    addr: SocketAddr,
+    authority: Authority,
+    http1: Client<HttpConnector, SkiffBody>,
+    h2: Pool,
+    limiter: Option<Arc<Semaphore>>,
+    app_token: Option<HeaderValue>,
+    healthy: AtomicBool,
+    pub max_body_size: usize,
+}
+
+impl AppChannel {
+    /// `None` when the sidecar has no app (`--app-port` unset).
+    pub fn new(s: &Settings) -> Option<Self> {
+        let port = s.app_port?;
+        let addr = SocketAddr::new(s.app_channel_address, port);
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(APP_CONNECT_TIMEOUT));
+        let http1 = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(HTTP1_IDLE_TIMEOUT)
+            .build(connector);
+        Some(Self {
+            protocol: s.app_protocol,
+            addr,
+            authority: Authority::try_from(addr.to_string()).ok()?,
+            http1,
+            h2: Pool::new(PoolConfig::default(), Connector::new(APP_CONNECT_TIMEOUT)),
+            limiter: (s.app_max_concurrency > 0)
+                .then(|| Arc::new(Semaphore::new(s.app_max_concurrency))),
+            app_token: s
+                .app_api_token
+                .as_deref()
+                .and_then(|t| HeaderValue::from_str(t).ok()),
+            healthy: AtomicBool::new(true),
+            max_body_size: s.max_body_size,
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Acquire)
+    }
+
+    pub fn set_healthy(&self, v: bool) {
+        self.healthy.store(v, Ordering::Release);
+    }
+
+    /// Delivers a request as it is (HTTP or h2c app, or a proxied gRPC call
+    /// to a gRPC app). `req`'s URI holds path and query only.
+    pub async fn forward(
+        &self,
+        mut req: Request<SkiffBody>,
+    ) -> Result<Response<SkiffBody>, AppError> {
+        self.prepare(&mut req);
+        let _permit = self.permit().await?;
+        match self.protocol {
+            AppProtocol::Http | AppProtocol::Https => {
+                *req.version_mut() = Version::HTTP_11;
+                self.absolute_uri(&mut req);
+                let resp = self
+                    .http1
+                    .request(req)
+                    .await
+                    .map_err(|source| AppError::Http1 {
+                        addr: self.addr,
+                        source,
+                    })?;
+                Ok(resp.map(SkiffBody::Incoming))
+            }
+            AppProtocol::H2c | AppProtocol::Grpc | AppProtocol::Grpcs => {
+                *req.version_mut() = Version::HTTP_2;
+                self.h2
+                    .send(self.addr, req)
+                    .await
+                    .map_err(|e| AppError::h2(e, self.addr))
+            }
+        }
+    }
+
+    /// Sends a request on the HTTP/2 connection to a gRPC app (OnInvoke,
+    /// health checks).
+    pub(crate) async fn send_h2(
+        &self,
+        mut req: Request<SkiffBody>,
+    ) -> Result<Response<SkiffBody>, AppError> {
+        self.prepare(&mut req);
+        let _permit = self.permit().await?;
+        *req.version_mut() = Version::HTTP_2;
+        self.h2
+            .send(self.addr, req)
+            .await
+            .map_err(|e| AppError::h2(e, self.addr))
+    }
+
+    /// A GET to an HTTP app, for health probes.
+    pub(crate) async fn get_http1(&self, path: &str) -> Result<Response<SkiffBody>, AppError> {
+        let mut req = Request::new(SkiffBody::Empty);
+        *req.uri_mut() = Uri::try_from(path).unwrap_or_else(|_| Uri::from_static("/"));
+        self.prepare(&mut req);
+        self.absolute_uri(&mut req);
+        let resp = self
+            .http1
+            .request(req)
+            .await
+            .map_err(|source| AppError::Http1 {
+                addr: self.addr,
+                source,
+            })?;
+        Ok(resp.map(SkiffBody::Incoming))
+    }
+
+    fn prepare(&self, req: &mut Request<SkiffBody>) {
+        match &self.app_token {
+            Some(t) => {
+                req.headers_mut().insert(DAPR_API_TOKEN, t.clone());
+            }
+            None => {
+                req.headers_mut().remove(DAPR_API_TOKEN);
+            }
+        }
+    }
+
+    fn absolute_uri(&self, req: &mut Request<SkiffBody>) {
+        let mut parts = std::mem::take(req.uri_mut()).into_parts();
+        parts.scheme = Some(Scheme::HTTP);
+        parts.authority = Some(self.authority.clone());
+        if parts.path_and_query.is_none() {
+            parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+        }
+        *req.uri_mut() = Uri::from_parts(parts).unwrap_or_default();
+    }
+
+    /// Held until the app's response head arrives: bounds the calls the app
+    /// is working on at once.
+    async fn permit(&self) -> Result<Option<tokio::sync::OwnedSemaphorePermit>, AppError> {
+        match &self.limiter {
+            None => Ok(None),
+            Some(s) => s
+                .clone()
+                .acquire_owned()
+                .await
+                .map(Some)
+                .map_err(|_| AppError::Closed),
+        }
+    }
+}

@@ -1,0 +1,129 @@
+//! The one body type that flows through the sidecar.
+//!
+//! An enum rather than a boxed trait object: the common cases (a streamed
+//! `Incoming` body handed from one connection to another, a small buffered
+//! message, nothing) cost no allocation, and a body read from a pooled
+//! connection carries the lease that keeps its stream counted until the last
+//! frame has passed.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+
+use crate::pool::Lease;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A request or response body anywhere on the path.
+#[derive(Debug, Default)]
+pub enum SkiffBody {
+    #[default]
+    Empty,
+    /// A complete message; `None` once yielded.
+    Full(Option<Bytes>),
+    /// Frames streamed from another connection.
+    Incoming(Incoming),
+    /// A response streamed from a pooled connection; the lease is released
+    /// when the body ends or is dropped.
+    Pooled(Incoming, Lease),
+    /// A response produced by a tonic service.
+    Grpc(tonic::body::Body),
+}
+
+impl SkiffBody {
+    pub fn full(b: impl Into<Bytes>) -> Self {
+        let b = b.into();
+        if b.is_empty() {
+            Self::Empty
+        } else {
+            Self::Full(Some(b))
+        }
+    }
+}
+
+impl From<Incoming> for SkiffBody {
+    fn from(b: Incoming) -> Self {
+        Self::Incoming(b)
+    }
+}
+
+impl Body for SkiffBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        // Every variant is Unpin, so no pin projection is needed.
+        match self.get_mut() {
+            Self::Empty => Poll::Ready(None),
+            Self::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            Self::Incoming(b) | Self::Pooled(b, _) => Pin::new(b)
+                .poll_frame(cx)
+                .map_err(|e| Box::new(e) as BoxError),
+            Self::Grpc(b) => Pin::new(b)
+                .poll_frame(cx)
+                .map_err(|e| Box::new(e) as BoxError),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::Empty => true,
+            Self::Full(b) => b.is_none(),
+            Self::Incoming(b) | Self::Pooled(b, _) => b.is_end_stream(),
+            Self::Grpc(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Self::Empty => SizeHint::with_exact(0),
+            Self::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            Self::Incoming(b) | Self::Pooled(b, _) => b.size_hint(),
+            Self::Grpc(b) => b.size_hint(),
+        }
+    }
+}
+
+/// Reads a whole body, failing once it exceeds `limit` bytes. Used only where
+/// a protocol conversion needs the complete message.
+pub async fn collect_limited<B>(body: B, limit: usize) -> Result<Bytes, CollectError>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    use http_body_util::BodyExt;
+    match http_body_util::Limited::new(body, limit).collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(CollectError::TooLarge(limit)),
+        Err(e) => Err(CollectError::Body(e)),
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CollectError {
+    #[error("body exceeds the limit of {0} bytes (--max-body-size)")]
+    TooLarge(usize),
+    #[error("reading body: {0}")]
+    Body(BoxError),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn collect_respects_limit() {
+        let ok = collect_limited(SkiffBody::full("hello"), 5)
+            .await
+            .expect("fits");
+        assert_eq!(&ok[..], b"hello");
+        let err = collect_limited(SkiffBody::full("hello!"), 5).await;
+        assert!(matches!(err, Err(CollectError::TooLarge(5))));
+    }
+}

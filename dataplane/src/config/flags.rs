@@ -1,0 +1,333 @@
+//! daprd's flags and environment variables, parsed with clap and turned into
+//! [`Settings`]. Names and defaults follow daprd so existing launch scripts
+//! work unchanged.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use serde::Serialize;
+
+use super::{AppHealthSettings, DEFAULT_MAX_BODY_SIZE, MIN_HEADER_BUFFER, Settings};
+
+pub const DEFAULT_HTTP_PORT: u16 = 3500;
+pub const DEFAULT_GRPC_PORT: u16 = 50001;
+pub const DEFAULT_METRICS_PORT: u16 = 9090;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AppProtocol {
+    Http,
+    Https,
+    Grpc,
+    Grpcs,
+    H2c,
+}
+
+impl AppProtocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Http => "http",
+            Self::Https => "https",
+            Self::Grpc => "grpc",
+            Self::Grpcs => "grpcs",
+            Self::H2c => "h2c",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    Standalone,
+    Kubernetes,
+}
+
+/// skiffd's command line: daprd's flags.
+#[derive(Debug, Parser)]
+#[command(
+    name = "skiffd",
+    version,
+    about = "Skiff sidecar: a Dapr-compatible runtime"
+)]
+pub struct Flags {
+    /// The id of the app this sidecar serves.
+    #[arg(long = "app-id")]
+    pub app_id: String,
+    /// The port the app listens on; omit for a caller-only app.
+    #[arg(long = "app-port")]
+    pub app_port: Option<u16>,
+    /// How the sidecar talks to the app.
+    #[arg(long = "app-protocol", value_enum, default_value = "http")]
+    pub app_protocol: AppProtocol,
+    /// The address the app listens on.
+    #[arg(long = "app-channel-address", default_value = "127.0.0.1")]
+    pub app_channel_address: IpAddr,
+    /// Concurrent calls delivered to the app; -1 = unlimited.
+    #[arg(long = "app-max-concurrency", default_value_t = -1, allow_negative_numbers = true)]
+    pub app_max_concurrency: i64,
+    #[arg(long = "dapr-http-port", default_value_t = DEFAULT_HTTP_PORT)]
+    pub http_port: u16,
+    #[arg(long = "dapr-grpc-port", default_value_t = DEFAULT_GRPC_PORT)]
+    pub grpc_port: u16,
+    /// Sidecar-to-sidecar port; 0 picks a free one (standalone default).
+    #[arg(long = "dapr-internal-grpc-port", default_value_t = 0)]
+    pub internal_port: u16,
+    /// Where the internal listener binds. Default: 127.0.0.1 standalone,
+    /// 0.0.0.0 on Kubernetes.
+    #[arg(long = "dapr-internal-grpc-listen-address")]
+    pub internal_listen_address: Option<IpAddr>,
+    /// Addresses the app-facing APIs bind, comma separated.
+    #[arg(
+        long = "dapr-listen-addresses",
+        default_value = "127.0.0.1",
+        value_delimiter = ','
+    )]
+    pub listen_addresses: Vec<IpAddr>,
+    /// Metrics port (the exporter is served from the observability release on).
+    #[arg(long = "metrics-port", default_value_t = DEFAULT_METRICS_PORT)]
+    pub metrics_port: u16,
+    #[arg(long = "enable-metrics", default_value_t = true, action = clap::ArgAction::Set)]
+    pub enable_metrics: bool,
+    /// A Configuration YAML file.
+    #[arg(long = "config")]
+    pub config: Option<PathBuf>,
+    /// Directories of component/resiliency YAML; repeatable.
+    #[arg(long = "resources-path", visible_alias = "components-path")]
+    pub resources_path: Vec<PathBuf>,
+    /// Largest message the sidecar buffers (InvokeService, gRPC apps), e.g. 4Mi.
+    #[arg(long = "max-body-size", default_value = "4Mi")]
+    pub max_body_size: String,
+    /// Largest request head (headers) accepted, e.g. 4Ki; hyper's floor is 8Ki.
+    #[arg(
+        long = "read-buffer-size",
+        alias = "dapr-http-read-buffer-size",
+        default_value = "16Ki"
+    )]
+    pub read_buffer_size: String,
+    #[arg(long = "dapr-graceful-shutdown-seconds", default_value_t = 5)]
+    pub graceful_shutdown_seconds: u64,
+    #[arg(long = "enable-app-health-check", default_value_t = false, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub enable_app_health_check: bool,
+    #[arg(long = "app-health-check-path", default_value = "/healthz")]
+    pub app_health_check_path: String,
+    /// Seconds between probes.
+    #[arg(long = "app-health-probe-interval", default_value_t = 5)]
+    pub app_health_probe_interval: u64,
+    /// Milliseconds a probe may take.
+    #[arg(long = "app-health-probe-timeout", default_value_t = 500)]
+    pub app_health_probe_timeout: u64,
+    #[arg(long = "app-health-threshold", default_value_t = 3)]
+    pub app_health_threshold: u32,
+    #[arg(long = "mode", value_enum, default_value = "standalone")]
+    pub mode: Mode,
+    /// mTLS between sidecars (arrives with the sentry release).
+    #[arg(long = "enable-mtls", default_value_t = false, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub enable_mtls: bool,
+    #[arg(long = "sentry-address")]
+    pub sentry_address: Option<String>,
+    #[arg(long = "log-level", default_value = "info")]
+    pub log_level: String,
+    #[arg(long = "log-as-json", default_value_t = false, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub log_as_json: bool,
+    #[arg(env = "NAMESPACE", long = "namespace", default_value = super::DEFAULT_NAMESPACE, hide = true)]
+    pub namespace: String,
+    #[arg(
+        env = "DAPR_API_TOKEN",
+        hide_env_values = true,
+        long = "dapr-api-token",
+        hide = true
+    )]
+    pub api_token: Option<String>,
+    #[arg(
+        env = "APP_API_TOKEN",
+        hide_env_values = true,
+        long = "app-api-token",
+        hide = true
+    )]
+    pub app_api_token: Option<String>,
+    /// Home of the embedded registry (default ~/.skiff).
+    #[arg(env = "SKIFF_HOME", long = "skiff-home", hide = true)]
+    pub skiff_home: Option<PathBuf>,
+}
+
+/// A flag value that cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("--{flag}: {why}")]
+pub struct FlagError {
+    pub flag: &'static str,
+    pub why: String,
+}
+
+fn flag_err(flag: &'static str, why: impl Into<String>) -> FlagError {
+    FlagError {
+        flag,
+        why: why.into(),
+    }
+}
+
+impl Flags {
+    /// Validates the flags and derives the settings the sidecar runs with.
+    pub fn settings(&self) -> Result<Settings, FlagError> {
+        validate_name("app-id", &self.app_id)?;
+        validate_name("namespace (NAMESPACE)", &self.namespace)?;
+        if matches!(self.app_protocol, AppProtocol::Https | AppProtocol::Grpcs) {
+            return Err(flag_err(
+                "app-protocol",
+                format!(
+                    "{} is not supported yet; use http, h2c or grpc",
+                    self.app_protocol.as_str()
+                ),
+            ));
+        }
+        if self.enable_mtls {
+            return Err(flag_err(
+                "enable-mtls",
+                "mTLS between sidecars is not available in this build; run without --enable-mtls",
+            ));
+        }
+        if self.app_port == Some(0) {
+            return Err(flag_err(
+                "app-port",
+                "must be a port number from 1 to 65535",
+            ));
+        }
+        let max_body_size = parse_quantity(&self.max_body_size, 1 << 20)
+            .map_err(|e| flag_err("max-body-size", e))?;
+        let max_header_bytes = parse_quantity(&self.read_buffer_size, 1 << 10)
+            .map_err(|e| flag_err("read-buffer-size", e))?
+            .max(MIN_HEADER_BUFFER);
+        let internal_ip = self.internal_listen_address.unwrap_or(match self.mode {
+            Mode::Standalone => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            Mode::Kubernetes => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        });
+        let advertise_ip = if internal_ip.is_unspecified() {
+            IpAddr::V4(Ipv4Addr::LOCALHOST)
+        } else {
+            internal_ip
+        };
+        let app_health = self.enable_app_health_check.then(|| AppHealthSettings {
+            path: self.app_health_check_path.clone(),
+            interval: Duration::from_secs(self.app_health_probe_interval.max(1)),
+            timeout: Duration::from_millis(self.app_health_probe_timeout.max(1)),
+            threshold: self.app_health_threshold.max(1),
+        });
+        Ok(Settings {
+            app_id: self.app_id.clone(),
+            namespace: self.namespace.clone(),
+            mode: self.mode,
+            app_port: self.app_port,
+            app_protocol: self.app_protocol,
+            app_channel_address: self.app_channel_address,
+            app_max_concurrency: usize::try_from(self.app_max_concurrency).unwrap_or(0),
+            http_addrs: addrs(&self.listen_addresses, self.http_port),
+            grpc_addrs: addrs(&self.listen_addresses, self.grpc_port),
+            internal_addr: SocketAddr::new(internal_ip, self.internal_port),
+            advertise_ip,
+            max_body_size: if max_body_size == 0 {
+                DEFAULT_MAX_BODY_SIZE
+            } else {
+                max_body_size
+            },
+            max_header_bytes,
+            graceful_shutdown: Duration::from_secs(self.graceful_shutdown_seconds),
+            app_health,
+            skiff_home: self.skiff_home.clone().unwrap_or_else(default_home),
+            config_file: self.config.clone(),
+            resources_paths: self.resources_path.clone(),
+            api_token: self.api_token.clone().filter(|t| !t.is_empty()),
+            app_api_token: self.app_api_token.clone().filter(|t| !t.is_empty()),
+        })
+    }
+}
+
+fn addrs(ips: &[IpAddr], port: u16) -> Vec<SocketAddr> {
+    ips.iter().map(|ip| SocketAddr::new(*ip, port)).collect()
+}
+
+fn default_home() -> PathBuf {
+    std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir)
+        .join(".skiff")
+}
+
+/// App ids and namespaces become path segments, header values and DNS
+/// labels: keep them to that common alphabet, and without dots (a dot
+/// separates app id from namespace in `app.ns`).
+fn validate_name(what: &'static str, v: &str) -> Result<(), FlagError> {
+    if v.is_empty() || v.len() > 253 {
+        return Err(flag_err(what, "must be 1 to 253 characters"));
+    }
+    if !v
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return Err(flag_err(
+            what,
+            format!("{v:?} may hold only letters, digits, '-' and '_'"),
+        ));
+    }
+    Ok(())
+}
+
+/// Parses a Kubernetes-style quantity ("4Mi", "512Ki", "2G") into bytes. A
+/// bare number is multiplied by `bare_unit`, as old daprd versions counted
+/// these flags in MB and KB.
+pub fn parse_quantity(s: &str, bare_unit: usize) -> Result<usize, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: usize = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size such as 4Mi, 512Ki or 4"))?;
+    let mult = match unit {
+        "" => bare_unit,
+        "Ki" => 1 << 10,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        "k" | "K" => 1_000,
+        "M" => 1_000_000,
+        "G" => 1_000_000_000,
+        _ => {
+            return Err(format!(
+                "{s:?} has an unknown unit {unit:?}; use Ki, Mi, Gi, K, M or G"
+            ));
+        }
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("{s:?} is too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantities() {
+        assert_eq!(parse_quantity("4Mi", 1), Ok(4 << 20));
+        assert_eq!(parse_quantity("4", 1 << 20), Ok(4 << 20));
+        assert_eq!(parse_quantity("16Ki", 1), Ok(16 << 10));
+        assert_eq!(parse_quantity("2G", 1), Ok(2_000_000_000));
+        assert!(parse_quantity("4Xi", 1).is_err());
+        assert!(parse_quantity("Mi", 1).is_err());
+    }
+
+    #[test]
+    fn settings_defaults_and_errors() {
+        let f = Flags::try_parse_from(["skiffd", "--app-id", "a"]).expect("parse");
+        let s = f.settings().expect("valid");
+        assert_eq!(s.http_addrs[0].port(), 3500);
+        assert_eq!(s.grpc_addrs[0].port(), 50001);
+        assert_eq!(s.max_body_size, 4 << 20);
+        assert!(s.app_port.is_none());
+        assert_eq!(s.internal_addr.ip(), IpAddr::V4(Ipv4Addr::LOCALHOST));
+
+        let bad = Flags::try_parse_from(["skiffd", "--app-id", "a.b"]).expect("parse");
+        assert!(bad.settings().is_err());
+        let neg = Flags::try_parse_from(["skiffd", "--app-id", "a", "--app-max-concurrency", "-1"])
+            .expect("parse");
+        assert_eq!(neg.settings().expect("valid").app_max_concurrency, 0);
+    }
+}

@@ -1,0 +1,60 @@
+//! Configuration: daprd's command-line flags and environment variables, the
+//! validated settings derived from them, and the YAML documents they name.
+
+mod flags;
+mod yaml;
+
+pub use flags::{AppProtocol, Flags, Mode, parse_quantity};
+pub use yaml::{ConfigError, Documents, load_documents};
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Serialize;
+
+/// Default namespace when `NAMESPACE` is unset (Dapr's).
+pub const DEFAULT_NAMESPACE: &str = "default";
+/// Default `--max-body-size`: 4 MiB, Dapr's.
+pub const DEFAULT_MAX_BODY_SIZE: usize = 4 << 20;
+/// hyper refuses an HTTP/1 read buffer under 8 KiB.
+pub const MIN_HEADER_BUFFER: usize = 8 << 10;
+
+/// Everything the sidecar runs with, validated once at start.
+#[derive(Clone, Debug, Serialize)]
+pub struct Settings {
+    pub app_id: String,
+    pub namespace: String,
+    pub mode: Mode,
+    pub app_port: Option<u16>,
+    pub app_protocol: AppProtocol,
+    pub app_channel_address: IpAddr,
+    /// 0 = unlimited.
+    pub app_max_concurrency: usize,
+    pub http_addrs: Vec<SocketAddr>,
+    pub grpc_addrs: Vec<SocketAddr>,
+    /// Port 0 picks a free port (the registry records the real one).
+    pub internal_addr: SocketAddr,
+    /// The address other sidecars dial, when it differs from the listen address.
+    pub advertise_ip: IpAddr,
+    pub max_body_size: usize,
+    pub max_header_bytes: usize,
+    pub graceful_shutdown: Duration,
+    pub app_health: Option<AppHealthSettings>,
+    pub skiff_home: PathBuf,
+    pub config_file: Option<PathBuf>,
+    pub resources_paths: Vec<PathBuf>,
+    #[serde(skip)]
+    pub api_token: Option<String>,
+    #[serde(skip)]
+    pub app_api_token: Option<String>,
+}
+
+/// App health probing (`--enable-app-health-check`).
+#[derive(Clone, Debug, Serialize)]
+pub struct AppHealthSettings {
+    pub path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub threshold: u32,
+}

@@ -1,0 +1,177 @@
+//! Header names the sidecar reads, writes or strips, and the in-place
+//! rewrites applied to a call as it crosses the sidecars.
+
+use http::HeaderMap;
+use http::header::{self, HeaderName, HeaderValue};
+
+/// Dapr's metadata, visible to apps.
+pub const DAPR_APP_ID: HeaderName = HeaderName::from_static("dapr-app-id");
+pub const DAPR_API_TOKEN: HeaderName = HeaderName::from_static("dapr-api-token");
+pub const DAPR_CALLER_APP_ID: HeaderName = HeaderName::from_static("dapr-caller-app-id");
+pub const DAPR_CALLER_NAMESPACE: HeaderName = HeaderName::from_static("dapr-caller-namespace");
+pub const DAPR_CALLEE_APP_ID: HeaderName = HeaderName::from_static("dapr-callee-app-id");
+pub const DAPR_HTTP_STATUS: HeaderName = HeaderName::from_static("dapr-http-status");
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+pub const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+pub const GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
+pub const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
+
+/// Skiff's sidecar-to-sidecar metadata. Every `skiff-` header is internal:
+/// stripped from what apps send and never delivered to apps.
+pub const SKIFF_PREFIX: &str = "skiff-";
+/// The callee's namespace, checked by the callee.
+pub const SKIFF_CALLEE_NS: HeaderName = HeaderName::from_static("skiff-callee-ns");
+/// `grpc-proxy` for frame-for-frame gRPC proxying; absent for HTTP-style
+/// invocations (HTTP front door and `InvokeService`).
+pub const SKIFF_MODE: HeaderName = HeaderName::from_static("skiff-mode");
+pub const MODE_GRPC_PROXY: &str = "grpc-proxy";
+/// Set by `InvokeService` when the request had no HTTP verb; an HTTP app
+/// cannot be called that way (InvalidArgument, as in Dapr).
+pub const SKIFF_VERB_NONE: HeaderName = HeaderName::from_static("skiff-verb-none");
+/// The `type_url` of an `InvokeRequest`/`InvokeResponse` `Any`, carried so a
+/// gRPC app sees the caller's type.
+pub const SKIFF_TYPE_URL: HeaderName = HeaderName::from_static("skiff-type-url");
+/// A gRPC app's error status, carried back to a gRPC caller unchanged.
+pub const SKIFF_GRPC_STATUS: HeaderName = HeaderName::from_static("skiff-grpc-status");
+pub const SKIFF_GRPC_MESSAGE: HeaderName = HeaderName::from_static("skiff-grpc-message");
+
+/// Headers that describe one connection, not the message (RFC 9110 §7.6.1).
+const HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHORIZATION,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::TRAILER,
+];
+
+/// Removes connection-specific headers, including any named in `Connection`.
+/// `te: trailers` survives because gRPC requires it.
+pub fn strip_hop_by_hop(h: &mut HeaderMap) {
+    // Names listed in Connection are hop-by-hop too; collect them first.
+    if let Some(conn) = h.get(header::CONNECTION).and_then(|v| v.to_str().ok()) {
+        let named: Vec<HeaderName> = conn
+            .split(',')
+            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+            .collect();
+        for n in named {
+            h.remove(n);
+        }
+    }
+    for n in &HOP_BY_HOP {
+        h.remove(n);
+    }
+    if h.get(header::TE).is_some_and(|v| v != "trailers") {
+        h.remove(header::TE);
+    }
+}
+
+/// Removes every internal `skiff-` header. Cheap when there are none: one
+/// pass over the names, no allocation.
+pub fn strip_internal(h: &mut HeaderMap) {
+    if !h.keys().any(|k| k.as_str().starts_with(SKIFF_PREFIX)) {
+        return;
+    }
+    let names: Vec<HeaderName> = h
+        .keys()
+        .filter(|k| k.as_str().starts_with(SKIFF_PREFIX))
+        .cloned()
+        .collect();
+    for n in names {
+        h.remove(n);
+    }
+}
+
+/// Headers an app sends that must not travel: connection headers, the API
+/// token, the routing header, internal headers.
+pub fn prepare_outbound(h: &mut HeaderMap) {
+    strip_hop_by_hop(h);
+    strip_internal(h);
+    h.remove(&DAPR_API_TOKEN);
+    h.remove(&DAPR_APP_ID);
+    if let Some(host) = h.remove(header::HOST)
+        && !h.contains_key(&X_FORWARDED_HOST)
+    {
+        h.insert(X_FORWARDED_HOST, host);
+    }
+}
+
+/// Sets the caller and callee identity; overwrites anything the app sent so a
+/// caller cannot claim to be another app.
+pub fn set_identity(
+    h: &mut HeaderMap,
+    caller: &Identity,
+    callee_app: &HeaderValue,
+    callee_ns: &HeaderValue,
+) {
+    h.insert(DAPR_CALLER_APP_ID, caller.app_id.clone());
+    h.insert(DAPR_CALLER_NAMESPACE, caller.namespace.clone());
+    h.insert(DAPR_CALLEE_APP_ID, callee_app.clone());
+    h.insert(SKIFF_CALLEE_NS, callee_ns.clone());
+}
+
+/// This sidecar's app id and namespace, pre-encoded as header values.
+#[derive(Clone, Debug)]
+pub struct Identity {
+    pub app_id: HeaderValue,
+    pub namespace: HeaderValue,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_hop_by_hop_and_connection_listed() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret"),
+        );
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::TE, HeaderValue::from_static("gzip"));
+        h.insert("x-keep", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-keep"));
+
+        let mut g = HeaderMap::new();
+        g.insert(header::TE, HeaderValue::from_static("trailers"));
+        strip_hop_by_hop(&mut g);
+        assert!(g.contains_key(header::TE));
+    }
+
+    #[test]
+    fn outbound_drops_token_and_internal_and_moves_host() {
+        let mut h = HeaderMap::new();
+        h.insert(DAPR_API_TOKEN, HeaderValue::from_static("t"));
+        h.insert(DAPR_APP_ID, HeaderValue::from_static("b"));
+        h.insert("skiff-mode", HeaderValue::from_static("grpc-proxy"));
+        h.insert(header::HOST, HeaderValue::from_static("localhost:3500"));
+        prepare_outbound(&mut h);
+        assert_eq!(h.len(), 1);
+        assert_eq!(h[X_FORWARDED_HOST], "localhost:3500");
+    }
+
+    #[test]
+    fn identity_overwrites_spoofed_values() {
+        let mut h = HeaderMap::new();
+        h.insert(DAPR_CALLER_APP_ID, HeaderValue::from_static("admin"));
+        let me = Identity {
+            app_id: HeaderValue::from_static("a"),
+            namespace: HeaderValue::from_static("default"),
+        };
+        set_identity(
+            &mut h,
+            &me,
+            &HeaderValue::from_static("b"),
+            &HeaderValue::from_static("default"),
+        );
+        assert_eq!(h.get_all(DAPR_CALLER_APP_ID).iter().count(), 1);
+        assert_eq!(h[DAPR_CALLER_APP_ID], "a");
+    }
+}

@@ -1,0 +1,151 @@
+//! The callee side: calls arriving from other sidecars on the internal port.
+//!
+//! Checks that the call is for this app and namespace, records who sent it,
+//! and hands it to the app channel with the internal headers removed. gRPC
+//! proxy calls go to the app's own gRPC server untouched; HTTP-style calls go
+//! to an HTTP/h2c app as they are, or become `OnInvoke` for a gRPC app.
+
+use std::convert::Infallible;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use http::{HeaderValue, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use tonic::Code;
+
+use crate::appchannel::{AppChannel, grpc as app_grpc};
+use crate::body::SkiffBody;
+use crate::config::AppProtocol;
+use crate::errors::{self, code};
+use crate::headers::{
+    self, DAPR_CALLEE_APP_ID, FORWARDED, MODE_GRPC_PROXY, SKIFF_CALLEE_NS, SKIFF_MODE,
+    SKIFF_VERB_NONE, X_FORWARDED_FOR,
+};
+use crate::runtime::Sidecar;
+use crate::transport::PeerInfo;
+
+/// Serves one call from another sidecar.
+pub async fn handle(
+    sc: Arc<Sidecar>,
+    peer: PeerInfo,
+    req: Request<Incoming>,
+) -> Result<Response<SkiffBody>, Infallible> {
+    let grpc_proxy = req
+        .headers()
+        .get(&SKIFF_MODE)
+        .is_some_and(|v| v == MODE_GRPC_PROXY);
+    let fail = |status: StatusCode, grpc: Code, msg: &str| {
+        if grpc_proxy {
+            errors::grpc_error(grpc, msg)
+        } else {
+            errors::http_error(status, code::DIRECT_INVOKE, msg)
+        }
+    };
+    if let Err(msg) = check_addressed_to_us(&sc, req.headers()) {
+        return Ok(fail(StatusCode::NOT_FOUND, Code::NotFound, &msg));
+    }
+    let Some(app) = sc.app.as_deref() else {
+        return Ok(fail(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Code::Unavailable,
+            &format!(
+                "app {} has no app channel: its sidecar runs without --app-port",
+                sc.settings.app_id
+            ),
+        ));
+    };
+    if !app.is_healthy() {
+        return Ok(fail(
+            StatusCode::SERVICE_UNAVAILABLE,
+            Code::Unavailable,
+            &format!(
+                "app {} is unhealthy (app health check failing)",
+                sc.settings.app_id
+            ),
+        ));
+    }
+    let (mut parts, body) = req.into_parts();
+    let verb_none = parts.headers.contains_key(&SKIFF_VERB_NONE);
+    add_forwarded(&mut parts.headers, peer.addr.ip(), sc.settings.advertise_ip);
+
+    let is_grpc_app = matches!(app.protocol, AppProtocol::Grpc | AppProtocol::Grpcs);
+    if grpc_proxy && !is_grpc_app {
+        return Ok(errors::grpc_error(
+            Code::Unimplemented,
+            &format!(
+                "app {} speaks {}, not gRPC: gRPC proxying needs --app-protocol grpc",
+                sc.settings.app_id,
+                app.protocol.as_str()
+            ),
+        ));
+    }
+    if is_grpc_app && !grpc_proxy {
+        // OnInvoke reads these internal headers; it strips them itself.
+        return Ok(app_grpc::on_invoke(app, parts, SkiffBody::Incoming(body)).await);
+    }
+    if verb_none {
+        return Ok(errors::http_error(
+            StatusCode::BAD_REQUEST,
+            code::MALFORMED_REQUEST,
+            "InvokeService to an HTTP app needs http_extension with an HTTP verb",
+        ));
+    }
+    headers::strip_internal(&mut parts.headers);
+    Ok(deliver(
+        app,
+        Request::from_parts(parts, SkiffBody::Incoming(body)),
+        grpc_proxy,
+    )
+    .await)
+}
+
+async fn deliver(
+    app: &AppChannel,
+    req: Request<SkiffBody>,
+    grpc_proxy: bool,
+) -> Response<SkiffBody> {
+    match app.forward(req).await {
+        Ok(resp) => resp,
+        Err(e) if grpc_proxy => errors::grpc_error(Code::Unavailable, &e.to_string()),
+        Err(e) => errors::http_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            code::DIRECT_INVOKE,
+            &e.to_string(),
+        ),
+    }
+}
+
+/// A stale endpoint (another app now on a reused port) must not receive
+/// calls meant for someone else.
+fn check_addressed_to_us(sc: &Sidecar, h: &http::HeaderMap) -> Result<(), String> {
+    let app = h
+        .get(&DAPR_CALLEE_APP_ID)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let ns = h
+        .get(&SKIFF_CALLEE_NS)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    if app != sc.settings.app_id || ns != sc.settings.namespace {
+        return Err(format!(
+            "this sidecar serves {}.{}, not {app}.{ns}",
+            sc.settings.app_id, sc.settings.namespace
+        ));
+    }
+    Ok(())
+}
+
+/// X-Forwarded-For and Forwarded name the calling sidecar's host.
+fn add_forwarded(h: &mut http::HeaderMap, from: IpAddr, by: IpAddr) {
+    if let Ok(v) = HeaderValue::from_str(&from.to_string()) {
+        h.append(X_FORWARDED_FOR, v);
+    }
+    let host = h
+        .get(headers::X_FORWARDED_HOST)
+        .and_then(|v| v.to_str().ok())
+        .map(|s| format!(";host={s}"));
+    if let Ok(v) = HeaderValue::from_str(&format!("for={from};by={by}{}", host.unwrap_or_default()))
+    {
+        h.append(FORWARDED, v);
+    }
+}

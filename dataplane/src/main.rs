@@ -1,0 +1,46 @@
+//! `skiffd`: parses daprd's flags, sets up logging and runs the sidecar.
+//! Errors are reported as one line with their causes.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use skiff_dataplane::config::Flags;
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    let flags = Flags::parse();
+    init_logging(&flags.log_level, flags.log_as_json);
+    let settings = match flags.settings() {
+        Ok(s) => s,
+        Err(e) => return fail(&anyhow::Error::new(e)),
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(&anyhow::Error::new(e).context("starting the tokio runtime")),
+    };
+    match rt.block_on(skiff_dataplane::runtime::run(settings)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&e),
+    }
+}
+
+fn fail(e: &anyhow::Error) -> ExitCode {
+    tracing::error!("{e:#}");
+    eprintln!("skiffd: {e:#}");
+    ExitCode::FAILURE
+}
+
+fn init_logging(level: &str, json: bool) {
+    let filter = EnvFilter::try_from_env("SKIFF_LOG").unwrap_or_else(|_| EnvFilter::new(level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}

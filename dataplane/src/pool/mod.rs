@@ -1,0 +1,405 @@
+//! The connection pool: HTTP/2 connections to remote endpoints (other
+//! sidecars, or an h2c/gRPC app), shared by every call.
+//!
+//! One connection per endpoint carries all calls to it; another opens only
+//! when every open one has [`PoolConfig::max_streams`] calls in flight, up to
+//! [`PoolConfig::max_conns`]. Picking a connection reads an `ArcSwap`
+//! snapshot and atomics, no lock. Connecting is single-flight per endpoint (a
+//! burst of first calls makes one connection). A connection whose task ends
+//! (peer closed, GOAWAY drained, keepalive PING unanswered) leaves the pool at
+//! once; a request that the dying connection never sent is retried on a fresh
+//! one. Connections idle for [`PoolConfig::idle_timeout`] are released.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use dashmap::DashMap;
+use http::uri::{Authority, Scheme};
+use http::{Request, Response, Uri};
+use hyper::client::conn::http2;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+
+use crate::body::SkiffBody;
+use crate::transport::{ConnectError, Connector};
+
+/// Calls in flight on one connection before another is opened.
+pub const DEFAULT_MAX_STREAMS: usize = 256;
+/// Connections per endpoint at most; beyond, calls queue on the least loaded.
+pub const DEFAULT_MAX_CONNS: usize = 4;
+/// An unused connection is closed after this long.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// PING an idle connection this often to find dead peers without traffic...
+pub const DEFAULT_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
+/// ...and give up on it when the PING is not answered in this time.
+pub const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// HTTP/2 flow-control windows. Measured on loopback with a 200 MiB body
+/// (perf/RESULTS.md): 1 MiB per stream reaches the throughput of larger
+/// windows while bounding what one slow reader can make a sidecar buffer.
+pub const DEFAULT_STREAM_WINDOW: u32 = 1 << 20;
+pub const DEFAULT_CONN_WINDOW: u32 = 4 << 20;
+
+#[derive(Clone, Debug)]
+pub struct PoolConfig {
+    pub max_streams: usize,
+    pub max_conns: usize,
+    pub idle_timeout: Duration,
+    pub keepalive_interval: Duration,
+    pub keepalive_timeout: Duration,
+    pub stream_window: u32,
+    pub conn_window: u32,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        Self {
+            max_streams: DEFAULT_MAX_STREAMS,
+            max_conns: DEFAULT_MAX_CONNS,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            keepalive_interval: DEFAULT_KEEPALIVE_INTERVAL,
+            keepalive_timeout: DEFAULT_KEEPALIVE_TIMEOUT,
+            stream_window: DEFAULT_STREAM_WINDOW,
+            conn_window: DEFAULT_CONN_WINDOW,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    #[error("HTTP/2 handshake with {addr}: {source}")]
+    Handshake {
+        addr: SocketAddr,
+        #[source]
+        source: hyper::Error,
+    },
+    #[error("call to {addr} failed: {source}")]
+    Send {
+        addr: SocketAddr,
+        #[source]
+        source: hyper::Error,
+    },
+}
+
+impl PoolError {
+    /// True when the request never left this sidecar, so another endpoint
+    /// may be tried without risk of running it twice.
+    pub fn is_connect(&self) -> bool {
+        matches!(self, Self::Connect(_) | Self::Handshake { .. })
+    }
+}
+
+/// A shared pool of HTTP/2 connections. Cheap to clone.
+#[derive(Clone)]
+pub struct Pool {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    slots: DashMap<SocketAddr, Arc<Slot>>,
+    cfg: PoolConfig,
+    connector: Connector,
+    epoch: Instant,
+}
+
+/// The connections to one endpoint.
+struct Slot {
+    addr: SocketAddr,
+    authority: Authority,
+    conns: ArcSwap<Vec<Arc<Conn>>>,
+    /// Held only while dialing: makes connecting single-flight.
+    connecting: tokio::sync::Mutex<()>,
+}
+
+struct Conn {
+    tx: http2::SendRequest<SkiffBody>,
+    in_flight: AtomicUsize,
+    last_used_ms: AtomicU64,
+    closed: AtomicBool,
+    pool: Weak<Inner>,
+}
+
+/// A connection taken for one call.
+pub struct Checkout {
+    pool: Arc<Inner>,
+    slot: Arc<Slot>,
+    lease: Lease,
+}
+
+impl Checkout {
+    /// Sends `req` (whose URI holds only path and query). A request the
+    /// connection never sent (it was closing, e.g. after GOAWAY) is retried
+    /// once on a fresh connection.
+    pub async fn send(self, mut req: Request<SkiffBody>) -> Result<Response<SkiffBody>, PoolError> {
+        let Checkout {
+            pool,
+            slot,
+            mut lease,
+        } = self;
+        let addr = slot.addr;
+        set_authority(&mut req, &slot.authority);
+        let mut retried = false;
+        loop {
+            let mut tx = lease.conn.tx.clone();
+            match tx.try_send_request(req).await {
+                Ok(resp) => return Ok(resp.map(|b| SkiffBody::Pooled(b, lease))),
+                Err(mut e) => {
+                    lease.conn.closed.store(true, Ordering::Release);
+                    slot.remove(&lease.conn);
+                    match e.take_message() {
+                        Some(r) if !retried => {
+                            retried = true;
+                            req = r;
+                            lease = pool.lease(&slot).await?;
+                        }
+                        _ => {
+                            return Err(PoolError::Send {
+                                addr,
+                                source: e.into_error(),
+                            });
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One call's claim on a connection; counted until dropped (the response
+/// body holds it until its last frame).
+#[derive(Debug)]
+pub struct Lease {
+    conn: Arc<Conn>,
+}
+
+impl std::fmt::Debug for Conn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Conn")
+            .field("in_flight", &self.in_flight.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.conn.in_flight.fetch_sub(1, Ordering::AcqRel);
+        if let Some(pool) = self.conn.pool.upgrade() {
+            self.conn
+                .last_used_ms
+                .store(pool.now_ms(), Ordering::Relaxed);
+        }
+    }
+}
+
+impl Pool {
+    /// Creates a pool and its idle reaper. Must be called inside a runtime.
+    pub fn new(cfg: PoolConfig, connector: Connector) -> Self {
+        let inner = Arc::new(Inner {
+            slots: DashMap::new(),
+            cfg,
+            connector,
+            epoch: Instant::now(),
+        });
+        tokio::spawn(reap_idle(Arc::downgrade(&inner)));
+        Self { inner }
+    }
+
+    /// Takes a connection to `addr`, dialing if needed. Fails before any
+    /// request is consumed, so the caller may try another endpoint.
+    pub async fn checkout(&self, addr: SocketAddr) -> Result<Checkout, PoolError> {
+        let slot = self.inner.slot(addr);
+        let lease = self.inner.lease(&slot).await?;
+        Ok(Checkout {
+            pool: self.inner.clone(),
+            slot,
+            lease,
+        })
+    }
+
+    /// Sends `req` (whose URI holds only path and query) to `addr`.
+    pub async fn send(
+        &self,
+        addr: SocketAddr,
+        req: Request<SkiffBody>,
+    ) -> Result<Response<SkiffBody>, PoolError> {
+        self.checkout(addr).await?.send(req).await
+    }
+
+    /// Open connections to `addr` (tests and metrics).
+    pub fn connections(&self, addr: SocketAddr) -> usize {
+        self.inner
+            .slots
+            .get(&addr)
+            .map_or(0, |s| s.conns.load().len())
+    }
+}
+
+fn set_authority(req: &mut Request<SkiffBody>, authority: &Authority) {
+    let mut parts = std::mem::take(req.uri_mut()).into_parts();
+    parts.scheme = Some(Scheme::HTTP);
+    parts.authority = Some(authority.clone());
+    if parts.path_and_query.is_none() {
+        parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+    }
+    // Scheme, authority and path are all set, so this cannot fail.
+    *req.uri_mut() = Uri::from_parts(parts).unwrap_or_default();
+}
+
+impl Inner {
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    fn slot(&self, addr: SocketAddr) -> Arc<Slot> {
+        if let Some(s) = self.slots.get(&addr) {
+            return s.clone();
+        }
+        self.slots
+            .entry(addr)
+            .or_insert_with(|| {
+                Arc::new(Slot {
+                    addr,
+                    // A SocketAddr always renders as a valid authority.
+                    authority: Authority::try_from(addr.to_string())
+                        .unwrap_or_else(|_| Authority::from_static("localhost")),
+                    conns: ArcSwap::from_pointee(Vec::new()),
+                    connecting: tokio::sync::Mutex::new(()),
+                })
+            })
+            .clone()
+    }
+
+    async fn lease(self: &Arc<Self>, slot: &Arc<Slot>) -> Result<Lease, PoolError> {
+        if let Some(c) = slot.pick(self.cfg.max_streams) {
+            return Ok(Lease::new(c));
+        }
+        let _dialing = slot.connecting.lock().await;
+        // Someone may have connected while we waited.
+        if let Some(c) = slot.pick(self.cfg.max_streams) {
+            return Ok(Lease::new(c));
+        }
+        if slot.conns.load().len() >= self.cfg.max_conns
+            && let Some(c) = slot.least_loaded()
+        {
+            return Ok(Lease::new(c));
+        }
+        let conn = self.connect(slot).await?;
+        Ok(Lease::new(conn))
+    }
+
+    async fn connect(self: &Arc<Self>, slot: &Arc<Slot>) -> Result<Arc<Conn>, PoolError> {
+        let addr = slot.addr;
+        let io = self.connector.connect(addr).await?;
+        let (tx, conn) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .initial_stream_window_size(self.cfg.stream_window)
+            .initial_connection_window_size(self.cfg.conn_window)
+            .keep_alive_interval(self.cfg.keepalive_interval)
+            .keep_alive_timeout(self.cfg.keepalive_timeout)
+            .keep_alive_while_idle(true)
+            .handshake(TokioIo::new(io))
+            .await
+            .map_err(|source| PoolError::Handshake { addr, source })?;
+        let c = Arc::new(Conn {
+            tx,
+            in_flight: AtomicUsize::new(0),
+            last_used_ms: AtomicU64::new(self.now_ms()),
+            closed: AtomicBool::new(false),
+            pool: Arc::downgrade(self),
+        });
+        slot.conns.rcu(|v| {
+            let mut v = Vec::clone(v);
+            v.push(c.clone());
+            v
+        });
+        let weak_slot = Arc::downgrade(slot);
+        let weak_conn = Arc::downgrade(&c);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%addr, error = %e, "pooled connection ended");
+            }
+            if let (Some(slot), Some(c)) = (weak_slot.upgrade(), weak_conn.upgrade()) {
+                c.closed.store(true, Ordering::Release);
+                slot.remove(&c);
+            }
+        });
+        tracing::debug!(%addr, "pooled connection opened");
+        Ok(c)
+    }
+}
+
+impl Slot {
+    /// The first open connection with fewer than `cap` calls in flight, so
+    /// load packs onto few connections.
+    fn pick(&self, cap: usize) -> Option<Arc<Conn>> {
+        self.conns
+            .load()
+            .iter()
+            .find(|c| c.is_open() && c.in_flight.load(Ordering::Acquire) < cap)
+            .cloned()
+    }
+
+    /// The open connection with the fewest calls, for when every connection
+    /// is at the cap and no more may open (HTTP/2 queues the extra streams).
+    fn least_loaded(&self) -> Option<Arc<Conn>> {
+        self.conns
+            .load()
+            .iter()
+            .filter(|c| c.is_open())
+            .min_by_key(|c| c.in_flight.load(Ordering::Acquire))
+            .cloned()
+    }
+
+    fn remove(&self, dead: &Arc<Conn>) {
+        self.conns.rcu(|v| {
+            v.iter()
+                .filter(|c| !Arc::ptr_eq(c, dead))
+                .cloned()
+                .collect::<Vec<_>>()
+        });
+    }
+}
+
+impl Conn {
+    fn is_open(&self) -> bool {
+        !self.closed.load(Ordering::Acquire) && !self.tx.is_closed()
+    }
+}
+
+impl Lease {
+    fn new(conn: Arc<Conn>) -> Self {
+        conn.in_flight.fetch_add(1, Ordering::AcqRel);
+        Self { conn }
+    }
+}
+
+/// Releases connections nobody used for the idle timeout, and forgets
+/// endpoints that have no connections left.
+async fn reap_idle(pool: Weak<Inner>) {
+    let period = pool.upgrade().map_or(Duration::from_secs(10), |p| {
+        (p.cfg.idle_timeout / 4).max(Duration::from_millis(100))
+    });
+    let mut tick = tokio::time::interval(period);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let Some(pool) = pool.upgrade() else { return };
+        let now = pool.now_ms();
+        let idle_ms = pool.cfg.idle_timeout.as_millis() as u64;
+        pool.slots.retain(|_, slot| {
+            slot.conns.rcu(|v| {
+                v.iter()
+                    .filter(|c| {
+                        c.in_flight.load(Ordering::Acquire) > 0
+                            || now.saturating_sub(c.last_used_ms.load(Ordering::Relaxed)) < idle_ms
+                    })
+                    .cloned()
+                    .collect::<Vec<_>>()
+            });
+            !slot.conns.load().is_empty()
+        });
+    }
+}

@@ -1,0 +1,281 @@
+//! Wiring: builds the sidecar from its settings, binds the listeners,
+//! registers with the resolver, and runs until SIGTERM/SIGINT or
+//! `POST /v1.0/shutdown`, then drains.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use http::HeaderValue;
+use serde_json::json;
+use skiff_resolvers::local::LocalResolver;
+use skiff_resolvers::{AppRef, Registration, Resolver};
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+
+use crate::api::grpc::GrpcApi;
+use crate::appchannel::{AppChannel, health};
+use crate::config::{Documents, Settings, load_documents};
+use crate::headers::Identity;
+use crate::invoke::{inbound, outbound::Outbound};
+use crate::pool::{Pool, PoolConfig};
+use crate::server::{self, Drain, ListenerConfig, Protocols};
+use crate::transport::{Acceptor, Connector};
+
+/// Reported at `/v1.0/metadata` as `runtimeVersion`.
+pub const RUNTIME_VERSION: &str = concat!("skiff-", env!("CARGO_PKG_VERSION"));
+
+/// Why the sidecar could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Bind {
+        addr: SocketAddr,
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("name resolution: {0}")]
+    Resolver(#[from] skiff_resolvers::ResolveError),
+}
+
+/// Everything a request handler needs, shared by all of them.
+pub struct Sidecar {
+    pub settings: Settings,
+    pub outbound: Outbound,
+    pub app: Option<Arc<AppChannel>>,
+    pub docs: Documents,
+    ready: AtomicBool,
+    shutdown: Notify,
+    shutdown_requested: AtomicBool,
+    /// Attributes set with `PUT /v1.0/metadata/{key}` (cold path).
+    extended: Mutex<BTreeMap<String, String>>,
+    internal_addr: Mutex<Option<SocketAddr>>,
+}
+
+impl Sidecar {
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    /// Starts a graceful shutdown (`POST /v1.0/shutdown`).
+    pub fn trigger_shutdown(&self) {
+        self.shutdown_requested.store(true, Ordering::Release);
+        self.shutdown.notify_one();
+    }
+
+    /// `PUT /v1.0/metadata/{key}`.
+    pub fn put_metadata(&self, key: String, value: String) {
+        if let Ok(mut m) = self.extended.lock() {
+            m.insert(key, value);
+        }
+    }
+
+    /// `/v1.0/metadata`.
+    pub fn metadata(&self) -> serde_json::Value {
+        let s = &self.settings;
+        let extended = self.extended.lock().map(|m| m.clone()).unwrap_or_default();
+        let components: Vec<_> = self
+            .docs
+            .components_for(&s.app_id)
+            .map(|d| {
+                json!({
+                    "name": d.metadata.name,
+                    "type": d.spec.get("type").cloned().unwrap_or_default(),
+                    "version": d.spec.get("version").cloned().unwrap_or_default(),
+                    "capabilities": [],
+                })
+            })
+            .collect();
+        let app = self.app.as_deref();
+        let mut conn = json!({
+            "port": s.app_port.unwrap_or(0),
+            "protocol": s.app_protocol.as_str(),
+            "channelAddress": s.app_channel_address.to_string(),
+            "maxConcurrency": s.app_max_concurrency,
+        });
+        if let (Some(h), Some(app)) = (&s.app_health, app) {
+            conn["health"] = json!({
+                "healthCheckPath": h.path,
+                "healthProbeInterval": format!("{}s", h.interval.as_secs()),
+                "healthProbeTimeout": format!("{}ms", h.timeout.as_millis()),
+                "healthThreshold": h.threshold,
+                "healthy": app.is_healthy(),
+            });
+        }
+        let internal = self.internal_addr.lock().ok().and_then(|a| *a);
+        json!({
+            "id": s.app_id,
+            "runtimeVersion": RUNTIME_VERSION,
+            "enabledFeatures": [],
+            "actors": [],
+            "components": components,
+            "subscriptions": [],
+            "httpEndpoints": [],
+            "appConnectionProperties": conn,
+            "extended": extended,
+            "skiff": {
+                "namespace": s.namespace,
+                "resolver": self.outbound.resolver().name(),
+                "internalAddress": internal.map(|a| a.to_string()),
+            },
+        })
+    }
+}
+
+/// Runs the sidecar until it is told to stop.
+pub async fn run(settings: Settings) -> anyhow::Result<()> {
+    let docs = load_documents(settings.config_file.as_deref(), &settings.resources_paths)
+        .map_err(StartError::from)?;
+    let http_listeners = bind_all(&settings.http_addrs, "--dapr-http-port").await?;
+    let grpc_listeners = bind_all(&settings.grpc_addrs, "--dapr-grpc-port").await?;
+    let internal = bind(settings.internal_addr, "--dapr-internal-grpc-port").await?;
+    let internal_addr = internal.local_addr().map_err(|source| StartError::Bind {
+        addr: settings.internal_addr,
+        what: "--dapr-internal-grpc-port",
+        source,
+    })?;
+
+    let resolver: Arc<dyn Resolver> =
+        Arc::new(LocalResolver::new(&settings.skiff_home).map_err(StartError::from)?);
+    let me = Identity {
+        app_id: HeaderValue::from_str(&settings.app_id)?,
+        namespace: HeaderValue::from_str(&settings.namespace)?,
+    };
+    let outbound = Outbound::new(
+        resolver.clone(),
+        Pool::new(PoolConfig::default(), Connector::default()),
+        me,
+    );
+    let app = AppChannel::new(&settings).map(Arc::new);
+    let sc = Arc::new(Sidecar {
+        outbound,
+        app,
+        docs,
+        ready: AtomicBool::new(false),
+        shutdown: Notify::new(),
+        shutdown_requested: AtomicBool::new(false),
+        extended: Mutex::default(),
+        internal_addr: Mutex::new(Some(internal_addr)),
+        settings,
+    });
+
+    let drain = Drain::default();
+    let http_cfg = ListenerConfig {
+        protocols: Protocols::Http1AndH2,
+        max_header_bytes: sc.settings.max_header_bytes,
+    };
+    let h2_cfg = ListenerConfig {
+        protocols: Protocols::H2Only,
+        ..http_cfg.clone()
+    };
+    for l in http_listeners {
+        let sc = sc.clone();
+        tokio::spawn(server::serve(
+            l,
+            http_cfg.clone(),
+            Acceptor,
+            drain.watch(),
+            move |_, req| crate::api::http::handle(sc.clone(), req),
+        ));
+    }
+    let grpc_api = GrpcApi::new(sc.clone());
+    for l in grpc_listeners {
+        let api = grpc_api.clone();
+        tokio::spawn(server::serve(
+            l,
+            h2_cfg.clone(),
+            Acceptor,
+            drain.watch(),
+            move |_, req| api.clone().handle(req),
+        ));
+    }
+    {
+        let sc = sc.clone();
+        tokio::spawn(server::serve(
+            internal,
+            h2_cfg.clone(),
+            Acceptor,
+            drain.watch(),
+            move |peer, req| inbound::handle(sc.clone(), peer, req),
+        ));
+    }
+    let probe = match (&sc.app, &sc.settings.app_health) {
+        (Some(app), Some(cfg)) => Some(tokio::spawn(health::probe_loop(app.clone(), cfg.clone()))),
+        _ => None,
+    };
+
+    resolver
+        .register(Registration {
+            app: AppRef::new(sc.settings.app_id.clone(), sc.settings.namespace.clone()),
+            internal_addr: SocketAddr::new(sc.settings.advertise_ip, internal_addr.port()),
+            http_port: sc.settings.http_addrs.first().map_or(0, |a| a.port()),
+            app_port: sc.settings.app_port,
+        })
+        .await
+        .map_err(StartError::from)?;
+    sc.ready.store(true, Ordering::Release);
+    tracing::info!(
+        app_id = %sc.settings.app_id,
+        namespace = %sc.settings.namespace,
+        http = ?sc.settings.http_addrs,
+        grpc = ?sc.settings.grpc_addrs,
+        internal = %internal_addr,
+        app = ?sc.app.as_ref().map(|a| a.addr()),
+        "skiffd ready"
+    );
+
+    wait_for_stop(&sc).await;
+    sc.ready.store(false, Ordering::Release);
+    if let Err(e) = resolver.deregister().await {
+        tracing::warn!(error = %e, "deregistration failed");
+    }
+    if let Some(p) = probe {
+        p.abort();
+    }
+    let grace = sc.settings.graceful_shutdown;
+    if drain.wait(grace).await {
+        tracing::info!("drained; bye");
+    } else {
+        tracing::warn!(
+            ?grace,
+            "grace period over with calls still in flight; closing"
+        );
+    }
+    Ok(())
+}
+
+async fn wait_for_stop(sc: &Sidecar) {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch SIGTERM");
+            return sc.shutdown.notified().await;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+        () = sc.shutdown.notified() => tracing::info!("shutdown requested through the API"),
+    }
+}
+
+async fn bind(addr: SocketAddr, what: &'static str) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { addr, what, source })
+}
+
+async fn bind_all(
+    addrs: &[SocketAddr],
+    what: &'static str,
+) -> Result<Vec<TcpListener>, StartError> {
+    let mut out = Vec::with_capacity(addrs.len());
+    for a in addrs {
+        out.push(bind(*a, what).await?);
+    }
+    Ok(out)
+}

@@ -1,0 +1,53 @@
+//! `skiff-echo`: the echo backend (HTTP and/or gRPC) for demos, tests and
+//! benchmarks. See `skiff_perf::echo` for what it answers.
+
+use std::sync::Arc;
+
+use clap::Parser;
+use tokio::net::TcpListener;
+
+#[derive(Parser)]
+#[command(name = "skiff-echo", about = "Echo backend: HTTP/1.1 + h2c and gRPC")]
+struct Args {
+    /// Port for HTTP/1.1 and h2c.
+    #[arg(long)]
+    http_port: Option<u16>,
+    /// Port for gRPC (AppCallback and skiff.echo.v1.Echo).
+    #[arg(long)]
+    grpc_port: Option<u16>,
+    /// Name reported in x-echo-server.
+    #[arg(long, default_value = "echo")]
+    name: String,
+    #[arg(long, default_value = "127.0.0.1")]
+    address: std::net::IpAddr,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    if args.http_port.is_none() && args.grpc_port.is_none() {
+        anyhow::bail!("give --http-port, --grpc-port or both");
+    }
+    let name: Arc<str> = args.name.into();
+    let mut tasks = Vec::new();
+    if let Some(p) = args.http_port {
+        let l = TcpListener::bind((args.address, p))
+            .await
+            .map_err(|e| anyhow::anyhow!("binding HTTP port {p}: {e}"))?;
+        tasks.push(tokio::spawn(skiff_perf::echo::serve_http(l, name.clone())));
+    }
+    if let Some(p) = args.grpc_port {
+        let l = TcpListener::bind((args.address, p))
+            .await
+            .map_err(|e| anyhow::anyhow!("binding gRPC port {p}: {e}"))?;
+        let name = name.clone();
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = skiff_perf::echo::serve_grpc(l, name).await {
+                eprintln!("skiff-echo: gRPC server: {e}");
+            }
+        }));
+    }
+    eprintln!("skiff-echo ready");
+    tokio::signal::ctrl_c().await?;
+    Ok(())
+}

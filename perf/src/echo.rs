@@ -1,0 +1,313 @@
+//! An echo backend speaking HTTP/1.1 + h2c and gRPC.
+//!
+//! HTTP routes:
+//! - `/status/<code>`: answers with that status;
+//! - `/sink`: reads the body and answers `{"bytes": n}`;
+//! - `/source?bytes=N`: streams N bytes;
+//! - `/healthz`: 200;
+//! - anything else: streams the body back, describing the request in
+//!   `x-echo-method`, `x-echo-uri`, `x-echo-headers` (JSON) and naming the
+//!   instance in `x-echo-server`.
+//!
+//! gRPC: `AppCallback/OnInvoke` (method `echo` returns the data as sent,
+//! `fail` answers NotFound, others describe the call as JSON),
+//! `AppCallbackHealthCheck`, and `skiff.echo.v1.Echo` in every call shape.
+
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
+use http::{HeaderValue, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Either, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use skiff_proto::common::{InvokeRequest, InvokeResponse, http_extension::Verb};
+use skiff_proto::echo::EchoMessage;
+use skiff_proto::echo::echo_server::{Echo, EchoServer};
+use skiff_proto::google::protobuf::{Any, Empty};
+use skiff_proto::runtime::HealthCheckResponse;
+use skiff_proto::runtime::app_callback_health_check_server::{
+    AppCallbackHealthCheck, AppCallbackHealthCheckServer,
+};
+use skiff_proto::runtime::app_callback_server::{AppCallback, AppCallbackServer};
+use tokio::net::TcpListener;
+use tonic::{Request as GrpcRequest, Response as GrpcResponse, Status, Streaming};
+
+type EchoBody = Either<
+    Incoming,
+    Either<
+        Full<Bytes>,
+        StreamBody<Pin<Box<dyn Stream<Item = Result<Frame<Bytes>, Infallible>> + Send>>>,
+    >,
+>;
+
+const SOURCE_CHUNK: usize = 64 * 1024;
+
+/// Serves HTTP/1.1 and h2c on `listener` until the task is dropped.
+pub async fn serve_http(listener: TcpListener, name: Arc<str>) {
+    loop {
+        let Ok((tcp, _)) = listener.accept().await else {
+            continue;
+        };
+        let _ = tcp.set_nodelay(true);
+        let name = name.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req| handle_http(name.clone(), req));
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(tcp), svc)
+                .await;
+        });
+    }
+}
+
+async fn handle_http(
+    name: Arc<str>,
+    req: Request<Incoming>,
+) -> Result<Response<EchoBody>, Infallible> {
+    let path = req.uri().path().to_owned();
+    let mut resp = if let Some(code) = path.strip_prefix("/status/") {
+        let status = code
+            .parse()
+            .ok()
+            .and_then(|c| StatusCode::from_u16(c).ok())
+            .unwrap_or(StatusCode::BAD_REQUEST);
+        let mut r = full(format!("status {}", status.as_u16()));
+        *r.status_mut() = status;
+        r
+    } else if path == "/sink" {
+        let n = count_body(req.into_body()).await;
+        full(format!("{{\"bytes\":{n}}}"))
+    } else if path == "/source" {
+        let n = req
+            .uri()
+            .query()
+            .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("bytes=")))
+            .and_then(|v| v.parse::<usize>().ok())
+            .unwrap_or(0);
+        Response::new(Either::Right(Either::Right(source(n))))
+    } else if path == "/healthz" {
+        full("ok")
+    } else {
+        echo(req)
+    };
+    if let Ok(v) = HeaderValue::from_str(&name) {
+        resp.headers_mut().insert("x-echo-server", v);
+    }
+    Ok(resp)
+}
+
+fn echo(req: Request<Incoming>) -> Response<EchoBody> {
+    let (parts, body) = req.into_parts();
+    let headers: serde_json::Map<String, serde_json::Value> = parts
+        .headers
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().to_owned(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned().into(),
+            )
+        })
+        .collect();
+    let mut resp = Response::new(Either::Left(body));
+    let h = resp.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(parts.method.as_str()) {
+        h.insert("x-echo-method", v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&parts.uri.to_string()) {
+        h.insert("x-echo-uri", v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&serde_json::Value::Object(headers).to_string()) {
+        h.insert("x-echo-headers", v);
+    }
+    if let Some(ct) = parts.headers.get(http::header::CONTENT_TYPE) {
+        h.insert(http::header::CONTENT_TYPE, ct.clone());
+    }
+    resp
+}
+
+fn full(s: impl Into<Bytes>) -> Response<EchoBody> {
+    Response::new(Either::Right(Either::Left(Full::new(s.into()))))
+}
+
+async fn count_body(mut b: Incoming) -> u64 {
+    let mut n = 0u64;
+    while let Some(Ok(f)) = b.frame().await {
+        if let Some(d) = f.data_ref() {
+            n += d.len() as u64;
+        }
+    }
+    n
+}
+
+fn source(
+    total: usize,
+) -> StreamBody<Pin<Box<dyn Stream<Item = Result<Frame<Bytes>, Infallible>> + Send>>> {
+    let chunk = Bytes::from(vec![b'x'; SOURCE_CHUNK]);
+    let s = futures_util::stream::iter((0..total).step_by(SOURCE_CHUNK).map(move |off| {
+        let len = SOURCE_CHUNK.min(total - off);
+        Ok(Frame::data(chunk.slice(..len)))
+    }));
+    StreamBody::new(Box::pin(s))
+}
+
+/// Serves the gRPC services on `listener` until the task is dropped.
+pub async fn serve_grpc(
+    listener: TcpListener,
+    name: Arc<str>,
+) -> Result<(), tonic::transport::Error> {
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(AppCallbackServer::new(Callback { name: name.clone() }))
+        .add_service(AppCallbackHealthCheckServer::new(Callback {
+            name: name.clone(),
+        }))
+        .add_service(EchoServer::new(EchoSvc { name }))
+        .serve_with_incoming(incoming)
+        .await
+}
+
+struct Callback {
+    name: Arc<str>,
+}
+
+#[tonic::async_trait]
+impl AppCallback for Callback {
+    async fn on_invoke(
+        &self,
+        req: GrpcRequest<InvokeRequest>,
+    ) -> Result<GrpcResponse<InvokeResponse>, Status> {
+        let md: serde_json::Map<String, serde_json::Value> = req
+            .metadata()
+            .clone()
+            .into_headers()
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.as_str().to_owned(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned().into(),
+                )
+            })
+            .collect();
+        let r = req.into_inner();
+        match r.method.as_str() {
+            "echo" => Ok(GrpcResponse::new(InvokeResponse {
+                data: r.data,
+                content_type: r.content_type,
+            })),
+            "fail" => Err(Status::not_found("no such thing")),
+            _ => {
+                let ext = r.http_extension.unwrap_or_default();
+                let data = r.data.unwrap_or_default();
+                let desc = serde_json::json!({
+                    "server": &*self.name,
+                    "method": r.method,
+                    "verb": Verb::try_from(ext.verb).map(|v| v.as_str_name()).unwrap_or("?"),
+                    "querystring": ext.querystring,
+                    "contentType": r.content_type,
+                    "typeUrl": data.type_url,
+                    "data": String::from_utf8_lossy(&data.value),
+                    "metadata": md,
+                });
+                Ok(GrpcResponse::new(InvokeResponse {
+                    data: Some(Any {
+                        type_url: String::new(),
+                        value: Bytes::from(desc.to_string()),
+                    }),
+                    content_type: "application/json".into(),
+                }))
+            }
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl AppCallbackHealthCheck for Callback {
+    async fn health_check(
+        &self,
+        _: GrpcRequest<Empty>,
+    ) -> Result<GrpcResponse<HealthCheckResponse>, Status> {
+        Ok(GrpcResponse::new(HealthCheckResponse {}))
+    }
+}
+
+struct EchoSvc {
+    name: Arc<str>,
+}
+
+fn seen(md: &tonic::metadata::MetadataMap, name: &str) -> Vec<String> {
+    let mut v: Vec<String> = md
+        .clone()
+        .into_headers()
+        .iter()
+        .map(|(k, v)| format!("{}={}", k, String::from_utf8_lossy(v.as_bytes())))
+        .collect();
+    v.push(format!("x-echo-server={name}"));
+    v
+}
+
+type MsgStream = Pin<Box<dyn Stream<Item = Result<EchoMessage, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Echo for EchoSvc {
+    async fn unary(
+        &self,
+        req: GrpcRequest<EchoMessage>,
+    ) -> Result<GrpcResponse<EchoMessage>, Status> {
+        let seen_metadata = seen(req.metadata(), &self.name);
+        let m = req.into_inner();
+        if m.delay_ms > 0 {
+            tokio::time::sleep(Duration::from_millis(m.delay_ms.into())).await;
+        }
+        Ok(GrpcResponse::new(EchoMessage { seen_metadata, ..m }))
+    }
+
+    type ServerStreamStream = MsgStream;
+
+    async fn server_stream(
+        &self,
+        req: GrpcRequest<EchoMessage>,
+    ) -> Result<GrpcResponse<MsgStream>, Status> {
+        let m = req.into_inner();
+        let n = m.count;
+        let s = futures_util::stream::iter((0..n).map(move |i| {
+            Ok(EchoMessage {
+                count: i,
+                ..m.clone()
+            })
+        }));
+        Ok(GrpcResponse::new(Box::pin(s)))
+    }
+
+    async fn client_stream(
+        &self,
+        req: GrpcRequest<Streaming<EchoMessage>>,
+    ) -> Result<GrpcResponse<EchoMessage>, Status> {
+        let mut s = req.into_inner();
+        let mut payload = Vec::new();
+        let mut count = 0;
+        while let Some(m) = s.next().await {
+            let m = m?;
+            payload.extend_from_slice(&m.payload);
+            count += 1;
+        }
+        Ok(GrpcResponse::new(EchoMessage {
+            payload: payload.into(),
+            count,
+            ..Default::default()
+        }))
+    }
+
+    type BidiStream = MsgStream;
+
+    async fn bidi(
+        &self,
+        req: GrpcRequest<Streaming<EchoMessage>>,
+    ) -> Result<GrpcResponse<MsgStream>, Status> {
+        let s = req.into_inner();
+        Ok(GrpcResponse::new(Box::pin(s)))
+    }
+}

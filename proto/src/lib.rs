@@ -1,0 +1,51 @@
+//! Dapr-compatible protobuf messages and gRPC stubs, generated at build time.
+//!
+//! The packages, message names and field numbers follow Dapr's public wire
+//! contract; the `.proto` sources live in `proto/`. Payload fields are
+//! `bytes::Bytes` so bodies move through the sidecar without copies. This crate
+//! holds no logic.
+
+// Module nesting mirrors the proto packages so generated cross-package
+// references (`super::super::...`) resolve.
+pub mod dapr {
+    pub mod proto {
+        pub mod common {
+            pub mod v1 {
+                tonic::include_proto!("dapr.proto.common.v1");
+            }
+        }
+        pub mod runtime {
+            pub mod v1 {
+                tonic::include_proto!("dapr.proto.runtime.v1");
+            }
+        }
+    }
+}
+
+/// Well-known types, generated with `Bytes` payloads.
+pub mod google {
+    pub mod protobuf {
+        tonic::include_proto!("google.protobuf");
+    }
+}
+
+/// Skiff's echo service, used by the demo, the tests and the benchmarks.
+pub mod skiff {
+    pub mod echo {
+        pub mod v1 {
+            tonic::include_proto!("skiff.echo.v1");
+        }
+    }
+}
+
+pub use dapr::proto::common::v1 as common;
+pub use dapr::proto::runtime::v1 as runtime;
+pub use skiff::echo::v1 as echo;
+
+/// Full gRPC method paths the sidecar routes on without decoding.
+pub mod paths {
+    pub const INVOKE_SERVICE: &str = "/dapr.proto.runtime.v1.Dapr/InvokeService";
+    pub const DAPR_SERVICE_PREFIX: &str = "/dapr.proto.runtime.v1.Dapr/";
+    pub const ON_INVOKE: &str = "/dapr.proto.runtime.v1.AppCallback/OnInvoke";
+    pub const APP_HEALTH_CHECK: &str = "/dapr.proto.runtime.v1.AppCallbackHealthCheck/HealthCheck";
+}

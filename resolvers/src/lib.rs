@@ -1,0 +1,124 @@
+//! Name resolution: from an app id (and namespace) to the live set of sidecar
+//! endpoints that serve it.
+//!
+//! A [`Resolver`] hands out an [`EndpointSet`] per app: a snapshot that the
+//! resolver keeps current in the background and that the request path reads
+//! without locks (`ArcSwap`). Resolvers also register the local sidecar so
+//! that others can find it. Implementations: [`local`] (embedded default,
+//! one machine, no configuration). Kubernetes DNS, mDNS and Consul follow.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use arc_swap::ArcSwap;
+
+pub mod local;
+
+/// Errors a resolver reports.
+#[derive(Debug, thiserror::Error)]
+pub enum ResolveError {
+    #[error("registry {path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("registry entry {path}: {why}")]
+    BadEntry { path: String, why: String },
+}
+
+/// The app a caller wants to reach.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct AppRef {
+    pub app_id: String,
+    pub namespace: String,
+}
+
+impl AppRef {
+    pub fn new(app_id: impl Into<String>, namespace: impl Into<String>) -> Self {
+        Self {
+            app_id: app_id.into(),
+            namespace: namespace.into(),
+        }
+    }
+}
+
+/// One sidecar instance serving an app.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Endpoint {
+    /// Where its internal (sidecar-to-sidecar) listener accepts connections.
+    pub addr: SocketAddr,
+    /// A stable name for the instance (logs, metrics).
+    pub instance: Arc<str>,
+}
+
+/// What a sidecar publishes about itself.
+#[derive(Clone, Debug)]
+pub struct Registration {
+    pub app: AppRef,
+    /// Address other sidecars connect to.
+    pub internal_addr: SocketAddr,
+    /// The app-facing HTTP port, for resolvers that health-check it.
+    pub http_port: u16,
+    pub app_port: Option<u16>,
+}
+
+/// The live endpoints of one app. Readers take a lock-free snapshot.
+#[derive(Debug, Default)]
+pub struct EndpointSet {
+    current: ArcSwap<Vec<Endpoint>>,
+    generation: AtomicU64,
+}
+
+impl EndpointSet {
+    pub fn new(endpoints: Vec<Endpoint>) -> Self {
+        Self {
+            current: ArcSwap::from_pointee(endpoints),
+            generation: AtomicU64::new(0),
+        }
+    }
+
+    /// The endpoints as of now.
+    pub fn snapshot(&self) -> Arc<Vec<Endpoint>> {
+        self.current.load_full()
+    }
+
+    /// Bumped on every change; lets callers notice a new set cheaply.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Replaces the set when it differs; returns whether it changed.
+    pub fn update(&self, endpoints: Vec<Endpoint>) -> bool {
+        if **self.current.load() == endpoints {
+            return false;
+        }
+        self.current.store(Arc::new(endpoints));
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        true
+    }
+}
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// A source of endpoints. Two implementations exist today: the embedded
+/// local registry and the static set used for explicit endpoint lists.
+pub trait Resolver: Send + Sync + 'static {
+    /// The live endpoint set of `app`. The first call for an app does one
+    /// synchronous lookup so an answer is there at once; the resolver keeps the
+    /// set current afterwards.
+    fn resolve(&self, app: &AppRef) -> Result<Arc<EndpointSet>, ResolveError>;
+
+    /// Publishes this sidecar so that others can find it, and keeps it
+    /// published until [`Resolver::deregister`].
+    fn register(&self, reg: Registration) -> BoxFuture<'_, Result<(), ResolveError>>;
+
+    /// Removes this sidecar's registration (graceful shutdown).
+    fn deregister(&self) -> BoxFuture<'_, Result<(), ResolveError>>;
+
+    /// A short name for logs and the metadata endpoint.
+    fn name(&self) -> &'static str;
+}

@@ -1,0 +1,318 @@
+//! Harness for Skiff's end-to-end tests: starts the real `skiffd` and
+//! `skiff-echo` binaries on loopback, each test with its own registry
+//! (`SKIFF_HOME`), and kills them by PID when dropped.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+/// Where cargo put the workspace binaries (next to this test's `deps/`).
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    let p = dir.join(name);
+    assert!(
+        p.exists(),
+        "{} not built; run `cargo build --workspace` first",
+        p.display()
+    );
+    p
+}
+
+/// A free loopback port (bound then released; good enough for tests).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// A child process that is killed when dropped.
+pub struct Proc {
+    pub child: Child,
+    pub name: String,
+}
+
+impl Proc {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGTERM, for graceful-shutdown tests.
+    pub fn terminate(&self) {
+        signal(self.pid(), "TERM");
+    }
+
+    /// SIGKILL: dies without deregistering.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Resident memory in KiB, from /proc.
+    pub fn rss_kib(&self) -> u64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("VmRSS:"))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            })
+            .unwrap_or(0)
+    }
+
+    /// Waits for exit up to `d`; returns the exit status if it exited.
+    pub fn wait_exit(&mut self, d: Duration) -> Option<std::process::ExitStatus> {
+        let end = Instant::now() + d;
+        while Instant::now() < end {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+fn signal(pid: u32, sig: &str) {
+    let _ = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status();
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// One test's world: a private registry and the processes in it.
+pub struct World {
+    pub home: tempfile::TempDir,
+}
+
+impl Default for World {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A started echo backend.
+pub struct Echo {
+    pub proc: Proc,
+    pub http_port: u16,
+    pub grpc_port: u16,
+}
+
+/// A started sidecar.
+pub struct Sidecar {
+    pub proc: Proc,
+    pub app_id: String,
+    pub http_port: u16,
+    pub grpc_port: u16,
+}
+
+impl Sidecar {
+    pub fn http(&self) -> String {
+        format!("http://127.0.0.1:{}", self.http_port)
+    }
+
+    pub fn grpc_addr(&self) -> String {
+        format!("http://127.0.0.1:{}", self.grpc_port)
+    }
+}
+
+/// Options for [`World::sidecar`].
+#[derive(Clone, Default)]
+pub struct SidecarOpts {
+    pub app_port: Option<u16>,
+    pub protocol: Option<&'static str>,
+    pub namespace: Option<&'static str>,
+    pub env: Vec<(&'static str, String)>,
+    pub args: Vec<String>,
+}
+
+impl World {
+    pub fn new() -> Self {
+        Self {
+            home: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
+    /// Starts `skiff-echo` with both HTTP and gRPC listeners.
+    pub fn echo(&self, name: &str) -> Echo {
+        let (http_port, grpc_port) = (free_port(), free_port());
+        let child = Command::new(bin("skiff-echo"))
+            .args([
+                "--http-port",
+                &http_port.to_string(),
+                "--grpc-port",
+                &grpc_port.to_string(),
+                "--name",
+                name,
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn skiff-echo");
+        let proc = Proc {
+            child,
+            name: name.to_owned(),
+        };
+        wait_port(http_port);
+        wait_port(grpc_port);
+        Echo {
+            proc,
+            http_port,
+            grpc_port,
+        }
+    }
+
+    /// Starts `skiffd` and waits until `/v1.0/healthz` answers 204.
+    pub fn sidecar(&self, app_id: &str, o: SidecarOpts) -> Sidecar {
+        let (http_port, grpc_port) = (free_port(), free_port());
+        let mut cmd = Command::new(bin("skiffd"));
+        cmd.args(["--app-id", app_id])
+            .args(["--dapr-http-port", &http_port.to_string()])
+            .args(["--dapr-grpc-port", &grpc_port.to_string()])
+            .env("SKIFF_HOME", self.home.path())
+            .env_remove("DAPR_API_TOKEN")
+            .env_remove("APP_API_TOKEN")
+            .env_remove("NAMESPACE")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(if std::env::var_os("SKIFF_TEST_LOGS").is_some() {
+                Stdio::inherit()
+            } else {
+                Stdio::null()
+            });
+        if let Some(p) = o.app_port {
+            cmd.args(["--app-port", &p.to_string()]);
+        }
+        if let Some(p) = o.protocol {
+            cmd.args(["--app-protocol", p]);
+        }
+        if let Some(ns) = o.namespace {
+            cmd.env("NAMESPACE", ns);
+        }
+        for (k, v) in &o.env {
+            cmd.env(k, v);
+        }
+        cmd.args(&o.args);
+        let child = cmd.spawn().expect("spawn skiffd");
+        let mut proc = Proc {
+            child,
+            name: app_id.to_owned(),
+        };
+        wait_healthy(&mut proc, http_port);
+        Sidecar {
+            proc,
+            app_id: app_id.to_owned(),
+            http_port,
+            grpc_port,
+        }
+    }
+}
+
+fn wait_port(port: u16) {
+    let end = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < end {
+        if std::net::TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], port))).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("port {port} did not open within 10s");
+}
+
+fn wait_healthy(proc: &mut Proc, port: u16) {
+    let end = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < end {
+        if let Ok(Some(status)) = proc.child.try_wait() {
+            panic!("skiffd {} exited early: {status}", proc.name);
+        }
+        if let Ok(mut s) = std::net::TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], port))) {
+            use std::io::{Read, Write};
+            let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+            let _ =
+                s.write_all(b"GET /v1.0/healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
+            let mut buf = [0u8; 32];
+            if let Ok(n) = s.read(&mut buf)
+                && buf[..n].starts_with(b"HTTP/1.1 204")
+            {
+                return;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("skiffd {} not healthy within 15s", proc.name);
+}
+
+/// An HTTP/1.1 client (keep-alive) for the tests.
+pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+pub fn http_client() -> HttpClient {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// An h2c (prior knowledge) client.
+pub fn h2_client() -> HttpClient {
+    Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http()
+}
+
+/// A response read whole.
+pub struct Resp {
+    pub status: http::StatusCode,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+}
+
+impl Resp {
+    pub fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// The echo app's view of the request headers.
+    pub fn echoed_headers(&self) -> serde_json::Value {
+        serde_json::from_str(self.header("x-echo-headers")).unwrap_or_default()
+    }
+}
+
+/// Sends a request and reads the whole response.
+pub async fn send(client: &HttpClient, req: http::Request<Full<Bytes>>) -> Resp {
+    let resp = client.request(req).await.expect("request");
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.expect("body").to_bytes();
+    Resp {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    }
+}
+
+/// Builds a request.
+pub fn request(method: &str, url: &str, body: impl Into<Bytes>) -> http::Request<Full<Bytes>> {
+    http::Request::builder()
+        .method(method)
+        .uri(url)
+        .body(Full::new(body.into()))
+        .expect("request")
+}

@@ -1,0 +1,89 @@
+//! Malformed input gets a clear answer and never hurts other connections.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use skiff_tests::*;
+
+fn raw(port: u16, bytes: &[u8]) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let _ = s.write_all(bytes);
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn status_of(resp: &str) -> &str {
+    resp.split(' ').nth(1).unwrap_or("")
+}
+
+#[tokio::test]
+async fn malformed_requests_then_a_normal_call_succeeds() {
+    let w = World::new();
+    let echo = w.echo("e");
+    let _callee = w.sidecar(
+        "callee",
+        SidecarOpts {
+            app_port: Some(echo.http_port),
+            ..Default::default()
+        },
+    );
+    let caller = w.sidecar("caller", SidecarOpts::default());
+    let port = caller.http_port;
+
+    // Keep a healthy keep-alive connection open throughout.
+    let c = http_client();
+    let ok = |r: &Resp| r.status == 200;
+    let url = format!("{}/v1.0/invoke/callee/method/ping", caller.http());
+    assert!(ok(&send(&c, request("GET", &url, "")).await));
+
+    let cases: Vec<(Vec<u8>, &str)> = vec![
+        (b"GET /v1.0/invoke/callee/method/x%zz HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n".to_vec(), "400"),
+        (b"GET /v1.0/invoke/callee/method/x%00y HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n".to_vec(), "400"),
+        (b"GET /v1.0/invoke/callee/method/x%0Dy HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n".to_vec(), "400"),
+        (b"GET /v1.0/invoke/a.b.c/method/x HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n".to_vec(), "400"),
+        (b"GET /v1.0/invoke/callee/methodx HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n".to_vec(), "400"),
+        (b"GET /v1.0/invoke/ghost/method/x HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n".to_vec(), "500"),
+        (b"GET /nothing HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n".to_vec(), "404"),
+        (
+            format!("GET /v1.0/healthz HTTP/1.1\r\nhost: a\r\nx-big: {}\r\n\r\n", "a".repeat(64 * 1024)).into_bytes(),
+            "431",
+        ),
+        (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03garbage-tls-hello\r\n\r\n".to_vec(), ""),
+        (b"NOT HTTP AT ALL\r\n\r\n".to_vec(), "400"),
+    ];
+    for (bytes, want) in &cases {
+        let resp = raw(port, bytes);
+        if want.is_empty() {
+            assert!(
+                !resp.starts_with("HTTP/1.1 2"),
+                "garbage must not succeed: {resp}"
+            );
+        } else {
+            assert_eq!(
+                status_of(&resp),
+                *want,
+                "request {:?} got {resp}",
+                String::from_utf8_lossy(&bytes[..bytes.len().min(60)])
+            );
+        }
+    }
+    // A connection that sends half a request and goes away.
+    drop(TcpStream::connect(("127.0.0.1", port)).and_then(|mut s| {
+        s.write_all(b"POST /v1.0/invoke/callee/method/x HTTP/1.1\r\ncontent-length: 100\r\n\r\nabc")
+    }));
+    // Garbage on the gRPC and internal ports too.
+    let _ = raw(caller.grpc_port, b"hello, are you gRPC?\r\n\r\n");
+
+    assert!(
+        ok(&send(&c, request("GET", &url, "")).await),
+        "the kept connection still works"
+    );
+    assert!(
+        ok(&send(&http_client(), request("GET", &url, "")).await),
+        "a new connection works"
+    );
+}
