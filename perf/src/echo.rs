@@ -36,13 +36,8 @@ use skiff_proto::runtime::app_callback_server::{AppCallback, AppCallbackServer};
 use tokio::net::TcpListener;
 use tonic::{Request as GrpcRequest, Response as GrpcResponse, Status, Streaming};
 
-type EchoBody = Either<
-    Incoming,
-    Either<
-        Full<Bytes>,
-        StreamBody<Pin<Box<dyn Stream<Item = Result<Frame<Bytes>, Infallible>> + Send>>>,
-    >,
->;
+type FrameStream = Pin<Box<dyn Stream<Item = Result<Frame<Bytes>, Infallible>> + Send>>;
+type EchoBody = Either<Incoming, Either<Full<Bytes>, StreamBody<FrameStream>>>;
 
 const SOURCE_CHUNK: usize = 64 * 1024;
 
@@ -142,9 +137,7 @@ async fn count_body(mut b: Incoming) -> u64 {
     n
 }
 
-fn source(
-    total: usize,
-) -> StreamBody<Pin<Box<dyn Stream<Item = Result<Frame<Bytes>, Infallible>> + Send>>> {
+fn source(total: usize) -> StreamBody<FrameStream> {
     let chunk = Bytes::from(vec![b'x'; SOURCE_CHUNK]);
     let s = futures_util::stream::iter((0..total).step_by(SOURCE_CHUNK).map(move |off| {
         let len = SOURCE_CHUNK.min(total - off);

@@ -196,10 +196,10 @@ pub async fn unary<Req: Message, Resp: Message + Default>(
         )));
     }
     // Trailers-only response: the status is in the headers.
-    if let Some(code) = grpc_status(resp.headers()) {
-        if code != Code::Ok {
-            return Err(UnaryError::Status(code, grpc_message(resp.headers())));
-        }
+    if let Some(code) = grpc_status(resp.headers())
+        && code != Code::Ok
+    {
+        return Err(UnaryError::Status(code, grpc_message(resp.headers())));
     }
     let limit = app.max_body_size.saturating_add(5);
     let collected = http_body_util::Limited::new(resp.into_body(), limit)

@@ -403,3 +403,186 @@ async fn reap_idle(pool: Weak<Inner>) {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+    use std::sync::atomic::AtomicUsize;
+
+    use http_body_util::BodyExt;
+    use hyper::service::service_fn;
+    use tokio::net::TcpListener;
+    use tokio::sync::Semaphore;
+
+    use super::*;
+
+    /// An in-process HTTP/2 server. Each response waits for a permit from
+    /// `gate` (so tests can hold calls in flight); after `close_after`
+    /// requests a connection sends GOAWAY.
+    struct Server {
+        addr: SocketAddr,
+        accepted: Arc<AtomicUsize>,
+        gate: Arc<Semaphore>,
+    }
+
+    async fn server(close_after: Option<usize>) -> Server {
+        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = l.local_addr().expect("addr");
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let gate = Arc::new(Semaphore::new(Semaphore::MAX_PERMITS));
+        let (acc, g) = (accepted.clone(), gate.clone());
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = l.accept().await {
+                acc.fetch_add(1, Ordering::SeqCst);
+                let g = g.clone();
+                let served = Arc::new(AtomicUsize::new(0));
+                let (done_tx, mut done_rx) = tokio::sync::mpsc::channel::<()>(8);
+                tokio::spawn(async move {
+                    let svc = service_fn(move |_req: Request<hyper::body::Incoming>| {
+                        let (g, served, done_tx) = (g.clone(), served.clone(), done_tx.clone());
+                        async move {
+                            let _p = g.acquire().await;
+                            if close_after
+                                .is_some_and(|n| served.fetch_add(1, Ordering::SeqCst) + 1 >= n)
+                            {
+                                let _ = done_tx.try_send(());
+                            }
+                            Ok::<_, Infallible>(Response::new(SkiffBody::full("ok")))
+                        }
+                    });
+                    let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(tcp), svc);
+                    tokio::pin!(conn);
+                    tokio::select! {
+                        _ = conn.as_mut() => {}
+                        _ = done_rx.recv() => {
+                            conn.as_mut().graceful_shutdown();
+                            let _ = conn.await;
+                        }
+                    }
+                });
+            }
+        });
+        Server {
+            addr,
+            accepted,
+            gate,
+        }
+    }
+
+    fn get() -> Request<SkiffBody> {
+        Request::builder()
+            .uri("/x")
+            .body(SkiffBody::Empty)
+            .expect("request")
+    }
+
+    async fn ok(pool: &Pool, addr: SocketAddr) {
+        let resp = pool.send(addr, get()).await.expect("send");
+        let body = resp.into_body().collect().await.expect("body").to_bytes();
+        assert_eq!(&body[..], b"ok");
+    }
+
+    #[tokio::test]
+    async fn a_burst_of_first_calls_makes_one_connection() {
+        let s = server(None).await;
+        let pool = Pool::new(PoolConfig::default(), Connector::default());
+        let calls: Vec<_> = (0..32)
+            .map(|_| {
+                let pool = pool.clone();
+                tokio::spawn(async move { ok(&pool, s.addr).await })
+            })
+            .collect();
+        for c in calls {
+            c.await.expect("join");
+        }
+        assert_eq!(s.accepted.load(Ordering::SeqCst), 1);
+        assert_eq!(pool.connections(s.addr), 1);
+    }
+
+    #[tokio::test]
+    async fn another_connection_opens_at_the_stream_cap() {
+        let s = server(None).await;
+        // Hold every response until all calls are in flight.
+        let held = s.gate.available_permits();
+        let closed = s.gate.acquire_many(held as u32).await.expect("gate");
+        let cfg = PoolConfig {
+            max_streams: 2,
+            max_conns: 3,
+            ..PoolConfig::default()
+        };
+        let pool = Pool::new(cfg, Connector::default());
+        let calls: Vec<_> = (0..8)
+            .map(|_| {
+                let pool = pool.clone();
+                tokio::spawn(async move { ok(&pool, s.addr).await })
+            })
+            .collect();
+        // Wait until the pool has dialed all it may.
+        for _ in 0..200 {
+            if s.accepted.load(Ordering::SeqCst) >= 3 {
+                break;
+            }
+            tokio::task::yield_now().await;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(s.accepted.load(Ordering::SeqCst), 3, "capped at max_conns");
+        drop(closed);
+        for c in calls {
+            c.await.expect("join");
+        }
+        assert_eq!(s.accepted.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn calls_survive_goaway_by_reconnecting() {
+        // The server sends GOAWAY after every request.
+        let s = server(Some(1)).await;
+        let pool = Pool::new(PoolConfig::default(), Connector::default());
+        for _ in 0..5 {
+            ok(&pool, s.addr).await;
+        }
+        assert!(
+            s.accepted.load(Ordering::SeqCst) >= 2,
+            "reconnected after GOAWAY"
+        );
+    }
+
+    #[tokio::test]
+    async fn unreachable_endpoint_is_a_connect_error() {
+        let addr = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            l.local_addr().expect("addr")
+        };
+        let pool = Pool::new(PoolConfig::default(), Connector::default());
+        let err = pool.send(addr, get()).await.expect_err("refused");
+        assert!(err.is_connect(), "{err}");
+        assert!(err.to_string().contains(&addr.to_string()), "{err}");
+    }
+
+    #[tokio::test]
+    async fn idle_connections_are_released() {
+        let s = server(None).await;
+        let cfg = PoolConfig {
+            idle_timeout: Duration::from_secs(60),
+            ..PoolConfig::default()
+        };
+        let pool = Pool::new(cfg, Connector::default());
+        ok(&pool, s.addr).await;
+        assert_eq!(pool.connections(s.addr), 1);
+        // From here on the clock is ours: jump past the idle timeout.
+        tokio::time::pause();
+        tokio::time::advance(Duration::from_secs(30)).await;
+        tokio::task::yield_now().await;
+        assert_eq!(pool.connections(s.addr), 1, "not idle long enough yet");
+        tokio::time::advance(Duration::from_secs(46)).await;
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(
+            pool.connections(s.addr),
+            0,
+            "released after the idle timeout"
+        );
+    }
+}
