@@ -186,6 +186,7 @@ fn builder(cfg: &ListenerConfig) -> auto::Builder<TokioExecutor> {
         .max_header_list_size(u32::try_from(cfg.max_header_bytes).unwrap_or(u32::MAX))
         .initial_stream_window_size(DEFAULT_STREAM_WINDOW)
         .initial_connection_window_size(DEFAULT_CONN_WINDOW)
+        .max_frame_size(crate::pool::DEFAULT_MAX_FRAME)
         .keep_alive_interval(crate::pool::DEFAULT_KEEPALIVE_INTERVAL)
         .keep_alive_timeout(crate::pool::DEFAULT_KEEPALIVE_TIMEOUT);
     if cfg.protocols == Protocols::H2Only {

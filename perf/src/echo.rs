@@ -151,9 +151,10 @@ pub async fn serve_grpc(
     listener: TcpListener,
     name: Arc<str>,
 ) -> Result<(), tonic::transport::Error> {
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    // Server::tcp_nodelay only applies to sockets tonic binds itself; without
+    // it here, Nagle holds each response's trailers for a delayed ACK (~40 ms).
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     tonic::transport::Server::builder()
-        .tcp_nodelay(true)
         .add_service(AppCallbackServer::new(Callback { name: name.clone() }))
         .add_service(AppCallbackHealthCheckServer::new(Callback {
             name: name.clone(),
