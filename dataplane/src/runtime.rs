@@ -95,7 +95,8 @@ impl Sidecar {
             "port": s.app_port.unwrap_or(0),
             "protocol": s.app_protocol.as_str(),
             "channelAddress": s.app_channel_address.to_string(),
-            "maxConcurrency": s.app_max_concurrency,
+            // daprd reports -1 for unlimited.
+            "maxConcurrency": if s.app_max_concurrency == 0 { -1 } else { s.app_max_concurrency as i64 },
         });
         if let (Some(h), Some(app)) = (&s.app_health, app) {
             conn["health"] = json!({

@@ -377,6 +377,7 @@ async fn health_metadata_and_shutdown_endpoints() {
     assert_eq!(j["extended"]["team"], "payments");
     assert_eq!(j["appConnectionProperties"]["protocol"], "http");
     assert_eq!(j["appConnectionProperties"]["port"], p._echo.http_port);
+    assert_eq!(j["appConnectionProperties"]["maxConcurrency"], -1);
 
     let mut caller = p.caller;
     let r = send(
@@ -390,4 +391,77 @@ async fn health_metadata_and_shutdown_endpoints() {
         .wait_exit(Duration::from_secs(10))
         .expect("exits after /v1.0/shutdown");
     assert!(status.success());
+}
+
+#[tokio::test]
+async fn h2c_apps_are_reached_over_http2() {
+    let w = World::new();
+    let echo = w.echo("h2");
+    let _callee = w.sidecar(
+        "h2app",
+        SidecarOpts {
+            app_port: Some(echo.http_port),
+            protocol: Some("h2c"),
+            ..Default::default()
+        },
+    );
+    let caller = w.sidecar("caller", SidecarOpts::default());
+    let c = http_client();
+    let r = send(
+        &c,
+        request(
+            "POST",
+            &format!("{}/v1.0/invoke/h2app/method/v?x=1", caller.http()),
+            "over h2c",
+        ),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), "over h2c");
+    // An HTTP/2 request's URI carries scheme and authority (HTTP/1.1's does not).
+    let uri = r.header("x-echo-uri");
+    assert!(
+        uri.starts_with("http://127.0.0.1:") && uri.ends_with("/v?x=1"),
+        "{uri}"
+    );
+}
+
+#[tokio::test]
+async fn an_unhealthy_app_gets_no_calls() {
+    let w = World::new();
+    let echo = w.echo("sick");
+    // The health path answers 500, so one failed probe marks the app down.
+    let _callee = w.sidecar(
+        "sick",
+        SidecarOpts {
+            app_port: Some(echo.http_port),
+            args: [
+                "--enable-app-health-check",
+                "--app-health-check-path",
+                "/status/500",
+                "--app-health-probe-interval",
+                "1",
+                "--app-health-threshold",
+                "1",
+            ]
+            .map(String::from)
+            .to_vec(),
+            ..Default::default()
+        },
+    );
+    let caller = w.sidecar("caller", SidecarOpts::default());
+    let c = http_client();
+    let url = format!("{}/v1.0/invoke/sick/method/x", caller.http());
+    let mut last = 0;
+    // Bounded wait for the first probe (interval 1 s).
+    for _ in 0..50 {
+        last = send(&c, request("GET", &url, "")).await.status.as_u16();
+        if last == 503 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(last, 503, "calls are refused once the app is unhealthy");
+    let r = send(&c, request("GET", &url, "")).await;
+    assert!(r.text().contains("unhealthy"), "{}", r.text());
 }

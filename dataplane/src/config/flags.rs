@@ -148,7 +148,12 @@ pub struct Flags {
     )]
     pub app_api_token: Option<String>,
     /// Tokio worker threads; 0 = one per core.
-    #[arg(long = "worker-threads", env = "SKIFF_WORKER_THREADS", default_value_t = 0, hide = true)]
+    #[arg(
+        long = "worker-threads",
+        env = "SKIFF_WORKER_THREADS",
+        default_value_t = 0,
+        hide = true
+    )]
     pub worker_threads: usize,
     /// Home of the embedded registry (default ~/.skiff).
     #[arg(env = "SKIFF_HOME", long = "skiff-home", hide = true)]
