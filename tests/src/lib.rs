@@ -140,6 +140,25 @@ pub struct SidecarOpts {
     pub args: Vec<String>,
 }
 
+impl SidecarOpts {
+    /// A sidecar in front of an HTTP app on `port`.
+    pub fn app(port: u16) -> Self {
+        Self {
+            app_port: Some(port),
+            ..Self::default()
+        }
+    }
+
+    /// A sidecar in front of a gRPC app on `port`.
+    pub fn grpc_app(port: u16) -> Self {
+        Self {
+            app_port: Some(port),
+            protocol: Some("grpc"),
+            ..Self::default()
+        }
+    }
+}
+
 impl World {
     pub fn new() -> Self {
         Self {

@@ -24,13 +24,7 @@ fn status_of(resp: &str) -> &str {
 async fn malformed_requests_then_a_normal_call_succeeds() {
     let w = World::new();
     let echo = w.echo("e");
-    let _callee = w.sidecar(
-        "callee",
-        SidecarOpts {
-            app_port: Some(echo.http_port),
-            ..Default::default()
-        },
-    );
+    let _callee = w.sidecar("callee", SidecarOpts::app(echo.http_port));
     let caller = w.sidecar("caller", SidecarOpts::default());
     let port = caller.http_port;
 

@@ -26,21 +26,8 @@ struct Setup {
 fn setup(caller_args: Vec<String>) -> Setup {
     let w = World::new();
     let echo = w.echo("e1");
-    let http_app = w.sidecar(
-        "web",
-        SidecarOpts {
-            app_port: Some(echo.http_port),
-            ..Default::default()
-        },
-    );
-    let grpc_app = w.sidecar(
-        "rpc",
-        SidecarOpts {
-            app_port: Some(echo.grpc_port),
-            protocol: Some("grpc"),
-            ..Default::default()
-        },
-    );
+    let http_app = w.sidecar("web", SidecarOpts::app(echo.http_port));
+    let grpc_app = w.sidecar("rpc", SidecarOpts::grpc_app(echo.grpc_port));
     let caller = w.sidecar(
         "caller",
         SidecarOpts {

@@ -14,13 +14,7 @@ struct Pair {
 fn pair() -> Pair {
     let w = World::new();
     let echo = w.echo("e1");
-    let callee = w.sidecar(
-        "callee",
-        SidecarOpts {
-            app_port: Some(echo.http_port),
-            ..Default::default()
-        },
-    );
+    let callee = w.sidecar("callee", SidecarOpts::app(echo.http_port));
     let caller = w.sidecar("caller", SidecarOpts::default());
     Pair {
         _echo: echo,
@@ -174,13 +168,7 @@ async fn one_mebibyte_body_round_trips_intact() {
 async fn unknown_app_and_dead_app_fail_fast_with_dapr_errors() {
     let w = World::new();
     let dead_port = free_port();
-    let _callee = w.sidecar(
-        "lonely",
-        SidecarOpts {
-            app_port: Some(dead_port),
-            ..Default::default()
-        },
-    );
+    let _callee = w.sidecar("lonely", SidecarOpts::app(dead_port));
     let caller = w.sidecar("caller", SidecarOpts::default());
     let c = http_client();
     let start = Instant::now();
@@ -243,9 +231,8 @@ async fn namespaces_separate_apps() {
     let _prod = w.sidecar(
         "orders",
         SidecarOpts {
-            app_port: Some(echo.http_port),
             namespace: Some("prod"),
-            ..Default::default()
+            ..SidecarOpts::app(echo.http_port)
         },
     );
     let caller = w.sidecar("caller", SidecarOpts::default());
@@ -280,9 +267,8 @@ async fn api_tokens_are_checked_and_not_forwarded() {
     let _callee = w.sidecar(
         "callee",
         SidecarOpts {
-            app_port: Some(echo.http_port),
             env: vec![("APP_API_TOKEN", "app-secret".into())],
-            ..Default::default()
+            ..SidecarOpts::app(echo.http_port)
         },
     );
     let caller = w.sidecar(
@@ -400,9 +386,8 @@ async fn h2c_apps_are_reached_over_http2() {
     let _callee = w.sidecar(
         "h2app",
         SidecarOpts {
-            app_port: Some(echo.http_port),
             protocol: Some("h2c"),
-            ..Default::default()
+            ..SidecarOpts::app(echo.http_port)
         },
     );
     let caller = w.sidecar("caller", SidecarOpts::default());
@@ -434,7 +419,6 @@ async fn an_unhealthy_app_gets_no_calls() {
     let _callee = w.sidecar(
         "sick",
         SidecarOpts {
-            app_port: Some(echo.http_port),
             args: [
                 "--enable-app-health-check",
                 "--app-health-check-path",
@@ -446,7 +430,7 @@ async fn an_unhealthy_app_gets_no_calls() {
             ]
             .map(String::from)
             .to_vec(),
-            ..Default::default()
+            ..SidecarOpts::app(echo.http_port)
         },
     );
     let caller = w.sidecar("caller", SidecarOpts::default());

@@ -36,21 +36,8 @@ async fn dapr_python_sdk_works_unmodified() {
     let py = python();
     let w = World::new();
     let echo = w.echo("e");
-    let _web = w.sidecar(
-        "web",
-        SidecarOpts {
-            app_port: Some(echo.http_port),
-            ..Default::default()
-        },
-    );
-    let _rpc = w.sidecar(
-        "rpc",
-        SidecarOpts {
-            app_port: Some(echo.grpc_port),
-            protocol: Some("grpc"),
-            ..Default::default()
-        },
-    );
+    let _web = w.sidecar("web", SidecarOpts::app(echo.http_port));
+    let _rpc = w.sidecar("rpc", SidecarOpts::grpc_app(echo.grpc_port));
     let py_port = free_port();
     let child = Command::new(&py)
         .arg(script("grpc_app.py"))
@@ -67,14 +54,12 @@ async fn dapr_python_sdk_works_unmodified() {
     let _pyapp = w.sidecar(
         "pyapp",
         SidecarOpts {
-            app_port: Some(py_port),
-            protocol: Some("grpc"),
             args: vec![
                 "--enable-app-health-check".into(),
                 "--app-health-probe-interval".into(),
                 "1".into(),
             ],
-            ..Default::default()
+            ..SidecarOpts::grpc_app(py_port)
         },
     );
     let caller = w.sidecar("sdkcaller", SidecarOpts::default());

@@ -17,20 +17,8 @@ use skiff_tests::*;
 async fn two_instances_share_calls_and_survive_a_kill() {
     let w = World::new();
     let (e1, e2) = (w.echo("e1"), w.echo("e2"));
-    let mut b1 = w.sidecar(
-        "svc",
-        SidecarOpts {
-            app_port: Some(e1.http_port),
-            ..Default::default()
-        },
-    );
-    let _b2 = w.sidecar(
-        "svc",
-        SidecarOpts {
-            app_port: Some(e2.http_port),
-            ..Default::default()
-        },
-    );
+    let mut b1 = w.sidecar("svc", SidecarOpts::app(e1.http_port));
+    let _b2 = w.sidecar("svc", SidecarOpts::app(e2.http_port));
     let caller = w.sidecar("caller", SidecarOpts::default());
     let c = http_client();
     let url = format!("{}/v1.0/invoke/svc/method/who", caller.http());
@@ -86,13 +74,7 @@ const CHUNK: usize = 256 << 10;
 async fn two_hundred_mebibytes_stream_both_ways_in_bounded_memory() {
     let w = World::new();
     let echo = w.echo("e");
-    let callee = w.sidecar(
-        "big",
-        SidecarOpts {
-            app_port: Some(echo.http_port),
-            ..Default::default()
-        },
-    );
+    let callee = w.sidecar("big", SidecarOpts::app(echo.http_port));
     let caller = w.sidecar("caller", SidecarOpts::default());
     let (stop, peak, h) = watch_rss(vec![caller.proc.pid(), callee.proc.pid()]);
 
@@ -159,14 +141,7 @@ async fn two_hundred_mebibytes_stream_both_ways_in_bounded_memory() {
 async fn sigterm_drains_in_flight_calls_and_deregisters() {
     let w = World::new();
     let echo = w.echo("e");
-    let mut callee = w.sidecar(
-        "slow",
-        SidecarOpts {
-            app_port: Some(echo.grpc_port),
-            protocol: Some("grpc"),
-            ..Default::default()
-        },
-    );
+    let mut callee = w.sidecar("slow", SidecarOpts::grpc_app(echo.grpc_port));
     let caller = w.sidecar("caller", SidecarOpts::default());
     let ch = tonic::transport::Channel::from_shared(caller.grpc_addr())
         .expect("uri")

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use http::uri::{Authority, Scheme};
+use http::uri::Authority;
 use http::{HeaderValue, Request, Response, Uri, Version};
 use hyper_util::client::legacy::{Client, connect::HttpConnector};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -26,7 +26,7 @@ use tokio::sync::Semaphore;
 use crate::body::SkiffBody;
 use crate::config::{AppProtocol, Settings};
 use crate::headers::DAPR_API_TOKEN;
-use crate::pool::{Pool, PoolConfig, PoolError};
+use crate::pool::{Pool, PoolConfig, PoolError, set_authority};
 use crate::transport::Connector;
 
 /// Idle keep-alive connections to an HTTP/1.1 app are closed after this.
@@ -121,7 +121,7 @@ impl AppChannel {
         match self.protocol {
             AppProtocol::Http | AppProtocol::Https => {
                 *req.version_mut() = Version::HTTP_11;
-                self.absolute_uri(&mut req);
+                set_authority(&mut req, &self.authority);
                 let resp = self
                     .http1
                     .request(req)
@@ -162,7 +162,7 @@ impl AppChannel {
         let mut req = Request::new(SkiffBody::Empty);
         *req.uri_mut() = Uri::try_from(path).unwrap_or_else(|_| Uri::from_static("/"));
         self.prepare(&mut req);
-        self.absolute_uri(&mut req);
+        set_authority(&mut req, &self.authority);
         let resp = self
             .http1
             .request(req)
@@ -183,16 +183,6 @@ impl AppChannel {
                 req.headers_mut().remove(DAPR_API_TOKEN);
             }
         }
-    }
-
-    fn absolute_uri(&self, req: &mut Request<SkiffBody>) {
-        let mut parts = std::mem::take(req.uri_mut()).into_parts();
-        parts.scheme = Some(Scheme::HTTP);
-        parts.authority = Some(self.authority.clone());
-        if parts.path_and_query.is_none() {
-            parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
-        }
-        *req.uri_mut() = Uri::from_parts(parts).unwrap_or_default();
     }
 
     /// Held until the app's response head arrives: bounds the calls the app

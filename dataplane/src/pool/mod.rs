@@ -241,7 +241,9 @@ impl Pool {
     }
 }
 
-fn set_authority(req: &mut Request<SkiffBody>, authority: &Authority) {
+/// Gives a request whose URI holds only path and query the absolute form a
+/// client connection needs (`http://authority/path?query`).
+pub fn set_authority(req: &mut Request<SkiffBody>, authority: &Authority) {
     let mut parts = std::mem::take(req.uri_mut()).into_parts();
     parts.scheme = Some(Scheme::HTTP);
     parts.authority = Some(authority.clone());
