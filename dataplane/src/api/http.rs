@@ -113,17 +113,7 @@ async fn control(sc: &Sidecar, req: Request<Incoming>) -> Response<SkiffBody> {
     let method = req.method().clone();
     match (&method, path.as_str()) {
         (&Method::GET, "/v1.0/healthz") => healthz(sc, req.uri().query()),
-        (&Method::GET, "/v1.0/healthz/outbound") => {
-            if sc.is_ready() {
-                no_content()
-            } else {
-                http_error(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    code::HEALTH_NOT_READY,
-                    "dapr is not ready",
-                )
-            }
-        }
+        (&Method::GET, "/v1.0/healthz/outbound") => ready(sc),
         _ if !super::token_ok(sc.settings.api_token.as_deref(), req.headers()) => unauthorized(),
         (&Method::GET, "/v1.0/metadata") => json(sc.metadata()),
         (&Method::PUT, p) if p.starts_with("/v1.0/metadata/") => {
@@ -165,6 +155,11 @@ fn healthz(sc: &Sidecar, query: Option<&str>) -> Response<SkiffBody> {
             ),
         );
     }
+    ready(sc)
+}
+
+/// 204 once the sidecar serves calls, Dapr's 500 before.
+fn ready(sc: &Sidecar) -> Response<SkiffBody> {
     if sc.is_ready() {
         no_content()
     } else {

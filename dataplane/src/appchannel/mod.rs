@@ -119,25 +119,9 @@ impl AppChannel {
         self.prepare(&mut req);
         let _permit = self.permit().await?;
         match self.protocol {
-            AppProtocol::Http | AppProtocol::Https => {
-                *req.version_mut() = Version::HTTP_11;
-                set_authority(&mut req, &self.authority);
-                let resp = self
-                    .http1
-                    .request(req)
-                    .await
-                    .map_err(|source| AppError::Http1 {
-                        addr: self.addr,
-                        source,
-                    })?;
-                Ok(resp.map(SkiffBody::Incoming))
-            }
+            AppProtocol::Http | AppProtocol::Https => self.send_http1(req).await,
             AppProtocol::H2c | AppProtocol::Grpc | AppProtocol::Grpcs => {
-                *req.version_mut() = Version::HTTP_2;
-                self.h2
-                    .send(self.addr, req)
-                    .await
-                    .map_err(|e| AppError::h2(e, self.addr))
+                self.send_h2_raw(req).await
             }
         }
     }
@@ -150,11 +134,7 @@ impl AppChannel {
     ) -> Result<Response<SkiffBody>, AppError> {
         self.prepare(&mut req);
         let _permit = self.permit().await?;
-        *req.version_mut() = Version::HTTP_2;
-        self.h2
-            .send(self.addr, req)
-            .await
-            .map_err(|e| AppError::h2(e, self.addr))
+        self.send_h2_raw(req).await
     }
 
     /// A GET to an HTTP app, for health probes.
@@ -162,6 +142,14 @@ impl AppChannel {
         let mut req = Request::new(SkiffBody::Empty);
         *req.uri_mut() = Uri::try_from(path).unwrap_or_else(|_| Uri::from_static("/"));
         self.prepare(&mut req);
+        self.send_http1(req).await
+    }
+
+    async fn send_http1(
+        &self,
+        mut req: Request<SkiffBody>,
+    ) -> Result<Response<SkiffBody>, AppError> {
+        *req.version_mut() = Version::HTTP_11;
         set_authority(&mut req, &self.authority);
         let resp = self
             .http1
@@ -172,6 +160,17 @@ impl AppChannel {
                 source,
             })?;
         Ok(resp.map(SkiffBody::Incoming))
+    }
+
+    async fn send_h2_raw(
+        &self,
+        mut req: Request<SkiffBody>,
+    ) -> Result<Response<SkiffBody>, AppError> {
+        *req.version_mut() = Version::HTTP_2;
+        self.h2
+            .send(self.addr, req)
+            .await
+            .map_err(|e| AppError::h2(e, self.addr))
     }
 
     fn prepare(&self, req: &mut Request<SkiffBody>) {
