@@ -5,6 +5,7 @@
 //! - `/sink`: reads the body and answers `{"bytes": n}`;
 //! - `/source?bytes=N`: streams N bytes;
 //! - `/healthz`: 200;
+//! - `/stats`: `{"cancelled": n}`, delayed gRPC calls cancelled mid-way;
 //! - anything else: streams the body back, describing the request in
 //!   `x-echo-method`, `x-echo-uri`, `x-echo-headers` (JSON) and naming the
 //!   instance in `x-echo-server`.
@@ -40,6 +41,23 @@ type FrameStream = Pin<Box<dyn Stream<Item = Result<Frame<Bytes>, Infallible>> +
 type EchoBody = Either<Incoming, Either<Full<Bytes>, StreamBody<FrameStream>>>;
 
 const SOURCE_CHUNK: usize = 64 * 1024;
+
+/// Delayed unary calls whose handler was dropped before answering: the
+/// caller's cancellation reached the app. Served at `/stats`.
+static CANCELLED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Counts a cancellation if dropped before `done`.
+struct CancelWatch {
+    done: bool,
+}
+
+impl Drop for CancelWatch {
+    fn drop(&mut self) {
+        if !self.done {
+            CANCELLED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
 
 /// Serves HTTP/1.1 and h2c on `listener` until the task is dropped.
 pub async fn serve_http(listener: TcpListener, name: Arc<str>) {
@@ -85,6 +103,9 @@ async fn handle_http(
         Response::new(Either::Right(Either::Right(source(n))))
     } else if path == "/healthz" {
         full("ok")
+    } else if path == "/stats" {
+        let n = CANCELLED.load(std::sync::atomic::Ordering::Relaxed);
+        full(format!("{{\"cancelled\":{n}}}"))
     } else {
         echo(req)
     };
@@ -254,7 +275,9 @@ impl Echo for EchoSvc {
         let seen_metadata = seen(req.metadata(), &self.name);
         let m = req.into_inner();
         if m.delay_ms > 0 {
+            let mut watch = CancelWatch { done: false };
             tokio::time::sleep(Duration::from_millis(m.delay_ms.into())).await;
+            watch.done = true;
         }
         Ok(GrpcResponse::new(EchoMessage { seen_metadata, ..m }))
     }

@@ -16,7 +16,7 @@ use tonic::Code;
 use tonic::transport::Channel;
 
 struct Setup {
-    _echo: Echo,
+    echo: Echo,
     _http_app: Sidecar,
     _grpc_app: Sidecar,
     caller: Sidecar,
@@ -36,7 +36,7 @@ fn setup(caller_args: Vec<String>) -> Setup {
         },
     );
     Setup {
-        _echo: echo,
+        echo,
         _http_app: http_app,
         _grpc_app: grpc_app,
         caller,
@@ -307,4 +307,31 @@ async fn proxy_mode_deadlines_and_errors() {
         .await
         .expect_err("no target");
     assert_eq!(err.code(), Code::Unimplemented);
+}
+
+#[tokio::test]
+async fn proxy_mode_propagates_cancellation_to_the_app() {
+    let s = setup(vec![]);
+    let mut c = EchoClient::new(channel(&s.caller).await);
+    let mut req = with_app_id(
+        EchoMessage {
+            delay_ms: 5_000,
+            ..Default::default()
+        },
+        "rpc",
+    );
+    // The client gives up (RST_STREAM); both sidecars must pass that on.
+    req.set_timeout(Duration::from_millis(200));
+    assert!(c.unary(req).await.is_err());
+    let stats = format!("http://127.0.0.1:{}/stats", s.echo.http_port);
+    let http = http_client();
+    let mut last = String::new();
+    for _ in 0..40 {
+        last = send(&http, request("GET", &stats, "")).await.text();
+        if last == r#"{"cancelled":1}"# {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the app never saw the cancellation: {last}");
 }
