@@ -3,13 +3,18 @@
 //! Resolve the app (a lock-free snapshot of its endpoints), pick one with the
 //! balancer, take a pooled connection and send. An endpoint that cannot be
 //! connected to is marked down and another is tried: the request has not left
-//! yet, so this is safe for every method. Once sent, a failure is returned to
-//! the caller (retrying sent calls is the resiliency policy's job).
+//! yet, so this is safe for every method. A call that fails on the
+//! connection after it was handed over (the remote sidecar died and the pooled
+//! connection had not noticed yet) is tried on another endpoint only when that
+//! is free and safe: an idempotent method whose body is empty or already in
+//! memory. Other retries are the resiliency policy's job.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use http::{HeaderValue, Request, Response, Version};
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, Request, Response, Uri, Version};
+use http_body::Body;
 use skiff_resolvers::{AppRef, ResolveError, Resolver};
 
 use crate::body::SkiffBody;
@@ -81,6 +86,7 @@ impl Outbound {
                 source,
             })?;
         let eps = set.snapshot();
+        let mut replay = Replay::capture(&req);
         let mut tried: Vec<SocketAddr> = Vec::new();
         let mut last_err = None;
         while tried.len() < MAX_CONNECT_ATTEMPTS {
@@ -98,14 +104,28 @@ impl Outbound {
                     continue;
                 }
             };
-            let resp = checkout.send(req).await;
-            if resp.is_ok() {
-                pending.finish();
+            match checkout.send(req).await {
+                Ok(resp) => {
+                    pending.finish();
+                    return Ok(resp);
+                }
+                Err(e) => match replay.take() {
+                    Some(r) if eps.len() > tried.len() + 1 => {
+                        tracing::debug!(app = %app.app_id, endpoint = %ep.addr, error = %e, "connection failed under the call; replaying on another endpoint");
+                        self.balancer.mark_down(ep.addr);
+                        tried.push(ep.addr);
+                        req = r.request();
+                        replay = Replay::capture(&req);
+                        last_err = Some(e);
+                    }
+                    _ => {
+                        return Err(InvokeError::Transport {
+                            app: app.app_id.clone(),
+                            source: e,
+                        });
+                    }
+                },
             }
-            return resp.map_err(|source| InvokeError::Transport {
-                app: app.app_id.clone(),
-                source,
-            });
         }
         Err(match last_err {
             Some(source) => InvokeError::Transport {
@@ -117,6 +137,44 @@ impl Outbound {
                 namespace: app.namespace.clone(),
             },
         })
+    }
+}
+
+/// What it takes to send a call again: only captured when that costs no
+/// buffering (an empty or in-memory body) and is safe (an idempotent method).
+struct Replay {
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Option<Bytes>,
+}
+
+impl Replay {
+    fn capture(req: &Request<SkiffBody>) -> Option<Self> {
+        if !req.method().is_idempotent() {
+            return None;
+        }
+        let body = match req.body() {
+            SkiffBody::Empty => None,
+            SkiffBody::Full(b) => b.clone(),
+            SkiffBody::Incoming(b) if b.is_end_stream() => None,
+            _ => return None,
+        };
+        Some(Self {
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+            headers: req.headers().clone(),
+            body,
+        })
+    }
+
+    fn request(self) -> Request<SkiffBody> {
+        let mut req = Request::new(self.body.map_or(SkiffBody::Empty, SkiffBody::full));
+        *req.method_mut() = self.method;
+        *req.uri_mut() = self.uri;
+        *req.headers_mut() = self.headers;
+        *req.version_mut() = Version::HTTP_2;
+        req
     }
 }
 
