@@ -1,0 +1,720 @@
+//! `skiff-perf bench`: the side-by-side benchmark.
+//!
+//! Starts the echo app and, for each path, what sits between the client and
+//! the app — nothing (`direct`), two skiffd sidecars (`skiff`), or two
+//! instances of a peer proxy with mTLS between them (`envoy`, `haproxy`,
+//! `nginx`, see [`crate::peers`]) — then runs every scenario on every path.
+//! Rounds are interleaved (path A, B, C, A, B, C, ...) and the median of the
+//! rounds is reported, because shared machines drift. Everything listens on
+//! 127.0.0.1 and is killed by PID at the end.
+
+use std::collections::BTreeMap;
+use std::path::{Path as FsPath, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, Uri};
+use serde::{Deserialize, Serialize};
+
+use crate::hist::Percentiles;
+use crate::load::{self, Mode, Proto, Report, Spec};
+use crate::peers;
+use crate::procfs;
+
+/// Dapr's published test payload.
+pub const PAYLOAD_BYTES: usize = 1024;
+/// Dapr's published test rate.
+pub const FIXED_RATE: f64 = 1000.0;
+pub const MAX_IN_FLIGHT: usize = 40;
+
+#[derive(clap::Args, Debug)]
+pub struct BenchArgs {
+    /// Short runs (about a second each) for a result in under two minutes.
+    #[arg(long)]
+    pub quick: bool,
+    /// Rounds per path and scenario; the median is reported (at least 3).
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
+    /// Paths to compare.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "direct,skiff,envoy,haproxy,nginx"
+    )]
+    pub paths: Vec<PathKind>,
+    /// Protocols to compare.
+    #[arg(long, value_delimiter = ',', default_value = "http,grpc")]
+    pub protos: Vec<BenchProto>,
+    /// Write every figure as JSON here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Draw the latency percentile curves as SVG here.
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
+    /// Install missing peers first (apt-get for HAProxy and nginx, pip for Envoy).
+    #[arg(long)]
+    pub install_peers: bool,
+    /// Where skiffd and skiff-echo are (default: next to skiff-perf).
+    #[arg(long)]
+    pub bin_dir: Option<PathBuf>,
+    /// Seconds per measured run (overrides --quick's and the default).
+    #[arg(long)]
+    pub seconds: Option<f64>,
+}
+
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum PathKind {
+    Direct,
+    Skiff,
+    Envoy,
+    Haproxy,
+    Nginx,
+}
+
+impl PathKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Direct => "direct",
+            Self::Skiff => "skiff",
+            Self::Envoy => "envoy",
+            Self::Haproxy => "haproxy",
+            Self::Nginx => "nginx",
+        }
+    }
+}
+
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum BenchProto {
+    Http,
+    Grpc,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scenario {
+    /// One call in flight.
+    Serial,
+    /// 1000 req/s open loop, 1 KiB.
+    #[serde(rename = "rate_1000")]
+    Rate1000,
+    /// 40 calls in flight, closed loop.
+    #[serde(rename = "max_40")]
+    Max40,
+}
+
+impl Scenario {
+    const ALL: [Scenario; 3] = [Scenario::Serial, Scenario::Rate1000, Scenario::Max40];
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Serial => "serial",
+            Self::Rate1000 => "rate_1000",
+            Self::Max40 => "max_40",
+        }
+    }
+}
+
+/// Where a path is entered, and which processes are its proxies.
+pub struct Entry {
+    pub http_url: Uri,
+    pub grpc_url: Uri,
+    pub grpc_headers: HeaderMap,
+    pub http_pids: Vec<u32>,
+    pub grpc_pids: Vec<u32>,
+    /// Shown with the results, e.g. "plaintext between sidecars".
+    pub note: String,
+}
+
+/// A started path: its entry and the processes to kill.
+pub struct Running {
+    pub entry: Entry,
+    pub procs: Procs,
+}
+
+/// Child processes killed on drop, with where each logs.
+#[derive(Default)]
+pub struct Procs(Vec<Child>, Vec<Option<PathBuf>>);
+
+impl Procs {
+    /// Like [`Procs::spawn`], with stderr kept in `log` for error messages.
+    pub fn spawn_logged(&mut self, cmd: &mut Command, log: &FsPath) -> anyhow::Result<u32> {
+        let f =
+            std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+        let pid = self.spawn(cmd.stderr(f))?;
+        if let Some(l) = self.1.last_mut() {
+            *l = Some(log.to_path_buf());
+        }
+        Ok(pid)
+    }
+
+    pub fn spawn(&mut self, cmd: &mut Command) -> anyhow::Result<u32> {
+        let program = cmd.get_program().to_string_lossy().into_owned();
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {program}"))?;
+        let pid = child.id();
+        self.0.push(child);
+        self.1.push(None);
+        Ok(pid)
+    }
+
+    /// Fails if any process has exited (a proxy that rejected its config).
+    pub fn check_alive(&mut self) -> anyhow::Result<()> {
+        for (c, log) in self.0.iter_mut().zip(&self.1) {
+            if let Ok(Some(status)) = c.try_wait() {
+                let last = log
+                    .as_ref()
+                    .and_then(|l| std::fs::read_to_string(l).ok())
+                    .and_then(|t| {
+                        t.lines()
+                            .rev()
+                            .find(|l| !l.trim().is_empty())
+                            .map(str::to_owned)
+                    })
+                    .unwrap_or_default();
+                bail!("process {} exited early ({status}): {last}", c.id());
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Procs {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// The echo app every path ends at.
+pub struct Echo {
+    pub http_port: u16,
+    pub grpc_port: u16,
+}
+
+/// One measured run.
+struct Run {
+    report: Report,
+    proxy_cpu_s: f64,
+    proxy_rss_kib: u64,
+}
+
+/// The figures for one path, protocol and scenario (medians over rounds).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Row {
+    pub path: PathKind,
+    pub proto: BenchProto,
+    pub scenario: Scenario,
+    pub note: String,
+    pub rounds: usize,
+    pub latency: Percentiles,
+    /// Latency added over `direct` in the same run (median p50/p90/p99 minus direct's).
+    pub added_p50_us: i64,
+    pub added_p90_us: i64,
+    pub added_p99_us: i64,
+    pub throughput_rps: f64,
+    pub throughput_vs_direct: f64,
+    /// CPU seconds the proxy processes spent per 1000 requests.
+    pub proxy_cpu_s_per_1000: f64,
+    /// Highest RSS of any proxy process during the runs.
+    pub proxy_peak_rss_kib: u64,
+    pub errors: u64,
+    pub generator_cpu_cores: f64,
+    /// (quantile, µs) of the median round, for plots.
+    pub curve: Vec<(f64, u64)>,
+}
+
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if args.rounds < 3 {
+        bail!("--rounds must be at least 3 (the median of fewer is not robust)");
+    }
+    let bin_dir = match &args.bin_dir {
+        Some(d) => d.clone(),
+        None => std::env::current_exe()?
+            .parent()
+            .map(FsPath::to_path_buf)
+            .context("locating skiff-perf's directory")?,
+    };
+    for b in ["skiffd", "skiff-echo"] {
+        if !bin_dir.join(b).exists() {
+            bail!(
+                "{} not found in {}: build with `cargo build --release --workspace` or pass --bin-dir",
+                b,
+                bin_dir.display()
+            );
+        }
+    }
+    if args.install_peers {
+        peers::install()?;
+    }
+    let work = tempdir()?;
+    let mut procs = Procs::default();
+    let echo = start_echo(&bin_dir, &mut procs)?;
+
+    let mut running: Vec<(PathKind, Running)> = Vec::new();
+    let mut skipped: Vec<String> = Vec::new();
+    let mut kinds = args.paths.clone();
+    kinds.sort();
+    kinds.dedup();
+    if !kinds.contains(&PathKind::Direct) {
+        kinds.insert(0, PathKind::Direct);
+    }
+    for k in kinds {
+        match start_path(k, &bin_dir, &work, &echo).await {
+            Ok(Some(r)) => running.push((k, r)),
+            Ok(None) => skipped.push(format!(
+                "{}: not installed (skiff-perf bench --install-peers installs it)",
+                k.name()
+            )),
+            Err(e) => skipped.push(format!("{}: failed to start: {e:#}", k.name())),
+        }
+    }
+    for s in &skipped {
+        eprintln!("skipped {s}");
+    }
+
+    let (secs, warmup) = match (args.seconds, args.quick) {
+        (Some(s), _) => (s, (s / 4.0).min(1.0)),
+        (None, true) => (0.8, 0.2),
+        (None, false) => (5.0, 1.0),
+    };
+    let mut runs: BTreeMap<(BenchProto, Scenario, PathKind), Vec<Run>> = BTreeMap::new();
+    for round in 0..args.rounds {
+        for scenario in Scenario::ALL {
+            for &proto in &args.protos {
+                for (kind, r) in &mut running {
+                    r.procs
+                        .check_alive()
+                        .with_context(|| format!("{} died", kind.name()))?;
+                    eprint!(
+                        "\rround {}/{} {:>9} {:>4} {:<8}   ",
+                        round + 1,
+                        args.rounds,
+                        scenario.name(),
+                        proto_name(proto),
+                        kind.name()
+                    );
+                    let run = measure(&r.entry, proto, scenario, secs, warmup)
+                        .await
+                        .with_context(|| {
+                            format!("{} {} {}", kind.name(), proto_name(proto), scenario.name())
+                        })?;
+                    runs.entry((proto, scenario, *kind)).or_default().push(run);
+                }
+            }
+        }
+    }
+    eprint!("\r{:60}\r", "");
+    let notes: BTreeMap<PathKind, String> = running
+        .iter()
+        .map(|(k, r)| (*k, r.entry.note.clone()))
+        .collect();
+    let rows = summarize(&runs, &notes);
+    print!("{}", markdown(&rows, &skipped));
+    if let Some(p) = &args.json {
+        std::fs::write(p, serde_json::to_string_pretty(&rows)?)
+            .with_context(|| format!("writing {}", p.display()))?;
+    }
+    if let Some(p) = &args.plot {
+        std::fs::write(p, crate::plot::svg(&rows))
+            .with_context(|| format!("writing {}", p.display()))?;
+    }
+    drop(running);
+    drop(procs);
+    let _ = std::fs::remove_dir_all(&work);
+    Ok(())
+}
+
+fn proto_name(p: BenchProto) -> &'static str {
+    match p {
+        BenchProto::Http => "http",
+        BenchProto::Grpc => "grpc",
+    }
+}
+
+fn tempdir() -> anyhow::Result<PathBuf> {
+    let d = std::env::temp_dir().join(format!("skiff-perf-{}", std::process::id()));
+    std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
+    Ok(d)
+}
+
+/// A free loopback port (bound, then released).
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// Waits until something accepts on `port`.
+pub async fn wait_port(port: u16) -> anyhow::Result<()> {
+    for _ in 0..300 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    bail!("nothing listened on 127.0.0.1:{port} within 6s")
+}
+
+fn start_echo(bin: &FsPath, procs: &mut Procs) -> anyhow::Result<Echo> {
+    let (http_port, grpc_port) = (free_port()?, free_port()?);
+    procs.spawn(Command::new(bin.join("skiff-echo")).args([
+        "--http-port",
+        &http_port.to_string(),
+        "--grpc-port",
+        &grpc_port.to_string(),
+    ]))?;
+    Ok(Echo {
+        http_port,
+        grpc_port,
+    })
+}
+
+async fn start_path(
+    k: PathKind,
+    bin: &FsPath,
+    work: &FsPath,
+    echo: &Echo,
+) -> anyhow::Result<Option<Running>> {
+    let r = match k {
+        PathKind::Direct => Some(Running {
+            entry: Entry {
+                http_url: format!("http://127.0.0.1:{}/echo", echo.http_port).parse()?,
+                grpc_url: format!(
+                    "http://127.0.0.1:{}/skiff.echo.v1.Echo/Unary",
+                    echo.grpc_port
+                )
+                .parse()?,
+                grpc_headers: HeaderMap::new(),
+                http_pids: vec![],
+                grpc_pids: vec![],
+                note: "client → app".into(),
+            },
+            procs: Procs::default(),
+        }),
+        PathKind::Skiff => Some(start_skiff(bin, work, echo)?),
+        peer => peers::start(peer, work, echo)?,
+    };
+    let Some(mut r) = r else { return Ok(None) };
+    for u in [&r.entry.http_url, &r.entry.grpc_url] {
+        if let Err(e) = wait_port(u.port_u16().unwrap_or(80)).await {
+            r.procs.check_alive()?;
+            return Err(e);
+        }
+    }
+    // Let sidecars register and proxies settle before the first run.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    Ok(Some(r))
+}
+
+fn start_skiff(bin: &FsPath, work: &FsPath, echo: &Echo) -> anyhow::Result<Running> {
+    let home = work.join("skiff-home");
+    let mut procs = Procs::default();
+    let mut sidecar = |id: &str, app: Option<(u16, &str)>| -> anyhow::Result<(u32, u16, u16)> {
+        let (h, g) = (free_port()?, free_port()?);
+        let mut cmd = Command::new(bin.join("skiffd"));
+        cmd.args([
+            "--app-id",
+            id,
+            "--dapr-http-port",
+            &h.to_string(),
+            "--dapr-grpc-port",
+            &g.to_string(),
+            "--log-level",
+            "warn",
+        ])
+        .env("SKIFF_HOME", &home)
+        // One worker, like every peer.
+        .env("SKIFF_WORKER_THREADS", "1")
+        .env_remove("DAPR_API_TOKEN");
+        if let Some((port, proto)) = app {
+            cmd.args(["--app-port", &port.to_string(), "--app-protocol", proto]);
+        }
+        Ok((procs.spawn(&mut cmd)?, h, g))
+    };
+    let (web, _, _) = sidecar("web", Some((echo.http_port, "http")))?;
+    let (rpc, _, _) = sidecar("rpc", Some((echo.grpc_port, "grpc")))?;
+    let (caller, ch, cg) = sidecar("caller", None)?;
+    let mut grpc_headers = HeaderMap::new();
+    grpc_headers.insert("dapr-app-id", HeaderValue::from_static("rpc"));
+    Ok(Running {
+        entry: Entry {
+            http_url: format!("http://127.0.0.1:{ch}/v1.0/invoke/web/method/echo").parse()?,
+            grpc_url: format!("http://127.0.0.1:{cg}/skiff.echo.v1.Echo/Unary").parse()?,
+            grpc_headers,
+            http_pids: vec![caller, web],
+            grpc_pids: vec![caller, rpc],
+            note: "client → skiffd → h2 → skiffd → app; plaintext between sidecars (mTLS arrives with the sentry issue); 1 worker each".into(),
+        },
+        procs,
+    })
+}
+
+fn spec_for(e: &Entry, proto: BenchProto, scenario: Scenario, secs: f64, warmup: f64) -> Spec {
+    let (p, url, headers, payload) = match proto {
+        BenchProto::Http => (
+            Proto::Http1,
+            e.http_url.clone(),
+            HeaderMap::new(),
+            Bytes::from(vec![b'x'; PAYLOAD_BYTES]),
+        ),
+        BenchProto::Grpc => (
+            Proto::Grpc,
+            e.grpc_url.clone(),
+            e.grpc_headers.clone(),
+            load::bytes_field_message(PAYLOAD_BYTES),
+        ),
+    };
+    // HTTP/1.1 needs a connection per call in flight; HTTP/2 multiplexes.
+    let (mode, connections) = match (scenario, proto) {
+        (Scenario::Serial, _) => (Mode::Closed { concurrency: 1 }, 1),
+        (Scenario::Rate1000, BenchProto::Http) => (Mode::Open { rate: FIXED_RATE }, 16),
+        (Scenario::Rate1000, BenchProto::Grpc) => (Mode::Open { rate: FIXED_RATE }, 4),
+        (Scenario::Max40, BenchProto::Http) => (
+            Mode::Closed {
+                concurrency: MAX_IN_FLIGHT,
+            },
+            MAX_IN_FLIGHT,
+        ),
+        (Scenario::Max40, BenchProto::Grpc) => (
+            Mode::Closed {
+                concurrency: MAX_IN_FLIGHT,
+            },
+            4,
+        ),
+    };
+    Spec {
+        url,
+        proto: p,
+        method: Method::POST,
+        headers,
+        payload,
+        connections,
+        mode,
+        duration: Duration::from_secs_f64(secs),
+        warmup: Duration::from_secs_f64(warmup),
+        max_requests: None,
+        timeout: Duration::from_secs(5),
+        progress: false,
+    }
+}
+
+async fn measure(
+    e: &Entry,
+    proto: BenchProto,
+    scenario: Scenario,
+    secs: f64,
+    warmup: f64,
+) -> anyhow::Result<Run> {
+    let pids = match proto {
+        BenchProto::Http => e.http_pids.clone(),
+        BenchProto::Grpc => e.grpc_pids.clone(),
+    };
+    // Count workers too (nginx serves from a child of the process we started).
+    let pids: Vec<u32> = pids.iter().flat_map(|&p| procfs::tree(p)).collect();
+    let cpu_before: f64 = pids.iter().filter_map(|&p| procfs::cpu_seconds(p)).sum();
+    let stop = Arc::new(AtomicBool::new(false));
+    let peak = Arc::new(AtomicU64::new(0));
+    let sampler = {
+        let (stop, peak, pids) = (stop.clone(), peak.clone(), pids.clone());
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                for &p in &pids {
+                    if let Some((rss, _)) = procfs::memory_kib(p) {
+                        peak.fetch_max(rss, Ordering::Relaxed);
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+    let report = load::run(spec_for(e, proto, scenario, secs, warmup)).await?;
+    stop.store(true, Ordering::Relaxed);
+    let _ = sampler.await;
+    let cpu_after: f64 = pids.iter().filter_map(|&p| procfs::cpu_seconds(p)).sum();
+    Ok(Run {
+        proxy_cpu_s: cpu_after - cpu_before,
+        proxy_rss_kib: peak.load(Ordering::Relaxed),
+        report,
+    })
+}
+
+fn median_by<T: Copy + PartialOrd>(mut v: Vec<T>) -> T {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    v[v.len() / 2]
+}
+
+fn summarize(
+    runs: &BTreeMap<(BenchProto, Scenario, PathKind), Vec<Run>>,
+    notes: &BTreeMap<PathKind, String>,
+) -> Vec<Row> {
+    let mut rows = Vec::new();
+    for ((proto, scenario, path), rs) in runs {
+        let lat = |f: fn(&Percentiles) -> u64| {
+            median_by(rs.iter().map(|r| f(&r.report.latency)).collect())
+        };
+        let latency = Percentiles {
+            count: rs.iter().map(|r| r.report.latency.count).sum(),
+            mean_us: median_by(rs.iter().map(|r| r.report.latency.mean_us).collect()),
+            p50_us: lat(|p| p.p50_us),
+            p90_us: lat(|p| p.p90_us),
+            p99_us: lat(|p| p.p99_us),
+            p999_us: lat(|p| p.p999_us),
+            max_us: lat(|p| p.max_us),
+        };
+        let requests: u64 = rs.iter().map(|r| r.report.requests).sum();
+        let cpu: f64 = rs.iter().map(|r| r.proxy_cpu_s).sum();
+        // The round whose p50 is the median supplies the plotted curve.
+        let curve = rs
+            .iter()
+            .find(|r| r.report.latency.p50_us == latency.p50_us)
+            .and_then(|r| r.report.histogram.as_ref())
+            .map(|h| h.curve())
+            .unwrap_or_default();
+        rows.push(Row {
+            path: *path,
+            proto: *proto,
+            scenario: *scenario,
+            note: notes.get(path).cloned().unwrap_or_default(),
+            rounds: rs.len(),
+            throughput_rps: median_by(rs.iter().map(|r| r.report.achieved_rps).collect()),
+            proxy_cpu_s_per_1000: if requests == 0 {
+                0.0
+            } else {
+                cpu / requests as f64 * 1000.0
+            },
+            proxy_peak_rss_kib: rs.iter().map(|r| r.proxy_rss_kib).max().unwrap_or(0),
+            errors: rs.iter().map(|r| r.report.requests - r.report.ok).sum(),
+            generator_cpu_cores: median_by(
+                rs.iter().map(|r| r.report.generator_cpu_cores).collect(),
+            ),
+            latency,
+            curve,
+            added_p50_us: 0,
+            added_p90_us: 0,
+            added_p99_us: 0,
+            throughput_vs_direct: 1.0,
+        });
+    }
+    // Added latency and throughput ratio against direct in the same run.
+    let direct: BTreeMap<(BenchProto, Scenario), (Percentiles, f64)> = rows
+        .iter()
+        .filter(|r| r.path == PathKind::Direct)
+        .map(|r| ((r.proto, r.scenario), (r.latency.clone(), r.throughput_rps)))
+        .collect();
+    for r in &mut rows {
+        if let Some((d, tput)) = direct.get(&(r.proto, r.scenario)) {
+            r.added_p50_us = r.latency.p50_us as i64 - d.p50_us as i64;
+            r.added_p90_us = r.latency.p90_us as i64 - d.p90_us as i64;
+            r.added_p99_us = r.latency.p99_us as i64 - d.p99_us as i64;
+            r.throughput_vs_direct = if *tput > 0.0 {
+                r.throughput_rps / tput
+            } else {
+                0.0
+            };
+        }
+    }
+    rows
+}
+
+fn markdown(rows: &[Row], skipped: &[String]) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    let mut last = None;
+    for r in rows {
+        if last != Some((r.proto, r.scenario)) {
+            last = Some((r.proto, r.scenario));
+            let _ = writeln!(s, "\n### {} {}\n", proto_name(r.proto), r.scenario.name());
+            let _ = writeln!(
+                s,
+                "| path | p50 µs | p90 µs | p99 µs | p99.9 µs | added p50 / p99 µs | req/s | vs direct | proxy CPU s/1k req | proxy peak RSS | errors |"
+            );
+            let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|");
+        }
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {:+} / {:+} | {:.0} | {:.2} | {:.4} | {:.1} MiB | {} |",
+            r.path.name(),
+            r.latency.p50_us,
+            r.latency.p90_us,
+            r.latency.p99_us,
+            r.latency.p999_us,
+            r.added_p50_us,
+            r.added_p99_us,
+            r.throughput_rps,
+            r.throughput_vs_direct,
+            r.proxy_cpu_s_per_1000,
+            r.proxy_peak_rss_kib as f64 / 1024.0,
+            r.errors
+        );
+    }
+    let notes: BTreeMap<PathKind, &str> = rows.iter().map(|r| (r.path, r.note.as_str())).collect();
+    let _ = writeln!(s);
+    for (p, n) in notes {
+        let _ = writeln!(s, "- {}: {n}", p.name());
+    }
+    for sk in skipped {
+        let _ = writeln!(s, "- skipped {sk}");
+    }
+    if let Some(g) = rows
+        .iter()
+        .filter(|r| r.scenario == Scenario::Rate1000)
+        .map(|r| r.generator_cpu_cores)
+        .reduce(f64::max)
+    {
+        let _ = writeln!(
+            s,
+            "- load generator at 1000 req/s: at most {:.1}% of a core",
+            g * 100.0
+        );
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_of_rounds() {
+        assert_eq!(median_by(vec![5, 1, 3]), 3);
+        assert_eq!(median_by(vec![2.0, 9.0, 4.0, 1.0, 7.0]), 4.0);
+    }
+}
