@@ -32,6 +32,12 @@ enum Cmd {
     Load(LoadArgs),
     /// Run the side-by-side benchmark (direct, skiff, envoy, haproxy, nginx).
     Bench(skiff_perf::bench::BenchArgs),
+    /// Draw the percentile curves of a recorded `bench --json` file as SVG.
+    Plot {
+        json: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 #[derive(Args)]
@@ -96,6 +102,7 @@ fn main() -> ExitCode {
         Cmd::Bench(a) => rt
             .block_on(skiff_perf::bench::run(a))
             .map_err(|e| format!("{e:#}")),
+        Cmd::Plot { json, out } => plot(&json, &out),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
@@ -166,6 +173,13 @@ async fn load_cmd(a: LoadArgs) -> Result<(), String> {
         print!("{}", skiff_perf::report::load_table(&report));
     }
     Ok(())
+}
+
+fn plot(json: &std::path::Path, out: &std::path::Path) -> Result<(), String> {
+    let text = std::fs::read(json).map_err(|e| format!("{}: {e}", json.display()))?;
+    let rows: Vec<skiff_perf::bench::Row> = serde_json::from_slice(&text)
+        .map_err(|e| format!("{}: not a bench --json file: {e}", json.display()))?;
+    std::fs::write(out, skiff_perf::plot::svg(&rows)).map_err(|e| format!("{}: {e}", out.display()))
 }
 
 /// "10s", "500ms", "2m", "1.5s".
