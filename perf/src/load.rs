@@ -228,12 +228,16 @@ async fn open_loop(
     end: Instant,
     c: &Arc<Counters>,
 ) -> Latency {
-    let (due_tx, mut due_rx) = tokio::sync::mpsc::unbounded_channel();
-    let pacer = crate::schedule::spawn_pacer(
+    let mut pacer = match crate::schedule::Pacer::new(
         Schedule::new(Instant::now().into_std(), rate),
         end.into_std(),
-        due_tx,
-    );
+    ) {
+        Ok(p) => p,
+        Err(e) => {
+            c.error(format!("pacer: {e}"));
+            return Latency::default();
+        }
+    };
     let in_flight = Arc::new(AtomicUsize::new(0));
     // Samples go to one histogram here: a histogram per request would cost
     // more than the request.
@@ -243,8 +247,15 @@ async fn open_loop(
         tokio::select! {
             biased;
             Some(us) = rx.recv() => all.record_us(us),
-            due = due_rx.recv() => {
-                let Some(due) = due.map(Instant::from_std) else { break };
+            due = pacer.next() => {
+                let due = match due {
+                    Ok(Some(d)) => Instant::from_std(d),
+                    Ok(None) => break,
+                    Err(e) => {
+                        c.error(format!("pacer: {e}"));
+                        break;
+                    }
+                };
                 if !within_budget(&t.spec, c) {
                     break;
                 }
@@ -266,8 +277,6 @@ async fn open_loop(
             }
         }
     }
-    drop(due_rx);
-    let _ = pacer.join();
     drop(tx);
     while let Some(us) = rx.recv().await {
         all.record_us(us);
