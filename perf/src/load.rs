@@ -122,6 +122,10 @@ struct Target {
     conns: Conns,
     body: Bytes,
     addr: String,
+    /// The request URI and headers, built once: HTTP/1.1 gets origin-form
+    /// and a Host header, gRPC its content-type and `te`.
+    uri: Uri,
+    headers: HeaderMap,
 }
 
 /// Runs a load and reports it.
@@ -369,27 +373,40 @@ impl Target {
             Proto::Grpc => grpc_frame(&spec.payload),
             _ => spec.payload.clone(),
         };
+        let mut headers = spec.headers.clone();
+        let uri = match spec.proto {
+            Proto::Http1 => {
+                if let Ok(h) = HeaderValue::from_str(&addr) {
+                    headers.entry(http::header::HOST).or_insert(h);
+                }
+                let pq = spec.url.path_and_query().map_or("/", |p| p.as_str());
+                Uri::try_from(pq).map_err(|_| LoadError::Url(spec.url.to_string()))?
+            }
+            Proto::H2c => spec.url.clone(),
+            Proto::Grpc => {
+                headers.insert(
+                    http::header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/grpc"),
+                );
+                headers.insert(http::header::TE, HeaderValue::from_static("trailers"));
+                spec.url.clone()
+            }
+        };
         Ok(Self {
             spec,
             conns,
             body,
             addr,
+            uri,
+            headers,
         })
     }
 
     fn request(&self) -> Request<Full<Bytes>> {
         let mut req = Request::new(Full::new(self.body.clone()));
         *req.method_mut() = self.spec.method.clone();
-        *req.uri_mut() = self.spec.url.clone();
-        *req.headers_mut() = self.spec.headers.clone();
-        if self.spec.proto == Proto::Grpc {
-            let h = req.headers_mut();
-            h.insert(
-                http::header::CONTENT_TYPE,
-                HeaderValue::from_static("application/grpc"),
-            );
-            h.insert(http::header::TE, HeaderValue::from_static("trailers"));
-        }
+        *req.uri_mut() = self.uri.clone();
+        *req.headers_mut() = self.headers.clone();
         req
     }
 
@@ -401,19 +418,9 @@ impl Target {
     }
 
     async fn call_inner(&self) -> Outcome {
-        let mut req = self.request();
+        let req = self.request();
         match &self.conns {
             Conns::H1 { idle_tx, idle_rx } => {
-                // HTTP/1.1 wants origin-form; the Host header names the target.
-                let pq = req
-                    .uri()
-                    .path_and_query()
-                    .map_or("/", |p| p.as_str())
-                    .to_owned();
-                *req.uri_mut() = Uri::try_from(pq).unwrap_or_default();
-                if let Ok(h) = HeaderValue::from_str(&self.addr) {
-                    req.headers_mut().entry(http::header::HOST).or_insert(h);
-                }
                 let mut conn = idle_rx
                     .recv()
                     .await

@@ -86,7 +86,12 @@ impl Outbound {
                 source,
             })?;
         let eps = set.snapshot();
-        let mut replay = Replay::capture(&req);
+        // Replay needs another endpoint to go to; with one, skip the copy.
+        let mut replay = if eps.len() > 1 {
+            Replay::capture(&req)
+        } else {
+            None
+        };
         let mut tried: Vec<SocketAddr> = Vec::new();
         let mut last_err = None;
         while tried.len() < MAX_CONNECT_ATTEMPTS {
