@@ -113,10 +113,13 @@ impl Pacer {
         // again until the tick that belongs to `due`.
         while wait_for(due, Instant::now()).is_some_and(|d| d > EARLY_SLACK) {
             let mut ready = self.timer.readable().await?;
-            // Reading the expiry count re-arms readiness; EAGAIN means the
-            // wake-up was spurious.
+            // One read takes every expiration so far, so after a successful
+            // read the fd cannot be readable before the next tick: clear
+            // readiness ourselves instead of paying a second read for EAGAIN.
+            // EAGAIN means the wake-up was spurious.
             if let Ok(r) = ready.try_io(|t| t.get_ref().0.wait().map_err(io::Error::from)) {
                 r?;
+                ready.clear_ready();
             }
         }
         self.next += 1;

@@ -181,3 +181,53 @@ async fn load_drives_skiffd_in_both_loops() {
         assert_eq!(r["errors"], serde_json::json!({}), "{r}");
     }
 }
+
+/// A server that accepts and never answers: the open loop must count every
+/// request as a timeout and still finish, for HTTP/1.1 and h2 alike.
+#[tokio::test]
+async fn open_loop_times_out_a_silent_server_and_finishes() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for s in listener.incoming().flatten() {
+            held.push(s); // keep it open, read nothing, say nothing
+        }
+    });
+    for proto in ["http1", "h2c"] {
+        let out = Command::new(bin("skiff-perf"))
+            .args([
+                "load",
+                &format!("http://127.0.0.1:{port}/x"),
+                "--proto",
+                proto,
+                "--rate",
+                "100",
+                "--duration",
+                "0.5s",
+                "--warmup",
+                "0s",
+                "--timeout",
+                "200ms",
+                "--connections",
+                "64",
+                "--json",
+            ])
+            .output()
+            .expect("run");
+        // Nothing succeeded, so the run fails, naming the errors by kind.
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{proto}: {err}");
+        let kinds: serde_json::Value = err
+            .find('{')
+            .and_then(|i| serde_json::from_str(err[i..].trim()).ok())
+            .unwrap_or_else(|| panic!("{proto}: no error kinds in {err:?}"));
+        let timeouts = kinds["timeout"].as_u64().unwrap_or(0);
+        assert!(timeouts >= 40, "{proto}: {err}");
+        assert_eq!(
+            kinds.as_object().map(|o| o.len()),
+            Some(1),
+            "{proto}: {err}"
+        );
+    }
+}
