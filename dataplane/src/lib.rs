@@ -14,6 +14,7 @@ pub mod body;
 pub mod config;
 pub mod errors;
 pub mod headers;
+pub mod identity;
 pub mod invoke;
 pub mod pool;
 pub mod runtime;

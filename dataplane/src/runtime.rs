@@ -16,7 +16,11 @@ use tokio::sync::Notify;
 
 use crate::api::grpc::GrpcApi;
 use crate::appchannel::{AppChannel, health};
-use crate::config::{Documents, Settings, load_documents};
+use crate::config::{Documents, Mode, MtlsSettings, Settings, load_documents};
+use crate::identity::{self, Source, WorkloadIdentity};
+use skiff_proto::sentry::sign_certificate_request::TokenValidator;
+use skiff_sentry::SpiffeId;
+use skiff_sentry::ca::{Authority, KeyAlg};
 use crate::headers::Identity;
 use crate::invoke::{inbound, outbound::Outbound};
 use crate::pool::{Pool, PoolConfig};
@@ -40,6 +44,14 @@ pub enum StartError {
     },
     #[error("name resolution: {0}")]
     Resolver(#[from] skiff_resolvers::ResolveError),
+    #[error("trust anchors from {from}: {source}")]
+    Anchors {
+        from: String,
+        #[source]
+        source: skiff_sentry::tls::TlsError,
+    },
+    #[error("embedded CA: {0}")]
+    EmbeddedCa(#[from] skiff_sentry::ca::CaError),
 }
 
 /// Everything a request handler needs, shared by all of them.
@@ -48,6 +60,8 @@ pub struct Sidecar {
     pub outbound: Outbound,
     pub app: Option<Arc<AppChannel>>,
     pub docs: Documents,
+    /// With mTLS: who we are and our current certificate.
+    pub identity: Option<Arc<WorkloadIdentity>>,
     ready: AtomicBool,
     shutdown: Notify,
     shutdown_requested: AtomicBool,
@@ -57,8 +71,10 @@ pub struct Sidecar {
 }
 
 impl Sidecar {
+    /// Started, registered and, with mTLS, holding a workload certificate.
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
+            && self.identity.as_ref().is_none_or(|i| i.is_ready())
     }
 
     /// Starts a graceful shutdown (`POST /v1.0/shutdown`).
@@ -122,6 +138,10 @@ impl Sidecar {
                 "namespace": s.namespace,
                 "resolver": self.outbound.resolver().name(),
                 "internalAddress": internal.map(|a| a.to_string()),
+                "mtls": self.identity.as_ref().map(|i| json!({
+                    "spiffeId": i.id().to_string(),
+                    "certificateExpiry": i.not_after().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map(|d| d.as_secs()),
+                })),
             },
         })
     }
@@ -146,9 +166,24 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         app_id: HeaderValue::from_str(&settings.app_id)?,
         namespace: HeaderValue::from_str(&settings.namespace)?,
     };
+    let identity = match &settings.mtls {
+        Some(m) => {
+            let (identity, source) = build_identity(&settings, m)?;
+            tokio::spawn(identity.clone().rotate(source));
+            Some(identity)
+        }
+        None => None,
+    };
+    let (connector, internal_acceptor) = match &identity {
+        Some(i) => (
+            Connector::default().with_identity(i.clone()),
+            Acceptor::mtls(i.clone()),
+        ),
+        None => (Connector::default(), Acceptor::plain()),
+    };
     let outbound = Outbound::new(
         resolver.clone(),
-        Pool::new(PoolConfig::default(), Connector::default()),
+        Pool::new(PoolConfig::default(), connector),
         me,
     );
     let app = AppChannel::new(&settings).map(Arc::new);
@@ -156,6 +191,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         outbound,
         app,
         docs,
+        identity,
         ready: AtomicBool::new(false),
         shutdown: Notify::new(),
         shutdown_requested: AtomicBool::new(false),
@@ -178,7 +214,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         tokio::spawn(server::serve(
             l,
             http_cfg.clone(),
-            Acceptor,
+            Acceptor::plain(),
             drain.watch(),
             move |_, req| crate::api::http::handle(sc.clone(), req),
         ));
@@ -189,7 +225,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         tokio::spawn(server::serve(
             l,
             h2_cfg.clone(),
-            Acceptor,
+            Acceptor::plain(),
             drain.watch(),
             move |_, req| api.clone().handle(req),
         ));
@@ -199,7 +235,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         tokio::spawn(server::serve(
             internal,
             h2_cfg.clone(),
-            Acceptor,
+            internal_acceptor,
             drain.watch(),
             move |peer, req| inbound::handle(sc.clone(), peer, req),
         ));
@@ -261,6 +297,56 @@ async fn wait_for_stop(sc: &Sidecar) {
         _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
         _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
         () = sc.shutdown.notified() => tracing::info!("shutdown requested through the API"),
+    }
+}
+
+/// Our SPIFFE ID, the trust anchors, and where certificates come from.
+fn build_identity(
+    s: &Settings,
+    m: &MtlsSettings,
+) -> Result<(Arc<WorkloadIdentity>, Source), StartError> {
+    // Flags validated the components already.
+    let id = SpiffeId::new(&m.trust_domain, &s.namespace, &s.app_id).map_err(|e| StartError::Anchors {
+        from: "the app id".into(),
+        source: skiff_sentry::tls::TlsError::NoSpiffeId(e.to_string()),
+    })?;
+    match &m.sentry {
+        Some(sentry) => {
+            let anchors = identity::anchors(&sentry.anchors_pem, &sentry.anchors_from).map_err(|source| {
+                StartError::Anchors {
+                    from: sentry.anchors_from.clone(),
+                    source,
+                }
+            })?;
+            let validator = match (s.mode, &sentry.token_file) {
+                (Mode::Kubernetes, _) => TokenValidator::Kubernetes,
+                (Mode::Standalone, Some(_)) => TokenValidator::Jwks,
+                (Mode::Standalone, None) => TokenValidator::Insecure,
+            };
+            tracing::info!(%id, sentry = %sentry.address, anchors = %sentry.anchors_from, "mTLS on; asking sentry for a workload certificate");
+            let source = Source::Sentry {
+                address: sentry.address.clone(),
+                token_file: sentry.token_file.clone(),
+                validator,
+            };
+            Ok((WorkloadIdentity::new(id, anchors), source))
+        }
+        None => {
+            let dir = s.skiff_home.join(identity::EMBEDDED_DIR);
+            let (authority, created) = Authority::load_or_create(&dir, &m.trust_domain, KeyAlg::EcdsaP256)?;
+            if created {
+                tracing::info!(dir = %dir.display(), "created the embedded CA for self-hosted mTLS");
+            }
+            let from = dir.join(skiff_sentry::ca::CA_CERT_FILE).display().to_string();
+            let anchors = identity::anchors(authority.anchors_pem(), &from)
+                .map_err(|source| StartError::Anchors { from, source })?;
+            tracing::info!(%id, dir = %dir.display(), "mTLS on; signing workload certificates in-process (no --sentry-address)");
+            let source = Source::Embedded {
+                authority: Box::new(authority),
+                ttl: m.workload_ttl,
+            };
+            Ok((WorkloadIdentity::new(id, anchors), source))
+        }
     }
 }
 

@@ -1,32 +1,59 @@
-//! Byte streams between sidecars, and the seam where TLS attaches.
+//! Byte streams between sidecars, and where mTLS attaches.
 //!
 //! [`Connector`] dials a remote sidecar and [`Acceptor`] takes an accepted
-//! connection; both yield an [`Io`]. Today the only variant is plaintext TCP;
-//! the mTLS release adds a `Tls` variant and peer identities without touching
-//! the pool or the listeners.
+//! connection; both yield an [`Io`], plaintext or TLS. With a workload
+//! identity both sides run mutual TLS 1.3: the acceptor refuses connections
+//! until our first certificate exists and hands the caller's verified
+//! SPIFFE ID to the request ([`PeerInfo`]); the connector checks, after the
+//! handshake and before any request is written, that the server is exactly
+//! the app and namespace the call resolved to.
 
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use rustls_pki_types::ServerName;
+use skiff_sentry::SpiffeId;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-/// How long a dial may take before the endpoint counts as unreachable.
+use crate::identity::WorkloadIdentity;
+
+/// How long a dial (TCP and, with mTLS, the handshake) may take before the
+/// endpoint counts as unreachable.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long an accepted connection may take to finish its TLS handshake.
+pub const ACCEPT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A connection to or from another sidecar.
 #[derive(Debug)]
 pub enum Io {
     Plain(TcpStream),
+    Tls(Box<tokio_rustls::TlsStream<TcpStream>>),
 }
 
 /// What the listener knows about who connected.
 #[derive(Clone, Debug)]
 pub struct PeerInfo {
     pub addr: SocketAddr,
+    /// The caller's SPIFFE ID from its verified certificate (mTLS only).
+    pub id: Option<Arc<SpiffeId>>,
+}
+
+/// Who the dialed server must be.
+#[derive(Clone, Copy, Debug)]
+pub struct ExpectedPeer<'a> {
+    pub namespace: &'a str,
+    pub app_id: &'a str,
+}
+
+impl ExpectedPeer<'_> {
+    pub fn matches(&self, id: &SpiffeId) -> bool {
+        id.app_id() == self.app_id && id.namespace() == self.namespace
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -39,12 +66,27 @@ pub enum ConnectError {
         #[source]
         source: io::Error,
     },
+    #[error("mTLS is on and this sidecar has no workload certificate yet (is sentry reachable?)")]
+    NoCertificate,
+    #[error("mTLS handshake with {addr}: {source}")]
+    Tls {
+        addr: SocketAddr,
+        #[source]
+        source: io::Error,
+    },
+    #[error("identity mismatch at {addr}: expected app {expected}, the server is {found}")]
+    IdentityMismatch {
+        addr: SocketAddr,
+        expected: String,
+        found: String,
+    },
 }
 
 /// Dials endpoints.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Connector {
     timeout: Duration,
+    identity: Option<Arc<WorkloadIdentity>>,
 }
 
 impl Default for Connector {
@@ -55,32 +97,136 @@ impl Default for Connector {
 
 impl Connector {
     pub fn new(timeout: Duration) -> Self {
-        Self { timeout }
+        Self {
+            timeout,
+            identity: None,
+        }
     }
 
-    pub async fn connect(&self, addr: SocketAddr) -> Result<Io, ConnectError> {
-        let tcp = tokio::time::timeout(self.timeout, TcpStream::connect(addr))
+    /// Dials with mutual TLS as `identity`.
+    pub fn with_identity(mut self, identity: Arc<WorkloadIdentity>) -> Self {
+        self.identity = Some(identity);
+        self
+    }
+
+    /// Dials `addr`; with mTLS, returns the server's verified identity,
+    /// which must match `expect` when given.
+    pub async fn connect(
+        &self,
+        addr: SocketAddr,
+        expect: Option<ExpectedPeer<'_>>,
+    ) -> Result<(Io, Option<SpiffeId>), ConnectError> {
+        tokio::time::timeout(self.timeout, self.dial(addr, expect))
             .await
             .map_err(|_| ConnectError::Timeout {
                 addr,
                 timeout: self.timeout,
             })?
+    }
+
+    async fn dial(
+        &self,
+        addr: SocketAddr,
+        expect: Option<ExpectedPeer<'_>>,
+    ) -> Result<(Io, Option<SpiffeId>), ConnectError> {
+        // Fail closed before dialing: without a certificate nothing can be sent.
+        let tls = match &self.identity {
+            Some(id) => Some(id.current().ok_or(ConnectError::NoCertificate)?),
+            None => None,
+        };
+        let tcp = TcpStream::connect(addr)
+            .await
             .map_err(|source| ConnectError::Io { addr, source })?;
         // Small request/response messages must not wait for Nagle.
         tcp.set_nodelay(true)
             .map_err(|source| ConnectError::Io { addr, source })?;
-        Ok(Io::Plain(tcp))
+        let Some(tls) = tls else {
+            return Ok((Io::Plain(tcp), None));
+        };
+        // No SNI: identities are SPIFFE IDs, checked below.
+        let stream = tokio_rustls::TlsConnector::from(tls.client.clone())
+            .connect(ServerName::IpAddress(addr.ip().into()), tcp)
+            .await
+            .map_err(|source| ConnectError::Tls { addr, source })?;
+        let peer = stream
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .map(skiff_sentry::tls::peer_id)
+            .transpose()
+            .map_err(|e| ConnectError::Tls {
+                addr,
+                source: io::Error::other(e),
+            })?
+            .ok_or_else(|| ConnectError::Tls {
+                addr,
+                source: io::Error::other("the server sent no certificate"),
+            })?;
+        if let Some(want) = expect
+            && !want.matches(&peer)
+        {
+            return Err(ConnectError::IdentityMismatch {
+                addr,
+                expected: format!("{}.{}", want.app_id, want.namespace),
+                found: peer.to_string(),
+            });
+        }
+        Ok((
+            Io::Tls(Box::new(tokio_rustls::TlsStream::Client(stream))),
+            Some(peer),
+        ))
     }
 }
 
 /// Turns accepted TCP connections into [`Io`].
-#[derive(Clone, Debug, Default)]
-pub struct Acceptor;
+#[derive(Clone, Default)]
+pub struct Acceptor {
+    identity: Option<Arc<WorkloadIdentity>>,
+}
 
 impl Acceptor {
+    /// Plaintext (the app-facing listeners).
+    pub fn plain() -> Self {
+        Self::default()
+    }
+
+    /// Mutual TLS as `identity` (the internal listener).
+    pub fn mtls(identity: Arc<WorkloadIdentity>) -> Self {
+        Self {
+            identity: Some(identity),
+        }
+    }
+
     pub async fn accept(&self, tcp: TcpStream, addr: SocketAddr) -> io::Result<(Io, PeerInfo)> {
         tcp.set_nodelay(true)?;
-        Ok((Io::Plain(tcp), PeerInfo { addr }))
+        let Some(identity) = &self.identity else {
+            return Ok((Io::Plain(tcp), PeerInfo { addr, id: None }));
+        };
+        let tls = identity.current().ok_or_else(|| {
+            io::Error::other("no workload certificate yet: refusing connections until sentry issues one")
+        })?;
+        let stream = tokio::time::timeout(
+            ACCEPT_HANDSHAKE_TIMEOUT,
+            tokio_rustls::TlsAcceptor::from(tls.server.clone()).accept(tcp),
+        )
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))??;
+        // The verifier required a client certificate with a SPIFFE ID in our
+        // trust domain, so this is present.
+        let id = stream
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .map(skiff_sentry::tls::peer_id)
+            .transpose()
+            .map_err(io::Error::other)?
+            .map(Arc::new);
+        Ok((
+            Io::Tls(Box::new(tokio_rustls::TlsStream::Server(stream))),
+            PeerInfo { addr, id },
+        ))
     }
 }
 
@@ -92,6 +238,7 @@ impl AsyncRead for Io {
     ) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Io::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Io::Tls(s) => Pin::new(&mut **s).poll_read(cx, buf),
         }
     }
 }
@@ -104,6 +251,7 @@ impl AsyncWrite for Io {
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Io::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Io::Tls(s) => Pin::new(&mut **s).poll_write(cx, buf),
         }
     }
 
@@ -114,24 +262,28 @@ impl AsyncWrite for Io {
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Io::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Io::Tls(s) => Pin::new(&mut **s).poll_write_vectored(cx, bufs),
         }
     }
 
     fn is_write_vectored(&self) -> bool {
         match self {
             Io::Plain(s) => s.is_write_vectored(),
+            Io::Tls(s) => s.is_write_vectored(),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Io::Plain(s) => Pin::new(s).poll_flush(cx),
+            Io::Tls(s) => Pin::new(&mut **s).poll_flush(cx),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Io::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Io::Tls(s) => Pin::new(&mut **s).poll_shutdown(cx),
         }
     }
 }

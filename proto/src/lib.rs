@@ -19,6 +19,11 @@ pub mod dapr {
                 tonic::include_proto!("dapr.proto.runtime.v1");
             }
         }
+        pub mod sentry {
+            pub mod v1 {
+                tonic::include_proto!("dapr.proto.sentry.v1");
+            }
+        }
     }
 }
 
@@ -40,6 +45,7 @@ pub mod skiff {
 
 pub use dapr::proto::common::v1 as common;
 pub use dapr::proto::runtime::v1 as runtime;
+pub use dapr::proto::sentry::v1 as sentry;
 pub use skiff::echo::v1 as echo;
 
 /// Full gRPC method paths the sidecar routes on without decoding.
@@ -47,5 +53,6 @@ pub mod paths {
     pub const INVOKE_SERVICE: &str = "/dapr.proto.runtime.v1.Dapr/InvokeService";
     pub const DAPR_SERVICE_PREFIX: &str = "/dapr.proto.runtime.v1.Dapr/";
     pub const ON_INVOKE: &str = "/dapr.proto.runtime.v1.AppCallback/OnInvoke";
+    pub const SIGN_CERTIFICATE: &str = "/dapr.proto.sentry.v1.CA/SignCertificate";
     pub const APP_HEALTH_CHECK: &str = "/dapr.proto.runtime.v1.AppCallbackHealthCheck/HealthCheck";
 }

@@ -161,14 +161,18 @@ fn healthz(sc: &Sidecar, query: Option<&str>) -> Response<SkiffBody> {
 /// 204 once the sidecar serves calls, Dapr's 500 before.
 fn ready(sc: &Sidecar) -> Response<SkiffBody> {
     if sc.is_ready() {
-        no_content()
-    } else {
-        http_error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            code::HEALTH_NOT_READY,
-            "dapr is not ready",
-        )
+        return no_content();
     }
+    let why = sc
+        .identity
+        .as_ref()
+        .and_then(|i| i.not_ready_reason())
+        .map_or_else(|| "dapr is not ready".to_owned(), |r| format!("dapr is not ready: {r}"));
+    http_error(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        code::HEALTH_NOT_READY,
+        &why,
+    )
 }
 
 fn no_content() -> Response<SkiffBody> {

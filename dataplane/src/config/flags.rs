@@ -9,7 +9,10 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 use serde::Serialize;
 
-use super::{AppHealthSettings, DEFAULT_MAX_BODY_SIZE, MIN_HEADER_BUFFER, Settings};
+use super::{
+    AppHealthSettings, DEFAULT_MAX_BODY_SIZE, MIN_HEADER_BUFFER, MtlsSettings, SentrySettings,
+    Settings,
+};
 
 pub const DEFAULT_HTTP_PORT: u16 = 3500;
 pub const DEFAULT_GRPC_PORT: u16 = 50001;
@@ -122,11 +125,42 @@ pub struct Flags {
     pub app_health_threshold: u32,
     #[arg(long = "mode", value_enum, default_value = "standalone")]
     pub mode: Mode,
-    /// mTLS between sidecars (arrives with the sentry release).
+    /// Mutual TLS between sidecars, with workload certificates from sentry
+    /// (`--sentry-address`) or, without one, signed in-process from an
+    /// issuer kept under SKIFF_HOME.
     #[arg(long = "enable-mtls", default_value_t = false, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
     pub enable_mtls: bool,
     #[arg(long = "sentry-address")]
     pub sentry_address: Option<String>,
+    /// PEM trust anchors (instead of DAPR_TRUST_ANCHORS).
+    #[arg(long = "trust-anchors-file")]
+    pub trust_anchors_file: Option<PathBuf>,
+    #[arg(
+        env = "DAPR_TRUST_ANCHORS",
+        long = "trust-anchors",
+        hide = true,
+        hide_env_values = true
+    )]
+    pub trust_anchors: Option<String>,
+    /// The token sentry validates (a bootstrap JWT, or a service account token).
+    #[arg(env = "DAPR_SENTRY_TOKEN_FILE", long = "sentry-token-file", hide = true)]
+    pub sentry_token_file: Option<PathBuf>,
+    #[arg(
+        env = "SKIFF_TRUST_DOMAIN",
+        long = "trust-domain",
+        default_value = skiff_sentry::DEFAULT_TRUST_DOMAIN,
+        hide = true
+    )]
+    pub trust_domain: String,
+    /// Lifetime of self-signed workload certificates (embedded CA only;
+    /// sentry decides its own).
+    #[arg(
+        env = "SKIFF_WORKLOAD_CERT_TTL",
+        long = "workload-cert-ttl",
+        default_value = "24h",
+        hide = true
+    )]
+    pub workload_cert_ttl: String,
     #[arg(long = "log-level", default_value = "info")]
     pub log_level: String,
     #[arg(long = "log-as-json", default_value_t = false, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
@@ -189,12 +223,7 @@ impl Flags {
                 ),
             ));
         }
-        if self.enable_mtls {
-            return Err(flag_err(
-                "enable-mtls",
-                "mTLS between sidecars is not available in this build; run without --enable-mtls",
-            ));
-        }
+        let mtls = self.mtls()?;
         if self.app_port == Some(0) {
             return Err(flag_err(
                 "app-port",
@@ -244,9 +273,76 @@ impl Flags {
             skiff_home: self.skiff_home.clone().unwrap_or_else(default_home),
             config_file: self.config.clone(),
             resources_paths: self.resources_path.clone(),
+            mtls,
             api_token: self.api_token.clone().filter(|t| !t.is_empty()),
             app_api_token: self.app_api_token.clone().filter(|t| !t.is_empty()),
         })
+    }
+}
+
+impl Flags {
+    /// The mTLS settings: anchors must be given with a sentry address, and
+    /// are read here so a missing or unreadable file stops the start.
+    fn mtls(&self) -> Result<Option<MtlsSettings>, FlagError> {
+        if !self.enable_mtls {
+            return Ok(None);
+        }
+        let id_check = skiff_sentry::SpiffeId::new(&self.trust_domain, &self.namespace, &self.app_id);
+        if let Err(e) = id_check {
+            return Err(flag_err("app-id", format!("not usable in a SPIFFE ID: {e}")));
+        }
+        let workload_ttl = parse_ttl(&self.workload_cert_ttl).map_err(|e| flag_err("workload-cert-ttl", e))?;
+        let sentry = match self.sentry_address.as_deref().filter(|a| !a.is_empty()) {
+            None => None,
+            Some(address) => {
+                let (anchors_pem, anchors_from) = match (&self.trust_anchors_file, &self.trust_anchors) {
+                    (Some(f), _) => (
+                        std::fs::read_to_string(f).map_err(|e| {
+                            flag_err("trust-anchors-file", format!("{}: {e}", f.display()))
+                        })?,
+                        f.display().to_string(),
+                    ),
+                    (None, Some(pem)) if !pem.trim().is_empty() => {
+                        (pem.clone(), "DAPR_TRUST_ANCHORS".to_owned())
+                    }
+                    _ => {
+                        return Err(flag_err(
+                            "sentry-address",
+                            "needs trust anchors to verify sentry: set DAPR_TRUST_ANCHORS or --trust-anchors-file",
+                        ));
+                    }
+                };
+                Some(SentrySettings {
+                    address: address.to_owned(),
+                    anchors_pem,
+                    anchors_from,
+                    token_file: self.sentry_token_file.clone(),
+                })
+            }
+        };
+        Ok(Some(MtlsSettings {
+            trust_domain: self.trust_domain.clone(),
+            sentry,
+            workload_ttl,
+        }))
+    }
+}
+
+/// `24h`, `30m`, `10s`.
+fn parse_ttl(s: &str) -> Result<Duration, String> {
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let n: u64 = s[..split]
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration such as 24h, 30m or 10s"))?;
+    let unit = match &s[split..] {
+        "h" => 3600,
+        "m" => 60,
+        "s" => 1,
+        u => return Err(format!("{s:?}: unknown unit {u:?} (h, m, s)")),
+    };
+    match n.checked_mul(unit) {
+        Some(0) | None => Err(format!("{s:?} is out of range")),
+        Some(secs) => Ok(Duration::from_secs(secs)),
     }
 }
 

@@ -44,10 +44,31 @@ pub struct Settings {
     pub skiff_home: PathBuf,
     pub config_file: Option<PathBuf>,
     pub resources_paths: Vec<PathBuf>,
+    pub mtls: Option<MtlsSettings>,
     #[serde(skip)]
     pub api_token: Option<String>,
     #[serde(skip)]
     pub app_api_token: Option<String>,
+}
+
+/// Mutual TLS between sidecars (`--enable-mtls`).
+#[derive(Clone, Debug, Serialize)]
+pub struct MtlsSettings {
+    pub trust_domain: String,
+    /// None: the embedded CA under SKIFF_HOME.
+    pub sentry: Option<SentrySettings>,
+    /// Lifetime of certificates the embedded CA signs.
+    pub workload_ttl: Duration,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct SentrySettings {
+    pub address: String,
+    #[serde(skip)]
+    pub anchors_pem: String,
+    /// Where the anchors came from (a file, or DAPR_TRUST_ANCHORS).
+    pub anchors_from: String,
+    pub token_file: Option<PathBuf>,
 }
 
 /// App health probing (`--enable-app-health-check`).

@@ -65,6 +65,11 @@ pub async fn handle(
         ));
     }
     let (mut parts, body) = req.into_parts();
+    if let Some(id) = &peer.id {
+        // With mTLS the caller is who its certificate says, whatever the
+        // headers claim.
+        set_verified_caller(&mut parts.headers, id);
+    }
     let verb_none = parts.headers.contains_key(&SKIFF_VERB_NONE);
     add_forwarded(&mut parts.headers, peer.addr.ip(), sc.settings.advertise_ip);
 
@@ -133,6 +138,17 @@ fn check_addressed_to_us(sc: &Sidecar, h: &http::HeaderMap) -> Result<(), String
         ));
     }
     Ok(())
+}
+
+fn set_verified_caller(h: &mut http::HeaderMap, id: &skiff_sentry::SpiffeId) {
+    // SPIFFE components are validated to a header-safe alphabet.
+    if let (Ok(app), Ok(ns)) = (
+        HeaderValue::from_str(id.app_id()),
+        HeaderValue::from_str(id.namespace()),
+    ) {
+        h.insert(headers::DAPR_CALLER_APP_ID, app);
+        h.insert(headers::DAPR_CALLER_NAMESPACE, ns);
+    }
 }
 
 /// X-Forwarded-For and Forwarded name the calling sidecar's host.

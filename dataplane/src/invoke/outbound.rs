@@ -21,6 +21,7 @@ use crate::body::SkiffBody;
 use crate::headers::{self, Identity};
 use crate::invoke::balance::Balancer;
 use crate::pool::{Pool, PoolError};
+use crate::transport::ExpectedPeer;
 
 /// Endpoints tried per call when connections are refused.
 pub const MAX_CONNECT_ATTEMPTS: usize = 3;
@@ -99,7 +100,11 @@ impl Outbound {
                 break;
             };
             let pending = self.balancer.start(ep.addr);
-            let checkout = match self.pool.checkout(ep.addr).await {
+            let expect = ExpectedPeer {
+                namespace: &app.namespace,
+                app_id: &app.app_id,
+            };
+            let checkout = match self.pool.checkout_for(ep.addr, Some(expect)).await {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::debug!(app = %app.app_id, endpoint = %ep.addr, error = %e, "endpoint unreachable; trying another");

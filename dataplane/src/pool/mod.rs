@@ -23,7 +23,8 @@ use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
 use crate::body::SkiffBody;
-use crate::transport::{ConnectError, Connector};
+use crate::transport::{ConnectError, Connector, ExpectedPeer};
+use skiff_sentry::SpiffeId;
 
 /// Calls in flight on one connection before another is opened.
 pub const DEFAULT_MAX_STREAMS: usize = 256;
@@ -120,6 +121,8 @@ struct Slot {
 
 struct Conn {
     tx: http2::SendRequest<SkiffBody>,
+    /// The server's verified identity (mTLS only).
+    peer: Option<SpiffeId>,
     in_flight: AtomicUsize,
     last_used_ms: AtomicU64,
     closed: AtomicBool,
@@ -157,7 +160,9 @@ impl Checkout {
                         Some(r) if !retried => {
                             retried = true;
                             req = r;
-                            lease = pool.lease(&slot).await?;
+                            // The replacement must be the same peer.
+                            let peer = lease.conn.peer.clone();
+                            lease = pool.lease(&slot, peer.as_ref().map(expected)).await?;
                         }
                         _ => {
                             return Err(PoolError::Send {
@@ -214,8 +219,19 @@ impl Pool {
     /// Takes a connection to `addr`, dialing if needed. Fails before any
     /// request is consumed, so the caller may try another endpoint.
     pub async fn checkout(&self, addr: SocketAddr) -> Result<Checkout, PoolError> {
+        self.checkout_for(addr, None).await
+    }
+
+    /// Like [`checkout`](Self::checkout), and with mTLS the server must be
+    /// `expect`: a connection to anyone else is refused before any request
+    /// is written to it.
+    pub async fn checkout_for(
+        &self,
+        addr: SocketAddr,
+        expect: Option<ExpectedPeer<'_>>,
+    ) -> Result<Checkout, PoolError> {
         let slot = self.inner.slot(addr);
-        let lease = self.inner.lease(&slot).await?;
+        let lease = self.inner.lease(&slot, expect).await?;
         Ok(Checkout {
             pool: self.inner.clone(),
             slot,
@@ -238,6 +254,29 @@ impl Pool {
             .slots
             .get(&addr)
             .map_or(0, |s| s.conns.load().len())
+    }
+}
+
+/// A pooled connection serves a call only if its server is who the call
+/// expects; connections were verified at the handshake, so this compares
+/// two short strings.
+fn checked(slot: &Slot, c: Arc<Conn>, expect: Option<ExpectedPeer<'_>>) -> Result<Lease, PoolError> {
+    match (expect, &c.peer) {
+        (Some(want), Some(found)) if !want.matches(found) => {
+            Err(PoolError::Connect(ConnectError::IdentityMismatch {
+                addr: slot.addr,
+                expected: format!("{}.{}", want.app_id, want.namespace),
+                found: found.to_string(),
+            }))
+        }
+        _ => Ok(Lease::new(c)),
+    }
+}
+
+fn expected(id: &SpiffeId) -> ExpectedPeer<'_> {
+    ExpectedPeer {
+        namespace: id.namespace(),
+        app_id: id.app_id(),
     }
 }
 
@@ -278,27 +317,35 @@ impl Inner {
             .clone()
     }
 
-    async fn lease(self: &Arc<Self>, slot: &Arc<Slot>) -> Result<Lease, PoolError> {
+    async fn lease(
+        self: &Arc<Self>,
+        slot: &Arc<Slot>,
+        expect: Option<ExpectedPeer<'_>>,
+    ) -> Result<Lease, PoolError> {
         if let Some(c) = slot.pick(self.cfg.max_streams) {
-            return Ok(Lease::new(c));
+            return checked(slot, c, expect);
         }
         let _dialing = slot.connecting.lock().await;
         // Someone may have connected while we waited.
         if let Some(c) = slot.pick(self.cfg.max_streams) {
-            return Ok(Lease::new(c));
+            return checked(slot, c, expect);
         }
         if slot.conns.load().len() >= self.cfg.max_conns
             && let Some(c) = slot.least_loaded()
         {
-            return Ok(Lease::new(c));
+            return checked(slot, c, expect);
         }
-        let conn = self.connect(slot).await?;
+        let conn = self.connect(slot, expect).await?;
         Ok(Lease::new(conn))
     }
 
-    async fn connect(self: &Arc<Self>, slot: &Arc<Slot>) -> Result<Arc<Conn>, PoolError> {
+    async fn connect(
+        self: &Arc<Self>,
+        slot: &Arc<Slot>,
+        expect: Option<ExpectedPeer<'_>>,
+    ) -> Result<Arc<Conn>, PoolError> {
         let addr = slot.addr;
-        let io = self.connector.connect(addr).await?;
+        let (io, peer) = self.connector.connect(addr, expect).await?;
         let (tx, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .initial_stream_window_size(self.cfg.stream_window)
@@ -312,6 +359,7 @@ impl Inner {
             .map_err(|source| PoolError::Handshake { addr, source })?;
         let c = Arc::new(Conn {
             tx,
+            peer,
             in_flight: AtomicUsize::new(0),
             last_used_ms: AtomicU64::new(self.now_ms()),
             closed: AtomicBool::new(false),
