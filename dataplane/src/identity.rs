@@ -57,7 +57,10 @@ pub enum Source {
         validator: TokenValidator,
     },
     /// Self-hosted default: sign in-process with the issuer under SKIFF_HOME.
-    Embedded { authority: Box<Authority>, ttl: Duration },
+    Embedded {
+        authority: Box<Authority>,
+        ttl: Duration,
+    },
 }
 
 /// TLS configs for one certificate.
@@ -128,10 +131,12 @@ impl WorkloadIdentity {
                 validator,
             } => {
                 let token = match token_file {
-                    Some(p) => std::fs::read_to_string(p).map_err(|source| IdentityError::Token {
-                        path: p.clone(),
-                        source,
-                    })?,
+                    Some(p) => {
+                        std::fs::read_to_string(p).map_err(|source| IdentityError::Token {
+                            path: p.clone(),
+                            source,
+                        })?
+                    }
                     None => String::new(),
                 };
                 let ask = Ask {
@@ -159,7 +164,11 @@ impl WorkloadIdentity {
         Ok(w.not_after)
     }
 
-    fn sign_locally(&self, authority: &Authority, ttl: Duration) -> Result<Workload, IdentityError> {
+    fn sign_locally(
+        &self,
+        authority: &Authority,
+        ttl: Duration,
+    ) -> Result<Workload, IdentityError> {
         let e = |e: &dyn std::fmt::Display| IdentityError::Embedded(e.to_string());
         let (key, req) = csr::generate(&self.id, KeyAlg::EcdsaP256).map_err(|x| e(&x))?;
         let checked = csr::check(req.as_bytes(), &self.id).map_err(|x| e(&x))?;
@@ -199,7 +208,9 @@ impl WorkloadIdentity {
                         Some(exp) if exp <= SystemTime::now() => {
                             tracing::error!(id = %self.id, error = %e, expired = ?exp, "cannot renew, and the workload certificate has expired: calls between sidecars fail until renewal succeeds");
                         }
-                        _ => tracing::warn!(id = %self.id, error = %e, retry_in = ?retry, "getting a workload certificate failed; retrying"),
+                        _ => {
+                            tracing::warn!(id = %self.id, error = %e, retry_in = ?retry, "getting a workload certificate failed; retrying")
+                        }
                     }
                     let w = retry.mul_f64(0.8 + 0.4 * fastrand::f64());
                     retry = (retry * 2).min(RETRY_CAP);

@@ -17,15 +17,15 @@ use tokio::sync::Notify;
 use crate::api::grpc::GrpcApi;
 use crate::appchannel::{AppChannel, health};
 use crate::config::{Documents, Mode, MtlsSettings, Settings, load_documents};
-use crate::identity::{self, Source, WorkloadIdentity};
-use skiff_proto::sentry::sign_certificate_request::TokenValidator;
-use skiff_sentry::SpiffeId;
-use skiff_sentry::ca::{Authority, KeyAlg};
 use crate::headers::Identity;
+use crate::identity::{self, Source, WorkloadIdentity};
 use crate::invoke::{inbound, outbound::Outbound};
 use crate::pool::{Pool, PoolConfig};
 use crate::server::{self, Drain, ListenerConfig, Protocols};
 use crate::transport::{Acceptor, Connector};
+use skiff_proto::sentry::sign_certificate_request::TokenValidator;
+use skiff_sentry::SpiffeId;
+use skiff_sentry::ca::{Authority, KeyAlg};
 
 /// Reported at `/v1.0/metadata` as `runtimeVersion`.
 pub const RUNTIME_VERSION: &str = concat!("skiff-", env!("CARGO_PKG_VERSION"));
@@ -73,8 +73,7 @@ pub struct Sidecar {
 impl Sidecar {
     /// Started, registered and, with mTLS, holding a workload certificate.
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire)
-            && self.identity.as_ref().is_none_or(|i| i.is_ready())
+        self.ready.load(Ordering::Acquire) && self.identity.as_ref().is_none_or(|i| i.is_ready())
     }
 
     /// Starts a graceful shutdown (`POST /v1.0/shutdown`).
@@ -306,18 +305,21 @@ fn build_identity(
     m: &MtlsSettings,
 ) -> Result<(Arc<WorkloadIdentity>, Source), StartError> {
     // Flags validated the components already.
-    let id = SpiffeId::new(&m.trust_domain, &s.namespace, &s.app_id).map_err(|e| StartError::Anchors {
-        from: "the app id".into(),
-        source: skiff_sentry::tls::TlsError::NoSpiffeId(e.to_string()),
+    let id = SpiffeId::new(&m.trust_domain, &s.namespace, &s.app_id).map_err(|e| {
+        StartError::Anchors {
+            from: "the app id".into(),
+            source: skiff_sentry::tls::TlsError::NoSpiffeId(e.to_string()),
+        }
     })?;
     match &m.sentry {
         Some(sentry) => {
-            let anchors = identity::anchors(&sentry.anchors_pem, &sentry.anchors_from).map_err(|source| {
-                StartError::Anchors {
-                    from: sentry.anchors_from.clone(),
-                    source,
-                }
-            })?;
+            let anchors =
+                identity::anchors(&sentry.anchors_pem, &sentry.anchors_from).map_err(|source| {
+                    StartError::Anchors {
+                        from: sentry.anchors_from.clone(),
+                        source,
+                    }
+                })?;
             let validator = match (s.mode, &sentry.token_file) {
                 (Mode::Kubernetes, _) => TokenValidator::Kubernetes,
                 (Mode::Standalone, Some(_)) => TokenValidator::Jwks,
@@ -333,11 +335,15 @@ fn build_identity(
         }
         None => {
             let dir = s.skiff_home.join(identity::EMBEDDED_DIR);
-            let (authority, created) = Authority::load_or_create(&dir, &m.trust_domain, KeyAlg::EcdsaP256)?;
+            let (authority, created) =
+                Authority::load_or_create(&dir, &m.trust_domain, KeyAlg::EcdsaP256)?;
             if created {
                 tracing::info!(dir = %dir.display(), "created the embedded CA for self-hosted mTLS");
             }
-            let from = dir.join(skiff_sentry::ca::CA_CERT_FILE).display().to_string();
+            let from = dir
+                .join(skiff_sentry::ca::CA_CERT_FILE)
+                .display()
+                .to_string();
             let anchors = identity::anchors(authority.anchors_pem(), &from)
                 .map_err(|source| StartError::Anchors { from, source })?;
             tracing::info!(%id, dir = %dir.display(), "mTLS on; signing workload certificates in-process (no --sentry-address)");

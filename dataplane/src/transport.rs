@@ -204,7 +204,9 @@ impl Acceptor {
             return Ok((Io::Plain(tcp), PeerInfo { addr, id: None }));
         };
         let tls = identity.current().ok_or_else(|| {
-            io::Error::other("no workload certificate yet: refusing connections until sentry issues one")
+            io::Error::other(
+                "no workload certificate yet: refusing connections until sentry issues one",
+            )
         })?;
         let stream = tokio::time::timeout(
             ACCEPT_HANDSHAKE_TIMEOUT,

@@ -91,7 +91,9 @@ impl std::str::FromStr for KeyAlg {
         match s.to_ascii_lowercase().as_str() {
             "ecdsa" | "ecdsa-p256" | "p256" => Ok(KeyAlg::EcdsaP256),
             "ed25519" => Ok(KeyAlg::Ed25519),
-            _ => Err(format!("{s:?}: key algorithm must be ecdsa-p256 or ed25519")),
+            _ => Err(format!(
+                "{s:?}: key algorithm must be ecdsa-p256 or ed25519"
+            )),
         }
     }
 }
@@ -125,8 +127,8 @@ impl Authority {
         let anchors_pem = read(&ca_path)?;
         let roots = pem::certs(anchors_pem.as_bytes(), &ca_path.display().to_string())?;
         let issuer_pem = read(&crt_path)?;
-        let issuer_der = pem::certs(issuer_pem.as_bytes(), &crt_path.display().to_string())?
-            .remove(0);
+        let issuer_der =
+            pem::certs(issuer_pem.as_bytes(), &crt_path.display().to_string())?.remove(0);
         let key_pem = read(&key_path)?;
         let key = KeyPair::from_pem(&key_pem).map_err(|e| CaError::Invalid {
             path: key_path.clone(),
@@ -148,7 +150,11 @@ impl Authority {
     /// first if `ca.crt` does not exist. Safe when several processes start
     /// at once: one creates, the others wait and load. Returns whether this
     /// call created them.
-    pub fn load_or_create(dir: &Path, trust_domain: &str, alg: KeyAlg) -> Result<(Self, bool), CaError> {
+    pub fn load_or_create(
+        dir: &Path,
+        trust_domain: &str,
+        alg: KeyAlg,
+    ) -> Result<(Self, bool), CaError> {
         let (ca_path, ..) = paths(dir);
         if ca_path.exists() {
             return Ok((Self::load(dir)?, false));
@@ -160,7 +166,11 @@ impl Authority {
         let lock = dir.join(".create.lock");
         let deadline = std::time::Instant::now() + CREATE_LOCK_WAIT;
         loop {
-            match fs::OpenOptions::new().write(true).create_new(true).open(&lock) {
+            match fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&lock)
+            {
                 Ok(_) => break,
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                     if ca_path.exists() {
@@ -228,7 +238,10 @@ impl Authority {
             p.subject_alt_names.push(SanType::DnsName((*d).try_into()?));
         }
         p.is_ca = IsCa::ExplicitNoCa;
-        p.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+        p.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
         p.extended_key_usages = vec![
             ExtendedKeyUsagePurpose::ServerAuth,
             ExtendedKeyUsagePurpose::ClientAuth,
@@ -296,7 +309,9 @@ fn check_issuer(
     let (_, cert) = x509_parser::parse_x509_certificate(issuer_der)
         .map_err(|e| invalid(format!("not an X.509 certificate: {e}")))?;
     if cert.public_key().raw != rcgen::PublicKeyData::subject_public_key_info(key).as_slice() {
-        return Err(invalid(format!("{ISSUER_KEY_FILE} is not the key of this certificate")));
+        return Err(invalid(format!(
+            "{ISSUER_KEY_FILE} is not the key of this certificate"
+        )));
     }
     let signed_by_a_root = roots.iter().any(|r| {
         x509_parser::parse_x509_certificate(r)
@@ -435,7 +450,8 @@ mod tests {
     #[test]
     fn leaf_fields() {
         let dir = tmp("leaf");
-        let (ca, created) = Authority::load_or_create(&dir, "public", KeyAlg::EcdsaP256).expect("ca");
+        let (ca, created) =
+            Authority::load_or_create(&dir, "public", KeyAlg::EcdsaP256).expect("ca");
         assert!(created);
         let id = SpiffeId::new("public", "ns1", "app1").expect("id");
         let (_k, req) = csr::generate(&id, KeyAlg::Ed25519).expect("csr");
@@ -461,13 +477,17 @@ mod tests {
             .duration_since(SystemTime::UNIX_EPOCH)
             .expect("clock")
             .as_secs() as i64;
-        assert!((now - 15 * 60 - nb).abs() <= 5, "not before {nb}, now {now}");
+        assert!(
+            (now - 15 * 60 - nb).abs() <= 5,
+            "not before {nb}, now {now}"
+        );
         assert!((na - now - 3600).abs() <= 5, "not after {na}, now {now}");
         // The issuer is the second certificate and the root signed it.
         let (_, issuer) = x509_parser::parse_x509_certificate(&issued.chain[1]).expect("x509");
         assert!(leaf.verify_signature(Some(issuer.public_key())).is_ok());
         // A second load finds the same files.
-        let (again, created) = Authority::load_or_create(&dir, "public", KeyAlg::EcdsaP256).expect("ca");
+        let (again, created) =
+            Authority::load_or_create(&dir, "public", KeyAlg::EcdsaP256).expect("ca");
         assert!(!created);
         assert_eq!(again.anchors_pem(), ca.anchors_pem());
         let _ = fs::remove_dir_all(&dir);
@@ -481,7 +501,10 @@ mod tests {
         let other = KeyPair::generate_for(&rcgen::PKCS_ED25519).expect("key");
         write_file(&dir.join(ISSUER_KEY_FILE), &other.serialize_pem(), 0o600).expect("write");
         let err = Authority::load(&dir).err().expect("refused").to_string();
-        assert!(err.contains("issuer.crt") && err.contains("not the key"), "{err}");
+        assert!(
+            err.contains("issuer.crt") && err.contains("not the key"),
+            "{err}"
+        );
         // An issuer from another root.
         let other_dir = tmp("bad-other");
         create(&other_dir, "public", KeyAlg::Ed25519).expect("create");

@@ -9,7 +9,9 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use prost::Message;
 use rustls_pki_types::ServerName;
-use skiff_proto::sentry::{SignCertificateRequest, SignCertificateResponse, sign_certificate_request::TokenValidator};
+use skiff_proto::sentry::{
+    SignCertificateRequest, SignCertificateResponse, sign_certificate_request::TokenValidator,
+};
 use tokio::net::TcpStream;
 
 use crate::ca::KeyAlg;
@@ -62,12 +64,15 @@ pub async fn obtain(addr: &str, anchors: &Anchors, ask: &Ask<'_>) -> Result<Work
         token_validator: ask.validator as i32,
         jwt_audiences: Vec::new(),
     };
-    let resp = tokio::time::timeout(CALL_TIMEOUT, sign(addr, anchors, ask.id.trust_domain(), req))
-        .await
-        .map_err(|_| ClientError::Unreachable {
-            addr: addr.to_owned(),
-            why: format!("no answer within {CALL_TIMEOUT:?}"),
-        })??;
+    let resp = tokio::time::timeout(
+        CALL_TIMEOUT,
+        sign(addr, anchors, ask.id.trust_domain(), req),
+    )
+    .await
+    .map_err(|_| ClientError::Unreachable {
+        addr: addr.to_owned(),
+        why: format!("no answer within {CALL_TIMEOUT:?}"),
+    })??;
     let chain = crate::pem::certs(&resp.workload_certificate, "workload_certificate")
         .map_err(|e| ClientError::BadAnswer(e.to_string()))?;
     let w = Workload::new(chain, key).map_err(|e| ClientError::BadAnswer(e.to_string()))?;
@@ -91,18 +96,23 @@ pub async fn sign(
         addr: addr.to_owned(),
         why,
     };
-    let tcp = TcpStream::connect(addr).await.map_err(|e| unreachable(e.to_string()))?;
+    let tcp = TcpStream::connect(addr)
+        .await
+        .map_err(|e| unreachable(e.to_string()))?;
     let _ = tcp.set_nodelay(true);
-    let config = tls::anonymous_client_config(anchors, trust_domain).map_err(|e| untrusted(e.to_string()))?;
+    let config = tls::anonymous_client_config(anchors, trust_domain)
+        .map_err(|e| untrusted(e.to_string()))?;
     // Sentry's certificate has no DNS name we check; the SPIFFE ID is checked below.
     let name = ServerName::try_from("localhost").map_err(|e| untrusted(e.to_string()))?;
     let tls = tokio_rustls::TlsConnector::from(config)
         .connect(name, tcp)
         .await
-        .map_err(|e| match e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
-            Some(r) => untrusted(r.to_string()),
-            None => unreachable(format!("TLS: {e}")),
-        })?;
+        .map_err(
+            |e| match e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+                Some(r) => untrusted(r.to_string()),
+                None => unreachable(format!("TLS: {e}")),
+            },
+        )?;
     let peer = tls
         .get_ref()
         .1
@@ -111,22 +121,28 @@ pub async fn sign(
         .ok_or_else(|| untrusted("no certificate".into()))
         .and_then(|c| tls::peer_id(c).map_err(|e| untrusted(e.to_string())))?;
     if peer.app_id() != SENTRY_APP_ID {
-        return Err(untrusted(format!("it presented {peer}, not a {SENTRY_APP_ID} identity")));
+        return Err(untrusted(format!(
+            "it presented {peer}, not a {SENTRY_APP_ID} identity"
+        )));
     }
-    let (mut tx, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
-        .await
-        .map_err(|e| unreachable(format!("HTTP/2: {e}")))?;
+    let (mut tx, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+            .await
+            .map_err(|e| unreachable(format!("HTTP/2: {e}")))?;
     tokio::spawn(conn);
     let mut body = BytesMut::with_capacity(5 + req.encoded_len());
     body.put_u8(0);
     body.put_u32(req.encoded_len() as u32);
     req.encode(&mut body)
         .map_err(|e| ClientError::BadAnswer(e.to_string()))?;
-    let http_req = Request::post(format!("http://{addr}{}", skiff_proto::paths::SIGN_CERTIFICATE))
-        .header(http::header::CONTENT_TYPE, "application/grpc")
-        .header(http::header::TE, "trailers")
-        .body(Full::new(body.freeze()))
-        .map_err(|e| unreachable(e.to_string()))?;
+    let http_req = Request::post(format!(
+        "http://{addr}{}",
+        skiff_proto::paths::SIGN_CERTIFICATE
+    ))
+    .header(http::header::CONTENT_TYPE, "application/grpc")
+    .header(http::header::TE, "trailers")
+    .body(Full::new(body.freeze()))
+    .map_err(|e| unreachable(e.to_string()))?;
     let resp = tx
         .send_request(http_req)
         .await
@@ -141,16 +157,25 @@ pub async fn sign(
         .await
         .map_err(|e| unreachable(format!("reading the answer: {e}")))?;
     let trailers = collected.trailers().cloned().unwrap_or_default();
-    let status = |h: &http::HeaderMap| h.get("grpc-status").and_then(|v| v.to_str().ok()).map(str::to_owned);
-    let code = status(&trailers).or_else(|| status(&head)).unwrap_or_default();
+    let status = |h: &http::HeaderMap| {
+        h.get("grpc-status")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let code = status(&trailers)
+        .or_else(|| status(&head))
+        .unwrap_or_default();
     if code != "0" {
         let msg = trailers
             .get("grpc-message")
             .or_else(|| head.get("grpc-message"))
             .and_then(|v| v.to_str().ok())
-            .map(|m| percent_decode(m))
+            .map(percent_decode)
             .unwrap_or_default();
-        return Err(ClientError::Refused(format!("{} (gRPC status {code})", msg)));
+        return Err(ClientError::Refused(format!(
+            "{} (gRPC status {code})",
+            msg
+        )));
     }
     let mut data: Bytes = collected.to_bytes();
     if data.len() < 5 {
@@ -161,7 +186,8 @@ pub async fn sign(
     if data.len() < len {
         return Err(ClientError::BadAnswer("truncated gRPC message".into()));
     }
-    SignCertificateResponse::decode(data.slice(..len)).map_err(|e| ClientError::BadAnswer(e.to_string()))
+    SignCertificateResponse::decode(data.slice(..len))
+        .map_err(|e| ClientError::BadAnswer(e.to_string()))
 }
 
 /// gRPC messages are percent-encoded on the wire.

@@ -127,13 +127,20 @@ mod tests {
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).expect("p384");
         let mut params = CertificateParams::default();
         params.subject_alt_names = vec![SanType::URI(id("a").to_string().try_into().expect("uri"))];
-        let csr = params.serialize_request(&key).expect("csr").pem().expect("pem");
+        let csr = params
+            .serialize_request(&key)
+            .expect("csr")
+            .pem()
+            .expect("pem");
         let err = check(csr.as_bytes(), &id("a")).err().expect("refused");
         assert!(matches!(err, CsrError::KeyType(_)), "{err}");
     }
 
     #[test]
     fn refuses_garbage() {
-        assert!(matches!(check(b"not a csr", &id("a")), Err(CsrError::Parse(_))));
+        assert!(matches!(
+            check(b"not a csr", &id("a")),
+            Err(CsrError::Parse(_))
+        ));
     }
 }

@@ -104,19 +104,28 @@ impl SigningKey {
 
     /// Loads a PKCS#8 PEM key (ECDSA P-256 or Ed25519).
     pub fn from_pem(pem: &[u8]) -> Result<Self, JwtError> {
-        match crate::pem::private_key(pem, "signing key").map_err(|e| JwtError::Key(e.to_string()))? {
+        match crate::pem::private_key(pem, "signing key")
+            .map_err(|e| JwtError::Key(e.to_string()))?
+        {
             rustls_pki_types::PrivateKeyDer::Pkcs8(k) => Self::from_pkcs8(k.secret_pkcs8_der()),
-            _ => Err(JwtError::Key("the key must be PKCS#8 (BEGIN PRIVATE KEY)".into())),
+            _ => Err(JwtError::Key(
+                "the key must be PKCS#8 (BEGIN PRIVATE KEY)".into(),
+            )),
         }
     }
 
     fn from_pkcs8(der: &[u8]) -> Result<Self, JwtError> {
         let rng = SystemRandom::new();
-        let pair = match EcdsaKeyPair::from_pkcs8(&signature::ECDSA_P256_SHA256_FIXED_SIGNING, der, &rng) {
+        let pair = match EcdsaKeyPair::from_pkcs8(
+            &signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+            der,
+            &rng,
+        ) {
             Ok(k) => Pair::Ecdsa(k),
             Err(_) => Pair::Ed(
-                Ed25519KeyPair::from_pkcs8_maybe_unchecked(der)
-                    .map_err(|_| JwtError::Key("neither an ECDSA P-256 nor an Ed25519 key".into()))?,
+                Ed25519KeyPair::from_pkcs8_maybe_unchecked(der).map_err(|_| {
+                    JwtError::Key("neither an ECDSA P-256 nor an Ed25519 key".into())
+                })?,
             ),
         };
         let public = match &pair {
@@ -213,11 +222,14 @@ struct RawJwk {
 
 impl Jwks {
     pub fn from_json(json: &[u8]) -> Result<Self, JwtError> {
-        let raw: RawSet = serde_json::from_slice(json).map_err(|e| JwtError::Jwks(e.to_string()))?;
+        let raw: RawSet =
+            serde_json::from_slice(json).map_err(|e| JwtError::Jwks(e.to_string()))?;
         let b64 = |v: &Option<String>, what: &str| {
             v.as_deref()
                 .and_then(|s| B64.decode(s).ok())
-                .ok_or_else(|| JwtError::Jwks(format!("a key's {what} is missing or not base64url")))
+                .ok_or_else(|| {
+                    JwtError::Jwks(format!("a key's {what} is missing or not base64url"))
+                })
         };
         let mut keys = Vec::new();
         for k in &raw.keys {
@@ -225,7 +237,9 @@ impl Jwks {
                 ("EC", Some("P-256")) => {
                     let (x, y) = (b64(&k.x, "x")?, b64(&k.y, "y")?);
                     if x.len() != 32 || y.len() != 32 {
-                        return Err(JwtError::Jwks("a P-256 key's x and y must be 32 bytes".into()));
+                        return Err(JwtError::Jwks(
+                            "a P-256 key's x and y must be 32 bytes".into(),
+                        ));
                     }
                     let mut public = vec![4u8];
                     public.extend_from_slice(&x);
@@ -263,7 +277,8 @@ impl Jwks {
         now: SystemTime,
     ) -> Result<(), JwtError> {
         let mut parts = token.trim().split('.');
-        let (Some(h), Some(p), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+        let (Some(h), Some(p), Some(s), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
         else {
             return Err(JwtError::Format);
         };
@@ -351,8 +366,11 @@ mod tests {
             let (key, pem) = SigningKey::generate(alg).expect("key");
             let key2 = SigningKey::from_pem(pem.as_bytes()).expect("reload");
             let jwks = Jwks::from_json(key.jwks_json().as_bytes()).expect("jwks");
-            let t = key2.mint(&id("a"), "public", Duration::from_secs(600)).expect("mint");
-            jwks.verify(&t, &id("a"), "public", SystemTime::now()).expect("valid");
+            let t = key2
+                .mint(&id("a"), "public", Duration::from_secs(600))
+                .expect("mint");
+            jwks.verify(&t, &id("a"), "public", SystemTime::now())
+                .expect("valid");
         }
     }
 
@@ -360,9 +378,14 @@ mod tests {
     fn refuses_expired_foreign_and_forged_tokens() {
         let (key, _) = SigningKey::generate(KeyAlg::EcdsaP256).expect("key");
         let jwks = Jwks::from_json(key.jwks_json().as_bytes()).expect("jwks");
-        let t = key.mint(&id("a"), "public", Duration::from_secs(60)).expect("mint");
+        let t = key
+            .mint(&id("a"), "public", Duration::from_secs(60))
+            .expect("mint");
         let later = SystemTime::now() + Duration::from_secs(60) + LEEWAY + Duration::from_secs(1);
-        assert!(matches!(jwks.verify(&t, &id("a"), "public", later), Err(JwtError::Expired(_))));
+        assert!(matches!(
+            jwks.verify(&t, &id("a"), "public", later),
+            Err(JwtError::Expired(_))
+        ));
         assert!(matches!(
             jwks.verify(&t, &id("b"), "public", SystemTime::now()),
             Err(JwtError::Subject { .. })
@@ -373,13 +396,17 @@ mod tests {
         ));
         // Signed by a key the operator never registered.
         let (stranger, _) = SigningKey::generate(KeyAlg::EcdsaP256).expect("key");
-        let forged = stranger.mint(&id("a"), "public", Duration::from_secs(60)).expect("mint");
+        let forged = stranger
+            .mint(&id("a"), "public", Duration::from_secs(60))
+            .expect("mint");
         assert!(matches!(
             jwks.verify(&forged, &id("a"), "public", SystemTime::now()),
             Err(JwtError::Signature)
         ));
         // A payload swapped under a valid signature.
-        let other = key.mint(&id("b"), "public", Duration::from_secs(60)).expect("mint");
+        let other = key
+            .mint(&id("b"), "public", Duration::from_secs(60))
+            .expect("mint");
         let mut p: Vec<&str> = t.split('.').collect();
         let q: Vec<&str> = other.split('.').collect();
         p[1] = q[1];

@@ -116,7 +116,11 @@ impl KubeValidator {
             "spec": { "token": token },
         });
         let r = self
-            .call(Method::POST, "/apis/authentication.k8s.io/v1/tokenreviews", Some(review))
+            .call(
+                Method::POST,
+                "/apis/authentication.k8s.io/v1/tokenreviews",
+                Some(review),
+            )
             .await?;
         let status = &r["status"];
         if status["authenticated"].as_bool() != Some(true) {
@@ -140,7 +144,11 @@ impl KubeValidator {
             .as_str()
             .ok_or(KubeError::NoPod)?;
         let p = self
-            .call(Method::GET, &format!("/api/v1/namespaces/{ns}/pods/{pod}"), None)
+            .call(
+                Method::GET,
+                &format!("/api/v1/namespaces/{ns}/pods/{pod}"),
+                None,
+            )
             .await?;
         let app = p["metadata"]["annotations"][APP_ID_ANNOTATION]
             .as_str()
@@ -152,7 +160,9 @@ impl KubeValidator {
                 found: app.to_owned(),
             });
         }
-        let pod_sa = p["spec"]["serviceAccountName"].as_str().unwrap_or("default");
+        let pod_sa = p["spec"]["serviceAccountName"]
+            .as_str()
+            .unwrap_or("default");
         if pod_sa != sa {
             return Err(KubeError::ServiceAccount {
                 pod: pod.to_owned(),
@@ -163,7 +173,12 @@ impl KubeValidator {
         Ok(())
     }
 
-    async fn call(&self, method: Method, path: &str, body: Option<Value>) -> Result<Value, KubeError> {
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value, KubeError> {
         let url = format!("{}{path}", self.base.to_string().trim_end_matches('/'));
         let err = |why: String| KubeError::Api {
             url: url.clone(),
@@ -175,7 +190,12 @@ impl KubeValidator {
             .map_err(err)
     }
 
-    async fn call_inner(&self, method: Method, path: &str, body: Option<Value>) -> Result<Value, String> {
+    async fn call_inner(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value, String> {
         let host = self.base.host().unwrap_or_default();
         let port = self.base.port_u16().unwrap_or(443);
         let tcp = TcpStream::connect((host.trim_matches(['[', ']']), port))
@@ -196,12 +216,18 @@ impl KubeValidator {
             .method(method)
             .uri(path)
             .header(http::header::HOST, host)
-            .header(http::header::AUTHORIZATION, format!("Bearer {}", self.bearer))
+            .header(
+                http::header::AUTHORIZATION,
+                format!("Bearer {}", self.bearer),
+            )
             .header(http::header::ACCEPT, "application/json")
             .header(http::header::CONTENT_TYPE, "application/json")
             .body(Full::new(Bytes::from(payload)))
             .map_err(|e| e.to_string())?;
-        let resp = tx.send_request(req).await.map_err(|e| format!("HTTP: {e}"))?;
+        let resp = tx
+            .send_request(req)
+            .await
+            .map_err(|e| format!("HTTP: {e}"))?;
         let status = resp.status();
         let bytes = resp
             .into_body()
@@ -217,5 +243,153 @@ impl KubeValidator {
             ));
         }
         serde_json::from_slice(&bytes).map_err(|e| format!("not JSON: {e}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::Response;
+    use hyper::body::Incoming;
+
+    /// Recorded API server answers: TokenReview by token, pods by path.
+    fn answer(path: &str, body: &[u8]) -> (u16, Value) {
+        if path == "/apis/authentication.k8s.io/v1/tokenreviews" {
+            let req: Value = serde_json::from_slice(body).unwrap_or_default();
+            let user = |sa: &str, ns: &str, pod: &str| {
+                serde_json::json!({"kind": "TokenReview", "status": {"authenticated": true, "user": {
+                    "username": format!("system:serviceaccount:{ns}:{sa}"),
+                    "extra": {"authentication.kubernetes.io/pod-name": [pod]}}}})
+            };
+            return match req["spec"]["token"].as_str() {
+                Some("orders-token") => (201, user("orders-sa", "shop", "orders-7d9")),
+                Some("impostor-token") => (201, user("orders-sa", "shop", "payments-5c1")),
+                Some("other-ns-token") => (201, user("orders-sa", "lab", "orders-7d9")),
+                Some("user-token") => (
+                    201,
+                    serde_json::json!({"status": {"authenticated": true,
+                    "user": {"username": "alice"}}}),
+                ),
+                _ => (
+                    201,
+                    serde_json::json!({"status": {"authenticated": false, "error": "invalid bearer token"}}),
+                ),
+            };
+        }
+        let pod = |app: &str, sa: &str| {
+            serde_json::json!({"metadata": {"annotations": {"dapr.io/app-id": app}},
+                "spec": {"serviceAccountName": sa}})
+        };
+        match path {
+            "/api/v1/namespaces/shop/pods/orders-7d9" => (200, pod("orders", "orders-sa")),
+            "/api/v1/namespaces/shop/pods/payments-5c1" => (200, pod("payments", "payments-sa")),
+            _ => (404, serde_json::json!({"kind": "Status", "code": 404})),
+        }
+    }
+
+    async fn api_server(dir: &Path) -> String {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        p.subject_alt_names = vec![rcgen::SanType::IpAddress([127, 0, 0, 1].into())];
+        let cert = p.self_signed(&key).expect("cert");
+        std::fs::write(dir.join("ca.crt"), cert.pem()).expect("write");
+        std::fs::write(dir.join("token"), "sentry-sa-token\n").expect("write");
+        let config = rustls::ServerConfig::builder_with_provider(crate::tls::provider())
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.der().clone()],
+                rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+            )
+            .expect("config");
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let svc = hyper::service::service_fn(|req: Request<Incoming>| async move {
+                        let authorized = req
+                            .headers()
+                            .get(http::header::AUTHORIZATION)
+                            .is_some_and(|v| v == "Bearer sentry-sa-token");
+                        let path = req.uri().path().to_owned();
+                        let body = req.into_body().collect().await?.to_bytes();
+                        let (status, json) = if authorized {
+                            answer(&path, &body)
+                        } else {
+                            (401, serde_json::json!({"code": 401}))
+                        };
+                        Ok::<_, hyper::Error>(
+                            Response::builder()
+                                .status(status)
+                                .body(Full::new(Bytes::from(json.to_string())))
+                                .expect("response"),
+                        )
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(tls), svc)
+                        .await;
+                });
+            }
+        });
+        format!("https://127.0.0.1:{}", addr.port())
+    }
+
+    #[tokio::test]
+    async fn token_review_and_pod_annotation_decide() {
+        let dir = std::env::temp_dir().join(format!("skiff-kube-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let api = api_server(&dir).await;
+        let v =
+            KubeValidator::new(&api, &dir.join("ca.crt"), &dir.join("token")).expect("validator");
+        let id = |ns: &str, app: &str| SpiffeId::new("public", ns, app).expect("id");
+
+        v.validate(&id("shop", "orders"), "orders-token")
+            .await
+            .expect("the pod's own identity");
+        let e = v
+            .validate(&id("shop", "payments"), "orders-token")
+            .await
+            .expect_err("another app id");
+        assert!(matches!(e, KubeError::AppId { .. }), "{e}");
+        let e = v
+            .validate(&id("shop", "payments"), "impostor-token")
+            .await
+            .expect_err("wrong service account");
+        assert!(matches!(e, KubeError::ServiceAccount { .. }), "{e}");
+        let e = v
+            .validate(&id("shop", "orders"), "other-ns-token")
+            .await
+            .expect_err("another namespace");
+        assert!(matches!(e, KubeError::Namespace { .. }), "{e}");
+        let e = v
+            .validate(&id("shop", "orders"), "user-token")
+            .await
+            .expect_err("not a service account");
+        assert!(matches!(e, KubeError::NotServiceAccount(_)), "{e}");
+        let e = v
+            .validate(&id("shop", "orders"), "garbage")
+            .await
+            .expect_err("unauthenticated");
+        assert!(e.to_string().contains("invalid bearer token"), "{e}");
+
+        // Sentry's own credential is wrong: a clear API error, not a grant.
+        std::fs::write(dir.join("token"), "wrong").expect("write");
+        let bad =
+            KubeValidator::new(&api, &dir.join("ca.crt"), &dir.join("token")).expect("validator");
+        let e = bad
+            .validate(&id("shop", "orders"), "orders-token")
+            .await
+            .expect_err("401");
+        assert!(e.to_string().contains("HTTP 401"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -19,7 +19,11 @@ const JWT_KEY_FILE: &str = "jwt-signing.key";
 const JWKS_FILE: &str = "jwks.json";
 
 #[derive(Parser)]
-#[command(name = "skiff-sentry", version, about = "Skiff's certificate authority (Dapr sentry compatible)")]
+#[command(
+    name = "skiff-sentry",
+    version,
+    about = "Skiff's certificate authority (Dapr sentry compatible)"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Option<Cmd>,
@@ -60,7 +64,11 @@ enum Cmd {
 #[derive(Args)]
 struct ServeArgs {
     /// Directory with ca.crt, issuer.crt and issuer.key (created on first start).
-    #[arg(long, env = "SKIFF_SENTRY_CREDENTIALS", default_value = "./sentry-credentials")]
+    #[arg(
+        long,
+        env = "SKIFF_SENTRY_CREDENTIALS",
+        default_value = "./sentry-credentials"
+    )]
     issuer_credentials: PathBuf,
     #[arg(long, default_value_t = 50001)]
     port: u16,
@@ -108,7 +116,11 @@ struct TokenArgs {
     /// The operator's signing key (default: <credentials>/jwt-signing.key).
     #[arg(long)]
     signing_key: Option<PathBuf>,
-    #[arg(long, env = "SKIFF_SENTRY_CREDENTIALS", default_value = "./sentry-credentials")]
+    #[arg(
+        long,
+        env = "SKIFF_SENTRY_CREDENTIALS",
+        default_value = "./sentry-credentials"
+    )]
     issuer_credentials: PathBuf,
 }
 
@@ -184,8 +196,12 @@ fn validators(a: &ServeArgs) -> anyhow::Result<Validators> {
                 if a.jwks_file.is_none() && !path.exists() {
                     init_jwt_key(&a.issuer_credentials, a.key_algorithm)?;
                 }
-                let json = std::fs::read(&path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-                v.with_jwks(Jwks::from_json(&json).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?)
+                let json =
+                    std::fs::read(&path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+                v.with_jwks(
+                    Jwks::from_json(&json)
+                        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?,
+                )
             }
             Method::Kubernetes => {
                 let api = match &a.kube_api_server {
@@ -229,7 +245,8 @@ fn token(t: &TokenArgs) -> anyhow::Result<()> {
         .signing_key
         .clone()
         .unwrap_or_else(|| t.issuer_credentials.join(JWT_KEY_FILE));
-    let pem = std::fs::read(&path).map_err(|e| anyhow::anyhow!("signing key {}: {e}", path.display()))?;
+    let pem =
+        std::fs::read(&path).map_err(|e| anyhow::anyhow!("signing key {}: {e}", path.display()))?;
     let key = SigningKey::from_pem(&pem).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     let id = SpiffeId::new(&t.trust_domain, &t.namespace, &t.app_id)?;
     println!("{}", key.mint(&id, &t.trust_domain, t.ttl)?);
@@ -279,7 +296,9 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
         return Err("empty duration".into());
     }
     while !rest.is_empty() {
-        let n_end = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        let n_end = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
         let unit_end = rest[n_end..]
             .find(|c: char| c.is_ascii_digit())
             .map_or(rest.len(), |i| n_end + i);

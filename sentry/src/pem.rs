@@ -78,7 +78,10 @@ mod tests {
         let pem = encode_chain(&[der.clone(), der.clone()]);
         let back = certs(pem.as_bytes(), "t").expect("parse");
         assert_eq!(back, vec![der.clone(), der]);
-        assert!(matches!(certs(b"nothing", "f"), Err(PemError::Missing { .. })));
+        assert!(matches!(
+            certs(b"nothing", "f"),
+            Err(PemError::Missing { .. })
+        ));
         let err = private_key(b"", "key.pem").expect_err("empty");
         assert!(err.to_string().starts_with("key.pem: "), "{err}");
     }

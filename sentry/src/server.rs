@@ -17,7 +17,9 @@ use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 use skiff_proto::sentry::ca_server::{Ca, CaServer};
-use skiff_proto::sentry::{SignCertificateRequest, SignCertificateResponse, sign_certificate_request::TokenValidator};
+use skiff_proto::sentry::{
+    SignCertificateRequest, SignCertificateResponse, sign_certificate_request::TokenValidator,
+};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tonic::{Request, Response, Status};
@@ -72,7 +74,8 @@ pub async fn serve(
     cfg: Config,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    let (authority, created) = Authority::load_or_create(&cfg.credentials, &cfg.trust_domain, cfg.key_alg)?;
+    let (authority, created) =
+        Authority::load_or_create(&cfg.credentials, &cfg.trust_domain, cfg.key_alg)?;
     let fingerprint = Fingerprint::of(&cfg.credentials);
     if created {
         tracing::info!(dir = %cfg.credentials.display(), "created a new root and issuer");
@@ -105,8 +108,9 @@ fn serving_config(a: &Authority, cfg: &Config) -> Result<Arc<rustls::ServerConfi
 }
 
 fn own_id(cfg: &Config) -> SpiffeId {
-    SpiffeId::new(&cfg.trust_domain, &cfg.namespace, SENTRY_APP_ID)
-        .unwrap_or_else(|_| SpiffeId::new(crate::DEFAULT_TRUST_DOMAIN, "default", SENTRY_APP_ID).expect("constant id"))
+    SpiffeId::new(&cfg.trust_domain, &cfg.namespace, SENTRY_APP_ID).unwrap_or_else(|_| {
+        SpiffeId::new(crate::DEFAULT_TRUST_DOMAIN, "default", SENTRY_APP_ID).expect("constant id")
+    })
 }
 
 /// Reloads the credentials when their files change and renews the serving
@@ -118,7 +122,11 @@ async fn watch(state: std::sync::Weak<State>) {
         tick.tick().await;
         let Some(s) = state.upgrade() else { return };
         let now_fp = Fingerprint::of(&s.cfg.credentials);
-        let changed = s.fingerprint.lock().map(|fp| *fp != now_fp).unwrap_or(false);
+        let changed = s
+            .fingerprint
+            .lock()
+            .map(|fp| *fp != now_fp)
+            .unwrap_or(false);
         let stale = s
             .serving_at
             .lock()
@@ -206,7 +214,8 @@ impl Ca for Svc {
         }
         let id = SpiffeId::new(td, &req.namespace, &req.id)
             .map_err(|e| Status::invalid_argument(format!("requested identity: {e}")))?;
-        let asked = TokenValidator::try_from(req.token_validator).unwrap_or(TokenValidator::Unknown);
+        let asked =
+            TokenValidator::try_from(req.token_validator).unwrap_or(TokenValidator::Unknown);
         let method = s.cfg.validators.method(asked);
         if let Err(e) = s.cfg.validators.validate(method, &id, &req.token).await {
             tracing::info!(%id, validator = %method, error = %e, "refused a certificate");
@@ -245,13 +254,21 @@ impl tonic::transport::server::Connected for TlsConn {
 }
 
 impl AsyncRead for TlsConn {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         Pin::new(&mut *self.get_mut().0).poll_read(cx, buf)
     }
 }
 
 impl AsyncWrite for TlsConn {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         Pin::new(&mut *self.get_mut().0).poll_write(cx, buf)
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

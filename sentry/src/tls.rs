@@ -92,7 +92,10 @@ pub struct Workload {
 
 impl Workload {
     /// Reads the leaf's SPIFFE ID and validity.
-    pub fn new(chain: Vec<CertificateDer<'static>>, key: PrivateKeyDer<'static>) -> Result<Self, TlsError> {
+    pub fn new(
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+    ) -> Result<Self, TlsError> {
         let leaf = chain
             .first()
             .ok_or_else(|| TlsError::Chain("empty chain".into()))?;
@@ -116,7 +119,10 @@ impl Workload {
             });
         }
         let now = UnixTime::now();
-        for usage in [webpki::KeyUsage::server_auth(), webpki::KeyUsage::client_auth()] {
+        for usage in [
+            webpki::KeyUsage::server_auth(),
+            webpki::KeyUsage::client_auth(),
+        ] {
             verify_chain(&self.chain[0], &self.chain[1..], anchors, now, usage)
                 .map_err(|e| TlsError::Chain(e.to_string()))?;
         }
@@ -126,7 +132,10 @@ impl Workload {
 
 /// The server side between sidecars: requires a client certificate from
 /// our trust domain.
-pub fn server_config(w: &Workload, anchors: &Anchors) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+pub fn server_config(
+    w: &Workload,
+    anchors: &Anchors,
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let verifier = Arc::new(SpiffeVerifier::new(anchors, w.id.trust_domain()));
     let mut c = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
@@ -140,11 +149,23 @@ pub fn server_config(w: &Workload, anchors: &Anchors) -> Result<Arc<rustls::Serv
 
 /// The dialing side between sidecars: presents `w` and accepts servers in
 /// `w`'s trust domain (the dialer then checks which app it reached).
-pub fn client_config(w: &Workload, anchors: &Anchors) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+pub fn client_config(
+    w: &Workload,
+    anchors: &Anchors,
+) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    client_config_trusting(w, anchors, w.id.trust_domain())
+}
+
+/// Like [`client_config`], accepting servers in `trust_domain`.
+pub fn client_config_trusting(
+    w: &Workload,
+    anchors: &Anchors,
+    trust_domain: &str,
+) -> Result<Arc<rustls::ClientConfig>, TlsError> {
     let mut c = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(SpiffeVerifier::new(anchors, w.id.trust_domain())))
+        .with_custom_certificate_verifier(Arc::new(SpiffeVerifier::new(anchors, trust_domain)))
         .with_client_auth_cert(w.chain.clone(), w.key.clone_key())?;
     c.alpn_protocols = vec![ALPN_H2.to_vec()];
     c.resumption = rustls::client::Resumption::disabled();
@@ -190,7 +211,9 @@ pub fn peer_id(cert: &CertificateDer<'_>) -> Result<SpiffeId, TlsError> {
         _ => None,
     });
     match (uris.next(), uris.next()) {
-        (Some(u), None) => u.parse().map_err(|e: crate::IdError| TlsError::NoSpiffeId(e.to_string())),
+        (Some(u), None) => u
+            .parse()
+            .map_err(|e: crate::IdError| TlsError::NoSpiffeId(e.to_string())),
         (None, _) => Err(TlsError::NoSpiffeId("no URI SAN".into())),
         (Some(_), Some(_)) => Err(TlsError::NoSpiffeId("more than one URI SAN".into())),
     }
@@ -269,7 +292,9 @@ fn other(msg: String) -> rustls::Error {
         }
     }
     impl std::error::Error for Msg {}
-    rustls::Error::InvalidCertificate(CertificateError::Other(rustls::OtherError(Arc::new(Msg(msg)))))
+    rustls::Error::InvalidCertificate(CertificateError::Other(rustls::OtherError(Arc::new(Msg(
+        msg,
+    )))))
 }
 
 fn pki_error(e: webpki::Error) -> rustls::Error {
@@ -293,7 +318,12 @@ impl ServerCertVerifier for SpiffeVerifier {
         _ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        self.check(end_entity, intermediates, now, webpki::KeyUsage::server_auth())?;
+        self.check(
+            end_entity,
+            intermediates,
+            now,
+            webpki::KeyUsage::server_auth(),
+        )?;
         Ok(ServerCertVerified::assertion())
     }
 
@@ -326,7 +356,9 @@ impl ServerCertVerifier for SpiffeVerifier {
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        provider().signature_verification_algorithms.supported_schemes()
+        provider()
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
@@ -341,7 +373,12 @@ impl ClientCertVerifier for SpiffeVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        self.check(end_entity, intermediates, now, webpki::KeyUsage::client_auth())?;
+        self.check(
+            end_entity,
+            intermediates,
+            now,
+            webpki::KeyUsage::client_auth(),
+        )?;
         Ok(ClientCertVerified::assertion())
     }
 
@@ -364,6 +401,8 @@ impl ClientCertVerifier for SpiffeVerifier {
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        provider().signature_verification_algorithms.supported_schemes()
+        provider()
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }

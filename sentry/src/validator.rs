@@ -13,7 +13,7 @@ use std::time::SystemTime;
 use skiff_proto::sentry::sign_certificate_request::TokenValidator;
 
 use crate::SpiffeId;
-use crate::jwt::{JwtError, Jwks};
+use crate::jwt::{Jwks, JwtError};
 use crate::kubernetes::{KubeError, KubeValidator};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -40,7 +40,9 @@ impl std::str::FromStr for Method {
             "insecure" => Ok(Method::Insecure),
             "jwks" | "jwt" => Ok(Method::Jwks),
             "kubernetes" => Ok(Method::Kubernetes),
-            _ => Err(format!("{s:?}: token validator must be insecure, jwks or kubernetes")),
+            _ => Err(format!(
+                "{s:?}: token validator must be insecure, jwks or kubernetes"
+            )),
         }
     }
 }

@@ -26,12 +26,30 @@ pub fn bin(name: &str) -> PathBuf {
     p
 }
 
-/// A free loopback port (bound then released; good enough for tests).
+/// A free loopback port for a server a test starts.
+///
+/// Ports come from below the kernel's ephemeral range (32768 and up by
+/// default): a port handed out by `bind(0)` there can be taken by some
+/// outgoing connection's local end before the server binds it. Each test
+/// process walks its own stretch of 20000..32000 and skips ports in use.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        (std::process::id().wrapping_mul(2_654_435_761)) % SPAN,
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
+    for _ in 0..SPAN {
+        let port = (LOW + NEXT.fetch_add(1, Ordering::Relaxed) % SPAN) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {LOW}..{}", LOW + SPAN);
 }
 
 /// A child process that is killed when dropped.
@@ -198,6 +216,14 @@ impl World {
 
     /// Starts `skiffd` and waits until `/v1.0/healthz` answers 204.
     pub fn sidecar(&self, app_id: &str, o: SidecarOpts) -> Sidecar {
+        let mut s = self.sidecar_started(app_id, o);
+        wait_healthy(&mut s.proc, s.http_port);
+        s
+    }
+
+    /// Starts `skiffd` and waits only for its HTTP port (it may not be
+    /// ready, e.g. while it waits for a certificate).
+    pub fn sidecar_started(&self, app_id: &str, o: SidecarOpts) -> Sidecar {
         let (http_port, grpc_port) = (free_port(), free_port());
         let mut cmd = Command::new(bin("skiffd"));
         cmd.args(["--app-id", app_id])
@@ -232,7 +258,7 @@ impl World {
             child,
             name: app_id.to_owned(),
         };
-        wait_healthy(&mut proc, http_port);
+        wait_port_of(&mut proc, http_port);
         Sidecar {
             proc,
             app_id: app_id.to_owned(),
@@ -240,6 +266,21 @@ impl World {
             grpc_port,
         }
     }
+}
+
+/// Like [`wait_port`], failing at once with the exit status if `proc` dies.
+fn wait_port_of(proc: &mut Proc, port: u16) {
+    let end = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < end {
+        if let Ok(Some(status)) = proc.child.try_wait() {
+            panic!("{} exited before opening port {port}: {status}", proc.name);
+        }
+        if std::net::TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], port))).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("{} did not open port {port} within 10s", proc.name);
 }
 
 fn wait_port(port: u16) {
@@ -274,6 +315,105 @@ fn wait_healthy(proc: &mut Proc, port: u16) {
         std::thread::sleep(Duration::from_millis(20));
     }
     panic!("skiffd {} not healthy within 15s", proc.name);
+}
+
+/// A running `skiff-sentry`.
+pub struct Sentry {
+    pub proc: Proc,
+    pub port: u16,
+    /// Its credentials directory (ca.crt, issuer.crt, issuer.key).
+    pub creds: PathBuf,
+}
+
+impl Sentry {
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// The trust anchors sidecars need (ca.crt).
+    pub fn anchors(&self) -> String {
+        std::fs::read_to_string(self.creds.join("ca.crt")).expect("ca.crt")
+    }
+}
+
+impl World {
+    /// Starts `skiff-sentry` on a free port with credentials in `creds`
+    /// (created on first start when absent), plus `args`.
+    pub fn sentry_at(&self, port: u16, creds: &std::path::Path, args: &[&str]) -> Sentry {
+        let child = Command::new(bin("skiff-sentry"))
+            .args(["--port", &port.to_string()])
+            .arg("--issuer-credentials")
+            .arg(creds)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(if std::env::var_os("SKIFF_TEST_LOGS").is_some() {
+                Stdio::inherit()
+            } else {
+                Stdio::null()
+            })
+            .spawn()
+            .expect("spawn skiff-sentry");
+        let mut proc = Proc {
+            child,
+            name: "sentry".into(),
+        };
+        wait_port_of(&mut proc, port);
+        Sentry {
+            proc,
+            port,
+            creds: creds.to_owned(),
+        }
+    }
+
+    pub fn sentry(&self, args: &[&str]) -> Sentry {
+        self.sentry_at(free_port(), &self.home.path().join("sentry-creds"), args)
+    }
+}
+
+impl SidecarOpts {
+    /// mTLS with the embedded CA under SKIFF_HOME.
+    pub fn mtls(mut self) -> Self {
+        self.args.push("--enable-mtls".into());
+        self
+    }
+
+    /// mTLS with certificates from `sentry`.
+    pub fn sentry(mut self, sentry: &Sentry) -> Self {
+        self.args.extend([
+            "--enable-mtls".into(),
+            "--sentry-address".into(),
+            sentry.address(),
+        ]);
+        self.env.push(("DAPR_TRUST_ANCHORS", sentry.anchors()));
+        self
+    }
+}
+
+/// GETs a sidecar URL and parses JSON.
+pub async fn get_json(url: &str) -> serde_json::Value {
+    let r = send(&http_client(), request("GET", url, "")).await;
+    serde_json::from_slice(&r.body).unwrap_or_else(|e| panic!("{url}: {e}: {}", r.text()))
+}
+
+/// Waits until `skiffd`'s `/v1.0/healthz/outbound` answers 204, or panics
+/// with its last answer.
+pub async fn wait_outbound_ready(s: &Sidecar, within: Duration) {
+    let end = Instant::now() + within;
+    let mut last = String::new();
+    while Instant::now() < end {
+        let r = send(
+            &http_client(),
+            request("GET", &format!("{}/v1.0/healthz/outbound", s.http()), ""),
+        )
+        .await;
+        if r.status == http::StatusCode::NO_CONTENT {
+            return;
+        }
+        last = r.text();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{} not ready within {within:?}: {last}", s.app_id);
 }
 
 /// An HTTP/1.1 client (keep-alive) for the tests.

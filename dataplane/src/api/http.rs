@@ -167,7 +167,10 @@ fn ready(sc: &Sidecar) -> Response<SkiffBody> {
         .identity
         .as_ref()
         .and_then(|i| i.not_ready_reason())
-        .map_or_else(|| "dapr is not ready".to_owned(), |r| format!("dapr is not ready: {r}"));
+        .map_or_else(
+            || "dapr is not ready".to_owned(),
+            |r| format!("dapr is not ready: {r}"),
+        );
     http_error(
         StatusCode::INTERNAL_SERVER_ERROR,
         code::HEALTH_NOT_READY,

@@ -143,7 +143,11 @@ pub struct Flags {
     )]
     pub trust_anchors: Option<String>,
     /// The token sentry validates (a bootstrap JWT, or a service account token).
-    #[arg(env = "DAPR_SENTRY_TOKEN_FILE", long = "sentry-token-file", hide = true)]
+    #[arg(
+        env = "DAPR_SENTRY_TOKEN_FILE",
+        long = "sentry-token-file",
+        hide = true
+    )]
     pub sentry_token_file: Option<PathBuf>,
     #[arg(
         env = "SKIFF_TRUST_DOMAIN",
@@ -287,15 +291,23 @@ impl Flags {
         if !self.enable_mtls {
             return Ok(None);
         }
-        let id_check = skiff_sentry::SpiffeId::new(&self.trust_domain, &self.namespace, &self.app_id);
+        let id_check =
+            skiff_sentry::SpiffeId::new(&self.trust_domain, &self.namespace, &self.app_id);
         if let Err(e) = id_check {
-            return Err(flag_err("app-id", format!("not usable in a SPIFFE ID: {e}")));
+            return Err(flag_err(
+                "app-id",
+                format!("not usable in a SPIFFE ID: {e}"),
+            ));
         }
-        let workload_ttl = parse_ttl(&self.workload_cert_ttl).map_err(|e| flag_err("workload-cert-ttl", e))?;
+        let workload_ttl =
+            parse_ttl(&self.workload_cert_ttl).map_err(|e| flag_err("workload-cert-ttl", e))?;
         let sentry = match self.sentry_address.as_deref().filter(|a| !a.is_empty()) {
             None => None,
             Some(address) => {
-                let (anchors_pem, anchors_from) = match (&self.trust_anchors_file, &self.trust_anchors) {
+                let (anchors_pem, anchors_from) = match (
+                    &self.trust_anchors_file,
+                    &self.trust_anchors,
+                ) {
                     (Some(f), _) => (
                         std::fs::read_to_string(f).map_err(|e| {
                             flag_err("trust-anchors-file", format!("{}: {e}", f.display()))

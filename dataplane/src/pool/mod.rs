@@ -260,7 +260,11 @@ impl Pool {
 /// A pooled connection serves a call only if its server is who the call
 /// expects; connections were verified at the handshake, so this compares
 /// two short strings.
-fn checked(slot: &Slot, c: Arc<Conn>, expect: Option<ExpectedPeer<'_>>) -> Result<Lease, PoolError> {
+fn checked(
+    slot: &Slot,
+    c: Arc<Conn>,
+    expect: Option<ExpectedPeer<'_>>,
+) -> Result<Lease, PoolError> {
     match (expect, &c.peer) {
         (Some(want), Some(found)) if !want.matches(found) => {
             Err(PoolError::Connect(ConnectError::IdentityMismatch {
