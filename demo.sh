@@ -26,8 +26,9 @@ $B/skiff-echo --http-port 8080 --name http-app 2>/dev/null & pids+=($!)
 $B/skiff-echo --grpc-port 8081 --name grpc-app 2>/dev/null & pids+=($!)
 
 echo "==> starting sidecar 'web' (HTTP 3500, gRPC 50001) and sidecar 'rpc' (HTTP 3501, gRPC 50002)"
-$B/skiffd --app-id web --app-port 8080 --log-level warn & pids+=($!)
-$B/skiffd --app-id rpc --app-port 8081 --app-protocol grpc \
+echo "    with mTLS between them: each signs its own SPIFFE certificate with the embedded CA in ${SKIFF_HOME:-$HOME/.skiff}/sentry"
+$B/skiffd --app-id web --app-port 8080 --enable-mtls --log-level warn & pids+=($!)
+$B/skiffd --app-id rpc --app-port 8081 --app-protocol grpc --enable-mtls \
   --dapr-http-port 3501 --dapr-grpc-port 50002 --log-level warn & pids+=($!)
 wait_ready 3500; wait_ready 3501
 

@@ -43,7 +43,7 @@ pub struct BenchArgs {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "direct,skiff,envoy,haproxy,nginx"
+        default_value = "direct,skiff,skiff-plain,envoy,haproxy,nginx"
     )]
     pub paths: Vec<PathKind>,
     /// Protocols to compare.
@@ -82,7 +82,12 @@ pub struct BenchArgs {
 #[serde(rename_all = "lowercase")]
 pub enum PathKind {
     Direct,
+    /// Two skiffd with mTLS between them (embedded CA).
     Skiff,
+    /// The same without mTLS, to show what mTLS costs.
+    #[serde(rename = "skiff-plain")]
+    #[value(name = "skiff-plain")]
+    SkiffPlain,
     Envoy,
     Haproxy,
     Nginx,
@@ -93,6 +98,7 @@ impl PathKind {
         match self {
             Self::Direct => "direct",
             Self::Skiff => "skiff",
+            Self::SkiffPlain => "skiff-plain",
             Self::Envoy => "envoy",
             Self::Haproxy => "haproxy",
             Self::Nginx => "nginx",
@@ -429,7 +435,8 @@ async fn start_path(
             },
             procs: Procs::default(),
         }),
-        PathKind::Skiff => Some(start_skiff(bin, work, echo)?),
+        PathKind::Skiff => Some(start_skiff(bin, work, echo, true)?),
+        PathKind::SkiffPlain => Some(start_skiff(bin, work, echo, false)?),
         peer => peers::start(peer, work, echo)?,
     };
     let Some(mut r) = r else { return Ok(None) };
@@ -444,8 +451,12 @@ async fn start_path(
     Ok(Some(r))
 }
 
-fn start_skiff(bin: &FsPath, work: &FsPath, echo: &Echo) -> anyhow::Result<Running> {
-    let home = work.join("skiff-home");
+fn start_skiff(bin: &FsPath, work: &FsPath, echo: &Echo, mtls: bool) -> anyhow::Result<Running> {
+    let home = work.join(if mtls {
+        "skiff-home"
+    } else {
+        "skiff-home-plain"
+    });
     let mut procs = Procs::default();
     let mut sidecar = |id: &str, app: Option<(u16, &str)>| -> anyhow::Result<(u32, u16, u16)> {
         let (h, g) = (free_port()?, free_port()?);
@@ -467,6 +478,9 @@ fn start_skiff(bin: &FsPath, work: &FsPath, echo: &Echo) -> anyhow::Result<Runni
         if let Some((port, proto)) = app {
             cmd.args(["--app-port", &port.to_string(), "--app-protocol", proto]);
         }
+        if mtls {
+            cmd.arg("--enable-mtls");
+        }
         Ok((procs.spawn(&mut cmd)?, h, g))
     };
     let (web, _, _) = sidecar("web", Some((echo.http_port, "http")))?;
@@ -481,7 +495,12 @@ fn start_skiff(bin: &FsPath, work: &FsPath, echo: &Echo) -> anyhow::Result<Runni
             grpc_headers,
             http_pids: vec![caller, web],
             grpc_pids: vec![caller, rpc],
-            note: "client → skiffd → h2 → skiffd → app; plaintext between sidecars (mTLS arrives with the sentry issue); 1 worker each".into(),
+            note: if mtls {
+                "client → skiffd → mTLS h2 (TLS 1.3, ECDSA P-256, embedded CA) → skiffd → app; 1 worker each"
+            } else {
+                "client → skiffd → plaintext h2 → skiffd → app; 1 worker each"
+            }
+            .into(),
         },
         procs,
     })

@@ -125,7 +125,9 @@ pub fn start(kind: PathKind, work: &Path, echo: &Echo) -> anyhow::Result<Option<
                 procs.spawn_logged(&mut run(&c1, "71"), &dir.join("p1.log"))?,
             ]
         }
-        PathKind::Direct | PathKind::Skiff => bail!("{} is not a peer", kind.name()),
+        PathKind::Direct | PathKind::Skiff | PathKind::SkiffPlain => {
+            bail!("{} is not a peer", kind.name())
+        }
     };
     let note = match kind {
         PathKind::Nginx => {
@@ -181,7 +183,7 @@ fn find(kind: PathKind) -> Option<PathBuf> {
             let p = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
             p.exists().then_some(p)
         }
-        PathKind::Direct | PathKind::Skiff => None,
+        PathKind::Direct | PathKind::Skiff | PathKind::SkiffPlain => None,
     }
 }
 

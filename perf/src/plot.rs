@@ -16,6 +16,7 @@ fn color(p: PathKind) -> &'static str {
     match p {
         PathKind::Direct => "#555555",
         PathKind::Skiff => "#1f77b4",
+        PathKind::SkiffPlain => "#17becf",
         PathKind::Envoy => "#d62728",
         PathKind::Haproxy => "#2ca02c",
         PathKind::Nginx => "#ff7f0e",

@@ -96,7 +96,8 @@ fn a_short_bench_reports_every_figure() {
                 num("proxy_peak_rss_kib") > 0.0,
                 "skiffd RSS was measured: {r}"
             );
-            assert!(r["note"].as_str().unwrap_or_default().contains("skiffd"));
+            let note = r["note"].as_str().unwrap_or_default();
+            assert!(note.contains("skiffd") && note.contains("mTLS"), "{r}");
         }
         if r["scenario"] == "rate_1000" {
             // The open loop holds its rate (these runs are short, so loosely).
