@@ -459,3 +459,73 @@ async fn the_jwt_validator_takes_a_fresh_token_and_refuses_a_foreign_one() {
         );
     }
 }
+
+#[test]
+fn unusable_anchors_and_credentials_stop_the_start_with_one_line() {
+    let w = World::new();
+    let run = |bin_name: &str, args: &[&str], env: &[(&str, &str)]| {
+        let mut cmd = std::process::Command::new(bin(bin_name));
+        cmd.args(args)
+            .env("SKIFF_HOME", w.home.path())
+            .env_remove("DAPR_TRUST_ANCHORS");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().expect("run");
+        assert!(!out.status.success(), "{bin_name} {args:?} started");
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        err.lines().last().unwrap_or_default().to_owned()
+    };
+    let skiffd = |extra: &[&str], env: &[(&str, &str)]| {
+        let port = free_port().to_string();
+        let grpc = free_port().to_string();
+        let mut args = vec![
+            "--app-id",
+            "a",
+            "--dapr-http-port",
+            &port,
+            "--dapr-grpc-port",
+            &grpc,
+        ];
+        args.extend_from_slice(extra);
+        let mut a: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        a.push("--enable-mtls".into());
+        let refs: Vec<&str> = a.iter().map(String::as_str).collect();
+        run("skiffd", &refs, env)
+    };
+    let line = skiffd(
+        &["--sentry-address", "127.0.0.1:1"],
+        &[("DAPR_TRUST_ANCHORS", "not a certificate")],
+    );
+    assert!(line.contains("DAPR_TRUST_ANCHORS"), "{line}");
+    let line = skiffd(
+        &[
+            "--sentry-address",
+            "127.0.0.1:1",
+            "--trust-anchors-file",
+            "/nonexistent/ca.crt",
+        ],
+        &[],
+    );
+    assert!(line.contains("/nonexistent/ca.crt"), "{line}");
+    let line = skiffd(&["--sentry-address", "127.0.0.1:1"], &[]);
+    assert!(
+        line.contains("DAPR_TRUST_ANCHORS or --trust-anchors-file"),
+        "{line}"
+    );
+
+    let creds = w.home.path().join("bad-creds");
+    std::fs::create_dir_all(&creds).expect("mkdir");
+    std::fs::write(creds.join("ca.crt"), "garbage").expect("write");
+    let creds_s = creds.display().to_string();
+    let port = free_port().to_string();
+    let line = run(
+        "skiff-sentry",
+        &["--issuer-credentials", &creds_s, "--port", &port],
+        &[],
+    );
+    assert!(
+        line.starts_with("skiff-sentry: ") && line.contains("ca.crt"),
+        "{line}"
+    );
+}
