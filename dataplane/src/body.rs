@@ -31,6 +31,10 @@ pub enum SkiffBody {
     Pooled(Incoming, Lease),
     /// A response produced by a tonic service.
     Grpc(tonic::body::Body),
+    /// A request whose first bytes were read ahead (for a retry that then
+    /// could not be offered): those bytes, the trailers if they were read
+    /// too (the stream is then over), else the rest of the stream.
+    Prefixed(Option<Bytes>, Option<http::HeaderMap>, Incoming),
 }
 
 impl SkiffBody {
@@ -68,6 +72,18 @@ impl Body for SkiffBody {
             Self::Grpc(b) => Pin::new(b)
                 .poll_frame(cx)
                 .map_err(|e| Box::new(e) as BoxError),
+            Self::Prefixed(prefix, trailers, rest) => {
+                if let Some(b) = prefix.take() {
+                    return Poll::Ready(Some(Ok(Frame::data(b))));
+                }
+                if let Some(t) = trailers.take() {
+                    // Trailers end a stream: `rest` has nothing after them.
+                    return Poll::Ready(Some(Ok(Frame::trailers(t))));
+                }
+                Pin::new(rest)
+                    .poll_frame(cx)
+                    .map_err(|e| Box::new(e) as BoxError)
+            }
         }
     }
 
@@ -77,6 +93,7 @@ impl Body for SkiffBody {
             Self::Full(b) => b.is_none(),
             Self::Incoming(b) | Self::Pooled(b, _) => b.is_end_stream(),
             Self::Grpc(b) => b.is_end_stream(),
+            Self::Prefixed(p, t, rest) => p.is_none() && t.is_none() && rest.is_end_stream(),
         }
     }
 
@@ -86,6 +103,16 @@ impl Body for SkiffBody {
             Self::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
             Self::Incoming(b) | Self::Pooled(b, _) => b.size_hint(),
             Self::Grpc(b) => b.size_hint(),
+            Self::Prefixed(p, _, rest) => {
+                let n = p.as_ref().map_or(0, |b| b.len() as u64);
+                let r = rest.size_hint();
+                let mut h = SizeHint::new();
+                h.set_lower(r.lower() + n);
+                if let Some(u) = r.upper() {
+                    h.set_upper(u + n);
+                }
+                h
+            }
         }
     }
 }

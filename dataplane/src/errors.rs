@@ -17,6 +17,7 @@ pub mod code {
     pub const HEALTH_NOT_READY: &str = "ERR_HEALTH_NOT_READY";
     pub const HEALTH_APPID_NOT_MATCH: &str = "ERR_HEALTH_APPID_NOT_MATCH";
     pub const NOT_FOUND: &str = "ERR_NOT_FOUND";
+    pub const PERMISSION_DENIED: &str = "ERR_PERMISSION_DENIED";
 }
 
 /// An HTTP error answer with Dapr's JSON body.

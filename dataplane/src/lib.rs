@@ -16,6 +16,7 @@ pub mod errors;
 pub mod headers;
 pub mod identity;
 pub mod invoke;
+pub mod policy;
 pub mod pool;
 pub mod runtime;
 pub mod server;

@@ -20,9 +20,11 @@ use crate::config::{Documents, Mode, MtlsSettings, Settings, load_documents};
 use crate::headers::Identity;
 use crate::identity::{self, Source, WorkloadIdentity};
 use crate::invoke::{inbound, outbound::Outbound};
+use crate::policy::Policies;
 use crate::pool::{Pool, PoolConfig};
 use crate::server::{self, Drain, ListenerConfig, Protocols};
 use crate::transport::{Acceptor, Connector};
+use arc_swap::ArcSwap;
 use skiff_proto::sentry::sign_certificate_request::TokenValidator;
 use skiff_sentry::SpiffeId;
 use skiff_sentry::ca::{Authority, KeyAlg};
@@ -52,6 +54,8 @@ pub enum StartError {
     },
     #[error("embedded CA: {0}")]
     EmbeddedCa(#[from] skiff_sentry::ca::CaError),
+    #[error(transparent)]
+    Policy(#[from] crate::policy::PolicyError),
 }
 
 /// Everything a request handler needs, shared by all of them.
@@ -62,6 +66,8 @@ pub struct Sidecar {
     pub docs: Documents,
     /// With mTLS: who we are and our current certificate.
     pub identity: Option<Arc<WorkloadIdentity>>,
+    /// Access control and resiliency, swapped when the files change.
+    pub policies: Arc<ArcSwap<Policies>>,
     ready: AtomicBool,
     shutdown: Notify,
     shutdown_requested: AtomicBool,
@@ -180,17 +186,31 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         ),
         None => (Connector::default(), Acceptor::plain()),
     };
+    let policies = Arc::new(ArcSwap::from_pointee(Policies::from_documents(
+        &docs,
+        &settings.app_id,
+    )?));
+    tokio::spawn(crate::policy::watch(
+        policies.clone(),
+        crate::policy::Sources {
+            config: settings.config_file.clone(),
+            resources: settings.resources_paths.clone(),
+            app_id: settings.app_id.clone(),
+        },
+    ));
     let outbound = Outbound::new(
         resolver.clone(),
         Pool::new(PoolConfig::default(), connector),
         me,
-    );
+    )
+    .with_policies(policies.clone(), settings.retry_buffer_size);
     let app = AppChannel::new(&settings).map(Arc::new);
     let sc = Arc::new(Sidecar {
         outbound,
         app,
         docs,
         identity,
+        policies,
         ready: AtomicBool::new(false),
         shutdown: Notify::new(),
         shutdown_requested: AtomicBool::new(false),

@@ -6,6 +6,10 @@
 //! - `/source?bytes=N`: streams N bytes;
 //! - `/healthz`: 200;
 //! - `/stats`: `{"cancelled": n}`, delayed gRPC calls cancelled mid-way;
+//! - `/flaky/<key>?fail=N&status=S`: the first N calls per key answer S
+//!   (default 503), later ones echo (resiliency tests);
+//! - `/slow?ms=M`: echoes after M ms;
+//! - `/hits`: `{"hits": n}`, every call so far except these counters;
 //! - anything else: streams the body back, describing the request in
 //!   `x-echo-method`, `x-echo-uri`, `x-echo-headers` (JSON) and naming the
 //!   instance in `x-echo-server`.
@@ -76,12 +80,55 @@ pub async fn serve_http(listener: TcpListener, name: Arc<str>) {
     }
 }
 
+/// Requests served, for tests that count what reached the app.
+static HITS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+/// Calls per `/flaky/<key>`.
+static FLAKY: std::sync::LazyLock<std::sync::Mutex<std::collections::HashMap<String, u64>>> =
+    std::sync::LazyLock::new(Default::default);
+
 async fn handle_http(
     name: Arc<str>,
     req: Request<Incoming>,
 ) -> Result<Response<EchoBody>, Infallible> {
     let path = req.uri().path().to_owned();
-    let mut resp = if let Some(code) = path.strip_prefix("/status/") {
+    if !matches!(path.as_str(), "/hits" | "/stats" | "/healthz") {
+        HITS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    let query = |key: &str| -> Option<u64> {
+        req.uri()
+            .query()?
+            .split('&')
+            .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))?
+            .parse()
+            .ok()
+    };
+    let mut resp = if let Some(key) = path.strip_prefix("/flaky/") {
+        // Fails the first `fail` calls for this key with `status`, then echoes.
+        let (fail, status) = (query("fail").unwrap_or(1), query("status").unwrap_or(503));
+        let n = {
+            let mut m = FLAKY.lock().unwrap_or_else(|p| p.into_inner());
+            let c = m.entry(key.to_owned()).or_insert(0);
+            *c += 1;
+            *c
+        };
+        if n <= fail {
+            let mut r = full(format!("flaky failure {n}/{fail}"));
+            *r.status_mut() =
+                StatusCode::from_u16(status as u16).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+            r
+        } else {
+            echo(req)
+        }
+    } else if path == "/slow" {
+        tokio::time::sleep(std::time::Duration::from_millis(
+            query("ms").unwrap_or(1000),
+        ))
+        .await;
+        echo(req)
+    } else if path == "/hits" {
+        let n = HITS.load(std::sync::atomic::Ordering::Relaxed);
+        full(format!("{{\"hits\":{n}}}"))
+    } else if let Some(code) = path.strip_prefix("/status/") {
         let status = code
             .parse()
             .ok()

@@ -185,6 +185,11 @@ pub struct Flags {
         hide = true
     )]
     pub app_api_token: Option<String>,
+    /// Largest request body kept to replay a call a resiliency policy
+    /// retries (bigger bodies stream and are not retried); at most
+    /// --max-body-size.
+    #[arg(long = "retry-buffer-size", default_value = "64Ki")]
+    pub retry_buffer_size: String,
     /// Tokio worker threads; 0 = one per core.
     #[arg(
         long = "worker-threads",
@@ -228,6 +233,8 @@ impl Flags {
             ));
         }
         let mtls = self.mtls()?;
+        let retry_buffer_size = parse_quantity(&self.retry_buffer_size, 1)
+            .map_err(|e| flag_err("retry-buffer-size", e))?;
         if self.app_port == Some(0) {
             return Err(flag_err(
                 "app-port",
@@ -278,6 +285,11 @@ impl Flags {
             config_file: self.config.clone(),
             resources_paths: self.resources_path.clone(),
             mtls,
+            retry_buffer_size: retry_buffer_size.min(if max_body_size == 0 {
+                DEFAULT_MAX_BODY_SIZE
+            } else {
+                max_body_size
+            }),
             api_token: self.api_token.clone().filter(|t| !t.is_empty()),
             app_api_token: self.app_api_token.clone().filter(|t| !t.is_empty()),
         })

@@ -5,7 +5,7 @@ mod flags;
 mod yaml;
 
 pub use flags::{AppProtocol, Flags, Mode, parse_quantity};
-pub use yaml::{ConfigError, Documents, load_documents};
+pub use yaml::{ConfigError, Document, Documents, load_documents};
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -45,6 +45,8 @@ pub struct Settings {
     pub config_file: Option<PathBuf>,
     pub resources_paths: Vec<PathBuf>,
     pub mtls: Option<MtlsSettings>,
+    /// Largest request body kept to replay a retried call.
+    pub retry_buffer_size: usize,
     #[serde(skip)]
     pub api_token: Option<String>,
     #[serde(skip)]

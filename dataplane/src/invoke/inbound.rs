@@ -21,6 +21,7 @@ use crate::headers::{
     self, DAPR_CALLEE_APP_ID, FORWARDED, MODE_GRPC_PROXY, SKIFF_CALLEE_NS, SKIFF_MODE,
     SKIFF_VERB_NONE, X_FORWARDED_FOR,
 };
+use crate::policy::acl::{Action, Operation};
 use crate::runtime::Sidecar;
 use crate::transport::PeerInfo;
 
@@ -43,6 +44,9 @@ pub async fn handle(
     };
     if let Err(msg) = check_addressed_to_us(&sc, req.headers()) {
         return Ok(fail(StatusCode::NOT_FOUND, Code::NotFound, &msg));
+    }
+    if let Some(denied) = access_denied(&sc, &peer, &req, grpc_proxy) {
+        return Ok(denied);
     }
     let Some(app) = sc.app.as_deref() else {
         return Ok(fail(
@@ -138,6 +142,43 @@ fn check_addressed_to_us(sc: &Sidecar, h: &http::HeaderMap) -> Result<(), String
         ));
     }
     Ok(())
+}
+
+/// The access control decision, on the verified caller only; `Some` is the
+/// refusal to send back.
+fn access_denied(
+    sc: &Sidecar,
+    peer: &PeerInfo,
+    req: &Request<Incoming>,
+    grpc_proxy: bool,
+) -> Option<Response<SkiffBody>> {
+    let policies = sc.policies.load();
+    let acl = policies.acl.as_ref()?;
+    // gRPC calls (proxied, or InvokeService without an HTTP verb) are
+    // matched by name only.
+    let verb = (!grpc_proxy && !req.headers().contains_key(&SKIFF_VERB_NONE)).then(|| req.method());
+    let op = Operation {
+        path: req.uri().path(),
+        verb,
+    };
+    if acl.decide(peer.id.as_deref(), op) == Action::Allow {
+        return None;
+    }
+    let who = peer.id.as_deref().map_or_else(
+        || "an unauthenticated caller".to_owned(),
+        |id| id.to_string(),
+    );
+    let msg = format!(
+        "access control policy has denied access to id: {who} operation: {} verb: {}",
+        req.uri().path(),
+        verb.map_or("none", |m| m.as_str())
+    );
+    tracing::debug!(%msg, "denied");
+    Some(if grpc_proxy {
+        errors::grpc_error(Code::PermissionDenied, &msg)
+    } else {
+        errors::http_error(StatusCode::FORBIDDEN, code::PERMISSION_DENIED, &msg)
+    })
 }
 
 fn set_verified_caller(h: &mut http::HeaderMap, id: &skiff_sentry::SpiffeId) {

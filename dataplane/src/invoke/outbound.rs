@@ -11,6 +11,12 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use bytes::BytesMut;
+use futures_util::FutureExt;
+use http_body_util::BodyExt;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, Uri, Version};
@@ -20,6 +26,9 @@ use skiff_resolvers::{AppRef, ResolveError, Resolver};
 use crate::body::SkiffBody;
 use crate::headers::{self, Identity};
 use crate::invoke::balance::Balancer;
+use crate::policy::Policies;
+use crate::policy::resiliency::AppPolicy;
+use crate::policy::retry::Outcome;
 use crate::pool::{Pool, PoolError};
 use crate::transport::ExpectedPeer;
 
@@ -42,7 +51,16 @@ pub enum InvokeError {
         #[source]
         source: PoolError,
     },
+    #[error(
+        "circuit breaker {breaker} is open for app id {app}: every endpoint is failing; calls fail fast until it half-opens"
+    )]
+    BreakerOpen { app: String, breaker: String },
+    #[error("app id {app}: no answer within {after:?} (resiliency timeout)")]
+    Timeout { app: String, after: Duration },
 }
+
+/// Request bytes kept for replaying a retried call, unless configured.
+pub const DEFAULT_REPLAY_BUFFER: usize = 64 << 10;
 
 /// Sends calls to other sidecars.
 pub struct Outbound {
@@ -50,6 +68,9 @@ pub struct Outbound {
     pool: Pool,
     balancer: Balancer,
     me: Identity,
+    policies: Arc<ArcSwap<Policies>>,
+    /// Largest request body kept for retries.
+    replay_limit: usize,
 }
 
 impl Outbound {
@@ -59,7 +80,16 @@ impl Outbound {
             pool,
             balancer: Balancer::default(),
             me,
+            policies: Arc::default(),
+            replay_limit: DEFAULT_REPLAY_BUFFER,
         }
+    }
+
+    /// Applies `policies` (resiliency) to outgoing calls.
+    pub fn with_policies(mut self, policies: Arc<ArcSwap<Policies>>, replay_limit: usize) -> Self {
+        self.policies = policies;
+        self.replay_limit = replay_limit;
+        self
     }
 
     pub fn resolver(&self) -> &Arc<dyn Resolver> {
@@ -87,6 +117,15 @@ impl Outbound {
                 source,
             })?;
         let eps = set.snapshot();
+        let policy = self
+            .policies
+            .load()
+            .resiliency
+            .for_app(&app.app_id)
+            .cloned();
+        if let Some(p) = policy {
+            return self.send_with_policy(app, &eps, req, &p).await;
+        }
         // Replay needs another endpoint to go to; with one, skip the copy.
         let mut replay = if eps.len() > 1 {
             Replay::capture(&req)
@@ -147,6 +186,247 @@ impl Outbound {
                 namespace: app.namespace.clone(),
             },
         })
+    }
+}
+
+impl Outbound {
+    /// The call under a resiliency policy: per-attempt timeout, retries with
+    /// backoff within the retry budget, and a breaker per endpoint.
+    async fn send_with_policy(
+        &self,
+        app: &AppRef,
+        eps: &[skiff_resolvers::Endpoint],
+        req: Request<SkiffBody>,
+        p: &AppPolicy,
+    ) -> Result<Response<SkiffBody>, InvokeError> {
+        if eps.is_empty() {
+            return Err(InvokeError::NoEndpoints {
+                app: app.app_id.clone(),
+                namespace: app.namespace.clone(),
+            });
+        }
+        p.budget.deposit();
+        let (parts, body) = req.into_parts();
+        let (mut first, replay) = if p.retry.is_some() {
+            capture(body, self.replay_limit).await
+        } else {
+            (Some(body), None)
+        };
+        let mut retries = 0u32;
+        let mut skip: Vec<SocketAddr> = Vec::new();
+        loop {
+            let Some((ep, breaker, permit)) = self.pick_allowed(eps, &skip, p) else {
+                return Err(InvokeError::BreakerOpen {
+                    app: app.app_id.clone(),
+                    breaker: p
+                        .breaker
+                        .as_ref()
+                        .map_or_else(String::new, |b| b.name.clone()),
+                });
+            };
+            let body = match (first.take(), &replay) {
+                (Some(b), _) => b,
+                (None, Some(bytes)) => SkiffBody::full(bytes.clone()),
+                // Unreachable: a retry needs the replay bytes.
+                (None, None) => SkiffBody::Empty,
+            };
+            let req = Request::from_parts(parts.clone(), body);
+            let result = self.attempt(app, ep, req, p.timeout).await;
+            let outcome = classify(&result);
+            if let (Some(b), Some(permit)) = (&breaker, permit) {
+                b.record(permit, breaker_success(outcome));
+            }
+            let retry = p
+                .retry
+                .as_ref()
+                .filter(|r| r.retries(outcome) && r.may_retry(retries) && replay.is_some());
+            let Some(r) = retry else {
+                return result;
+            };
+            if !p.budget.withdraw() {
+                tracing::debug!(app = %app.app_id, "retry budget spent; not retrying");
+                return result;
+            }
+            if outcome == Outcome::Transport {
+                // Prefer another endpoint next time, while there is one.
+                skip.push(ep);
+                if skip.len() >= eps.len() {
+                    skip.clear();
+                }
+            }
+            drop(result);
+            tokio::time::sleep(r.delay(retries)).await;
+            retries += 1;
+        }
+    }
+
+    /// An endpoint whose breaker lets a call through (and the permit).
+    fn pick_allowed(
+        &self,
+        eps: &[skiff_resolvers::Endpoint],
+        skip: &[SocketAddr],
+        p: &AppPolicy,
+    ) -> Option<(
+        SocketAddr,
+        Option<Arc<crate::policy::breaker::Breaker>>,
+        Option<crate::policy::breaker::Permit>,
+    )> {
+        // Endpoints whose breaker is open.
+        let mut open: Vec<SocketAddr> = Vec::new();
+        loop {
+            // Prefer endpoints that did not just fail; fall back to them
+            // rather than to nothing.
+            let mut avoid = open.clone();
+            avoid.extend_from_slice(skip);
+            let ep = match self.balancer.pick(eps, &avoid) {
+                Some(e) => e.addr,
+                None => self.balancer.pick(eps, &open)?.addr,
+            };
+            match p.breaker(ep) {
+                None => return Some((ep, None, None)),
+                Some(b) => match b.allow() {
+                    Some(permit) => return Some((ep, Some(b), Some(permit))),
+                    None => open.push(ep),
+                },
+            }
+        }
+    }
+
+    /// One try on one endpoint, within the policy's timeout.
+    async fn attempt(
+        &self,
+        app: &AppRef,
+        ep: SocketAddr,
+        req: Request<SkiffBody>,
+        timeout: Option<Duration>,
+    ) -> Result<Response<SkiffBody>, InvokeError> {
+        let expect = ExpectedPeer {
+            namespace: &app.namespace,
+            app_id: &app.app_id,
+        };
+        let pending = self.balancer.start(ep);
+        let call = async {
+            let checkout = self.pool.checkout_for(ep, Some(expect)).await?;
+            checkout.send(req).await
+        };
+        let r = match timeout {
+            Some(t) => match tokio::time::timeout(t, call).await {
+                Ok(r) => r,
+                Err(_) => {
+                    return Err(InvokeError::Timeout {
+                        app: app.app_id.clone(),
+                        after: t,
+                    });
+                }
+            },
+            None => call.await,
+        };
+        match r {
+            Ok(resp) => {
+                pending.finish();
+                Ok(resp)
+            }
+            Err(e) => {
+                if e.is_connect() {
+                    self.balancer.mark_down(ep);
+                }
+                Err(InvokeError::Transport {
+                    app: app.app_id.clone(),
+                    source: e,
+                })
+            }
+        }
+    }
+}
+
+/// How an attempt went, as policies see it: an HTTP status outside
+/// 200–399, or a gRPC error status in the response head (a trailers-only
+/// answer, or the app's status carried back by the callee sidecar).
+fn classify(r: &Result<Response<SkiffBody>, InvokeError>) -> Outcome {
+    let resp = match r {
+        Ok(resp) => resp,
+        Err(_) => return Outcome::Transport,
+    };
+    let grpc = resp
+        .headers()
+        .get(headers::GRPC_STATUS)
+        .or_else(|| resp.headers().get(headers::SKIFF_GRPC_STATUS))
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u32>().ok());
+    match grpc {
+        Some(0) | None if (200..400).contains(&resp.status().as_u16()) => Outcome::Ok,
+        Some(code) if code != 0 => Outcome::Grpc(code),
+        _ => Outcome::Http(resp.status().as_u16()),
+    }
+}
+
+/// Breakers count the callee's health: client errors (4xx, and gRPC codes
+/// that describe the request) are not its failures.
+fn breaker_success(o: Outcome) -> bool {
+    match o {
+        Outcome::Ok => true,
+        Outcome::Http(c) => c < 500,
+        // UNKNOWN, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, INTERNAL,
+        // UNAVAILABLE, DATA_LOSS.
+        Outcome::Grpc(c) => !matches!(c, 2 | 4 | 8 | 13 | 14 | 15),
+        Outcome::Transport => false,
+    }
+}
+
+/// Makes a request body replayable when it fits in `limit`: returns the
+/// body to send first and, when replayable, the bytes to send again. A body
+/// with a known length within the limit is read whole first; any other body
+/// only as far as it has already arrived, so a streaming call (a gRPC bidi
+/// stream waiting for its first answer) is never held up, and is simply not
+/// retried.
+async fn capture(body: SkiffBody, limit: usize) -> (Option<SkiffBody>, Option<Bytes>) {
+    let mut inc = match body {
+        SkiffBody::Empty => return (Some(SkiffBody::Empty), Some(Bytes::new())),
+        SkiffBody::Full(b) => {
+            let b = b.unwrap_or_default();
+            return (Some(SkiffBody::full(b.clone())), Some(b));
+        }
+        SkiffBody::Incoming(inc) => inc,
+        other => return (Some(other), None),
+    };
+    let wait = inc.size_hint().exact().is_some_and(|n| n <= limit as u64);
+    let mut buf = BytesMut::new();
+    loop {
+        if inc.is_end_stream() {
+            let b = buf.freeze();
+            return (Some(SkiffBody::full(b.clone())), Some(b));
+        }
+        let next = if wait {
+            Some(inc.frame().await)
+        } else {
+            inc.frame().now_or_never()
+        };
+        match next {
+            Some(Some(Ok(frame))) => match frame.into_data() {
+                Ok(d) if buf.len() + d.len() <= limit => buf.extend_from_slice(&d),
+                Ok(d) => {
+                    buf.extend_from_slice(&d);
+                    return (
+                        Some(SkiffBody::Prefixed(Some(buf.freeze()), None, inc)),
+                        None,
+                    );
+                }
+                // Request trailers (rare): passed on, not replayed.
+                Err(frame) => {
+                    let trailers = frame.into_trailers().ok();
+                    let prefix = (!buf.is_empty()).then(|| buf.freeze());
+                    return (Some(SkiffBody::Prefixed(prefix, trailers, inc)), None);
+                }
+            },
+            Some(None) => {
+                let b = buf.freeze();
+                return (Some(SkiffBody::full(b.clone())), Some(b));
+            }
+            Some(Some(Err(_))) | None => {
+                let prefix = (!buf.is_empty()).then(|| buf.freeze());
+                return (Some(SkiffBody::Prefixed(prefix, None, inc)), None);
+            }
+        }
     }
 }
 
