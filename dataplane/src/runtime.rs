@@ -143,6 +143,8 @@ impl Sidecar {
                 "namespace": s.namespace,
                 "resolver": self.outbound.resolver().name(),
                 "internalAddress": internal.map(|a| a.to_string()),
+                "resiliency": self.policies.load().resiliency.report(),
+                "accessControl": self.policies.load().acl.is_some(),
                 "mtls": self.identity.as_ref().map(|i| json!({
                     "spiffeId": i.id().to_string(),
                     "certificateExpiry": i.not_after().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map(|d| d.as_secs()),

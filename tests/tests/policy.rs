@@ -279,6 +279,14 @@ async fn the_breaker_opens_fails_fast_half_opens_and_closes() {
         resp.text()
     );
     assert_eq!(hits(&r.echo).await, before, "an open breaker fails fast");
+    let md = get_json(&format!("{}/v1.0/metadata", r.caller.http())).await;
+    let states = &md["skiff"]["resiliency"]["apps"]["ledger"]["breakers"];
+    assert!(
+        states
+            .as_object()
+            .is_some_and(|m| m.values().all(|v| v == "open")),
+        "{md}"
+    );
     // After its 1 s timeout one probe goes through and closes it.
     tokio::time::sleep(Duration::from_millis(1200)).await;
     assert_eq!(
@@ -321,6 +329,14 @@ async fn the_retry_budget_caps_amplification_in_an_outage() {
         "{attempts} attempts for {calls} calls in {secs:.1}s (cap {cap:.0})"
     );
     assert!(attempts > calls, "some retries happened");
+    // The counts are exposed (for the metrics exporter, and here).
+    let md = get_json(&format!("{}/v1.0/metadata", r.caller.http())).await;
+    let outage = &md["skiff"]["resiliency"]["apps"]["outage"];
+    assert_eq!(outage["retries"].as_u64(), Some(attempts - calls), "{md}");
+    assert!(
+        outage["retriesRefusedByBudget"].as_u64().unwrap_or(0) > 0,
+        "{md}"
+    );
 }
 
 #[test]

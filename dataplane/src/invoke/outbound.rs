@@ -244,9 +244,12 @@ impl Outbound {
                 return result;
             };
             if !p.budget.withdraw() {
+                p.retries_refused
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tracing::debug!(app = %app.app_id, "retry budget spent; not retrying");
                 return result;
             }
+            p.retries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             if outcome == Outcome::Transport {
                 // Prefer another endpoint next time, while there is one.
                 skip.push(ep);

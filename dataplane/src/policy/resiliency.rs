@@ -110,6 +110,9 @@ pub struct AppPolicy {
     /// One breaker per endpoint of the app.
     breakers: DashMap<SocketAddr, Arc<Breaker>>,
     pub budget: Budget,
+    /// Retries sent, and retries the budget refused (metadata, metrics).
+    pub retries: std::sync::atomic::AtomicU64,
+    pub retries_refused: std::sync::atomic::AtomicU64,
 }
 
 impl AppPolicy {
@@ -145,6 +148,35 @@ pub struct Resiliency {
 }
 
 impl Resiliency {
+    /// Per target app: policy names, breaker states by endpoint, retry
+    /// counts (for `/v1.0/metadata`; the metrics exporter reads the same).
+    pub fn report(&self) -> serde_json::Value {
+        use std::sync::atomic::Ordering::Relaxed;
+        let apps: serde_json::Map<String, serde_json::Value> = self
+            .apps
+            .iter()
+            .map(|(app, p)| {
+                let breakers: serde_json::Map<String, serde_json::Value> = p
+                    .breaker_states()
+                    .into_iter()
+                    .map(|(ep, st)| (ep.to_string(), format!("{st:?}").to_lowercase().into()))
+                    .collect();
+                (
+                    app.to_string(),
+                    serde_json::json!({
+                        "timeout": p.timeout.map(|t| format!("{t:?}")),
+                        "retry": p.retry.as_ref().map(|r| r.name.clone()),
+                        "circuitBreaker": p.breaker.as_ref().map(|b| b.name.clone()),
+                        "breakers": breakers,
+                        "retries": p.retries.load(Relaxed),
+                        "retriesRefusedByBudget": p.retries_refused.load(Relaxed),
+                    }),
+                )
+            })
+            .collect();
+        serde_json::json!({ "documents": self.names, "apps": apps })
+    }
+
     pub fn for_app(&self, app: &str) -> Option<&Arc<AppPolicy>> {
         // Most sidecars have no policy: skip hashing the app id.
         if self.apps.is_empty() {
@@ -231,6 +263,8 @@ impl Resiliency {
                         .and_then(|n| breakers.get(n).cloned()),
                     breakers: DashMap::new(),
                     budget: Budget::default(),
+                    retries: Default::default(),
+                    retries_refused: Default::default(),
                 };
                 if out
                     .apps
