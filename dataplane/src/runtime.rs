@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use http::HeaderValue;
 use serde_json::json;
+use skiff_resolvers::kubernetes::{KubeDnsConfig, KubeDnsResolver, SharedKubeDns};
 use skiff_resolvers::local::LocalResolver;
 use skiff_resolvers::{AppRef, Registration, Resolver};
 use tokio::net::TcpListener;
@@ -167,8 +168,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         source,
     })?;
 
-    let resolver: Arc<dyn Resolver> =
-        Arc::new(LocalResolver::new(&settings.skiff_home).map_err(StartError::from)?);
+    let resolver = build_resolver(&settings, &docs, internal_addr.port())?;
     let me = Identity {
         app_id: HeaderValue::from_str(&settings.app_id)?,
         namespace: HeaderValue::from_str(&settings.namespace)?,
@@ -318,6 +318,69 @@ async fn wait_for_stop(sc: &Sidecar) {
         _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
         _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
         () = sc.shutdown.notified() => tracing::info!("shutdown requested through the API"),
+    }
+}
+
+/// The resolver `spec.nameResolution` names; the default is `kubernetes`
+/// in Kubernetes mode and the embedded local registry otherwise.
+fn build_resolver(
+    settings: &Settings,
+    docs: &Documents,
+    internal_port: u16,
+) -> Result<Arc<dyn Resolver>, StartError> {
+    let nr = docs
+        .configuration
+        .as_ref()
+        .and_then(|c| c.spec.get("nameResolution"));
+    let file = docs
+        .configuration
+        .as_ref()
+        .map(|c| c.source.display().to_string())
+        .unwrap_or_default();
+    let component = nr
+        .and_then(|n| n.get("component"))
+        .and_then(|c| c.as_str())
+        .unwrap_or(match settings.mode {
+            Mode::Kubernetes => "kubernetes",
+            Mode::Standalone => "local",
+        });
+    let cfg = nr.and_then(|n| n.get("configuration"));
+    let bad = |why: String| {
+        StartError::Resolver(skiff_resolvers::ResolveError::Config(format!(
+            "{file}: spec.nameResolution: {why}"
+        )))
+    };
+    match component {
+        "local" | "sqlite" | "" => Ok(Arc::new(
+            LocalResolver::new(&settings.skiff_home).map_err(StartError::from)?,
+        )),
+        "kubernetes" => {
+            let s = |k: &str| {
+                cfg.and_then(|c| c.get(k))
+                    .and_then(|v| v.as_str())
+                    .map(str::to_owned)
+            };
+            let nameserver =
+                match s("nameserver") {
+                    Some(ns) => Some(ns.parse().map_err(|_| {
+                        bad(format!("configuration.nameserver {ns:?} is not ip:port"))
+                    })?),
+                    None => None,
+                };
+            let k = KubeDnsResolver::new(
+                KubeDnsConfig {
+                    cluster_domain: s("clusterDomain"),
+                    template: s("template"),
+                    nameserver,
+                },
+                internal_port,
+            )
+            .map_err(|e| bad(e.to_string()))?;
+            Ok(Arc::new(SharedKubeDns(Arc::new(k))))
+        }
+        other => Err(bad(format!(
+            "component {other:?} is not available (kubernetes, local); mdns and consul are not in this build yet"
+        ))),
     }
 }
 

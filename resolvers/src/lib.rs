@@ -5,7 +5,8 @@
 //! resolver keeps current in the background and that the request path reads
 //! without locks (`ArcSwap`). Resolvers also register the local sidecar so
 //! that others can find it. Implementations: [`local`] (embedded default,
-//! one machine, no configuration). Kubernetes DNS, mDNS and Consul follow.
+//! one machine, no configuration) and [`kubernetes`] (cluster DNS). mDNS and
+//! Consul follow.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -15,6 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use arc_swap::ArcSwap;
 
+pub mod kubernetes;
 pub mod local;
 
 /// Errors a resolver reports.
@@ -28,6 +30,13 @@ pub enum ResolveError {
     },
     #[error("registry entry {path}: {why}")]
     BadEntry { path: String, why: String },
+    /// Not looked up yet: call [`Resolver::lookup`].
+    #[error("not resolved yet")]
+    Pending,
+    #[error("DNS lookup of {name}: {why}")]
+    Dns { name: String, why: String },
+    #[error("name resolution configuration: {0}")]
+    Config(String),
 }
 
 /// The app a caller wants to reach.
@@ -111,6 +120,16 @@ pub trait Resolver: Send + Sync + 'static {
     /// synchronous lookup so an answer is there at once; the resolver keeps the
     /// set current afterwards.
     fn resolve(&self, app: &AppRef) -> Result<Arc<EndpointSet>, ResolveError>;
+
+    /// The first lookup of an app, for resolvers whose answer takes a network
+    /// round trip ([`Resolver::resolve`] says [`ResolveError::Pending`] until
+    /// then). Bounded in time; afterwards the resolver keeps the set fresh.
+    fn lookup<'a>(
+        &'a self,
+        app: &'a AppRef,
+    ) -> BoxFuture<'a, Result<Arc<EndpointSet>, ResolveError>> {
+        Box::pin(std::future::ready(self.resolve(app)))
+    }
 
     /// Publishes this sidecar so that others can find it, and keeps it
     /// published until [`Resolver::deregister`].

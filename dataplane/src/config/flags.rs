@@ -203,6 +203,9 @@ pub struct Flags {
     pub skiff_home: Option<PathBuf>,
 }
 
+/// The internal port in Kubernetes mode when none is given (daprd's).
+pub const DEFAULT_KUBERNETES_INTERNAL_PORT: u16 = 50002;
+
 /// A flag value that cannot be used.
 #[derive(Debug, thiserror::Error)]
 #[error("--{flag}: {why}")]
@@ -271,7 +274,14 @@ impl Flags {
             app_max_concurrency: usize::try_from(self.app_max_concurrency).unwrap_or(0),
             http_addrs: addrs(&self.listen_addresses, self.http_port),
             grpc_addrs: addrs(&self.listen_addresses, self.grpc_port),
-            internal_addr: SocketAddr::new(internal_ip, self.internal_port),
+            // Kubernetes peers find each other on one fixed port (Dapr's).
+            internal_addr: SocketAddr::new(
+                internal_ip,
+                match (self.mode, self.internal_port) {
+                    (Mode::Kubernetes, 0) => DEFAULT_KUBERNETES_INTERNAL_PORT,
+                    (_, p) => p,
+                },
+            ),
             advertise_ip,
             max_body_size: if max_body_size == 0 {
                 DEFAULT_MAX_BODY_SIZE

@@ -37,8 +37,14 @@ pub const MAX_CONNECT_ATTEMPTS: usize = 3;
 
 #[derive(Debug, thiserror::Error)]
 pub enum InvokeError {
-    #[error("app id {app} not found in namespace {namespace}: no running instance is registered")]
-    NoEndpoints { app: String, namespace: String },
+    #[error(
+        "app id {app} not found in namespace {namespace}: the {resolver} resolver knows no running instance"
+    )]
+    NoEndpoints {
+        app: String,
+        namespace: String,
+        resolver: &'static str,
+    },
     #[error("resolving app id {app}: {source}")]
     Resolve {
         app: String,
@@ -109,13 +115,16 @@ impl Outbound {
         headers::set_identity(req.headers_mut(), &self.me, &callee_app, &callee_ns);
         *req.version_mut() = Version::HTTP_2;
 
-        let set = self
-            .resolver
-            .resolve(app)
-            .map_err(|source| InvokeError::Resolve {
-                app: app.app_id.clone(),
-                source,
-            })?;
+        let set = match self.resolver.resolve(app) {
+            Ok(s) => Ok(s),
+            // First call for this app with a network resolver: one lookup.
+            Err(ResolveError::Pending) => self.resolver.lookup(app).await,
+            Err(e) => Err(e),
+        }
+        .map_err(|source| InvokeError::Resolve {
+            app: app.app_id.clone(),
+            source,
+        })?;
         let eps = set.snapshot();
         let policy = self
             .policies
@@ -184,6 +193,7 @@ impl Outbound {
             None => InvokeError::NoEndpoints {
                 app: app.app_id.clone(),
                 namespace: app.namespace.clone(),
+                resolver: self.resolver.name(),
             },
         })
     }
@@ -203,6 +213,7 @@ impl Outbound {
             return Err(InvokeError::NoEndpoints {
                 app: app.app_id.clone(),
                 namespace: app.namespace.clone(),
+                resolver: self.resolver.name(),
             });
         }
         p.budget.deposit();
