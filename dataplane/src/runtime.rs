@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use http::HeaderValue;
 use serde_json::json;
+use skiff_resolvers::consul::{ConsulConfig, ConsulResolver};
 use skiff_resolvers::kubernetes::{KubeDnsConfig, KubeDnsResolver, SharedKubeDns};
 use skiff_resolvers::local::LocalResolver;
 use skiff_resolvers::{AppRef, Registration, Resolver};
@@ -378,8 +379,18 @@ fn build_resolver(
             .map_err(|e| bad(e.to_string()))?;
             Ok(Arc::new(SharedKubeDns(Arc::new(k))))
         }
+        "consul" => {
+            let c: ConsulConfig = match cfg {
+                Some(v) => serde_json::from_value(v.clone())
+                    .map_err(|e| bad(format!("configuration: {e}")))?,
+                None => ConsulConfig::default(),
+            };
+            Ok(Arc::new(
+                ConsulResolver::new(c).map_err(|e| bad(e.to_string()))?,
+            ))
+        }
         other => Err(bad(format!(
-            "component {other:?} is not available (kubernetes, local); mdns and consul are not in this build yet"
+            "component {other:?} is not available (kubernetes, consul, local); mdns is not in this build yet"
         ))),
     }
 }

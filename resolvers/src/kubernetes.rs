@@ -14,12 +14,13 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use dashmap::DashMap;
 use hickory_resolver::TokioResolver;
 use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 
-use crate::{AppRef, BoxFuture, Endpoint, EndpointSet, Registration, ResolveError, Resolver};
+use crate::{
+    AppRef, BoxFuture, Endpoint, EndpointSet, Registration, ResolveError, Resolver, SetCache,
+};
 
 pub const DEFAULT_CLUSTER_DOMAIN: &str = "cluster.local";
 /// Re-resolve no sooner than this, whatever the TTL (a TTL of 0 would spin).
@@ -47,7 +48,7 @@ pub struct KubeDnsResolver {
     template: Option<String>,
     /// The internal port of every sidecar.
     port: u16,
-    sets: DashMap<AppRef, Arc<EndpointSet>>,
+    sets: SetCache,
 }
 
 impl KubeDnsResolver {
@@ -87,7 +88,7 @@ impl KubeDnsResolver {
                 .unwrap_or_else(|| DEFAULT_CLUSTER_DOMAIN.to_owned()),
             template: cfg.template,
             port,
-            sets: DashMap::new(),
+            sets: SetCache::default(),
         })
     }
 
@@ -181,11 +182,7 @@ pub struct SharedKubeDns(pub Arc<KubeDnsResolver>);
 
 impl Resolver for SharedKubeDns {
     fn resolve(&self, app: &AppRef) -> Result<Arc<EndpointSet>, ResolveError> {
-        self.0
-            .sets
-            .get(app)
-            .map(|s| s.clone())
-            .ok_or(ResolveError::Pending)
+        self.0.sets.get(app)
     }
 
     fn lookup<'a>(
@@ -193,16 +190,11 @@ impl Resolver for SharedKubeDns {
         app: &'a AppRef,
     ) -> BoxFuture<'a, Result<Arc<EndpointSet>, ResolveError>> {
         Box::pin(async move {
-            if let Some(s) = self.0.sets.get(app) {
-                return Ok(s.clone());
+            if let Ok(s) = self.0.sets.get(app) {
+                return Ok(s);
             }
             let (eps, ttl) = self.0.query(app).await?;
-            let set = Arc::new(EndpointSet::new(eps));
-            let entry = self.0.sets.entry(app.clone());
-            let (set, fresh) = match entry {
-                dashmap::mapref::entry::Entry::Occupied(o) => (o.get().clone(), false),
-                dashmap::mapref::entry::Entry::Vacant(v) => (v.insert(set).clone(), true),
-            };
+            let (set, fresh) = self.0.sets.install(app, eps);
             if fresh {
                 tokio::spawn(refresh(
                     Arc::downgrade(&self.0),

@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use arc_swap::ArcSwap;
 
+pub mod consul;
 pub mod kubernetes;
 pub mod local;
 
@@ -108,6 +109,33 @@ impl EndpointSet {
         self.current.store(Arc::new(endpoints));
         self.generation.fetch_add(1, Ordering::AcqRel);
         true
+    }
+}
+
+/// The endpoint sets of a network resolver: the lock-free read calls do,
+/// and the one-time install after an app's first lookup.
+#[derive(Debug, Default)]
+pub struct SetCache(dashmap::DashMap<AppRef, Arc<EndpointSet>>);
+
+impl SetCache {
+    /// The set, or [`ResolveError::Pending`] before the first lookup.
+    pub fn get(&self, app: &AppRef) -> Result<Arc<EndpointSet>, ResolveError> {
+        self.0
+            .get(app)
+            .map(|s| s.clone())
+            .ok_or(ResolveError::Pending)
+    }
+
+    /// Installs the first answer for `app`; `true` when this call installed
+    /// it (and so should start keeping it fresh), `false` when a concurrent
+    /// first lookup won.
+    pub fn install(&self, app: &AppRef, eps: Vec<Endpoint>) -> (Arc<EndpointSet>, bool) {
+        match self.0.entry(app.clone()) {
+            dashmap::mapref::entry::Entry::Occupied(o) => (o.get().clone(), false),
+            dashmap::mapref::entry::Entry::Vacant(v) => {
+                (v.insert(Arc::new(EndpointSet::new(eps))).clone(), true)
+            }
+        }
     }
 }
 
