@@ -12,6 +12,7 @@ use serde_json::json;
 use skiff_resolvers::consul::{ConsulConfig, ConsulResolver};
 use skiff_resolvers::kubernetes::{KubeDnsConfig, KubeDnsResolver, SharedKubeDns};
 use skiff_resolvers::local::LocalResolver;
+use skiff_resolvers::mdns::{MdnsConfig, MdnsResolver};
 use skiff_resolvers::{AppRef, Registration, Resolver};
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
@@ -389,8 +390,18 @@ fn build_resolver(
                 ConsulResolver::new(c).map_err(|e| bad(e.to_string()))?,
             ))
         }
+        "mdns" => {
+            let c: MdnsConfig = match cfg {
+                Some(v) => serde_json::from_value(v.clone())
+                    .map_err(|e| bad(format!("configuration: {e}")))?,
+                None => MdnsConfig::default(),
+            };
+            Ok(Arc::new(
+                MdnsResolver::new(c, settings.advertise_ip).map_err(|e| bad(e.to_string()))?,
+            ))
+        }
         other => Err(bad(format!(
-            "component {other:?} is not available (kubernetes, consul, local); mdns is not in this build yet"
+            "component {other:?} is not available (kubernetes, mdns, consul, local)"
         ))),
     }
 }

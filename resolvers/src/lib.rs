@@ -19,6 +19,7 @@ use arc_swap::ArcSwap;
 pub mod consul;
 pub mod kubernetes;
 pub mod local;
+pub mod mdns;
 
 /// Errors a resolver reports.
 #[derive(Debug, thiserror::Error)]
