@@ -273,6 +273,11 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             app: AppRef::new(sc.settings.app_id.clone(), sc.settings.namespace.clone()),
             internal_addr: SocketAddr::new(sc.settings.advertise_ip, internal_addr.port()),
             http_port: sc.settings.http_addrs.first().map_or(0, |a| a.port()),
+            http_ip: sc
+                .settings
+                .http_addrs
+                .first()
+                .map_or(std::net::Ipv4Addr::LOCALHOST.into(), |a| a.ip()),
             app_port: sc.settings.app_port,
         })
         .await

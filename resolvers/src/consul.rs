@@ -315,7 +315,7 @@ impl Inner {
                 "Name": "Dapr Health Status",
                 "CheckID": format!("daprHealth:{id}"),
                 "Interval": self.cfg.check_interval.as_deref().unwrap_or(DEFAULT_CHECK_INTERVAL),
-                "HTTP": format!("http://{host}:{}/v1.0/healthz?appid={}", reg.http_port, reg.app.app_id),
+                "HTTP": format!("http://{}/v1.0/healthz?appid={}", check_addr(reg), reg.app.app_id),
             })]
         });
         let body = json!({
@@ -329,6 +329,17 @@ impl Inner {
         });
         (id, body)
     }
+}
+
+/// Where the agent reaches the sidecar's HTTP API: its listen address, or
+/// the internal address when the API listens on every interface.
+fn check_addr(reg: &Registration) -> SocketAddr {
+    let ip = if reg.http_ip.is_unspecified() {
+        reg.internal_addr.ip()
+    } else {
+        reg.http_ip
+    };
+    SocketAddr::new(ip, reg.http_port)
 }
 
 /// Keeps one app's set current with blocking queries.
@@ -462,6 +473,7 @@ mod tests {
             app: AppRef::new("orders", "default"),
             internal_addr: "10.0.0.7:50002".parse().expect("addr"),
             http_port: 3500,
+            http_ip: "10.0.0.7".parse().expect("ip"),
             app_port: Some(8080),
         });
         assert_eq!(id, "orders-10.0.0.7-3500");

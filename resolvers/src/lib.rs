@@ -74,6 +74,9 @@ pub struct Registration {
     pub internal_addr: SocketAddr,
     /// The app-facing HTTP port, for resolvers that health-check it.
     pub http_port: u16,
+    /// Where that port listens (a health check reaches it there; loopback
+    /// when the API is local-only, which a local agent can still reach).
+    pub http_ip: std::net::IpAddr,
     pub app_port: Option<u16>,
 }
 

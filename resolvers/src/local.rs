@@ -266,6 +266,7 @@ mod tests {
 
     fn reg(app: &str, port: u16) -> Registration {
         Registration {
+            http_ip: std::net::Ipv4Addr::LOCALHOST.into(),
             app: AppRef::new(app, "default"),
             internal_addr: SocketAddr::from(([127, 0, 0, 1], port)),
             http_port: 3500,

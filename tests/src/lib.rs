@@ -2,6 +2,8 @@
 //! `skiff-echo` binaries on loopback, each test with its own registry
 //! (`SKIFF_HOME`), and kills them by PID when dropped.
 
+pub mod netns;
+
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -50,6 +52,16 @@ pub fn free_port() -> u16 {
         }
     }
     panic!("no free port in {LOW}..{}", LOW + SPAN);
+}
+
+/// Where started processes log: the test's stderr with `SKIFF_TEST_LOGS`
+/// set, else nowhere.
+pub fn log_sink() -> Stdio {
+    if std::env::var_os("SKIFF_TEST_LOGS").is_some() {
+        Stdio::inherit()
+    } else {
+        Stdio::null()
+    }
 }
 
 /// A child process that is killed when dropped.
@@ -235,11 +247,7 @@ impl World {
             .env_remove("NAMESPACE")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(if std::env::var_os("SKIFF_TEST_LOGS").is_some() {
-                Stdio::inherit()
-            } else {
-                Stdio::null()
-            });
+            .stderr(log_sink());
         if let Some(p) = o.app_port {
             cmd.args(["--app-port", &p.to_string()]);
         }
@@ -317,6 +325,35 @@ fn wait_healthy(proc: &mut Proc, port: u16) {
     panic!("skiffd {} not healthy within 15s", proc.name);
 }
 
+/// The vendored agent, unpacked once into target/.
+pub fn consul_bin() -> PathBuf {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let dir = root.join("target/consul");
+    let bin = dir.join("usr/bin/consul");
+    if !bin.exists() {
+        let deb = std::fs::read_dir(root.join("../shared/vendor"))
+            .expect("../shared/vendor")
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| {
+                p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("consul_"))
+            })
+            .expect("vendored consul .deb");
+        let tmp = dir.with_extension(format!("tmp{}", std::process::id()));
+        let ok = Command::new("dpkg-deb")
+            .arg("-x")
+            .arg(&deb)
+            .arg(&tmp)
+            .status()
+            .expect("dpkg-deb");
+        assert!(ok.success());
+        let _ = std::fs::rename(&tmp, &dir);
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    bin
+}
+
 /// A running `skiff-sentry`.
 pub struct Sentry {
     pub proc: Proc,
@@ -347,11 +384,7 @@ impl World {
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(if std::env::var_os("SKIFF_TEST_LOGS").is_some() {
-                Stdio::inherit()
-            } else {
-                Stdio::null()
-            })
+            .stderr(log_sink())
             .spawn()
             .expect("spawn skiff-sentry");
         let mut proc = Proc {

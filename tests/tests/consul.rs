@@ -3,40 +3,11 @@
 //! healthy instances kept fresh by blocking queries, a dead instance leaving
 //! the rotation, the cache serving while Consul is down, deregistration.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use skiff_tests::*;
-
-/// The vendored agent, unpacked once into target/.
-fn consul_bin() -> PathBuf {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let dir = root.join("target/consul");
-    let bin = dir.join("usr/bin/consul");
-    if !bin.exists() {
-        let deb = std::fs::read_dir(root.join("../shared/vendor"))
-            .expect("../shared/vendor")
-            .flatten()
-            .map(|e| e.path())
-            .find(|p| {
-                p.file_name()
-                    .is_some_and(|n| n.to_string_lossy().starts_with("consul_"))
-            })
-            .expect("vendored consul .deb");
-        let tmp = dir.with_extension(format!("tmp{}", std::process::id()));
-        let ok = Command::new("dpkg-deb")
-            .arg("-x")
-            .arg(&deb)
-            .arg(&tmp)
-            .status()
-            .expect("dpkg-deb");
-        assert!(ok.success());
-        let _ = std::fs::rename(&tmp, &dir);
-        let _ = std::fs::remove_dir_all(&tmp);
-    }
-    bin
-}
 
 fn consul(dir: &Path, http: u16) -> Proc {
     let hcl = dir.join("dev.hcl");
@@ -220,4 +191,196 @@ async fn consul_registers_resolves_follows_health_and_survives_its_outage() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     drop(o1);
+}
+
+/// The VM layout: three hosts (network namespaces on a private LAN), each
+/// with a Consul agent (a server on host 0, clients on 1 and 2 joined to
+/// it), a sidecar and an app.
+#[test]
+fn three_hosts_with_consul_agents() {
+    use skiff_tests::netns::{Lan, echo_server};
+    let w = World::new();
+    let lan = Lan::new("c", 3);
+    let consul = consul_bin().display().to_string();
+    let home = w.home.path();
+    let mut agents = Vec::new();
+    for i in 0..3 {
+        let data = home.join(format!("consul-{i}"));
+        let mut args: Vec<String> = [
+            "agent",
+            "-node",
+            &format!("host{i}"),
+            "-bind",
+            &lan.ips[i],
+            "-client",
+            "127.0.0.1",
+            "-data-dir",
+            &data.display().to_string(),
+            "-log-level",
+            "warn",
+            "-disable-host-node-id",
+            "-hcl",
+            "disable_update_check = true",
+        ]
+        .map(String::from)
+        .to_vec();
+        if i == 0 {
+            args.extend(["-server".into(), "-bootstrap-expect=1".into()]);
+        } else {
+            args.extend([
+                "-retry-join".into(),
+                lan.ips[0].clone(),
+                "-retry-interval".into(),
+                "1s".into(),
+            ]);
+        }
+        agents.push(lan.spawn(i, &consul, &args, home));
+    }
+    // Every agent sees a leader.
+    for i in 0..3 {
+        let end = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (s, text) = lan.curl(i, &["http://127.0.0.1:8500/v1/status/leader"]);
+            if s == 200 && text.contains(':') && !text.trim_end().ends_with("\"\"") {
+                break;
+            }
+            assert!(Instant::now() < end, "host {i}: no consul leader: {text}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    let cfg = home.join("consul.yaml");
+    std::fs::write(
+        &cfg,
+        "apiVersion: dapr.io/v1alpha1\nkind: Configuration\nmetadata:\n  name: consul\nspec:\n  nameResolution:\n    component: consul\n    configuration:\n      selfRegister: true\n      selfDeregister: true\n      checkInterval: 1s\n",
+    )
+    .expect("write");
+    let cfg = cfg.display().to_string();
+    // The caller retries: a call that lands on host 2 between its app
+    // dying and Consul noticing is retried on another instance.
+    let res = home.join("resources");
+    std::fs::create_dir_all(&res).expect("mkdir");
+    std::fs::write(
+        res.join("retry.yaml"),
+        "apiVersion: dapr.io/v1alpha1\nkind: Resiliency\nmetadata:\n  name: retry\nspec:\n  policies:\n    retries:\n      failover: {policy: constant, duration: 20ms, maxRetries: 3}\n  targets:\n    apps:\n      orders: {retry: failover}\n",
+    )
+    .expect("write");
+    let res = res.display().to_string();
+    let mut sidecars = Vec::new();
+    let mut apps = Vec::new();
+    let http = 3500;
+    for i in 0..3 {
+        let echo_port = 8080;
+        apps.push(lan.spawn(
+            i,
+            "skiff-echo",
+            &[
+                "--http-port".into(),
+                echo_port.to_string(),
+                "--name".into(),
+                format!("host-{i}"),
+            ],
+            home,
+        ));
+        let mut args: Vec<String> = [
+            "--app-id",
+            if i == 0 { "caller" } else { "orders" },
+            "--config",
+            &cfg,
+            "--dapr-internal-grpc-listen-address",
+            &lan.ips[i],
+            "--dapr-internal-grpc-port",
+            "50002",
+        ]
+        .map(String::from)
+        .to_vec();
+        if i == 0 {
+            args.extend(["--resources-path".into(), res.clone()]);
+        }
+        if i > 0 {
+            args.extend(
+                [
+                    "--app-port",
+                    "8080",
+                    "--enable-app-health-check",
+                    "--app-health-check-path",
+                    "/healthz",
+                    "--app-health-probe-interval",
+                    "1",
+                    "--app-health-threshold",
+                    "1",
+                ]
+                .map(String::from),
+            );
+        }
+        sidecars.push(lan.spawn(i, "skiffd", &args, &home.join(&lan.hosts[i])));
+        lan.wait_status(
+            i,
+            &format!("http://127.0.0.1:{http}/v1.0/healthz"),
+            204,
+            Duration::from_secs(15),
+        );
+    }
+    let passing = |n: usize| {
+        let end = Instant::now() + Duration::from_secs(20);
+        loop {
+            let (_, text) = lan.curl(
+                0,
+                &["http://127.0.0.1:8500/v1/health/service/orders?passing=1"],
+            );
+            if text.matches("\"Service\":{").count() == n {
+                return;
+            }
+            assert!(Instant::now() < end, "expected {n} passing orders: {text}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    passing(2);
+    let url = format!("http://127.0.0.1:{http}/v1.0/invoke/orders/method/echo");
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..40 {
+        let (s, text) = lan.curl(0, &["-X", "POST", "-d", "x", &url]);
+        assert_eq!(s, 200, "{text}");
+        seen.extend(echo_server(&text));
+    }
+    assert_eq!(seen.len(), 2, "calls reached {seen:?}");
+
+    // The app on host 2 stops: its sidecar's health check fails, Consul
+    // drops it, and traffic moves to host 1 without a failed call.
+    apps[2].kill();
+    let end = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (s, text) = lan.curl(0, &["-X", "POST", "-d", "x", &url]);
+        let (_, health) = lan.curl(
+            0,
+            &["http://127.0.0.1:8500/v1/health/service/orders?passing=1"],
+        );
+        if health.matches("\"Service\":{").count() == 1 {
+            break;
+        }
+        // Until Consul notices, calls that land on host 2 fail there and
+        // the retry policy takes them to host 1.
+        assert_eq!(s, 200, "a call failed while host 2's app went away: {text}");
+        assert!(Instant::now() < end, "host 2 stayed passing: {health}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    for _ in 0..20 {
+        let (s, text) = lan.curl(0, &["-X", "POST", "-d", "x", &url]);
+        assert_eq!(s, 200, "{text}");
+        assert_eq!(echo_server(&text).as_deref(), Some("host-1"));
+    }
+
+    // Host 0's agent stops: calls keep working from the cache.
+    agents[0].kill();
+    for _ in 0..20 {
+        let (s, text) = lan.curl(0, &["-X", "POST", "-d", "x", &url]);
+        assert_eq!(s, 200, "{text}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // Host 1's sidecar stops cleanly: it deregisters from its agent.
+    sidecars[1].terminate();
+    let _ = sidecars[1].wait_exit(Duration::from_secs(10));
+    let (_, services) = lan.curl(1, &["http://127.0.0.1:8500/v1/agent/services"]);
+    assert!(!services.contains("\"Service\":\"orders\""), "{services}");
 }

@@ -143,7 +143,8 @@ async fn control(sc: &Sidecar, req: Request<Incoming>) -> Response<SkiffBody> {
 }
 
 fn healthz(sc: &Sidecar, query: Option<&str>) -> Response<SkiffBody> {
-    if let Some(want) = query.and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("appid=")))
+    let appid = query.and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("appid=")));
+    if let Some(want) = appid
         && want != sc.settings.app_id
     {
         return http_error(
@@ -151,6 +152,22 @@ fn healthz(sc: &Sidecar, query: Option<&str>) -> Response<SkiffBody> {
             code::HEALTH_APPID_NOT_MATCH,
             &format!(
                 "app id {want} does not match this sidecar's ({})",
+                sc.settings.app_id
+            ),
+        );
+    }
+    // Asked about the app (`?appid=`, what registries' health checks call)
+    // with app health checking on: an unhealthy app makes the instance
+    // unhealthy, so a registry takes it out of rotation.
+    if appid.is_some()
+        && sc.settings.app_health.is_some()
+        && sc.app.as_ref().is_some_and(|a| !a.is_healthy())
+    {
+        return http_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            code::HEALTH_NOT_READY,
+            &format!(
+                "app {} is unhealthy (app health check failing)",
                 sc.settings.app_id
             ),
         );

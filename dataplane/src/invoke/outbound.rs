@@ -261,12 +261,11 @@ impl Outbound {
                 return result;
             }
             p.retries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            if outcome == Outcome::Transport {
-                // Prefer another endpoint next time, while there is one.
-                skip.push(ep);
-                if skip.len() >= eps.len() {
-                    skip.clear();
-                }
+            // Retry elsewhere while there is somewhere else: the endpoint
+            // that just failed is the likeliest to fail again.
+            skip.push(ep);
+            if skip.len() >= eps.len() {
+                skip.clear();
             }
             drop(result);
             tokio::time::sleep(r.delay(retries)).await;
