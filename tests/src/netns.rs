@@ -12,6 +12,8 @@ use crate::{Proc, bin, log_sink};
 pub struct Lan {
     pub hosts: Vec<String>,
     pub ips: Vec<String>,
+    /// Each host's interface on the LAN.
+    pub ifaces: Vec<String>,
     switch: String,
 }
 
@@ -40,8 +42,10 @@ impl Lan {
         }
         ip(&["-n", &switch, "link", "add", "br0", "type", "bridge"]);
         ip(&["-n", &switch, "link", "set", "br0", "up"]);
+        let mut ifaces = Vec::new();
         for (i, h) in hosts.iter().enumerate() {
             let (inner, outer) = (format!("v{tag}{id}{i}i"), format!("v{tag}{id}{i}o"));
+            ifaces.push(inner.clone());
             ip(&[
                 "link", "add", &inner, "type", "veth", "peer", "name", &outer,
             ]);
@@ -59,7 +63,12 @@ impl Lan {
             ]);
             ip(&["-n", h, "link", "set", &inner, "up", "multicast", "on"]);
         }
-        Self { hosts, ips, switch }
+        Self {
+            hosts,
+            ips,
+            ifaces,
+            switch,
+        }
     }
 
     /// Starts `program` (a workspace binary name, or a path) inside host `i`.
