@@ -39,13 +39,10 @@ pub struct BenchArgs {
     /// Rounds per path and scenario; the median is reported (at least 3).
     #[arg(long, default_value_t = 3)]
     pub rounds: usize,
-    /// Paths to compare.
-    #[arg(
-        long,
-        value_delimiter = ',',
-        default_value = "direct,skiff,skiff-plain,envoy,haproxy,nginx"
-    )]
-    pub paths: Vec<PathKind>,
+    /// Paths to compare (default: all; --quick leaves out skiff-plain to
+    /// stay under two minutes).
+    #[arg(long, value_delimiter = ',')]
+    pub paths: Option<Vec<PathKind>>,
     /// Protocols to compare.
     #[arg(long, value_delimiter = ',', default_value = "http,grpc")]
     pub protos: Vec<BenchProto>,
@@ -64,6 +61,17 @@ pub struct BenchArgs {
     /// Seconds per measured run (overrides --quick's and the default).
     #[arg(long)]
     pub seconds: Option<f64>,
+}
+
+/// Every path, or for `--quick` all but `skiff-plain` (the mTLS cost is a
+/// full-run question).
+pub fn default_paths(quick: bool) -> Vec<PathKind> {
+    use PathKind::*;
+    let mut v = vec![Direct, Skiff, SkiffPlain, Envoy, Haproxy, Nginx];
+    if quick {
+        v.retain(|k| *k != SkiffPlain);
+    }
+    v
 }
 
 #[derive(
@@ -293,7 +301,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
 
     let mut running: Vec<(PathKind, Running)> = Vec::new();
     let mut skipped: Vec<String> = Vec::new();
-    let mut kinds = args.paths.clone();
+    let mut kinds = args
+        .paths
+        .clone()
+        .unwrap_or_else(|| default_paths(args.quick));
     kinds.sort();
     kinds.dedup();
     if !kinds.contains(&PathKind::Direct) {
