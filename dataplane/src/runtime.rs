@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use http::HeaderValue;
 use serde_json::json;
@@ -268,21 +269,44 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         _ => None,
     };
 
-    resolver
-        .register(Registration {
-            app: AppRef::new(sc.settings.app_id.clone(), sc.settings.namespace.clone()),
-            internal_addr: SocketAddr::new(sc.settings.advertise_ip, internal_addr.port()),
-            http_port: sc.settings.http_addrs.first().map_or(0, |a| a.port()),
-            http_ip: sc
-                .settings
-                .http_addrs
-                .first()
-                .map_or(std::net::Ipv4Addr::LOCALHOST.into(), |a| a.ip()),
-            app_port: sc.settings.app_port,
-        })
-        .await
-        .map_err(StartError::from)?;
-    sc.ready.store(true, Ordering::Release);
+    let registration = Registration {
+        app: AppRef::new(sc.settings.app_id.clone(), sc.settings.namespace.clone()),
+        internal_addr: SocketAddr::new(sc.settings.advertise_ip, internal_addr.port()),
+        http_port: sc.settings.http_addrs.first().map_or(0, |a| a.port()),
+        http_ip: sc
+            .settings
+            .http_addrs
+            .first()
+            .map_or(std::net::Ipv4Addr::LOCALHOST.into(), |a| a.ip()),
+        app_port: sc.settings.app_port,
+    };
+    match sc.identity.clone() {
+        // Without a certificate the internal port refuses everyone: publish
+        // this sidecar (and report ready) only once it has one, so callers
+        // are not sent to it in vain. SIGTERM is handled meanwhile.
+        Some(identity) => {
+            let (sc, resolver) = (sc.clone(), resolver.clone());
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_millis(50));
+                while !identity.is_ready() {
+                    tick.tick().await;
+                }
+                match resolver.register(registration).await {
+                    Ok(()) => sc.ready.store(true, Ordering::Release),
+                    Err(e) => {
+                        tracing::error!(error = %e, "registering with the name resolver failed; other sidecars cannot find this one")
+                    }
+                }
+            });
+        }
+        None => {
+            resolver
+                .register(registration)
+                .await
+                .map_err(StartError::from)?;
+            sc.ready.store(true, Ordering::Release);
+        }
+    }
     tracing::info!(
         app_id = %sc.settings.app_id,
         namespace = %sc.settings.namespace,

@@ -389,8 +389,14 @@ async fn a_sidecar_started_before_sentry_says_why_and_recovers() {
         body.contains(&format!("127.0.0.1:{port}")) && body.contains("unreachable"),
         "{body}"
     );
+    // Not published while it cannot take calls.
+    let registry = w.home.path().join("registry/default/early");
+    let entries = |dir: &Path| std::fs::read_dir(dir).map_or(0, |d| d.count());
+    assert_eq!(entries(&registry), 0, "registered without a certificate");
     let _sentry = w.sentry_at(port, &creds, &[]);
     wait_outbound_ready(&s, Duration::from_secs(20)).await;
+    // Ready means published.
+    assert_eq!(entries(&registry), 1, "ready but not registered");
 }
 
 fn write(dir: &Path, name: &str, contents: &str) -> String {
