@@ -39,8 +39,29 @@ pub enum Io {
 #[derive(Clone, Debug)]
 pub struct PeerInfo {
     pub addr: SocketAddr,
-    /// The caller's SPIFFE ID from its verified certificate (mTLS only).
-    pub id: Option<Arc<SpiffeId>>,
+    /// The caller's identity from its verified certificate (mTLS only).
+    pub id: Option<Arc<VerifiedPeer>>,
+}
+
+/// A caller's verified SPIFFE ID, with the header values the callee sets
+/// from it, built once per connection rather than once per call.
+#[derive(Debug)]
+pub struct VerifiedPeer {
+    pub id: SpiffeId,
+    pub app_id: http::HeaderValue,
+    pub namespace: http::HeaderValue,
+}
+
+impl VerifiedPeer {
+    fn new(id: SpiffeId) -> io::Result<Self> {
+        // SPIFFE components are validated to a header-safe alphabet.
+        let hv = |s: &str| http::HeaderValue::from_str(s).map_err(io::Error::other);
+        Ok(Self {
+            app_id: hv(id.app_id())?,
+            namespace: hv(id.namespace())?,
+            id,
+        })
+    }
 }
 
 /// Who the dialed server must be.
@@ -224,6 +245,8 @@ impl Acceptor {
             .map(skiff_sentry::tls::peer_id)
             .transpose()
             .map_err(io::Error::other)?
+            .map(VerifiedPeer::new)
+            .transpose()?
             .map(Arc::new);
         Ok((
             Io::Tls(Box::new(tokio_rustls::TlsStream::Server(stream))),

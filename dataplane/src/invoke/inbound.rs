@@ -69,10 +69,15 @@ pub async fn handle(
         ));
     }
     let (mut parts, body) = req.into_parts();
-    if let Some(id) = &peer.id {
+    if let Some(p) = &peer.id {
         // With mTLS the caller is who its certificate says, whatever the
         // headers claim.
-        set_verified_caller(&mut parts.headers, id);
+        parts
+            .headers
+            .insert(headers::DAPR_CALLER_APP_ID, p.app_id.clone());
+        parts
+            .headers
+            .insert(headers::DAPR_CALLER_NAMESPACE, p.namespace.clone());
     }
     let verb_none = parts.headers.contains_key(&SKIFF_VERB_NONE);
     add_forwarded(&mut parts.headers, peer.addr.ip(), sc.settings.advertise_ip);
@@ -161,10 +166,10 @@ fn access_denied(
         path: req.uri().path(),
         verb,
     };
-    if acl.decide(peer.id.as_deref(), op) == Action::Allow {
+    if acl.decide(peer.id.as_deref().map(|p| &p.id), op) == Action::Allow {
         return None;
     }
-    let who = peer.id.as_deref().map_or_else(
+    let who = peer.id.as_deref().map(|p| &p.id).map_or_else(
         || "an unauthenticated caller".to_owned(),
         |id| id.to_string(),
     );
@@ -179,17 +184,6 @@ fn access_denied(
     } else {
         errors::http_error(StatusCode::FORBIDDEN, code::PERMISSION_DENIED, &msg)
     })
-}
-
-fn set_verified_caller(h: &mut http::HeaderMap, id: &skiff_sentry::SpiffeId) {
-    // SPIFFE components are validated to a header-safe alphabet.
-    if let (Ok(app), Ok(ns)) = (
-        HeaderValue::from_str(id.app_id()),
-        HeaderValue::from_str(id.namespace()),
-    ) {
-        h.insert(headers::DAPR_CALLER_APP_ID, app);
-        h.insert(headers::DAPR_CALLER_NAMESPACE, ns);
-    }
 }
 
 /// X-Forwarded-For and Forwarded name the calling sidecar's host.
