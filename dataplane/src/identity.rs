@@ -221,8 +221,3 @@ impl WorkloadIdentity {
         }
     }
 }
-
-/// Parses PEM anchors, naming where they came from.
-pub fn anchors(pem: &str, what: &str) -> Result<Anchors, tls::TlsError> {
-    Anchors::from_pem(pem.as_bytes(), what)
-}

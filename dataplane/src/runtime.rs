@@ -32,6 +32,7 @@ use arc_swap::ArcSwap;
 use skiff_proto::sentry::sign_certificate_request::TokenValidator;
 use skiff_sentry::SpiffeId;
 use skiff_sentry::ca::{Authority, KeyAlg};
+use skiff_sentry::tls::Anchors;
 
 /// Reported at `/v1.0/metadata` as `runtimeVersion`.
 pub const RUNTIME_VERSION: &str = concat!("skiff-", env!("CARGO_PKG_VERSION"));
@@ -449,12 +450,10 @@ fn build_identity(
     })?;
     match &m.sentry {
         Some(sentry) => {
-            let anchors =
-                identity::anchors(&sentry.anchors_pem, &sentry.anchors_from).map_err(|source| {
-                    StartError::Anchors {
-                        from: sentry.anchors_from.clone(),
-                        source,
-                    }
+            let anchors = Anchors::from_pem(sentry.anchors_pem.as_bytes(), &sentry.anchors_from)
+                .map_err(|source| StartError::Anchors {
+                    from: sentry.anchors_from.clone(),
+                    source,
                 })?;
             let validator = match (s.mode, &sentry.token_file) {
                 (Mode::Kubernetes, _) => TokenValidator::Kubernetes,
@@ -480,7 +479,7 @@ fn build_identity(
                 .join(skiff_sentry::ca::CA_CERT_FILE)
                 .display()
                 .to_string();
-            let anchors = identity::anchors(authority.anchors_pem(), &from)
+            let anchors = Anchors::from_pem(authority.anchors_pem().as_bytes(), &from)
                 .map_err(|source| StartError::Anchors { from, source })?;
             tracing::info!(%id, dir = %dir.display(), "mTLS on; signing workload certificates in-process (no --sentry-address)");
             let source = Source::Embedded {

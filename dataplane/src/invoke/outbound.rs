@@ -218,39 +218,29 @@ impl Outbound {
         }
         p.budget.deposit();
         let (parts, body) = req.into_parts();
-        let (mut first, replay) = if p.retry.is_some() {
+        let (first, replay) = if p.retry.is_some() {
             capture(body, self.replay_limit).await
         } else {
-            (Some(body), None)
+            (body, None)
         };
+        // Nothing to replay: one attempt, and the request head moves.
+        let Some(replay) = replay else {
+            let req = Request::from_parts(parts, first);
+            return self.try_once(app, eps, &[], p, req).await?.0;
+        };
+        let mut first = Some(first);
         let mut retries = 0u32;
         let mut skip: Vec<SocketAddr> = Vec::new();
         loop {
-            let Some((ep, breaker, permit)) = self.pick_allowed(eps, &skip, p) else {
-                return Err(InvokeError::BreakerOpen {
-                    app: app.app_id.clone(),
-                    breaker: p
-                        .breaker
-                        .as_ref()
-                        .map_or_else(String::new, |b| b.name.clone()),
-                });
-            };
-            let body = match (first.take(), &replay) {
-                (Some(b), _) => b,
-                (None, Some(bytes)) => SkiffBody::full(bytes.clone()),
-                // Unreachable: a retry needs the replay bytes.
-                (None, None) => SkiffBody::Empty,
-            };
+            let body = first
+                .take()
+                .unwrap_or_else(|| SkiffBody::full(replay.clone()));
             let req = Request::from_parts(parts.clone(), body);
-            let result = self.attempt(app, ep, req, p.timeout).await;
-            let outcome = classify(&result);
-            if let (Some(b), Some(permit)) = (&breaker, permit) {
-                b.record(permit, breaker_success(outcome));
-            }
+            let (result, outcome, ep) = self.try_once(app, eps, &skip, p, req).await?;
             let retry = p
                 .retry
                 .as_ref()
-                .filter(|r| r.retries(outcome) && r.may_retry(retries) && replay.is_some());
+                .filter(|r| r.retries(outcome) && r.may_retry(retries));
             let Some(r) = retry else {
                 return result;
             };
@@ -271,6 +261,41 @@ impl Outbound {
             tokio::time::sleep(r.delay(retries)).await;
             retries += 1;
         }
+    }
+
+    /// One attempt: an endpoint the breakers allow (avoiding `skip` while
+    /// others remain), the call within the timeout, and the outcome recorded
+    /// on that endpoint's breaker. Fails only when every breaker is open.
+    async fn try_once(
+        &self,
+        app: &AppRef,
+        eps: &[skiff_resolvers::Endpoint],
+        skip: &[SocketAddr],
+        p: &AppPolicy,
+        req: Request<SkiffBody>,
+    ) -> Result<
+        (
+            Result<Response<SkiffBody>, InvokeError>,
+            Outcome,
+            SocketAddr,
+        ),
+        InvokeError,
+    > {
+        let Some((ep, breaker, permit)) = self.pick_allowed(eps, skip, p) else {
+            return Err(InvokeError::BreakerOpen {
+                app: app.app_id.clone(),
+                breaker: p
+                    .breaker
+                    .as_ref()
+                    .map_or_else(String::new, |b| b.name.clone()),
+            });
+        };
+        let result = self.attempt(app, ep, req, p.timeout).await;
+        let outcome = classify(&result);
+        if let (Some(b), Some(permit)) = (&breaker, permit) {
+            b.record(permit, breaker_success(outcome));
+        }
+        Ok((result, outcome, ep))
     }
 
     /// An endpoint whose breaker lets a call through (and the permit).
@@ -392,22 +417,22 @@ fn breaker_success(o: Outcome) -> bool {
 /// only as far as it has already arrived, so a streaming call (a gRPC bidi
 /// stream waiting for its first answer) is never held up, and is simply not
 /// retried.
-async fn capture(body: SkiffBody, limit: usize) -> (Option<SkiffBody>, Option<Bytes>) {
+async fn capture(body: SkiffBody, limit: usize) -> (SkiffBody, Option<Bytes>) {
     let mut inc = match body {
-        SkiffBody::Empty => return (Some(SkiffBody::Empty), Some(Bytes::new())),
+        SkiffBody::Empty => return (SkiffBody::Empty, Some(Bytes::new())),
         SkiffBody::Full(b) => {
             let b = b.unwrap_or_default();
-            return (Some(SkiffBody::full(b.clone())), Some(b));
+            return (SkiffBody::full(b.clone()), Some(b));
         }
         SkiffBody::Incoming(inc) => inc,
-        other => return (Some(other), None),
+        other => return (other, None),
     };
     let wait = inc.size_hint().exact().is_some_and(|n| n <= limit as u64);
     let mut buf = BytesMut::new();
     loop {
         if inc.is_end_stream() {
             let b = buf.freeze();
-            return (Some(SkiffBody::full(b.clone())), Some(b));
+            return (SkiffBody::full(b.clone()), Some(b));
         }
         let next = if wait {
             Some(inc.frame().await)
@@ -419,25 +444,22 @@ async fn capture(body: SkiffBody, limit: usize) -> (Option<SkiffBody>, Option<By
                 Ok(d) if buf.len() + d.len() <= limit => buf.extend_from_slice(&d),
                 Ok(d) => {
                     buf.extend_from_slice(&d);
-                    return (
-                        Some(SkiffBody::Prefixed(Some(buf.freeze()), None, inc)),
-                        None,
-                    );
+                    return (SkiffBody::Prefixed(Some(buf.freeze()), None, inc), None);
                 }
                 // Request trailers (rare): passed on, not replayed.
                 Err(frame) => {
                     let trailers = frame.into_trailers().ok();
                     let prefix = (!buf.is_empty()).then(|| buf.freeze());
-                    return (Some(SkiffBody::Prefixed(prefix, trailers, inc)), None);
+                    return (SkiffBody::Prefixed(prefix, trailers, inc), None);
                 }
             },
             Some(None) => {
                 let b = buf.freeze();
-                return (Some(SkiffBody::full(b.clone())), Some(b));
+                return (SkiffBody::full(b.clone()), Some(b));
             }
             Some(Some(Err(_))) | None => {
                 let prefix = (!buf.is_empty()).then(|| buf.freeze());
-                return (Some(SkiffBody::Prefixed(prefix, None, inc)), None);
+                return (SkiffBody::Prefixed(prefix, None, inc), None);
             }
         }
     }
