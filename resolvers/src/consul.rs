@@ -389,22 +389,14 @@ impl Resolver for ConsulResolver {
         &'a self,
         app: &'a AppRef,
     ) -> BoxFuture<'a, Result<Arc<EndpointSet>, ResolveError>> {
-        Box::pin(async move {
-            if let Ok(s) = self.0.sets.get(app) {
-                return Ok(s);
-            }
-            let (eps, index) = self.0.healthy(app, None).await?;
-            let (set, fresh) = self.0.sets.install(app, eps);
-            if fresh {
-                tokio::spawn(watch(
-                    Arc::downgrade(&self.0),
-                    app.clone(),
-                    set.clone(),
-                    index,
-                ));
-            }
-            Ok(set)
-        })
+        let me = Arc::downgrade(&self.0);
+        Box::pin(
+            self.0
+                .sets
+                .get_or_lookup(app, self.0.healthy(app, None), move |set, seed| {
+                    tokio::spawn(watch(me, app.clone(), set, seed));
+                }),
+        )
     }
 
     fn register(&self, reg: Registration) -> BoxFuture<'_, Result<(), ResolveError>> {

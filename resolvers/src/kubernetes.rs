@@ -189,22 +189,14 @@ impl Resolver for SharedKubeDns {
         &'a self,
         app: &'a AppRef,
     ) -> BoxFuture<'a, Result<Arc<EndpointSet>, ResolveError>> {
-        Box::pin(async move {
-            if let Ok(s) = self.0.sets.get(app) {
-                return Ok(s);
-            }
-            let (eps, ttl) = self.0.query(app).await?;
-            let (set, fresh) = self.0.sets.install(app, eps);
-            if fresh {
-                tokio::spawn(refresh(
-                    Arc::downgrade(&self.0),
-                    app.clone(),
-                    set.clone(),
-                    ttl,
-                ));
-            }
-            Ok(set)
-        })
+        let me = Arc::downgrade(&self.0);
+        Box::pin(
+            self.0
+                .sets
+                .get_or_lookup(app, self.0.query(app), move |set, seed| {
+                    tokio::spawn(refresh(me, app.clone(), set, seed));
+                }),
+        )
     }
 
     /// Kubernetes publishes sidecars through their services.

@@ -130,6 +130,26 @@ impl SetCache {
             .ok_or(ResolveError::Pending)
     }
 
+    /// The set of `app`, or its first lookup: `query` answers with the
+    /// endpoints and a seed for `keep`, which starts whatever keeps the new
+    /// set fresh (it runs once per app, for the lookup that installed it).
+    pub async fn get_or_lookup<T>(
+        &self,
+        app: &AppRef,
+        query: impl Future<Output = Result<(Vec<Endpoint>, T), ResolveError>>,
+        keep: impl FnOnce(Arc<EndpointSet>, T),
+    ) -> Result<Arc<EndpointSet>, ResolveError> {
+        if let Ok(s) = self.get(app) {
+            return Ok(s);
+        }
+        let (eps, seed) = query.await?;
+        let (set, fresh) = self.install(app, eps);
+        if fresh {
+            keep(set.clone(), seed);
+        }
+        Ok(set)
+    }
+
     /// Installs the first answer for `app`; `true` when this call installed
     /// it (and so should start keeping it fresh), `false` when a concurrent
     /// first lookup won.
