@@ -27,9 +27,9 @@ $B/skiff-echo --grpc-port 8081 --name grpc-app 2>/dev/null & pids+=($!)
 
 echo "==> starting sidecar 'web' (HTTP 3500, gRPC 50001) and sidecar 'rpc' (HTTP 3501, gRPC 50002)"
 echo "    with mTLS between them: each signs its own SPIFFE certificate with the embedded CA in ${SKIFF_HOME:-$HOME/.skiff}/sentry"
-$B/skiffd --app-id web --app-port 8080 --enable-mtls --log-level warn & pids+=($!)
+$B/skiffd --app-id web --app-port 8080 --enable-mtls --log-level warn --metrics-port 9090 & pids+=($!)
 $B/skiffd --app-id rpc --app-port 8081 --app-protocol grpc --enable-mtls \
-  --dapr-http-port 3501 --dapr-grpc-port 50002 --log-level warn & pids+=($!)
+  --dapr-http-port 3501 --dapr-grpc-port 50002 --metrics-port 9091 --log-level warn & pids+=($!)
 wait_ready 3500; wait_ready 3501
 
 show() { echo; echo "\$ $*"; "$@"; echo; }
@@ -57,4 +57,7 @@ show curl -s "http://127.0.0.1:3500/v1.0/invoke/nobody/method/x"
 
 echo "==> web's metadata"
 show curl -s "http://127.0.0.1:3500/v1.0/metadata"
+
+echo "==> Prometheus metrics (Dapr's names): web's invocation counters"
+show sh -c "curl -s http://127.0.0.1:9090/metrics | grep -E '^dapr_(runtime_service_invocation_re[qs]_|http_server_request_count)'"
 echo "==> demo done; stopping"

@@ -7,13 +7,16 @@
 //! frame has passed.
 
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::Instant;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
 use crate::pool::Lease;
+use crate::telemetry::metrics::GrpcCodes;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -35,6 +38,82 @@ pub enum SkiffBody {
     /// could not be offered): those bytes, the trailers if they were read
     /// too (the stream is then over), else the rest of the stream.
     Prefixed(Option<Bytes>, Option<http::HeaderMap>, Incoming),
+    /// A streamed gRPC response whose status is recorded as its trailers
+    /// pass (the lease, when pooled, as in `Pooled`).
+    Observed(Incoming, Option<Lease>, GrpcDone),
+    /// The same for any other body (a tonic response); boxed, as it nests.
+    ObservedBoxed(Box<SkiffBody>, GrpcDone),
+}
+
+/// Records a gRPC call's status and duration once: from its trailers, or
+/// `Unknown` when the stream ends without them, `Unavailable` when it
+/// breaks, `Canceled` when it is dropped unfinished.
+pub struct GrpcDone {
+    codes: Arc<GrpcCodes>,
+    start: Instant,
+    recorded: bool,
+}
+
+impl std::fmt::Debug for GrpcDone {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GrpcDone")
+            .field("recorded", &self.recorded)
+            .finish()
+    }
+}
+
+impl GrpcDone {
+    fn finish(&mut self, code: u16) {
+        if !self.recorded {
+            self.recorded = true;
+            self.codes.record(code, self.start.elapsed());
+        }
+    }
+
+    fn see(&mut self, r: &Option<Result<Frame<Bytes>, BoxError>>) {
+        match r {
+            Some(Ok(f)) => {
+                if let Some(t) = f.trailers_ref() {
+                    self.finish(grpc_code(t).unwrap_or(2));
+                }
+            }
+            Some(Err(_)) => self.finish(14),
+            None => self.finish(2),
+        }
+    }
+}
+
+impl Drop for GrpcDone {
+    fn drop(&mut self) {
+        self.finish(1);
+    }
+}
+
+fn grpc_code(h: &http::HeaderMap) -> Option<u16> {
+    h.get("grpc-status")?.to_str().ok()?.parse().ok()
+}
+
+/// Records a gRPC response's status in `codes`: at once when the head
+/// carries it (a trailers-only answer), else when the trailers pass.
+pub fn observe_grpc(
+    resp: http::Response<SkiffBody>,
+    codes: Arc<GrpcCodes>,
+    start: Instant,
+) -> http::Response<SkiffBody> {
+    if let Some(code) = grpc_code(resp.headers()) {
+        codes.record(code, start.elapsed());
+        return resp;
+    }
+    let done = GrpcDone {
+        codes,
+        start,
+        recorded: false,
+    };
+    resp.map(|b| match b {
+        SkiffBody::Incoming(i) => SkiffBody::Observed(i, None, done),
+        SkiffBody::Pooled(i, l) => SkiffBody::Observed(i, Some(l), done),
+        other => SkiffBody::ObservedBoxed(Box::new(other), done),
+    })
 }
 
 impl SkiffBody {
@@ -72,6 +151,17 @@ impl Body for SkiffBody {
             Self::Grpc(b) => Pin::new(b)
                 .poll_frame(cx)
                 .map_err(|e| Box::new(e) as BoxError),
+            Self::Observed(b, _, done) => {
+                let r = ready!(Pin::new(b).poll_frame(cx))
+                    .map(|r| r.map_err(|e| Box::new(e) as BoxError));
+                done.see(&r);
+                Poll::Ready(r)
+            }
+            Self::ObservedBoxed(b, done) => {
+                let r = ready!(Pin::new(&mut **b).poll_frame(cx));
+                done.see(&r);
+                Poll::Ready(r)
+            }
             Self::Prefixed(prefix, trailers, rest) => {
                 if let Some(b) = prefix.take() {
                     return Poll::Ready(Some(Ok(Frame::data(b))));
@@ -94,6 +184,8 @@ impl Body for SkiffBody {
             Self::Incoming(b) | Self::Pooled(b, _) => b.is_end_stream(),
             Self::Grpc(b) => b.is_end_stream(),
             Self::Prefixed(p, t, rest) => p.is_none() && t.is_none() && rest.is_end_stream(),
+            Self::Observed(b, _, _) => b.is_end_stream(),
+            Self::ObservedBoxed(b, _) => b.is_end_stream(),
         }
     }
 
@@ -101,7 +193,8 @@ impl Body for SkiffBody {
         match self {
             Self::Empty => SizeHint::with_exact(0),
             Self::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
-            Self::Incoming(b) | Self::Pooled(b, _) => b.size_hint(),
+            Self::Incoming(b) | Self::Pooled(b, _) | Self::Observed(b, _, _) => b.size_hint(),
+            Self::ObservedBoxed(b, _) => b.size_hint(),
             Self::Grpc(b) => b.size_hint(),
             Self::Prefixed(p, _, rest) => {
                 let n = p.as_ref().map_or(0, |b| b.len() as u64);

@@ -49,6 +49,19 @@ pub enum IdentityError {
     },
 }
 
+impl IdentityError {
+    /// A short, fixed reason for the `reason` metric label.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Sentry(_) => "sentry_request_failed",
+            Self::Embedded(_) => "signing_failed",
+            Self::Unusable(_) => "invalid_certificate",
+            Self::ClockSkew { .. } => "clock_skew",
+            Self::Token { .. } => "token_unreadable",
+        }
+    }
+}
+
 /// Where certificates come from.
 pub enum Source {
     Sentry {
@@ -185,10 +198,17 @@ impl WorkloadIdentity {
         loop {
             let wait = match self.refresh(&source).await {
                 Ok(not_after) => {
+                    let m = crate::telemetry::metrics::get();
                     if first {
                         tracing::info!(id = %self.id, ?not_after, "workload certificate ready");
+                        if let Some(m) = m {
+                            m.mtls_init();
+                        }
                     } else {
                         tracing::debug!(id = %self.id, ?not_after, "workload certificate rotated");
+                        if let Some(m) = m {
+                            m.cert_rotated();
+                        }
                     }
                     first = false;
                     retry = RETRY_FIRST;
@@ -203,6 +223,9 @@ impl WorkloadIdentity {
                 Err(e) => {
                     if let Ok(mut l) = self.last_error.lock() {
                         *l = Some(e.to_string());
+                    }
+                    if let Some(m) = crate::telemetry::metrics::get() {
+                        m.cert_rotate_failed(e.reason());
                     }
                     match self.current.load().as_ref().map(|t| t.not_after) {
                         Some(exp) if exp <= SystemTime::now() => {

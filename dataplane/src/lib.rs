@@ -20,4 +20,5 @@ pub mod policy;
 pub mod pool;
 pub mod runtime;
 pub mod server;
+pub mod telemetry;
 pub mod transport;

@@ -9,7 +9,11 @@ use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     let flags = Flags::parse();
-    init_logging(&flags.log_level, flags.log_as_json);
+    init_logging(
+        &flags.log_level,
+        flags.log_as_json,
+        flags.enable_api_logging,
+    );
     let settings = match flags.settings() {
         Ok(s) => s,
         Err(e) => return fail(&anyhow::Error::new(e)),
@@ -33,8 +37,14 @@ fn fail(e: &anyhow::Error) -> ExitCode {
     ExitCode::FAILURE
 }
 
-fn init_logging(level: &str, json: bool) {
-    let filter = EnvFilter::try_from_env("SKIFF_LOG").unwrap_or_else(|_| EnvFilter::new(level));
+fn init_logging(level: &str, json: bool, api_logging: bool) {
+    let mut filter = EnvFilter::try_from_env("SKIFF_LOG").unwrap_or_else(|_| EnvFilter::new(level));
+    if api_logging {
+        // API call lines are info whatever the level, like daprd's.
+        if let Ok(d) = format!("{}=info", skiff_dataplane::api::http::API_LOG_TARGET).parse() {
+            filter = filter.add_directive(d);
+        }
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

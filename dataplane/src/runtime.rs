@@ -27,6 +27,10 @@ use crate::invoke::{inbound, outbound::Outbound};
 use crate::policy::Policies;
 use crate::pool::{Pool, PoolConfig};
 use crate::server::{self, Drain, ListenerConfig, Protocols};
+use crate::telemetry::config::Telemetry;
+use crate::telemetry::metrics::{self, PathMatching};
+use crate::telemetry::otlp::{self, OtlpConfig};
+use crate::telemetry::trace::Tracer;
 use crate::transport::{Acceptor, Connector};
 use arc_swap::ArcSwap;
 use skiff_proto::sentry::sign_certificate_request::TokenValidator;
@@ -61,6 +65,10 @@ pub enum StartError {
     EmbeddedCa(#[from] skiff_sentry::ca::CaError),
     #[error(transparent)]
     Policy(#[from] crate::policy::PolicyError),
+    #[error(transparent)]
+    Telemetry(#[from] crate::telemetry::config::TelemetryError),
+    #[error("tracing: {0}")]
+    Export(#[from] crate::telemetry::otlp::ExportError),
 }
 
 /// Everything a request handler needs, shared by all of them.
@@ -79,6 +87,10 @@ pub struct Sidecar {
     /// Attributes set with `PUT /v1.0/metadata/{key}` (cold path).
     extended: Mutex<BTreeMap<String, String>>,
     internal_addr: Mutex<Option<SocketAddr>>,
+    /// W3C tracing, when the Configuration has `spec.tracing`.
+    pub tracer: Option<Tracer>,
+    /// What `/v1.0/metadata` reports about metrics and tracing.
+    telemetry_report: serde_json::Value,
 }
 
 impl Sidecar {
@@ -150,6 +162,8 @@ impl Sidecar {
                 "internalAddress": internal.map(|a| a.to_string()),
                 "resiliency": self.policies.load().resiliency.report(),
                 "accessControl": self.policies.load().acl.is_some(),
+                "telemetry": self.telemetry_report,
+                "pool": self.outbound.pool().stats().to_json(),
                 "mtls": self.identity.as_ref().map(|i| json!({
                     "spiffeId": i.id().to_string(),
                     "certificateExpiry": i.not_after().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map(|d| d.as_secs()),
@@ -171,6 +185,47 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         what: "--dapr-internal-grpc-port",
         source,
     })?;
+    let telemetry = Telemetry::from_documents(&docs)?;
+    let metrics_on = settings.metrics_addr.is_some() && telemetry.metrics_enabled;
+    metrics::set_enabled(metrics_on);
+    metrics::registry().init(
+        &settings.app_id,
+        &settings.namespace,
+        PathMatching::new(&telemetry.path_matching),
+    );
+    let metrics_listener = match settings.metrics_addr.filter(|_| metrics_on) {
+        Some(a) => Some(bind(a, "--metrics-port").await?),
+        None => None,
+    };
+    let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
+    let tracer = match &telemetry.tracing {
+        Some(t) => {
+            let queue = match &t.otel {
+                Some(o) => Some(otlp::spawn(OtlpConfig {
+                    endpoint: o.endpoint.clone(),
+                    protocol: o.protocol,
+                    service: settings.app_id.clone(),
+                })?),
+                None => None,
+            };
+            Some(Tracer::new(t.sampling_rate, queue))
+        }
+        None => None,
+    };
+    let telemetry_report = json!({
+        "metrics": {
+            "enabled": metrics_on,
+            "address": metrics_addr.map(|a| a.to_string()),
+            "pathMatching": telemetry.path_matching,
+        },
+        "tracing": telemetry.tracing.as_ref().map(|t| json!({
+            "samplingRate": t.sampling_rate,
+            "exporter": t.otel.as_ref().map(|o| json!({
+                "endpointAddress": o.endpoint,
+                "protocol": format!("{:?}", o.protocol).to_lowercase(),
+            })),
+        })),
+    });
 
     let resolver = build_resolver(&settings, &docs, internal_addr.port())?;
     let me = Identity {
@@ -222,8 +277,14 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         shutdown_requested: AtomicBool::new(false),
         extended: Mutex::default(),
         internal_addr: Mutex::new(Some(internal_addr)),
+        tracer,
+        telemetry_report,
         settings,
     });
+    if let Some(l) = metrics_listener {
+        tokio::spawn(crate::telemetry::server::serve(l));
+    }
+    register_collectors(&sc);
 
     let drain = Drain::default();
     let http_cfg = ListenerConfig {
@@ -506,4 +567,26 @@ async fn bind_all(
         out.push(bind(*a, what).await?);
     }
     Ok(out)
+}
+
+/// Scrape-time metrics: connection pools, resolver caches, breaker states.
+fn register_collectors(sc: &Arc<Sidecar>) {
+    let weak = Arc::downgrade(sc);
+    metrics::registry().collect(Box::new(move |e| {
+        let Some(sc) = weak.upgrade() else { return };
+        crate::telemetry::collect::pools(
+            e,
+            &sc.settings.app_id,
+            [
+                ("sidecar", Some(sc.outbound.pool().stats())),
+                ("app", sc.app.as_ref().map(|a| a.pool_stats())),
+            ],
+        );
+        crate::telemetry::collect::resolver(
+            e,
+            &sc.settings.app_id,
+            sc.outbound.resolver().as_ref(),
+        );
+        crate::telemetry::collect::breakers(e, &sc.settings, &sc.policies.load());
+    }));
 }

@@ -27,7 +27,7 @@ EH=$(free_port); EG=$(free_port)
 $B/skiff-echo --http-port "$EH" --grpc-port "$EG" 2>/dev/null & pids+=($!)
 start_sidecar() { # app-id http grpc [args...]
   local id=$1 h=$2 g=$3; shift 3
-  $B/skiffd --app-id "$id" --dapr-http-port "$h" --dapr-grpc-port "$g" --log-level warn "$@" 2>"$work/$id.log" & pids+=($!)
+  $B/skiffd --app-id "$id" --dapr-http-port "$h" --dapr-grpc-port "$g" --metrics-port 0 --log-level warn "$@" 2>"$work/$id.log" & pids+=($!)
   wait_http "$h"
 }
 CH=$(free_port); CG=$(free_port)

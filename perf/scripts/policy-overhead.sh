@@ -52,7 +52,7 @@ port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); 
 export SKIFF_HOME=$work/home SKIFF_WORKER_THREADS=1
 ep=$(port)
 $B/skiff-echo --http-port "$ep" 2>/dev/null & pids+=($!)
-sidecar() { local h; h=$(port); $B/skiffd --app-id "$1" --dapr-http-port "$h" --dapr-grpc-port "$(port)" \
+sidecar() { local h; h=$(port); $B/skiffd --app-id "$1" --dapr-http-port "$h" --dapr-grpc-port "$(port)" --metrics-port 0 \
   --enable-mtls --log-level warn "${@:2}" >/dev/null 2>"$work/$1.log" & pids+=($!); echo "$h"; }
 # Not in $(...): the sidecar must not hold the substitution's pipe.
 sidecar plain --app-port "$ep" >/dev/null

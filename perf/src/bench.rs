@@ -479,6 +479,8 @@ fn start_skiff(bin: &FsPath, work: &FsPath, echo: &Echo, mtls: bool) -> anyhow::
             &h.to_string(),
             "--dapr-grpc-port",
             &g.to_string(),
+            "--metrics-port",
+            &free_port()?.to_string(),
             "--log-level",
             "warn",
         ])
@@ -491,6 +493,11 @@ fn start_skiff(bin: &FsPath, work: &FsPath, echo: &Echo, mtls: bool) -> anyhow::
         }
         if mtls {
             cmd.arg("--enable-mtls");
+        }
+        // Extra skiffd flags for A/B runs of one feature (see
+        // perf/scripts/observability-overhead.sh).
+        if let Ok(extra) = std::env::var("SKIFFD_EXTRA_ARGS") {
+            cmd.args(extra.split_whitespace());
         }
         Ok((procs.spawn(&mut cmd)?, h, g))
     };

@@ -445,6 +445,10 @@ impl Resolver for ConsulResolver {
     fn name(&self) -> &'static str {
         "consul"
     }
+
+    fn cached(&self) -> Vec<(AppRef, Arc<EndpointSet>)> {
+        self.0.sets.entries()
+    }
 }
 
 #[cfg(test)]

@@ -211,6 +211,10 @@ impl Resolver for SharedKubeDns {
     fn name(&self) -> &'static str {
         "kubernetes"
     }
+
+    fn cached(&self) -> Vec<(AppRef, Arc<EndpointSet>)> {
+        self.0.sets.entries()
+    }
 }
 
 #[cfg(test)]

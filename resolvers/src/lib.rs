@@ -85,6 +85,14 @@ pub struct Registration {
 pub struct EndpointSet {
     current: ArcSwap<Vec<Endpoint>>,
     generation: AtomicU64,
+    /// When the source last confirmed the set (ms since the epoch).
+    refreshed_ms: AtomicU64,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 impl EndpointSet {
@@ -92,7 +100,16 @@ impl EndpointSet {
         Self {
             current: ArcSwap::from_pointee(endpoints),
             generation: AtomicU64::new(0),
+            refreshed_ms: AtomicU64::new(now_ms()),
         }
+    }
+
+    /// Time since the source last confirmed the set: how stale a cached
+    /// answer may be.
+    pub fn age(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(
+            now_ms().saturating_sub(self.refreshed_ms.load(Ordering::Relaxed)),
+        )
     }
 
     /// The endpoints as of now.
@@ -107,6 +124,7 @@ impl EndpointSet {
 
     /// Replaces the set when it differs; returns whether it changed.
     pub fn update(&self, endpoints: Vec<Endpoint>) -> bool {
+        self.refreshed_ms.store(now_ms(), Ordering::Relaxed);
         if **self.current.load() == endpoints {
             return false;
         }
@@ -122,6 +140,14 @@ impl EndpointSet {
 pub struct SetCache(dashmap::DashMap<AppRef, Arc<EndpointSet>>);
 
 impl SetCache {
+    /// Every cached set (metrics).
+    pub fn entries(&self) -> Vec<(AppRef, Arc<EndpointSet>)> {
+        self.0
+            .iter()
+            .map(|e| (e.key().clone(), e.value().clone()))
+            .collect()
+    }
+
     /// The set, or [`ResolveError::Pending`] before the first lookup.
     pub fn get(&self, app: &AppRef) -> Result<Arc<EndpointSet>, ResolveError> {
         self.0
@@ -192,4 +218,10 @@ pub trait Resolver: Send + Sync + 'static {
 
     /// A short name for logs and the metadata endpoint.
     fn name(&self) -> &'static str;
+
+    /// The apps whose endpoints this resolver keeps, for metrics (endpoint
+    /// counts and cache age). Resolvers without a cache list none.
+    fn cached(&self) -> Vec<(AppRef, Arc<EndpointSet>)> {
+        Vec::new()
+    }
 }

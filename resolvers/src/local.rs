@@ -145,6 +145,13 @@ impl Resolver for LocalResolver {
     fn name(&self) -> &'static str {
         "local"
     }
+
+    fn cached(&self) -> Vec<(AppRef, Arc<EndpointSet>)> {
+        self.sets
+            .iter()
+            .map(|e| (e.key().clone(), e.value().clone()))
+            .collect()
+    }
 }
 
 fn app_dir(root: &Path, app: &AppRef) -> PathBuf {

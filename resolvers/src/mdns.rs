@@ -216,6 +216,10 @@ impl Resolver for MdnsResolver {
     fn name(&self) -> &'static str {
         "mdns"
     }
+
+    fn cached(&self) -> Vec<(AppRef, Arc<EndpointSet>)> {
+        self.0.sets.entries()
+    }
 }
 
 impl Drop for Inner {

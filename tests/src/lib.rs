@@ -148,6 +148,7 @@ pub struct Sidecar {
     pub app_id: String,
     pub http_port: u16,
     pub grpc_port: u16,
+    pub metrics_port: u16,
 }
 
 impl Sidecar {
@@ -158,6 +159,37 @@ impl Sidecar {
     pub fn grpc_addr(&self) -> String {
         format!("http://127.0.0.1:{}", self.grpc_port)
     }
+
+    /// The Prometheus exposition, scraped once.
+    pub async fn scrape(&self) -> String {
+        let c = http_client();
+        let r = send(
+            &c,
+            request(
+                "GET",
+                &format!("http://127.0.0.1:{}/metrics", self.metrics_port),
+                "",
+            ),
+        )
+        .await;
+        assert_eq!(r.status, 200, "scrape {}: {}", self.app_id, r.text());
+        r.text()
+    }
+}
+
+/// The value of the sample `name{labels}` in a scrape (labels exactly as
+/// rendered, in order), 0 when absent.
+pub fn sample(scrape: &str, series: &str) -> f64 {
+    scrape
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(series)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0.0)
 }
 
 /// Options for [`World::sidecar`].
@@ -236,11 +268,12 @@ impl World {
     /// Starts `skiffd` and waits only for its HTTP port (it may not be
     /// ready, e.g. while it waits for a certificate).
     pub fn sidecar_started(&self, app_id: &str, o: SidecarOpts) -> Sidecar {
-        let (http_port, grpc_port) = (free_port(), free_port());
+        let (http_port, grpc_port, metrics_port) = (free_port(), free_port(), free_port());
         let mut cmd = Command::new(bin("skiffd"));
         cmd.args(["--app-id", app_id])
             .args(["--dapr-http-port", &http_port.to_string()])
             .args(["--dapr-grpc-port", &grpc_port.to_string()])
+            .args(["--metrics-port", &metrics_port.to_string()])
             .env("SKIFF_HOME", self.home.path())
             .env_remove("DAPR_API_TOKEN")
             .env_remove("APP_API_TOKEN")
@@ -272,6 +305,7 @@ impl World {
             app_id: app_id.to_owned(),
             http_port,
             grpc_port,
+            metrics_port,
         }
     }
 }

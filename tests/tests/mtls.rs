@@ -492,6 +492,8 @@ fn unusable_anchors_and_credentials_stop_the_start_with_one_line() {
             &port,
             "--dapr-grpc-port",
             &grpc,
+            "--metrics-port",
+            "0",
         ];
         args.extend_from_slice(extra);
         let mut a: Vec<String> = args.iter().map(|s| s.to_string()).collect();

@@ -359,6 +359,8 @@ fn invalid_policies_stop_the_start_naming_file_and_field() {
             &free_port().to_string(),
             "--dapr-grpc-port",
             &free_port().to_string(),
+            "--metrics-port",
+            "0",
         ])
         .arg("--resources-path")
         .arg(&dir)

@@ -4,7 +4,7 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use http::header::CONTENT_TYPE;
 use http::{HeaderMap, HeaderValue, Method, Request, Response};
@@ -24,6 +24,8 @@ use crate::headers::{
 };
 use crate::invoke::target;
 use crate::runtime::Sidecar;
+use crate::telemetry::metrics;
+use crate::telemetry::trace::Kind;
 
 /// The gRPC front door of one sidecar.
 #[derive(Clone)]
@@ -41,26 +43,45 @@ impl GrpcApi {
         Self { sc, dapr }
     }
 
-    /// Serves one request on the gRPC API port.
-    pub async fn handle(
-        mut self,
-        req: Request<Incoming>,
-    ) -> Result<Response<SkiffBody>, Infallible> {
+    /// Serves one request on the gRPC API port, counted in Dapr's gRPC
+    /// server metrics once its status is known.
+    pub async fn handle(self, req: Request<Incoming>) -> Result<Response<SkiffBody>, Infallible> {
+        let start = Instant::now();
+        let series = metrics::get().map(|m| m.grpc_server(req.uri().path()));
+        let logged = self
+            .sc
+            .settings
+            .api_logging
+            .then(|| req.uri().path().to_owned());
+        let sc = self.sc.clone();
+        let resp = self.route(req).await;
+        if let Some(path) = logged {
+            let code = resp
+                .headers()
+                .get(headers::GRPC_STATUS)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("pending");
+            tracing::info!(target: super::http::API_LOG_TARGET, app_id = %sc.settings.app_id, method = %path, code, duration_us = start.elapsed().as_micros() as u64, "gRPC API called");
+        }
+        Ok(match series {
+            Some(codes) => crate::body::observe_grpc(resp, codes, start),
+            None => resp,
+        })
+    }
+
+    async fn route(mut self, req: Request<Incoming>) -> Response<SkiffBody> {
         if !super::token_ok(self.sc.settings.api_token.as_deref(), req.headers()) {
-            return Ok(errors::grpc_error(
-                Code::Unauthenticated,
-                "invalid api token",
-            ));
+            return errors::grpc_error(Code::Unauthenticated, "invalid api token");
         }
         let is_dapr_api = req
             .uri()
             .path()
             .starts_with(skiff_proto::paths::DAPR_SERVICE_PREFIX);
         if !is_dapr_api && req.headers().contains_key(&DAPR_APP_ID) {
-            return Ok(proxy(&self.sc, req).await);
+            return proxy(&self.sc, req).await;
         }
         match self.dapr.call(req).await {
-            Ok(resp) => Ok(resp.map(SkiffBody::Grpc)),
+            Ok(resp) => resp.map(SkiffBody::Grpc),
             Err(never) => match never {},
         }
     }
@@ -88,30 +109,71 @@ async fn proxy(sc: &Sidecar, req: Request<Incoming>) -> Response<SkiffBody> {
     parts
         .headers
         .insert(SKIFF_MODE, HeaderValue::from_static(MODE_GRPC_PROXY));
+    let start = Instant::now();
+    let span = sc.tracer.as_ref().map(|t| {
+        let s = t.start(&parts.headers, Kind::Client);
+        // `traceparent` alone to the next sidecar: it says everything
+        // `grpc-trace-bin` would, and every header value is HPACK-encoded
+        // anew per call. The callee adds `grpc-trace-bin` for its app.
+        s.inject(&mut parts.headers, false);
+        s
+    });
+    let method = span
+        .as_ref()
+        .filter(|s| s.sampled)
+        .map(|_| parts.uri.path().to_owned());
     let out = Request::from_parts(parts, SkiffBody::Incoming(body));
     let send = sc.outbound.send(&target, out);
     let result = match deadline {
         Some(d) => match tokio::time::timeout(d, send).await {
-            Ok(r) => r,
-            Err(_) => {
-                return errors::grpc_error(
-                    Code::DeadlineExceeded,
-                    "deadline exceeded waiting for the target",
-                );
-            }
+            Ok(r) => r.map_err(ProxyError::Invoke),
+            Err(_) => Err(ProxyError::Deadline),
         },
-        None => send.await,
+        None => send.await.map_err(ProxyError::Invoke),
     };
-    match result {
+    let resp = match result {
         Ok(mut resp) => {
             headers::strip_internal(resp.headers_mut());
             resp
         }
-        Err(e) => errors::grpc_error(
-            Code::Unavailable,
-            &format!("failed to proxy to {}: {e}", target.app_id),
+        Err(ProxyError::Deadline) => errors::grpc_error(
+            Code::DeadlineExceeded,
+            "deadline exceeded waiting for the target",
         ),
+        Err(ProxyError::Invoke(e)) => {
+            tracing::warn!(app_id = %sc.settings.app_id, target = %target.app_id, error = %e, "gRPC proxy call failed");
+            errors::grpc_error(
+                Code::Unavailable,
+                &format!("failed to proxy to {}: {e}", target.app_id),
+            )
+        }
+    };
+    // The status in the head: a trailers-only answer's, else OK so far.
+    let code: u16 = resp
+        .headers()
+        .get(headers::GRPC_STATUS)
+        .and_then(|v| v.to_str().ok()?.parse().ok())
+        .unwrap_or(0);
+    if let Some(m) = metrics::get() {
+        m.invoke_answered(&target.app_id, code, true, start.elapsed());
     }
+    if let (Some(t), Some(s), Some(path)) = (&sc.tracer, &span, method) {
+        t.finish(s, || {
+            super::describe_call(
+                &target.app_id,
+                path.trim_start_matches('/'),
+                "grpc",
+                "POST",
+                code,
+            )
+        });
+    }
+    resp
+}
+
+enum ProxyError {
+    Deadline,
+    Invoke(crate::invoke::outbound::InvokeError),
 }
 
 /// `grpc-timeout`: up to 8 digits and a unit (H, M, S, m, u, n).
@@ -147,7 +209,7 @@ impl Dapr for DaprApi {
         let (metadata, _, msg) = request.into_parts();
         let target = target::parse_app_id(&msg.id, &self.sc.settings.namespace)
             .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
-        let inv = msg.message.ok_or_else(|| {
+        let mut inv = msg.message.ok_or_else(|| {
             tonic::Status::invalid_argument("InvokeServiceRequest.message is required")
         })?;
         let ext = inv.http_extension.unwrap_or_default();
@@ -156,7 +218,11 @@ impl Dapr for DaprApi {
         let pq = target::app_path(&inv.method, query)
             .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
 
-        let (type_url, data) = inv.data.map(|a| (a.type_url, a.value)).unwrap_or_default();
+        let (type_url, data) = inv
+            .data
+            .take()
+            .map(|a| (a.type_url, a.value))
+            .unwrap_or_default();
         let mut req = Request::new(SkiffBody::full(data));
         *req.uri_mut() = pq.into();
         *req.method_mut() = method_of(verb);
@@ -176,7 +242,34 @@ impl Dapr for DaprApi {
         {
             h.insert(SKIFF_TYPE_URL, t);
         }
-        let resp = self.sc.outbound.send(&target, req).await.map_err(|e| {
+        let start = Instant::now();
+        let span = self.sc.tracer.as_ref().map(|t| {
+            let s = t.start(req.headers(), Kind::Client);
+            s.inject(req.headers_mut(), false);
+            s
+        });
+        let verb_name = req.method().clone();
+        let result = self.sc.outbound.send(&target, req).await;
+        let status = match &result {
+            Ok(r) => r.status().as_u16(),
+            Err(_) => 500,
+        };
+        if let Some(m) = metrics::get() {
+            m.invoke_answered(&target.app_id, status, false, start.elapsed());
+        }
+        if let (Some(t), Some(s)) = (&self.sc.tracer, &span) {
+            t.finish(s, || {
+                super::describe_call(
+                    &target.app_id,
+                    &inv.method,
+                    "http",
+                    verb_name.as_str(),
+                    status,
+                )
+            });
+        }
+        let resp = result.map_err(|e| {
+            tracing::warn!(app_id = %self.sc.settings.app_id, target = %target.app_id, method = %inv.method, error = %e, "invocation failed");
             tonic::Status::unavailable(format!("failed to invoke, id: {}, err: {e}", target.app_id))
         })?;
         into_invoke_response(resp, self.sc.settings.max_body_size).await

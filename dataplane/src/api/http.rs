@@ -3,6 +3,7 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::time::Instant;
 
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
@@ -12,42 +13,66 @@ use crate::errors::{code, http_error};
 use crate::headers::{self, DAPR_APP_ID};
 use crate::invoke::target::{self, TargetError};
 use crate::runtime::Sidecar;
+use crate::telemetry::metrics;
+use crate::telemetry::trace::Kind;
 
 const INVOKE_PREFIX: &str = "/v1.0/invoke/";
 
-/// Serves one request on the HTTP API port.
+/// Serves one request on the HTTP API port, counted in Dapr's HTTP server
+/// metrics (and logged with `--enable-api-logging`).
 pub async fn handle(
     sc: Arc<Sidecar>,
     req: Request<Incoming>,
 ) -> Result<Response<SkiffBody>, Infallible> {
+    let start = Instant::now();
+    let metrics = metrics::get();
+    let path_label = metrics.map_or(0, |m| m.path_index(req.uri().path()));
+    let method = req.method().clone();
+    let logged = sc.settings.api_logging.then(|| req.uri().path().to_owned());
+    let resp = route(&sc, req).await;
+    let status = resp.status().as_u16();
+    if let Some(m) = metrics {
+        m.http_server(&method, status, path_label, start.elapsed());
+    }
+    if let Some(path) = logged {
+        tracing::info!(target: API_LOG_TARGET, app_id = %sc.settings.app_id, method = %method, path = %path, code = status, duration_us = start.elapsed().as_micros() as u64, "HTTP API called");
+    }
+    Ok(resp)
+}
+
+/// `--enable-api-logging` lines use this target, enabled at info level
+/// whatever `--log-level` says.
+pub const API_LOG_TARGET: &str = "skiff_api";
+
+async fn route(sc: &Sidecar, req: Request<Incoming>) -> Response<SkiffBody> {
     let path = req.uri().path();
     if let Some(rest) = path.strip_prefix(INVOKE_PREFIX) {
         if !super::token_ok(sc.settings.api_token.as_deref(), req.headers()) {
-            return Ok(unauthorized());
+            return unauthorized();
         }
         let Some((app, method)) = split_invoke(rest) else {
-            return Ok(http_error(
+            return http_error(
                 StatusCode::BAD_REQUEST,
                 code::MALFORMED_REQUEST,
                 "expected /v1.0/invoke/<app-id>/method/<method>",
-            ));
+            );
         };
         let (app, method) = (app.to_owned(), method.to_owned());
-        return Ok(invoke(&sc, &app, &method, req).await);
+        return invoke(sc, &app, &method, req).await;
     }
     if !path.starts_with("/v1.0/")
         && let Some(app) = req.headers().get(&DAPR_APP_ID)
     {
         if !super::token_ok(sc.settings.api_token.as_deref(), req.headers()) {
-            return Ok(unauthorized());
+            return unauthorized();
         }
         let Ok(app) = app.to_str().map(str::to_owned) else {
-            return Ok(bad_target(TargetError::AppId("<non-ASCII>".into())));
+            return bad_target(TargetError::AppId("<non-ASCII>".into()));
         };
         let method = path.trim_start_matches('/').to_owned();
-        return Ok(invoke(&sc, &app, &method, req).await);
+        return invoke(sc, &app, &method, req).await;
     }
-    Ok(control(&sc, req).await)
+    control(sc, req).await
 }
 
 /// `<app>/method/<method...>` → (app, method).
@@ -75,18 +100,39 @@ async fn invoke(
         Err(e) => return bad_target(e),
     };
     headers::prepare_outbound(&mut parts.headers);
+    let start = Instant::now();
+    let span = sc.tracer.as_ref().map(|t| {
+        let s = t.start(&parts.headers, Kind::Client);
+        s.inject(&mut parts.headers, false);
+        s
+    });
+    let verb = parts.method.clone();
     let out = Request::from_parts(parts, SkiffBody::Incoming(body));
-    match sc.outbound.send(&target, out).await {
+    let result = sc.outbound.send(&target, out).await;
+    let resp = match result {
         Ok(mut resp) => {
             headers::strip_internal(resp.headers_mut());
             resp
         }
-        Err(e) => http_error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            code::DIRECT_INVOKE,
-            &format!("failed to invoke, id: {}, err: {e}", target.app_id),
-        ),
+        Err(e) => {
+            tracing::warn!(app_id = %sc.settings.app_id, target = %target.app_id, method = %method, error = %e, "invocation failed");
+            http_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                code::DIRECT_INVOKE,
+                &format!("failed to invoke, id: {}, err: {e}", target.app_id),
+            )
+        }
+    };
+    let status = resp.status().as_u16();
+    if let Some(m) = metrics::get() {
+        m.invoke_answered(&target.app_id, status, false, start.elapsed());
     }
+    if let (Some(t), Some(s)) = (&sc.tracer, &span) {
+        t.finish(s, || {
+            crate::api::describe_call(&target.app_id, method, "http", verb.as_str(), status)
+        });
+    }
+    resp
 }
 
 fn bad_target(e: TargetError) -> Response<SkiffBody> {

@@ -8,6 +8,47 @@ pub mod http;
 use ::http::HeaderMap;
 
 use crate::headers::DAPR_API_TOKEN;
+use crate::telemetry::trace::{Described, Value};
+
+/// The caller's span of one invocation: Dapr's `CallLocal/<app>/<method>`
+/// name and attributes. `status` is HTTP's, or the gRPC code for gRPC.
+pub fn describe_call(
+    app: &str,
+    method: &str,
+    protocol: &str,
+    verb: &str,
+    status: u16,
+) -> Described {
+    let grpc = protocol == "grpc";
+    let failed = if grpc { status != 0 } else { status >= 500 };
+    Described {
+        name: format!("CallLocal/{app}/{method}"),
+        attributes: vec![
+            ("dapr.protocol", Value::Str(protocol.to_owned())),
+            ("rpc.service", Value::Str("ServiceInvocation".to_owned())),
+            ("net.peer.name", Value::Str(app.to_owned())),
+            (
+                "dapr.api",
+                Value::Str(format!("{verb} /v1.0/invoke/{app}/method/{method}")),
+            ),
+            (
+                if grpc {
+                    "rpc.grpc.status_code"
+                } else {
+                    "http.status_code"
+                },
+                Value::Int(i64::from(status)),
+            ),
+        ],
+        error: failed.then(|| {
+            if grpc {
+                format!("gRPC status {status}")
+            } else {
+                format!("HTTP {status}")
+            }
+        }),
+    }
+}
 
 /// `DAPR_API_TOKEN` check; constant time in the token's length so a timing
 /// probe cannot find it byte by byte.

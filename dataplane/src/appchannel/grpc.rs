@@ -65,14 +65,25 @@ pub async fn on_invoke(
             querystring: parts.uri.query().unwrap_or_default().to_owned(),
         }),
     };
-    match unary(
+    let start = std::time::Instant::now();
+    let answer = unary(
         app,
         skiff_proto::paths::ON_INVOKE,
         &msg,
         grpc_metadata(&parts.headers),
     )
-    .await
-    {
+    .await;
+    if let Some(m) = crate::telemetry::metrics::get() {
+        let code = match &answer {
+            Ok(_) => 0,
+            Err(UnaryError::Status(c, _)) => *c as u16,
+            Err(UnaryError::App(_)) => 14,
+            Err(UnaryError::Protocol(_)) => 13,
+        };
+        m.app_grpc_series(skiff_proto::paths::ON_INVOKE)
+            .record(code, start.elapsed());
+    }
+    match answer {
         Ok(resp) => {
             let r: InvokeResponse = resp;
             let (type_url, value) = r.data.map(|a| (a.type_url, a.value)).unwrap_or_default();

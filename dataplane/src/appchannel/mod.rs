@@ -102,6 +102,11 @@ impl AppChannel {
         self.addr
     }
 
+    /// The HTTP/2 (h2c, gRPC) pool to the app; HTTP/1.1 apps use hyper's.
+    pub fn pool_stats(&self) -> crate::pool::PoolStats {
+        self.h2.stats()
+    }
+
     pub fn is_healthy(&self) -> bool {
         self.healthy.load(Ordering::Acquire)
     }

@@ -88,11 +88,18 @@ pub struct Flags {
         value_delimiter = ','
     )]
     pub listen_addresses: Vec<IpAddr>,
-    /// Metrics port (the exporter is served from the observability release on).
-    #[arg(long = "metrics-port", default_value_t = DEFAULT_METRICS_PORT)]
+    /// Prometheus exporter port (`/` and `/metrics`); 0 picks a free port.
+    #[arg(env = "DAPR_METRICS_PORT", long = "metrics-port", default_value_t = DEFAULT_METRICS_PORT)]
     pub metrics_port: u16,
-    #[arg(long = "enable-metrics", default_value_t = true, action = clap::ArgAction::Set)]
+    #[arg(long = "enable-metrics", default_value_t = true, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
     pub enable_metrics: bool,
+    /// Where the exporter binds. Default: 127.0.0.1 standalone, 0.0.0.0 on
+    /// Kubernetes (Prometheus scrapes the pod from outside).
+    #[arg(long = "metrics-listen-address")]
+    pub metrics_listen_address: Option<IpAddr>,
+    /// Logs every API call (method, path, status, duration) at info level.
+    #[arg(long = "enable-api-logging", default_value_t = false, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub enable_api_logging: bool,
     /// A Configuration YAML file.
     #[arg(long = "config")]
     pub config: Option<PathBuf>,
@@ -300,6 +307,14 @@ impl Flags {
             } else {
                 max_body_size
             }),
+            metrics_addr: self.enable_metrics.then(|| {
+                let ip = self.metrics_listen_address.unwrap_or(match self.mode {
+                    Mode::Standalone => IpAddr::V4(Ipv4Addr::LOCALHOST),
+                    Mode::Kubernetes => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+                });
+                SocketAddr::new(ip, self.metrics_port)
+            }),
+            api_logging: self.enable_api_logging,
             api_token: self.api_token.clone().filter(|t| !t.is_empty()),
             app_api_token: self.app_api_token.clone().filter(|t| !t.is_empty()),
         })

@@ -47,6 +47,10 @@ pub struct Settings {
     pub mtls: Option<MtlsSettings>,
     /// Largest request body kept to replay a retried call.
     pub retry_buffer_size: usize,
+    /// Where the Prometheus exporter listens; None with `--enable-metrics=false`.
+    pub metrics_addr: Option<SocketAddr>,
+    /// `--enable-api-logging`.
+    pub api_logging: bool,
     #[serde(skip)]
     pub api_token: Option<String>,
     #[serde(skip)]

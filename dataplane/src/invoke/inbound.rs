@@ -8,6 +8,7 @@
 use std::convert::Infallible;
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::Instant;
 
 use http::{HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -23,18 +24,94 @@ use crate::headers::{
 };
 use crate::policy::acl::{Action, Operation};
 use crate::runtime::Sidecar;
+use crate::telemetry::metrics;
+use crate::telemetry::trace::{Kind, Value};
 use crate::transport::PeerInfo;
 
-/// Serves one call from another sidecar.
+/// Serves one call from another sidecar: Dapr's `req_recv`/`res_sent`
+/// counts, and this hop's span when tracing is on.
 pub async fn handle(
     sc: Arc<Sidecar>,
     peer: PeerInfo,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
 ) -> Result<Response<SkiffBody>, Infallible> {
     let grpc_proxy = req
         .headers()
         .get(&SKIFF_MODE)
         .is_some_and(|v| v == MODE_GRPC_PROXY);
+    let metrics = metrics::get();
+    if let Some(m) = metrics {
+        m.invoke_received(caller_app(&peer, req.headers()));
+    }
+    let span = sc.tracer.as_ref().map(|t| {
+        let s = t.start(req.headers(), Kind::Server);
+        let to_grpc_app = sc
+            .app
+            .as_ref()
+            .is_some_and(|a| matches!(a.protocol, AppProtocol::Grpc | AppProtocol::Grpcs));
+        s.inject(req.headers_mut(), to_grpc_app);
+        s
+    });
+    // Kept for the metric and span after the request has moved on.
+    let caller = (metrics.is_some() || span.as_ref().is_some_and(|s| s.sampled))
+        .then(|| caller_app(&peer, req.headers()).to_owned());
+    let method = span
+        .as_ref()
+        .filter(|s| s.sampled)
+        .map(|_| (req.method().clone(), req.uri().path().to_owned()));
+    let resp = serve(&sc, &peer, req, grpc_proxy).await;
+    let status = response_status(&resp, grpc_proxy);
+    if let (Some(m), Some(c)) = (metrics, &caller) {
+        m.invoke_responded(c, status);
+    }
+    if let (Some(t), Some(s), Some((verb, path))) = (&sc.tracer, &span, method) {
+        t.finish(s, || {
+            let mut d = crate::api::describe_call(
+                &sc.settings.app_id,
+                path.trim_start_matches('/'),
+                if grpc_proxy { "grpc" } else { "http" },
+                verb.as_str(),
+                status,
+            );
+            if let Some(c) = caller {
+                d.attributes.push(("dapr.caller_app_id", Value::Str(c)));
+            }
+            d
+        });
+    }
+    Ok(resp)
+}
+
+/// The calling app: its certificate's app id with mTLS, else what the
+/// calling sidecar said.
+fn caller_app<'a>(peer: &'a PeerInfo, h: &'a http::HeaderMap) -> &'a str {
+    match &peer.id {
+        Some(p) => p.id.app_id(),
+        None => h
+            .get(headers::DAPR_CALLER_APP_ID)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or(""),
+    }
+}
+
+/// HTTP status, or for proxied gRPC the status in the head (0 when it
+/// comes later, in trailers).
+fn response_status(resp: &Response<SkiffBody>, grpc: bool) -> u16 {
+    if !grpc {
+        return resp.status().as_u16();
+    }
+    resp.headers()
+        .get(headers::GRPC_STATUS)
+        .and_then(|v| v.to_str().ok()?.parse().ok())
+        .unwrap_or(0)
+}
+
+async fn serve(
+    sc: &Sidecar,
+    peer: &PeerInfo,
+    req: Request<Incoming>,
+    grpc_proxy: bool,
+) -> Response<SkiffBody> {
     let fail = |status: StatusCode, grpc: Code, msg: &str| {
         if grpc_proxy {
             errors::grpc_error(grpc, msg)
@@ -42,31 +119,31 @@ pub async fn handle(
             errors::http_error(status, code::DIRECT_INVOKE, msg)
         }
     };
-    if let Err(msg) = check_addressed_to_us(&sc, req.headers()) {
-        return Ok(fail(StatusCode::NOT_FOUND, Code::NotFound, &msg));
+    if let Err(msg) = check_addressed_to_us(sc, req.headers()) {
+        return fail(StatusCode::NOT_FOUND, Code::NotFound, &msg);
     }
-    if let Some(denied) = access_denied(&sc, &peer, &req, grpc_proxy) {
-        return Ok(denied);
+    if let Some(denied) = access_denied(sc, peer, &req, grpc_proxy) {
+        return denied;
     }
     let Some(app) = sc.app.as_deref() else {
-        return Ok(fail(
+        return fail(
             StatusCode::INTERNAL_SERVER_ERROR,
             Code::Unavailable,
             &format!(
                 "app {} has no app channel: its sidecar runs without --app-port",
                 sc.settings.app_id
             ),
-        ));
+        );
     };
     if !app.is_healthy() {
-        return Ok(fail(
+        return fail(
             StatusCode::SERVICE_UNAVAILABLE,
             Code::Unavailable,
             &format!(
                 "app {} is unhealthy (app health check failing)",
                 sc.settings.app_id
             ),
-        ));
+        );
     }
     let (mut parts, body) = req.into_parts();
     if let Some(p) = &peer.id {
@@ -84,42 +161,57 @@ pub async fn handle(
 
     let is_grpc_app = matches!(app.protocol, AppProtocol::Grpc | AppProtocol::Grpcs);
     if grpc_proxy && !is_grpc_app {
-        return Ok(errors::grpc_error(
+        return errors::grpc_error(
             Code::Unimplemented,
             &format!(
                 "app {} speaks {}, not gRPC: gRPC proxying needs --app-protocol grpc",
                 sc.settings.app_id,
                 app.protocol.as_str()
             ),
-        ));
+        );
     }
     if is_grpc_app && !grpc_proxy {
         // OnInvoke reads these internal headers; it strips them itself.
-        return Ok(app_grpc::on_invoke(app, parts, SkiffBody::Incoming(body)).await);
+        return app_grpc::on_invoke(app, parts, SkiffBody::Incoming(body)).await;
     }
     if verb_none {
-        return Ok(errors::http_error(
+        return errors::http_error(
             StatusCode::BAD_REQUEST,
             code::MALFORMED_REQUEST,
             "InvokeService to an HTTP app needs http_extension with an HTTP verb",
-        ));
+        );
     }
     headers::strip_internal(&mut parts.headers);
-    Ok(deliver(
+    deliver(
         app,
         Request::from_parts(parts, SkiffBody::Incoming(body)),
         grpc_proxy,
     )
-    .await)
+    .await
 }
 
+/// Hands the call to the app, counted in Dapr's HTTP or gRPC client
+/// metrics (sidecar → app).
 async fn deliver(
     app: &AppChannel,
     req: Request<SkiffBody>,
     grpc_proxy: bool,
 ) -> Response<SkiffBody> {
+    let start = Instant::now();
+    let m = metrics::get();
+    let grpc_series = m
+        .filter(|_| grpc_proxy)
+        .map(|m| m.app_grpc_series(req.uri().path()));
+    let verb = (m.is_some() && !grpc_proxy).then(|| req.method().clone());
     match app.forward(req).await {
-        Ok(resp) => resp,
+        Ok(resp) => match (grpc_series, verb, m) {
+            (Some(codes), _, _) => crate::body::observe_grpc(resp, codes, start),
+            (None, Some(verb), Some(m)) => {
+                m.app_http(&verb, resp.status().as_u16(), start.elapsed());
+                resp
+            }
+            _ => resp,
+        },
         Err(e) if grpc_proxy => errors::grpc_error(Code::Unavailable, &e.to_string()),
         Err(e) => errors::http_error(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -166,7 +258,12 @@ fn access_denied(
         path: req.uri().path(),
         verb,
     };
-    if acl.decide(peer.id.as_deref().map(|p| &p.id), op) == Action::Allow {
+    let caller = peer.id.as_deref().map(|p| &p.id);
+    let (action, global) = acl.decide_why(caller, op);
+    if let (Some(m), Some(id)) = (metrics::get(), caller) {
+        m.acl(id, action == Action::Allow, global);
+    }
+    if action == Action::Allow {
         return None;
     }
     let who = peer.id.as_deref().map(|p| &p.id).map_or_else(

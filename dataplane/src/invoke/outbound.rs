@@ -30,6 +30,7 @@ use crate::policy::Policies;
 use crate::policy::resiliency::AppPolicy;
 use crate::policy::retry::Outcome;
 use crate::pool::{Pool, PoolError};
+use crate::telemetry::metrics::{self, PolicyKind};
 use crate::transport::ExpectedPeer;
 
 /// Endpoints tried per call when connections are refused.
@@ -102,6 +103,10 @@ impl Outbound {
         &self.resolver
     }
 
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
     /// Sends `req` to an instance of `app`. The request's headers must be
     /// prepared (`headers::prepare_outbound`); identity headers are set here
     /// so no caller can choose them.
@@ -121,9 +126,14 @@ impl Outbound {
             Err(ResolveError::Pending) => self.resolver.lookup(app).await,
             Err(e) => Err(e),
         }
-        .map_err(|source| InvokeError::Resolve {
-            app: app.app_id.clone(),
-            source,
+        .map_err(|source| {
+            if let Some(m) = metrics::get() {
+                m.resolver_error();
+            }
+            InvokeError::Resolve {
+                app: app.app_id.clone(),
+                source,
+            }
         })?;
         let eps = set.snapshot();
         let policy = self
@@ -162,6 +172,7 @@ impl Outbound {
                     continue;
                 }
             };
+            count_sent(app, &req);
             match checkout.send(req).await {
                 Ok(resp) => {
                     pending.finish();
@@ -217,6 +228,17 @@ impl Outbound {
             });
         }
         p.budget.deposit();
+        if let Some(m) = metrics::get() {
+            for (on, kind) in [
+                (p.timeout.is_some(), PolicyKind::Timeout),
+                (p.retry.is_some(), PolicyKind::Retry),
+                (p.breaker.is_some(), PolicyKind::CircuitBreaker),
+            ] {
+                if on {
+                    m.resiliency_executed(&p.document, &p.target, kind);
+                }
+            }
+        }
         let (parts, body) = req.into_parts();
         let (first, replay) = if p.retry.is_some() {
             capture(body, self.replay_limit).await
@@ -247,10 +269,16 @@ impl Outbound {
             if !p.budget.withdraw() {
                 p.retries_refused
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if let Some(m) = metrics::get() {
+                    m.retry_budget_exhausted(&p.target);
+                }
                 tracing::debug!(app = %app.app_id, "retry budget spent; not retrying");
                 return result;
             }
             p.retries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if let Some(m) = metrics::get() {
+                m.resiliency_activated(&p.document, &p.target, PolicyKind::Retry);
+            }
             // Retry elsewhere while there is somewhere else: the endpoint
             // that just failed is the likeliest to fail again.
             skip.push(ep);
@@ -291,6 +319,9 @@ impl Outbound {
             });
         };
         let result = self.attempt(app, ep, req, p.timeout).await;
+        if let (Err(InvokeError::Timeout { .. }), Some(m)) = (&result, metrics::get()) {
+            m.resiliency_activated(&p.document, &p.target, PolicyKind::Timeout);
+        }
         let outcome = classify(&result);
         if let (Some(b), Some(permit)) = (&breaker, permit) {
             b.record(permit, breaker_success(outcome));
@@ -345,6 +376,7 @@ impl Outbound {
         let pending = self.balancer.start(ep);
         let call = async {
             let checkout = self.pool.checkout_for(ep, Some(expect)).await?;
+            count_sent(app, &req);
             checkout.send(req).await
         };
         let r = match timeout {
@@ -374,6 +406,16 @@ impl Outbound {
                 })
             }
         }
+    }
+}
+
+/// Dapr's `req_sent_total`: every request that leaves for another sidecar.
+fn count_sent(app: &AppRef, req: &Request<SkiffBody>) {
+    if let Some(m) = metrics::get() {
+        m.invoke_sent(
+            &app.app_id,
+            req.headers().contains_key(&headers::SKIFF_MODE),
+        );
     }
 }
 

@@ -167,20 +167,28 @@ impl Acl {
 
     /// Whether `caller` may run `op`.
     pub fn decide(&self, caller: Option<&SpiffeId>, op: Operation<'_>) -> Action {
+        self.decide_why(caller, op).0
+    }
+
+    /// The decision, and whether the global default made it (no policy
+    /// for the caller's app) rather than the caller's app policy: Dapr's
+    /// `global_policy_*` versus `app_policy_*` metrics.
+    pub fn decide_why(&self, caller: Option<&SpiffeId>, op: Operation<'_>) -> (Action, bool) {
         let Some(caller) = caller else {
-            return self.default_action;
+            return (self.default_action, true);
         };
         let Some(policy) = self.policies.get(caller.app_id()).and_then(|ps| {
             ps.iter().find(|p| {
                 &*p.namespace == caller.namespace() && &*p.trust_domain == caller.trust_domain()
             })
         }) else {
-            return self.default_action;
+            return (self.default_action, true);
         };
-        match find(&policy.ops, segments(op.path)) {
+        let action = match find(&policy.ops, segments(op.path)) {
             Some(rule) if verb_allowed(&rule.verbs, op.verb) => rule.action,
             _ => policy.default_action,
-        }
+        };
+        (action, false)
     }
 }
 

@@ -8,7 +8,7 @@
 //! a row close it, any failure opens it again. Only sidecars with a breaker
 //! policy pay for the small mutex each breaker holds.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -262,6 +262,17 @@ pub enum State {
     HalfOpen,
 }
 
+impl State {
+    /// Index into [`crate::telemetry::metrics::CB_STATES`].
+    pub fn index(self) -> usize {
+        match self {
+            State::Closed => 0,
+            State::HalfOpen => 1,
+            State::Open => 2,
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Inner {
     state: State,
@@ -278,6 +289,9 @@ struct Inner {
 pub struct Breaker {
     spec: BreakerSpec,
     inner: Mutex<Inner>,
+    /// For metrics: the Resiliency document and the target app.
+    document: Arc<str>,
+    target: Arc<str>,
 }
 
 /// Permission for one call; report how it went with [`Breaker::record`].
@@ -288,8 +302,16 @@ pub struct Permit {
 
 impl Breaker {
     pub fn new(spec: BreakerSpec) -> Self {
+        Self::for_target(spec, Arc::from(""), Arc::from(""))
+    }
+
+    /// A breaker whose state changes are counted for `target` (an app id)
+    /// under the Resiliency document `document`.
+    pub fn for_target(spec: BreakerSpec, document: Arc<str>, target: Arc<str>) -> Self {
         let until = (!spec.interval.is_zero()).then(|| Instant::now() + spec.interval);
         Self {
+            document,
+            target,
             spec,
             inner: Mutex::new(Inner {
                 state: State::Closed,
@@ -372,7 +394,10 @@ impl Breaker {
 
     fn to(&self, g: &mut Inner, state: State, now: Instant) {
         if state != g.state {
-            tracing::info!(breaker = %self.spec.name, from = ?g.state, to = ?state, "circuit breaker");
+            tracing::info!(breaker = %self.spec.name, target = %self.target, from = ?g.state, to = ?state, "circuit breaker");
+            if let Some(m) = crate::telemetry::metrics::get() {
+                m.breaker_transition(&self.document, &self.target, state.index());
+            }
         }
         g.state = state;
         g.counts = Counts::default();

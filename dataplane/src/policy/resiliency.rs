@@ -104,6 +104,10 @@ struct TargetYaml {
 /// What applies to calls to one app.
 #[derive(Debug)]
 pub struct AppPolicy {
+    /// The Resiliency document that targets this app, and the app (the
+    /// `name` and `target` of Dapr's resiliency metrics).
+    pub document: Arc<str>,
+    pub target: Arc<str>,
     pub timeout: Option<Duration>,
     pub retry: Option<RetrySpec>,
     pub breaker: Option<BreakerSpec>,
@@ -125,7 +129,13 @@ impl AppPolicy {
         Some(
             self.breakers
                 .entry(ep)
-                .or_insert_with(|| Arc::new(Breaker::new(spec.clone())))
+                .or_insert_with(|| {
+                    Arc::new(Breaker::for_target(
+                        spec.clone(),
+                        self.document.clone(),
+                        self.target.clone(),
+                    ))
+                })
                 .clone(),
         )
     }
@@ -175,6 +185,32 @@ impl Resiliency {
             })
             .collect();
         serde_json::json!({ "documents": self.names, "apps": apps })
+    }
+
+    /// The loaded documents' names.
+    pub fn document_names(&self) -> impl Iterator<Item = &str> {
+        self.names.iter().map(String::as_str)
+    }
+
+    /// Each app with a breaker policy: (app, document, state index), the
+    /// app's state summarising its endpoints' breakers.
+    pub fn app_breaker_states(&self) -> Vec<(&str, &str, usize)> {
+        use super::breaker::State;
+        self.apps
+            .iter()
+            .filter(|(_, p)| p.breaker.is_some())
+            .map(|(app, p)| {
+                let states = p.breaker_states();
+                let state = if !states.is_empty() && states.iter().all(|(_, s)| *s == State::Open) {
+                    State::Open
+                } else if states.iter().any(|(_, s)| *s != State::Closed) {
+                    State::HalfOpen
+                } else {
+                    State::Closed
+                };
+                (&**app, &*p.document, state.index())
+            })
+            .collect()
     }
 
     pub fn for_app(&self, app: &str) -> Option<&Arc<AppPolicy>> {
@@ -255,6 +291,8 @@ impl Resiliency {
                         .is_none_or(|n| breakers.contains_key(n)),
                 )?;
                 let policy = AppPolicy {
+                    document: Arc::from(d.metadata.name.as_str()),
+                    target: Arc::from(app.as_str()),
                     timeout: t.timeout.as_deref().and_then(|n| timeouts.get(n).copied()),
                     retry: t.retry.as_deref().and_then(|n| retries.get(n).cloned()),
                     breaker: t

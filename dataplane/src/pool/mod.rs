@@ -108,6 +108,31 @@ struct Inner {
     cfg: PoolConfig,
     connector: Connector,
     epoch: Instant,
+    /// Connections opened, and dials that failed (metrics).
+    opened: AtomicU64,
+    failed: AtomicU64,
+}
+
+/// A pool's state for metrics and metadata.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PoolStats {
+    pub endpoints: usize,
+    pub connections: usize,
+    pub in_flight: usize,
+    pub opened: u64,
+    pub connect_failures: u64,
+}
+
+impl PoolStats {
+    pub fn to_json(self) -> serde_json::Value {
+        serde_json::json!({
+            "endpoints": self.endpoints,
+            "connections": self.connections,
+            "streamsInFlight": self.in_flight,
+            "connectionsOpened": self.opened,
+            "connectFailures": self.connect_failures,
+        })
+    }
 }
 
 /// The connections to one endpoint.
@@ -211,6 +236,8 @@ impl Pool {
             cfg,
             connector,
             epoch: Instant::now(),
+            opened: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
         });
         tokio::spawn(reap_idle(Arc::downgrade(&inner)));
         Self { inner }
@@ -246,6 +273,25 @@ impl Pool {
         req: Request<SkiffBody>,
     ) -> Result<Response<SkiffBody>, PoolError> {
         self.checkout(addr).await?.send(req).await
+    }
+
+    /// Endpoints, connections and calls in flight, walked at scrape time.
+    pub fn stats(&self) -> PoolStats {
+        let mut st = PoolStats {
+            opened: self.inner.opened.load(Ordering::Relaxed),
+            connect_failures: self.inner.failed.load(Ordering::Relaxed),
+            ..PoolStats::default()
+        };
+        for slot in self.inner.slots.iter() {
+            let conns = slot.conns.load();
+            st.endpoints += 1;
+            st.connections += conns.len();
+            st.in_flight += conns
+                .iter()
+                .map(|c| c.in_flight.load(Ordering::Relaxed))
+                .sum::<usize>();
+        }
+        st
     }
 
     /// Open connections to `addr` (tests and metrics).
@@ -343,7 +389,23 @@ impl Inner {
         Ok(Lease::new(conn))
     }
 
+    /// Dials one connection, counting successes and failures.
     async fn connect(
+        self: &Arc<Self>,
+        slot: &Arc<Slot>,
+        expect: Option<ExpectedPeer<'_>>,
+    ) -> Result<Arc<Conn>, PoolError> {
+        let r = self.dial(slot, expect).await;
+        let counter = if r.is_ok() {
+            &self.opened
+        } else {
+            &self.failed
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        r
+    }
+
+    async fn dial(
         self: &Arc<Self>,
         slot: &Arc<Slot>,
         expect: Option<ExpectedPeer<'_>>,
