@@ -59,5 +59,5 @@ echo "==> web's metadata"
 show curl -s "http://127.0.0.1:3500/v1.0/metadata"
 
 echo "==> Prometheus metrics (Dapr's names): web's invocation counters"
-show sh -c "curl -s http://127.0.0.1:9090/metrics | grep -E '^dapr_(runtime_service_invocation_re[qs]_|http_server_request_count)'"
+show sh -c "curl -s http://127.0.0.1:9090/metrics | grep -E '^dapr_(runtime_service_invocation_re[qs]_[a-z]+_total|http_server_request_count)'"
 echo "==> demo done; stopping"

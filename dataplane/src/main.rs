@@ -32,8 +32,9 @@ fn main() -> ExitCode {
 }
 
 fn fail(e: &anyhow::Error) -> ExitCode {
-    tracing::error!("{e:#}");
-    eprintln!("skiffd: {e:#}");
+    let line = skiff_sentry::report::one_line(e.as_ref());
+    tracing::error!("{line}");
+    eprintln!("skiffd: {line}");
     ExitCode::FAILURE
 }
 

@@ -18,6 +18,7 @@ pub mod csr;
 pub mod jwt;
 pub mod kubernetes;
 pub mod pem;
+pub mod report;
 pub mod server;
 pub mod spiffe;
 pub mod tls;

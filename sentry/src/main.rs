@@ -145,7 +145,10 @@ fn main() -> ExitCode {
     match r {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("skiff-sentry: {e:#}");
+            eprintln!(
+                "skiff-sentry: {}",
+                skiff_sentry::report::one_line(e.as_ref())
+            );
             ExitCode::FAILURE
         }
     }
