@@ -143,7 +143,11 @@ impl Outbound {
             .for_app(&app.app_id)
             .cloned();
         if let Some(p) = policy {
-            return self.send_with_policy(app, &eps, req, &p).await;
+            // Boxed: the policy path's state machine (capture, backoff,
+            // timeouts) is several KiB, and every call's future would
+            // otherwise carry it; it is copied whole whenever the call's
+            // task is spawned or finishes.
+            return Box::pin(self.send_with_policy(app, &eps, req, &p)).await;
         }
         // Replay needs another endpoint to go to; with one, skip the copy.
         let mut replay = if eps.len() > 1 {

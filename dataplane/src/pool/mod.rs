@@ -187,7 +187,8 @@ impl Checkout {
                             req = r;
                             // The replacement must be the same peer.
                             let peer = lease.conn.peer.clone();
-                            lease = pool.lease(&slot, peer.as_ref().map(expected)).await?;
+                            lease =
+                                Box::pin(pool.lease(&slot, peer.as_ref().map(expected))).await?;
                         }
                         _ => {
                             return Err(PoolError::Send {
@@ -375,6 +376,20 @@ impl Inner {
         if let Some(c) = slot.pick(self.cfg.max_streams) {
             return checked(slot, c, expect);
         }
+        // Boxed: waiting for a dial and dialing are large state machines
+        // that every call's future would otherwise carry (and copy when its
+        // task is spawned), while only the rare call that opens a
+        // connection runs them.
+        Box::pin(self.lease_slow(slot, expect)).await
+    }
+
+    /// No usable connection: take the dial lock, and dial unless someone
+    /// else just did.
+    async fn lease_slow(
+        self: &Arc<Self>,
+        slot: &Arc<Slot>,
+        expect: Option<ExpectedPeer<'_>>,
+    ) -> Result<Lease, PoolError> {
         let _dialing = slot.connecting.lock().await;
         // Someone may have connected while we waited.
         if let Some(c) = slot.pick(self.cfg.max_streams) {
