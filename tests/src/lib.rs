@@ -160,6 +160,15 @@ impl Sidecar {
         format!("http://127.0.0.1:{}", self.grpc_port)
     }
 
+    /// A connected gRPC channel to the sidecar's gRPC API.
+    pub async fn grpc_channel(&self) -> tonic::transport::Channel {
+        tonic::transport::Channel::from_shared(self.grpc_addr())
+            .expect("uri")
+            .connect()
+            .await
+            .expect("connect")
+    }
+
     /// The Prometheus exposition, scraped once.
     pub async fn scrape(&self) -> String {
         let c = http_client();

@@ -13,7 +13,6 @@ use skiff_proto::runtime::dapr_client::DaprClient;
 use skiff_tests::*;
 use tokio_stream::StreamExt;
 use tonic::Code;
-use tonic::transport::Channel;
 
 struct Setup {
     echo: Echo,
@@ -44,14 +43,6 @@ fn setup(caller_args: Vec<String>) -> Setup {
     }
 }
 
-async fn channel(s: &Sidecar) -> Channel {
-    Channel::from_shared(s.grpc_addr())
-        .expect("uri")
-        .connect()
-        .await
-        .expect("connect")
-}
-
 fn invoke(id: &str, method: &str, verb: Option<Verb>, data: &'static [u8]) -> InvokeServiceRequest {
     InvokeServiceRequest {
         id: id.into(),
@@ -73,7 +64,7 @@ fn invoke(id: &str, method: &str, verb: Option<Verb>, data: &'static [u8]) -> In
 #[tokio::test]
 async fn invoke_service_to_an_http_app() {
     let s = setup(vec![]);
-    let mut c = DaprClient::new(channel(&s.caller).await);
+    let mut c = DaprClient::new(s.caller.grpc_channel().await);
     let resp = c
         .invoke_service(invoke("web", "items/1", Some(Verb::Put), b"hello"))
         .await
@@ -122,7 +113,7 @@ async fn invoke_service_to_an_http_app() {
 #[tokio::test]
 async fn invoke_service_to_a_grpc_app() {
     let s = setup(vec![]);
-    let mut c = DaprClient::new(channel(&s.caller).await);
+    let mut c = DaprClient::new(s.caller.grpc_channel().await);
     let r = c
         .invoke_service(invoke("rpc", "echo", None, b"ping"))
         .await
@@ -155,7 +146,7 @@ async fn invoke_service_to_a_grpc_app() {
 #[tokio::test]
 async fn invoke_service_over_max_body_size_is_refused() {
     let s = setup(vec!["--max-body-size".into(), "64Ki".into()]);
-    let mut c = DaprClient::new(channel(&s.caller).await);
+    let mut c = DaprClient::new(s.caller.grpc_channel().await);
     static BIG: [u8; 100_000] = [7; 100_000];
     let err = c
         .invoke_service(invoke("rpc", "echo", None, &BIG))
@@ -188,7 +179,7 @@ fn msg(p: &'static [u8], count: u32) -> EchoMessage {
 #[tokio::test]
 async fn proxy_mode_unary_and_server_streaming() {
     let s = setup(vec![]);
-    let mut c = EchoClient::new(channel(&s.caller).await);
+    let mut c = EchoClient::new(s.caller.grpc_channel().await);
     let mut req = with_app_id(msg(b"one", 0), "rpc");
     req.metadata_mut()
         .insert("dapr-caller-app-id", "spoofed".parse().expect("ascii"));
@@ -225,7 +216,7 @@ async fn proxy_mode_unary_and_server_streaming() {
 #[tokio::test]
 async fn proxy_mode_client_and_bidi_streaming() {
     let s = setup(vec![]);
-    let mut c = EchoClient::new(channel(&s.caller).await);
+    let mut c = EchoClient::new(s.caller.grpc_channel().await);
     let up = tokio_stream::iter(vec![msg(b"a", 0), msg(b"b", 0), msg(b"c", 0)]);
     let r = c
         .client_stream(with_app_id(up, "rpc"))
@@ -267,7 +258,7 @@ async fn proxy_mode_client_and_bidi_streaming() {
 #[tokio::test]
 async fn proxy_mode_deadlines_and_errors() {
     let s = setup(vec![]);
-    let mut c = EchoClient::new(channel(&s.caller).await);
+    let mut c = EchoClient::new(s.caller.grpc_channel().await);
     // A raw HTTP/2 gRPC call: tonic's client would enforce grpc-timeout on
     // its own, and here the sidecar must.
     let slow = EchoMessage {
@@ -312,7 +303,7 @@ async fn proxy_mode_deadlines_and_errors() {
 #[tokio::test]
 async fn proxy_mode_propagates_cancellation_to_the_app() {
     let s = setup(vec![]);
-    let mut c = EchoClient::new(channel(&s.caller).await);
+    let mut c = EchoClient::new(s.caller.grpc_channel().await);
     let mut req = with_app_id(
         EchoMessage {
             delay_ms: 5_000,

@@ -82,11 +82,7 @@ async fn metrics_count_allowed_denied_retried_and_failed_calls() {
     // which "transient" (matching HTTP codes only) retries three times when
     // the request body had fully arrived when it was sent (a stream's body
     // is only replayed if so); `k` is how many attempts went.
-    let ch = tonic::transport::Channel::from_shared(web.grpc_addr())
-        .expect("uri")
-        .connect()
-        .await
-        .expect("connect");
+    let ch = web.grpc_channel().await;
     let mut g = EchoClient::new(ch);
     let mut r = tonic::Request::new(EchoMessage::default());
     r.metadata_mut()
@@ -554,11 +550,7 @@ async fn grpc_callers_may_send_grpc_trace_bin() {
     };
     let _rpc = w.sidecar("rpc", with(SidecarOpts::grpc_app(echo.grpc_port)));
     let web = w.sidecar("web", with(SidecarOpts::default()));
-    let ch = tonic::transport::Channel::from_shared(web.grpc_addr())
-        .expect("uri")
-        .connect()
-        .await
-        .expect("connect");
+    let ch = web.grpc_channel().await;
     let mut g = EchoClient::new(ch);
     let trace = [7u8; 16];
     let mut raw = vec![0u8, 0];

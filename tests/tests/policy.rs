@@ -129,11 +129,7 @@ async fn access_control_follows_the_verified_caller() {
     );
 
     // gRPC proxy calls are matched by full method name.
-    let ch = tonic::transport::Channel::from_shared(web.grpc_addr())
-        .expect("uri")
-        .connect()
-        .await
-        .expect("connect");
+    let ch = web.grpc_channel().await;
     let mut g = EchoClient::new(ch);
     let msg = || {
         let mut r = tonic::Request::new(EchoMessage {

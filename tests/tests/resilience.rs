@@ -143,11 +143,7 @@ async fn sigterm_drains_in_flight_calls_and_deregisters() {
     let echo = w.echo("e");
     let mut callee = w.sidecar("slow", SidecarOpts::grpc_app(echo.grpc_port));
     let caller = w.sidecar("caller", SidecarOpts::default());
-    let ch = tonic::transport::Channel::from_shared(caller.grpc_addr())
-        .expect("uri")
-        .connect()
-        .await
-        .expect("connect");
+    let ch = caller.grpc_channel().await;
     let mut c = EchoClient::new(ch);
     let mut req = tonic::Request::new(EchoMessage {
         payload: Bytes::from_static(b"late"),

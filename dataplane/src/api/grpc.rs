@@ -52,10 +52,9 @@ impl GrpcApi {
             .sc
             .settings
             .api_logging
-            .then(|| req.uri().path().to_owned());
-        let sc = self.sc.clone();
+            .then(|| (self.sc.clone(), req.uri().path().to_owned()));
         let resp = self.route(req).await;
-        if let Some(path) = logged {
+        if let Some((sc, path)) = logged {
             let code = resp
                 .headers()
                 .get(headers::GRPC_STATUS)

@@ -40,9 +40,6 @@ pub async fn handle(
         .get(&SKIFF_MODE)
         .is_some_and(|v| v == MODE_GRPC_PROXY);
     let metrics = metrics::get();
-    if let Some(m) = metrics {
-        m.invoke_received(caller_app(&peer, req.headers()));
-    }
     let span = sc.tracer.as_ref().map(|t| {
         let s = t.start(req.headers(), Kind::Server);
         let to_grpc_app = sc
@@ -52,17 +49,19 @@ pub async fn handle(
         s.inject(req.headers_mut(), to_grpc_app);
         s
     });
-    // Kept for the metric and span after the request has moved on.
-    let caller = (metrics.is_some() || span.as_ref().is_some_and(|s| s.sampled))
-        .then(|| caller_app(&peer, req.headers()).to_owned());
-    let method = span
-        .as_ref()
-        .filter(|s| s.sampled)
-        .map(|_| (req.method().clone(), req.uri().path().to_owned()));
+    let sampled = span.as_ref().is_some_and(|s| s.sampled);
+    // Kept for the metric and span after the request has moved on: a
+    // header value, so keeping it is a reference count, not a copy.
+    let caller = (metrics.is_some() || sampled).then(|| caller_app(&peer, req.headers()));
+    let caller_str = || caller.as_ref().and_then(|c| c.to_str().ok()).unwrap_or("");
+    if let Some(m) = metrics {
+        m.invoke_received(caller_str());
+    }
+    let method = sampled.then(|| (req.method().clone(), req.uri().path().to_owned()));
     let resp = serve(&sc, &peer, req, grpc_proxy).await;
     let status = response_status(&resp, grpc_proxy);
-    if let (Some(m), Some(c)) = (metrics, &caller) {
-        m.invoke_responded(c, status);
+    if let Some(m) = metrics {
+        m.invoke_responded(caller_str(), status);
     }
     if let (Some(t), Some(s), Some((verb, path))) = (&sc.tracer, &span, method) {
         t.finish(s, || {
@@ -73,9 +72,8 @@ pub async fn handle(
                 verb.as_str(),
                 status,
             );
-            if let Some(c) = caller {
-                d.attributes.push(("dapr.caller_app_id", Value::Str(c)));
-            }
+            d.attributes
+                .push(("dapr.caller_app_id", Value::Str(caller_str().to_owned())));
             d
         });
     }
@@ -83,14 +81,14 @@ pub async fn handle(
 }
 
 /// The calling app: its certificate's app id with mTLS, else what the
-/// calling sidecar said.
-fn caller_app<'a>(peer: &'a PeerInfo, h: &'a http::HeaderMap) -> &'a str {
+/// calling sidecar said (empty when it said nothing).
+fn caller_app(peer: &PeerInfo, h: &http::HeaderMap) -> HeaderValue {
     match &peer.id {
-        Some(p) => p.id.app_id(),
+        Some(p) => p.app_id.clone(),
         None => h
             .get(headers::DAPR_CALLER_APP_ID)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or(""),
+            .cloned()
+            .unwrap_or_else(|| HeaderValue::from_static("")),
     }
 }
 

@@ -59,35 +59,35 @@ pub fn pools<const N: usize>(e: &mut Encoder, app: &str, pools: [(&str, Option<P
 pub fn resolver(e: &mut Encoder, app: &str, r: &dyn Resolver) {
     let mut sets = r.cached();
     sets.truncate(MAX_SERIES);
+    let rows: Vec<(String, &skiff_resolvers::EndpointSet)> = sets
+        .iter()
+        .map(|(a, set)| {
+            let l = labels(&[
+                ("app_id", app),
+                ("resolver", r.name()),
+                ("dst_app_id", &a.app_id),
+                ("dst_namespace", &a.namespace),
+            ]);
+            (l, &**set)
+        })
+        .collect();
     e.header(
         "skiff_resolver_endpoints",
         "gauge",
         "Endpoints the resolver knows for an app.",
     );
-    for (a, set) in &sets {
-        let l = labels(&[
-            ("app_id", app),
-            ("resolver", r.name()),
-            ("dst_app_id", &a.app_id),
-            ("dst_namespace", &a.namespace),
-        ]);
-        e.sample("skiff_resolver_endpoints", &l, set.snapshot().len());
+    for (l, set) in &rows {
+        e.sample("skiff_resolver_endpoints", l, set.snapshot().len());
     }
     e.header(
         "skiff_resolver_cache_age_seconds",
         "gauge",
         "Time since the resolver last confirmed an app's endpoints.",
     );
-    for (a, set) in &sets {
-        let l = labels(&[
-            ("app_id", app),
-            ("resolver", r.name()),
-            ("dst_app_id", &a.app_id),
-            ("dst_namespace", &a.namespace),
-        ]);
+    for (l, set) in &rows {
         e.sample(
             "skiff_resolver_cache_age_seconds",
-            &l,
+            l,
             set.age().as_secs_f64(),
         );
     }

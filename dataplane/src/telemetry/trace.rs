@@ -70,8 +70,9 @@ pub struct Span {
     pub parent_id: Option<[u8; 8]>,
     pub sampled: bool,
     kind: Kind,
-    start: Instant,
-    start_unix_ns: u64,
+    /// When it started (monotonic, and wall clock for export); read only
+    /// for sampled spans, so an unsampled call reads no clock.
+    started: Option<(Instant, u64)>,
 }
 
 /// Starts and records spans; one per sidecar, cheap to share.
@@ -110,14 +111,14 @@ impl Tracer {
                 (t, None, self.samples(&t))
             }
         };
+        let sampled = sampled && self.queue.is_some();
         Span {
             trace_id,
             span_id: new_span_id(),
             parent_id,
-            sampled: sampled && self.queue.is_some(),
+            sampled,
             kind,
-            start: Instant::now(),
-            start_unix_ns: unix_ns(SystemTime::now()),
+            started: sampled.then(|| (Instant::now(), unix_ns(SystemTime::now()))),
         }
     }
 
@@ -133,23 +134,22 @@ impl Tracer {
     /// Records `span` if sampled: never blocks, drops when the queue is
     /// full. `describe` runs only for sampled spans.
     pub fn finish(&self, span: &Span, describe: impl FnOnce() -> Described) {
-        if !span.sampled {
+        let (Some(q), Some((start, start_unix_ns))) = (&self.queue, span.started) else {
             return;
-        }
-        let Some(q) = &self.queue else { return };
+        };
         let Described {
             name,
             attributes,
             error,
         } = describe();
-        let end = span.start_unix_ns + u64::try_from(span.start.elapsed().as_nanos()).unwrap_or(0);
+        let end = start_unix_ns + u64::try_from(start.elapsed().as_nanos()).unwrap_or(0);
         let data = SpanData {
             trace_id: span.trace_id,
             span_id: span.span_id,
             parent_id: span.parent_id,
             name,
             kind: span.kind,
-            start_unix_ns: span.start_unix_ns,
+            start_unix_ns,
             end_unix_ns: end,
             attributes,
             error,
