@@ -18,10 +18,7 @@ fn main() -> ExitCode {
         Ok(s) => s,
         Err(e) => return fail(&anyhow::Error::new(e)),
     };
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match runtime(flags.worker_threads) {
         Ok(rt) => rt,
         Err(e) => return fail(&anyhow::Error::new(e).context("starting the tokio runtime")),
     };
@@ -29,6 +26,21 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(&e),
     }
+}
+
+/// One worker: a current-thread runtime, whose tasks wake each other
+/// without crossing threads. More: a work-stealing runtime (0 = per core).
+fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    if workers == 1 {
+        return tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build();
+    }
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    if workers > 1 {
+        b.worker_threads(workers);
+    }
+    b.enable_all().build()
 }
 
 fn fail(e: &anyhow::Error) -> ExitCode {
@@ -53,5 +65,18 @@ fn init_logging(level: &str, json: bool, api_logging: bool) {
         builder.json().init();
     } else {
         builder.init();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::runtime::RuntimeFlavor;
+
+    #[test]
+    fn one_worker_is_a_current_thread_runtime() {
+        let flavor = |n| super::runtime(n).map(|rt| rt.handle().runtime_flavor());
+        assert_eq!(flavor(1).ok(), Some(RuntimeFlavor::CurrentThread));
+        assert_eq!(flavor(2).ok(), Some(RuntimeFlavor::MultiThread));
+        assert_eq!(flavor(0).ok(), Some(RuntimeFlavor::MultiThread));
     }
 }

@@ -3,7 +3,8 @@
 # skiffd sidecars versus direct to the echo app, median of ROUNDS, plus the
 # sidecars' peak RSS. Used to choose the HTTP/2 window sizes (perf/RESULTS.md).
 #
-# Usage: perf/scripts/large-body.sh   (SIZE=512 ROUNDS=3; NO_BUILD=1 to skip cargo)
+# Usage: perf/scripts/large-body.sh   (SIZE=512 ROUNDS=3; MTLS=1 for mTLS between
+# the sidecars; NO_BUILD=1 to skip cargo)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 SIZE=${SIZE:-512}
@@ -19,8 +20,9 @@ wait_http() { for _ in $(seq 200); do curl -fs -o /dev/null "http://127.0.0.1:$1
 EH=$(free_port)
 $B/skiff-echo --http-port "$EH" 2>/dev/null & pids+=($!)
 H1=$(free_port); H2=$(free_port)
-$B/skiffd --app-id big --app-port "$EH" --dapr-http-port "$H1" --dapr-grpc-port "$(free_port)" --metrics-port 0 --log-level warn & pids+=($!); P1=$!
-$B/skiffd --app-id caller --dapr-http-port "$H2" --dapr-grpc-port "$(free_port)" --metrics-port 0 --log-level warn & pids+=($!); P2=$!
+tls=(); [ -n "${MTLS:-}" ] && tls=(--enable-mtls)
+$B/skiffd --app-id big --app-port "$EH" --dapr-http-port "$H1" --dapr-grpc-port "$(free_port)" --metrics-port 0 --log-level warn "${tls[@]}" & pids+=($!); P1=$!
+$B/skiffd --app-id caller --dapr-http-port "$H2" --dapr-grpc-port "$(free_port)" --metrics-port 0 --log-level warn "${tls[@]}" & pids+=($!); P2=$!
 wait_http "$H1"; wait_http "$H2"
 peak=0
 sample() { while :; do for p in $P1 $P2; do r=$(awk '/VmRSS/ {print $2}' /proc/$p/status); [ "$r" -gt "$(cat "$work/peak" 2>/dev/null || echo 0)" ] && echo "$r" > "$work/peak"; done; sleep 0.02; done; }

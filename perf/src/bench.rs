@@ -238,7 +238,18 @@ impl Drop for Procs {
 pub struct Echo {
     pub http_port: u16,
     pub grpc_port: u16,
+    /// A second echo process that takes the sidecars' OTLP/HTTP spans (it
+    /// answers any POST with 200), so tracing exports for real.
+    pub trace_sink_port: u16,
 }
+
+/// The HTTP path every path calls: the app returns the request's body and
+/// nothing else (the echo app's `/echo` also reflects every request header,
+/// which would charge each hop for the headers the one before it added).
+pub const APP_PATH: &str = "/mirror";
+
+/// Dapr's published test samples one trace in ten.
+pub const SAMPLING_RATE: &str = "0.1";
 
 /// One measured run.
 struct Run {
@@ -412,15 +423,19 @@ pub async fn wait_port(port: u16) -> anyhow::Result<()> {
 
 fn start_echo(bin: &FsPath, procs: &mut Procs) -> anyhow::Result<Echo> {
     let (http_port, grpc_port) = (free_port()?, free_port()?);
-    procs.spawn(Command::new(bin.join("skiff-echo")).args([
-        "--http-port",
-        &http_port.to_string(),
-        "--grpc-port",
-        &grpc_port.to_string(),
-    ]))?;
+    let (trace_sink_port, sink_grpc) = (free_port()?, free_port()?);
+    for (h, g) in [(http_port, grpc_port), (trace_sink_port, sink_grpc)] {
+        procs.spawn(Command::new(bin.join("skiff-echo")).args([
+            "--http-port",
+            &h.to_string(),
+            "--grpc-port",
+            &g.to_string(),
+        ]))?;
+    }
     Ok(Echo {
         http_port,
         grpc_port,
+        trace_sink_port,
     })
 }
 
@@ -433,7 +448,7 @@ async fn start_path(
     let r = match k {
         PathKind::Direct => Some(Running {
             entry: Entry {
-                http_url: format!("http://127.0.0.1:{}/echo", echo.http_port).parse()?,
+                http_url: format!("http://127.0.0.1:{}{APP_PATH}", echo.http_port).parse()?,
                 grpc_url: format!(
                     "http://127.0.0.1:{}/skiff.echo.v1.Echo/Unary",
                     echo.grpc_port
@@ -469,6 +484,7 @@ fn start_skiff(bin: &FsPath, work: &FsPath, echo: &Echo, mtls: bool) -> anyhow::
         "skiff-home-plain"
     });
     let mut procs = Procs::default();
+    let policy = write_policy(&home, mtls, echo.trace_sink_port)?;
     let mut sidecar = |id: &str, app: Option<(u16, &str)>| -> anyhow::Result<(u32, u16, u16)> {
         let (h, g) = (free_port()?, free_port()?);
         let mut cmd = Command::new(bin.join("skiffd"));
@@ -490,6 +506,10 @@ fn start_skiff(bin: &FsPath, work: &FsPath, echo: &Echo, mtls: bool) -> anyhow::
         .env_remove("DAPR_API_TOKEN");
         if let Some((port, proto)) = app {
             cmd.args(["--app-port", &port.to_string(), "--app-protocol", proto]);
+            cmd.arg("--config").arg(&policy.callee_config);
+        } else {
+            cmd.arg("--config").arg(&policy.caller_config);
+            cmd.arg("--resources-path").arg(&policy.caller_resources);
         }
         if mtls {
             cmd.arg("--enable-mtls");
@@ -508,20 +528,80 @@ fn start_skiff(bin: &FsPath, work: &FsPath, echo: &Echo, mtls: bool) -> anyhow::
     grpc_headers.insert("dapr-app-id", HeaderValue::from_static("rpc"));
     Ok(Running {
         entry: Entry {
-            http_url: format!("http://127.0.0.1:{ch}/v1.0/invoke/web/method/echo").parse()?,
+            http_url: format!("http://127.0.0.1:{ch}/v1.0/invoke/web/method{APP_PATH}")
+                .parse()?,
             grpc_url: format!("http://127.0.0.1:{cg}/skiff.echo.v1.Echo/Unary").parse()?,
             grpc_headers,
             http_pids: vec![caller, web],
             grpc_pids: vec![caller, rpc],
             note: if mtls {
-                "client → skiffd → mTLS h2 (TLS 1.3, ECDSA P-256, embedded CA) → skiffd → app; 1 worker each"
+                "client → skiffd → mTLS h2 (TLS 1.3, ECDSA P-256, embedded CA) → skiffd → app; 1 worker each; \
+                 callee ACL (caller's SPIFFE ID), caller resiliency (timeout, retry, breaker), metrics, \
+                 tracing 0.1 exported over OTLP/HTTP"
             } else {
-                "client → skiffd → plaintext h2 → skiffd → app; 1 worker each"
+                "client → skiffd → plaintext h2 → skiffd → app; 1 worker each; resiliency, metrics, \
+                 tracing 0.1 (no ACL: it keys on the mTLS identity)"
             }
             .into(),
         },
         procs,
     })
+}
+
+/// The configuration files of the real path.
+struct Policy {
+    callee_config: PathBuf,
+    caller_config: PathBuf,
+    caller_resources: PathBuf,
+}
+
+/// What Dapr's published test runs with, and what a production sidecar
+/// carries: metrics (on by default), tracing sampled at 0.1 and exported,
+/// the callee's access control list keyed on the caller's SPIFFE ID (with
+/// mTLS), and a resiliency policy on the caller (timeout, retry with its
+/// replay buffer, circuit breaker) for both target apps.
+fn write_policy(home: &FsPath, mtls: bool, sink_port: u16) -> anyhow::Result<Policy> {
+    let resources = home.join("resources");
+    std::fs::create_dir_all(&resources)
+        .with_context(|| format!("creating {}", resources.display()))?;
+    let tracing = format!(
+        "  tracing:\n    samplingRate: \"{SAMPLING_RATE}\"\n    otel:\n      \
+         endpointAddress: \"127.0.0.1:{sink_port}\"\n      isSecure: false\n      protocol: http\n"
+    );
+    let acl = if mtls {
+        "  accessControl:\n    defaultAction: deny\n    trustDomain: public\n    policies:\n      \
+         - appId: caller\n        namespace: default\n        trustDomain: public\n        \
+         defaultAction: allow\n"
+    } else {
+        ""
+    };
+    let config = |name: &str, body: &str| {
+        format!(
+            "apiVersion: dapr.io/v1alpha1\nkind: Configuration\nmetadata:\n  name: {name}\nspec:\n{body}"
+        )
+    };
+    let p = Policy {
+        callee_config: home.join("callee.yaml"),
+        caller_config: home.join("caller.yaml"),
+        caller_resources: resources.clone(),
+    };
+    let resiliency = "apiVersion: dapr.io/v1alpha1\nkind: Resiliency\nmetadata:\n  name: bench\nspec:\n  \
+        policies:\n    timeouts:\n      general: 5s\n    retries:\n      transient:\n        \
+        policy: constant\n        duration: 10ms\n        maxRetries: 3\n    circuitBreakers:\n      \
+        app-cb:\n        maxRequests: 1\n        timeout: 10s\n        trip: consecutiveFailures >= 50\n  \
+        targets:\n    apps:\n      web: {timeout: general, retry: transient, circuitBreaker: app-cb}\n      \
+        rpc: {timeout: general, retry: transient, circuitBreaker: app-cb}\n";
+    for (path, text) in [
+        (
+            &p.callee_config,
+            config("bench-callee", &format!("{tracing}{acl}")),
+        ),
+        (&p.caller_config, config("bench-caller", &tracing)),
+        (&resources.join("resiliency.yaml"), resiliency.to_owned()),
+    ] {
+        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(p)
 }
 
 fn spec_for(e: &Entry, proto: BenchProto, scenario: Scenario, secs: f64, warmup: f64) -> Spec {

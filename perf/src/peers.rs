@@ -138,7 +138,8 @@ pub fn start(kind: PathKind, work: &Path, echo: &Echo) -> anyhow::Result<Option<
     };
     Ok(Some(Running {
         entry: Entry {
-            http_url: format!("http://127.0.0.1:{}/echo", p.http_in).parse()?,
+            http_url: format!("http://127.0.0.1:{}{}", p.http_in, crate::bench::APP_PATH)
+                .parse()?,
             grpc_url: format!("http://127.0.0.1:{}/skiff.echo.v1.Echo/Unary", p.grpc_in).parse()?,
             grpc_headers: HeaderMap::new(),
             http_pids: pids.clone(),

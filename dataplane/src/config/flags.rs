@@ -197,11 +197,13 @@ pub struct Flags {
     /// --max-body-size.
     #[arg(long = "retry-buffer-size", default_value = "64Ki")]
     pub retry_buffer_size: String,
-    /// Tokio worker threads; 0 = one per core.
+    /// Worker threads: 1 (the default) runs everything on one thread with
+    /// a current-thread runtime; N > 1 a work-stealing runtime with N
+    /// workers; 0 one worker per core.
     #[arg(
         long = "worker-threads",
         env = "SKIFF_WORKER_THREADS",
-        default_value_t = 0,
+        default_value_t = DEFAULT_WORKER_THREADS,
         hide = true
     )]
     pub worker_threads: usize,
@@ -209,6 +211,12 @@ pub struct Flags {
     #[arg(env = "SKIFF_HOME", long = "skiff-home", hide = true)]
     pub skiff_home: Option<PathBuf>,
 }
+
+/// One thread by default, as linkerd2-proxy does: a sidecar shares its node
+/// with the app it serves, and on one thread a call's tasks wake each other
+/// with no cross-thread handoff (no futex, no work stealing). Measured in
+/// perf/RESULTS.md ("One thread").
+pub const DEFAULT_WORKER_THREADS: usize = 1;
 
 /// The internal port in Kubernetes mode when none is given (daprd's).
 pub const DEFAULT_KUBERNETES_INTERNAL_PORT: u16 = 50002;
