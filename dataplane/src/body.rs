@@ -1,10 +1,10 @@
 //! The one body type that flows through the sidecar.
 //!
 //! An enum rather than a boxed trait object: the common cases (a streamed
-//! `Incoming` body handed from one connection to another, a small buffered
-//! message, nothing) cost no allocation, and a body read from a pooled
-//! connection carries the lease that keeps its stream counted until the last
-//! frame has passed.
+//! body handed from one connection to another, a small buffered message,
+//! nothing) cost no allocation, and a body read from a pooled connection
+//! carries the lease that keeps its stream counted until the last frame has
+//! passed.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -15,6 +15,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
+use crate::http2::RecvBody;
 use crate::pool::Lease;
 use crate::telemetry::metrics::GrpcCodes;
 
@@ -27,20 +28,24 @@ pub enum SkiffBody {
     Empty,
     /// A complete message; `None` once yielded.
     Full(Option<Bytes>),
-    /// Frames streamed from another connection.
+    /// A request on an HTTP/1.1 connection (hyper's).
     Incoming(Incoming),
+    /// A request on a served HTTP/2 stream.
+    H2(RecvBody),
     /// A response streamed from a pooled connection; the lease is released
     /// when the body ends or is dropped.
-    Pooled(Incoming, Lease),
+    Pooled(RecvBody, Lease),
+    /// A response read from an HTTP/1.1 app.
+    H1(crate::appchannel::http1::H1Body),
     /// A response produced by a tonic service.
     Grpc(tonic::body::Body),
     /// A request whose first bytes were read ahead (for a retry that then
     /// could not be offered): those bytes, the trailers if they were read
     /// too (the stream is then over), else the rest of the stream.
-    Prefixed(Option<Bytes>, Option<http::HeaderMap>, Incoming),
+    Prefixed(Option<Bytes>, Option<http::HeaderMap>, Box<SkiffBody>),
     /// A streamed gRPC response whose status is recorded as its trailers
     /// pass (the lease, when pooled, as in `Pooled`).
-    Observed(Incoming, Option<Lease>, GrpcDone),
+    Observed(RecvBody, Option<Lease>, GrpcDone),
     /// The same for any other body (a tonic response); boxed, as it nests.
     ObservedBoxed(Box<SkiffBody>, GrpcDone),
 }
@@ -110,7 +115,7 @@ pub fn observe_grpc(
         recorded: false,
     };
     resp.map(|b| match b {
-        SkiffBody::Incoming(i) => SkiffBody::Observed(i, None, done),
+        SkiffBody::H2(i) => SkiffBody::Observed(i, None, done),
         SkiffBody::Pooled(i, l) => SkiffBody::Observed(i, Some(l), done),
         other => SkiffBody::ObservedBoxed(Box::new(other), done),
     })
@@ -133,6 +138,10 @@ impl From<Incoming> for SkiffBody {
     }
 }
 
+fn boxed(e: impl std::error::Error + Send + Sync + 'static) -> BoxError {
+    Box::new(e)
+}
+
 impl Body for SkiffBody {
     type Data = Bytes;
     type Error = BoxError;
@@ -145,15 +154,12 @@ impl Body for SkiffBody {
         match self.get_mut() {
             Self::Empty => Poll::Ready(None),
             Self::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
-            Self::Incoming(b) | Self::Pooled(b, _) => Pin::new(b)
-                .poll_frame(cx)
-                .map_err(|e| Box::new(e) as BoxError),
-            Self::Grpc(b) => Pin::new(b)
-                .poll_frame(cx)
-                .map_err(|e| Box::new(e) as BoxError),
+            Self::Incoming(b) => Pin::new(b).poll_frame(cx).map_err(boxed),
+            Self::H2(b) | Self::Pooled(b, _) => b.poll_frame(cx).map_err(boxed),
+            Self::H1(b) => b.poll_frame(cx).map_err(boxed),
+            Self::Grpc(b) => Pin::new(b).poll_frame(cx).map_err(boxed),
             Self::Observed(b, _, done) => {
-                let r = ready!(Pin::new(b).poll_frame(cx))
-                    .map(|r| r.map_err(|e| Box::new(e) as BoxError));
+                let r = ready!(b.poll_frame(cx)).map(|r| r.map_err(boxed));
                 done.see(&r);
                 Poll::Ready(r)
             }
@@ -170,9 +176,7 @@ impl Body for SkiffBody {
                     // Trailers end a stream: `rest` has nothing after them.
                     return Poll::Ready(Some(Ok(Frame::trailers(t))));
                 }
-                Pin::new(rest)
-                    .poll_frame(cx)
-                    .map_err(|e| Box::new(e) as BoxError)
+                Pin::new(&mut **rest).poll_frame(cx)
             }
         }
     }
@@ -181,7 +185,9 @@ impl Body for SkiffBody {
         match self {
             Self::Empty => true,
             Self::Full(b) => b.is_none(),
-            Self::Incoming(b) | Self::Pooled(b, _) => b.is_end_stream(),
+            Self::Incoming(b) => b.is_end_stream(),
+            Self::H2(b) | Self::Pooled(b, _) => b.is_end_stream(),
+            Self::H1(b) => b.is_end_stream(),
             Self::Grpc(b) => b.is_end_stream(),
             Self::Prefixed(p, t, rest) => p.is_none() && t.is_none() && rest.is_end_stream(),
             Self::Observed(b, _, _) => b.is_end_stream(),
@@ -193,8 +199,10 @@ impl Body for SkiffBody {
         match self {
             Self::Empty => SizeHint::with_exact(0),
             Self::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
-            Self::Incoming(b) | Self::Pooled(b, _) | Self::Observed(b, _, _) => b.size_hint(),
+            Self::Incoming(b) => b.size_hint(),
+            Self::H2(b) | Self::Pooled(b, _) | Self::Observed(b, _, _) => b.size_hint(),
             Self::ObservedBoxed(b, _) => b.size_hint(),
+            Self::H1(b) => b.size_hint(),
             Self::Grpc(b) => b.size_hint(),
             Self::Prefixed(p, _, rest) => {
                 let n = p.as_ref().map_or(0, |b| b.len() as u64);

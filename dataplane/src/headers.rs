@@ -37,11 +37,14 @@ pub const SKIFF_TYPE_URL: HeaderName = HeaderName::from_static("skiff-type-url")
 pub const SKIFF_GRPC_STATUS: HeaderName = HeaderName::from_static("skiff-grpc-status");
 pub const SKIFF_GRPC_MESSAGE: HeaderName = HeaderName::from_static("skiff-grpc-message");
 
+pub const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+pub const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1).
 const HOP_BY_HOP: [HeaderName; 7] = [
     header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
+    KEEP_ALIVE,
+    PROXY_CONNECTION,
     header::PROXY_AUTHORIZATION,
     header::TRANSFER_ENCODING,
     header::UPGRADE,

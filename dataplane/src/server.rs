@@ -1,26 +1,34 @@
 //! Accept loops for the sidecar's listeners, with graceful drain.
 //!
-//! Each accepted connection is served by hyper on its own task. On shutdown
-//! the accept loop stops, every connection is asked to finish (HTTP/2 GOAWAY,
-//! HTTP/1.1 close after the current response), and [`Drain::wait`] returns
-//! once all have ended or the grace period is over.
+//! Each accepted connection is served on its own task: HTTP/2 (the internal
+//! and gRPC ports, and h2c on the HTTP port, told apart by its preface) by
+//! [`crate::http2::server`], HTTP/1.1 by hyper. Handlers see one request
+//! type either way. On shutdown the accept loop stops, every connection is
+//! asked to finish (HTTP/2 GOAWAY, HTTP/1.1 close after the current
+//! response), and [`Drain::wait`] returns once all have ended or the grace
+//! period is over.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
+use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
 use crate::body::SkiffBody;
-use crate::pool::{DEFAULT_CONN_WINDOW, DEFAULT_STREAM_WINDOW};
-use crate::transport::{Acceptor, PeerInfo};
+use crate::http2;
+use crate::pool::{
+    DEFAULT_CONN_WINDOW, DEFAULT_KEEPALIVE_INTERVAL, DEFAULT_KEEPALIVE_TIMEOUT, DEFAULT_MAX_FRAME,
+    DEFAULT_STREAM_WINDOW,
+};
+use crate::transport::{Acceptor, Io, PeerInfo};
 
 /// Concurrent streams a client may open on one HTTP/2 connection.
 pub const MAX_CONCURRENT_STREAMS: u32 = 1024;
@@ -100,6 +108,20 @@ pub struct ListenerConfig {
     pub max_header_bytes: usize,
 }
 
+impl ListenerConfig {
+    fn h2(&self) -> http2::server::Settings {
+        http2::server::Settings {
+            max_concurrent_streams: MAX_CONCURRENT_STREAMS,
+            max_header_list_size: u32::try_from(self.max_header_bytes).unwrap_or(u32::MAX),
+            stream_window: DEFAULT_STREAM_WINDOW,
+            conn_window: DEFAULT_CONN_WINDOW,
+            max_frame_size: DEFAULT_MAX_FRAME,
+            keepalive_interval: DEFAULT_KEEPALIVE_INTERVAL,
+            keepalive_timeout: DEFAULT_KEEPALIVE_TIMEOUT,
+        }
+    }
+}
+
 /// Accepts connections until shutdown, serving each with `handler`.
 pub async fn serve<H, F>(
     listener: TcpListener,
@@ -108,10 +130,10 @@ pub async fn serve<H, F>(
     mut watch: Watch,
     handler: H,
 ) where
-    H: Fn(PeerInfo, Request<Incoming>) -> F + Clone + Send + Sync + 'static,
-    F: Future<Output = Result<Response<SkiffBody>, Infallible>> + Send + 'static,
+    H: Fn(PeerInfo, Request<SkiffBody>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<SkiffBody>> + Send + 'static,
 {
-    let builder = builder(&cfg);
+    let cfg = Arc::new(cfg);
     loop {
         let (tcp, addr) = tokio::select! {
             r = listener.accept() => match r {
@@ -128,7 +150,7 @@ pub async fn serve<H, F>(
         tokio::spawn(serve_conn(
             tcp,
             addr,
-            builder.clone(),
+            cfg.clone(),
             acceptor.clone(),
             watch.clone(),
             handler.clone(),
@@ -139,13 +161,13 @@ pub async fn serve<H, F>(
 async fn serve_conn<H, F>(
     tcp: tokio::net::TcpStream,
     addr: SocketAddr,
-    builder: auto::Builder<TokioExecutor>,
+    cfg: Arc<ListenerConfig>,
     acceptor: Acceptor,
     mut watch: Watch,
     handler: H,
 ) where
-    H: Fn(PeerInfo, Request<Incoming>) -> F + Clone + Send + Sync + 'static,
-    F: Future<Output = Result<Response<SkiffBody>, Infallible>> + Send + 'static,
+    H: Fn(PeerInfo, Request<SkiffBody>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<SkiffBody>> + Send + 'static,
 {
     let (io, peer) = match acceptor.accept(tcp, addr).await {
         Ok(x) => x,
@@ -154,43 +176,88 @@ async fn serve_conn<H, F>(
             return;
         }
     };
-    let svc = service_fn(move |req| handler(peer.clone(), req));
-    let conn = builder.serve_connection(TokioIo::new(io), svc);
-    tokio::pin!(conn);
-    tokio::select! {
-        r = conn.as_mut() => log_conn_end(addr, r),
-        () = watch.signaled() => {
-            conn.as_mut().graceful_shutdown();
-            log_conn_end(addr, conn.await);
+    let h2 = match (&io, cfg.protocols) {
+        (_, Protocols::H2Only) => true,
+        (Io::Plain(tcp), Protocols::Http1AndH2) => match starts_with_h2_preface(tcp).await {
+            Ok(h2) => h2,
+            Err(e) => {
+                tracing::debug!(%addr, error = %e, "no request");
+                return;
+            }
+        },
+        // TLS on a mixed listener would need ALPN; none is configured so.
+        (Io::Tls(_), Protocols::Http1AndH2) => false,
+    };
+    if h2 {
+        let shutdown = watch.signaled();
+        if let Err(e) =
+            http2::server::serve_connection(io, peer, &cfg.h2(), handler, shutdown).await
+        {
+            // Garbage, resets and timeouts end one connection; others carry on.
+            tracing::debug!(%addr, error = %e, "connection ended with error");
         }
+        return;
     }
+    serve_http1(io, addr, peer, &cfg, handler, watch).await;
 }
 
-fn log_conn_end(addr: SocketAddr, r: Result<(), Box<dyn std::error::Error + Send + Sync>>) {
+/// HTTP/1.1 on hyper, whose dispatcher runs the handler inside the
+/// connection's task.
+async fn serve_http1<H, F>(
+    io: Io,
+    addr: SocketAddr,
+    peer: PeerInfo,
+    cfg: &ListenerConfig,
+    handler: H,
+    mut watch: Watch,
+) where
+    H: Fn(PeerInfo, Request<SkiffBody>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<SkiffBody>> + Send + 'static,
+{
+    let svc = service_fn(move |req: Request<Incoming>| {
+        let call = handler(peer.clone(), req.map(SkiffBody::Incoming));
+        async move { Ok::<_, Infallible>(call.await) }
+    });
+    let mut b = http1::Builder::new();
+    b.timer(TokioTimer::new())
+        .max_buf_size(cfg.max_header_bytes)
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .keep_alive(true);
+    let conn = b.serve_connection(TokioIo::new(io), svc);
+    tokio::pin!(conn);
+    let r = tokio::select! {
+        r = conn.as_mut() => r,
+        () = watch.signaled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
     if let Err(e) = r {
-        // Garbage, resets and timeouts end one connection; others carry on.
         tracing::debug!(%addr, error = %e, "connection ended with error");
     }
 }
 
-fn builder(cfg: &ListenerConfig) -> auto::Builder<TokioExecutor> {
-    let mut b = auto::Builder::new(TokioExecutor::new());
-    b.http1()
-        .timer(TokioTimer::new())
-        .max_buf_size(cfg.max_header_bytes)
-        .header_read_timeout(HEADER_READ_TIMEOUT)
-        .keep_alive(true);
-    b.http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
-        .max_header_list_size(u32::try_from(cfg.max_header_bytes).unwrap_or(u32::MAX))
-        .initial_stream_window_size(DEFAULT_STREAM_WINDOW)
-        .initial_connection_window_size(DEFAULT_CONN_WINDOW)
-        .max_frame_size(crate::pool::DEFAULT_MAX_FRAME)
-        .keep_alive_interval(crate::pool::DEFAULT_KEEPALIVE_INTERVAL)
-        .keep_alive_timeout(crate::pool::DEFAULT_KEEPALIVE_TIMEOUT);
-    if cfg.protocols == Protocols::H2Only {
-        b = b.http2_only();
+/// What an HTTP/2 client sends first, prior knowledge (RFC 9113 §3.4).
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Tells h2c from HTTP/1.1 by peeking at the first bytes, leaving them in
+/// the socket for whichever codec takes the connection.
+async fn starts_with_h2_preface(tcp: &tokio::net::TcpStream) -> std::io::Result<bool> {
+    let deadline = tokio::time::Instant::now() + HEADER_READ_TIMEOUT;
+    let mut buf = [0u8; H2_PREFACE.len()];
+    loop {
+        let n = tokio::time::timeout_at(deadline, tcp.peek(&mut buf))
+            .await
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no request"))??;
+        if n == 0 || buf[..n] != H2_PREFACE[..n] {
+            // HTTP/1.1 (or nothing): hyper answers, or closes, as it should.
+            return Ok(false);
+        }
+        if n == H2_PREFACE.len() {
+            return Ok(true);
+        }
+        // Part of the preface so far (clients send it in one segment, so
+        // this is rare): the bytes stay readable, so wait rather than spin.
+        tokio::time::sleep(Duration::from_millis(1)).await;
     }
-    b
 }

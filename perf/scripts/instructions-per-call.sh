@@ -11,6 +11,7 @@
 #   PROTO http (/v1.0/invoke/.../hits, no header echo) | grpc (proxy mode,
 #         skiff.echo.v1.Echo/Unary)
 #   SIDE  caller | callee
+# CG_OUT=FILE keeps the callgrind profile (for callgrind_annotate).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 mode=$1; proto=$2; which=$3; n=${4:-2000}
@@ -66,3 +67,5 @@ sleep 0.5
 f=$(ls -t "$w"/cg.out* | head -1)
 ir=$(grep -m1 "^summary:\|^totals:" "$f" | awk '{print $2}')
 echo "$mode $proto $which: $((ir / n)) instructions/call"
+# CG_OUT=path keeps the profile for callgrind_annotate.
+if [ -n "${CG_OUT:-}" ]; then cp "$f" "$CG_OUT"; fi

@@ -61,6 +61,10 @@ pub struct BenchArgs {
     /// Seconds per measured run (overrides --quick's and the default).
     #[arg(long)]
     pub seconds: Option<f64>,
+    /// The skiff paths' trace sampling rate (Dapr's published test: 0.1;
+    /// 0 keeps tracing configured but samples nothing).
+    #[arg(long, default_value = SAMPLING_RATE)]
+    pub sampling_rate: String,
 }
 
 /// Every path, or for `--quick` all but `skiff-plain` (the mTLS cost is a
@@ -248,7 +252,7 @@ pub struct Echo {
 /// which would charge each hop for the headers the one before it added).
 pub const APP_PATH: &str = "/mirror";
 
-/// Dapr's published test samples one trace in ten.
+/// Dapr's published test samples one trace in ten (`--sampling-rate`).
 pub const SAMPLING_RATE: &str = "0.1";
 
 /// One measured run.
@@ -322,7 +326,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         kinds.insert(0, PathKind::Direct);
     }
     for k in kinds {
-        match start_path(k, &bin_dir, &work, &echo).await {
+        match start_path(k, &bin_dir, &work, &echo, &args.sampling_rate).await {
             Ok(Some(r)) => running.push((k, r)),
             Ok(None) => skipped.push(format!(
                 "{}: not installed (skiff-perf bench --install-peers installs it)",
@@ -444,6 +448,7 @@ async fn start_path(
     bin: &FsPath,
     work: &FsPath,
     echo: &Echo,
+    sampling: &str,
 ) -> anyhow::Result<Option<Running>> {
     let r = match k {
         PathKind::Direct => Some(Running {
@@ -461,8 +466,8 @@ async fn start_path(
             },
             procs: Procs::default(),
         }),
-        PathKind::Skiff => Some(start_skiff(bin, work, echo, true)?),
-        PathKind::SkiffPlain => Some(start_skiff(bin, work, echo, false)?),
+        PathKind::Skiff => Some(start_skiff(bin, work, echo, true, sampling)?),
+        PathKind::SkiffPlain => Some(start_skiff(bin, work, echo, false, sampling)?),
         peer => peers::start(peer, work, echo)?,
     };
     let Some(mut r) = r else { return Ok(None) };
@@ -477,14 +482,20 @@ async fn start_path(
     Ok(Some(r))
 }
 
-fn start_skiff(bin: &FsPath, work: &FsPath, echo: &Echo, mtls: bool) -> anyhow::Result<Running> {
+fn start_skiff(
+    bin: &FsPath,
+    work: &FsPath,
+    echo: &Echo,
+    mtls: bool,
+    sampling: &str,
+) -> anyhow::Result<Running> {
     let home = work.join(if mtls {
         "skiff-home"
     } else {
         "skiff-home-plain"
     });
     let mut procs = Procs::default();
-    let policy = write_policy(&home, mtls, echo.trace_sink_port)?;
+    let policy = write_policy(&home, mtls, echo.trace_sink_port, sampling)?;
     let mut sidecar = |id: &str, app: Option<(u16, &str)>| -> anyhow::Result<(u32, u16, u16)> {
         let (h, g) = (free_port()?, free_port()?);
         let mut cmd = Command::new(bin.join("skiffd"));
@@ -560,12 +571,23 @@ struct Policy {
 /// the callee's access control list keyed on the caller's SPIFFE ID (with
 /// mTLS), and a resiliency policy on the caller (timeout, retry with its
 /// replay buffer, circuit breaker) for both target apps.
-fn write_policy(home: &FsPath, mtls: bool, sink_port: u16) -> anyhow::Result<Policy> {
+fn write_policy(
+    home: &FsPath,
+    mtls: bool,
+    sink_port: u16,
+    sampling: &str,
+) -> anyhow::Result<Policy> {
+    if sampling
+        .parse::<f64>()
+        .map_or(true, |r| !(0.0..=1.0).contains(&r))
+    {
+        bail!("--sampling-rate {sampling:?}: want a number from 0 to 1");
+    }
     let resources = home.join("resources");
     std::fs::create_dir_all(&resources)
         .with_context(|| format!("creating {}", resources.display()))?;
     let tracing = format!(
-        "  tracing:\n    samplingRate: \"{SAMPLING_RATE}\"\n    otel:\n      \
+        "  tracing:\n    samplingRate: \"{sampling}\"\n    otel:\n      \
          endpointAddress: \"127.0.0.1:{sink_port}\"\n      isSecure: false\n      protocol: http\n"
     );
     let acl = if mtls {

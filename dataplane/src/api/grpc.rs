@@ -2,13 +2,11 @@
 //! mode, where any other gRPC call carrying `dapr-app-id` metadata is
 //! forwarded frame for frame to the target app, without decoding protobuf.
 
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::header::CONTENT_TYPE;
 use http::{HeaderMap, HeaderValue, Method, Request, Response};
-use hyper::body::Incoming;
 use skiff_proto::common::{InvokeResponse, http_extension::Verb};
 use skiff_proto::google::protobuf::Any;
 use skiff_proto::runtime::InvokeServiceRequest;
@@ -45,7 +43,7 @@ impl GrpcApi {
 
     /// Serves one request on the gRPC API port, counted in Dapr's gRPC
     /// server metrics once its status is known.
-    pub async fn handle(self, req: Request<Incoming>) -> Result<Response<SkiffBody>, Infallible> {
+    pub async fn handle(self, req: Request<SkiffBody>) -> Response<SkiffBody> {
         let start = Instant::now();
         let series = metrics::get().map(|m| m.grpc_server(req.uri().path()));
         let logged = self
@@ -62,13 +60,13 @@ impl GrpcApi {
                 .unwrap_or("pending");
             tracing::info!(target: super::http::API_LOG_TARGET, app_id = %sc.settings.app_id, method = %path, code, duration_us = start.elapsed().as_micros() as u64, "gRPC API called");
         }
-        Ok(match series {
+        match series {
             Some(codes) => crate::body::observe_grpc(resp, codes, start),
             None => resp,
-        })
+        }
     }
 
-    async fn route(mut self, req: Request<Incoming>) -> Response<SkiffBody> {
+    async fn route(mut self, req: Request<SkiffBody>) -> Response<SkiffBody> {
         if !super::token_ok(self.sc.settings.api_token.as_deref(), req.headers()) {
             return errors::grpc_error(Code::Unauthenticated, "invalid api token");
         }
@@ -89,7 +87,7 @@ impl GrpcApi {
 /// Forwards a gRPC call to the app named by `dapr-app-id`. Bodies and
 /// trailers stream both ways, so every call shape works; the deadline
 /// travels in `grpc-timeout` and also bounds the wait for the response head.
-async fn proxy(sc: &Sidecar, req: Request<Incoming>) -> Response<SkiffBody> {
+async fn proxy(sc: &Sidecar, req: Request<SkiffBody>) -> Response<SkiffBody> {
     let raw = req
         .headers()
         .get(&DAPR_APP_ID)
@@ -121,7 +119,7 @@ async fn proxy(sc: &Sidecar, req: Request<Incoming>) -> Response<SkiffBody> {
         .as_ref()
         .filter(|s| s.sampled)
         .map(|_| parts.uri.path().to_owned());
-    let out = Request::from_parts(parts, SkiffBody::Incoming(body));
+    let out = Request::from_parts(parts, body);
     let send = sc.outbound.send(&target, out);
     let result = match deadline {
         Some(d) => match tokio::time::timeout(d, send).await {

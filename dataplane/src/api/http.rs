@@ -1,12 +1,10 @@
 //! Dapr's HTTP API: service invocation (`/v1.0/invoke/{app}/method/{m}` and
 //! the `dapr-app-id` header form), health, metadata and shutdown.
 
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Instant;
 
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
-use hyper::body::Incoming;
 
 use crate::body::SkiffBody;
 use crate::errors::{code, http_error};
@@ -20,10 +18,7 @@ const INVOKE_PREFIX: &str = "/v1.0/invoke/";
 
 /// Serves one request on the HTTP API port, counted in Dapr's HTTP server
 /// metrics (and logged with `--enable-api-logging`).
-pub async fn handle(
-    sc: Arc<Sidecar>,
-    req: Request<Incoming>,
-) -> Result<Response<SkiffBody>, Infallible> {
+pub async fn handle(sc: Arc<Sidecar>, req: Request<SkiffBody>) -> Response<SkiffBody> {
     let start = Instant::now();
     let metrics = metrics::get();
     let path_label = metrics.map_or(0, |m| m.path_index(req.uri().path()));
@@ -37,14 +32,14 @@ pub async fn handle(
     if let Some(path) = logged {
         tracing::info!(target: API_LOG_TARGET, app_id = %sc.settings.app_id, method = %method, path = %path, code = status, duration_us = start.elapsed().as_micros() as u64, "HTTP API called");
     }
-    Ok(resp)
+    resp
 }
 
 /// `--enable-api-logging` lines use this target, enabled at info level
 /// whatever `--log-level` says.
 pub const API_LOG_TARGET: &str = "skiff_api";
 
-async fn route(sc: &Sidecar, req: Request<Incoming>) -> Response<SkiffBody> {
+async fn route(sc: &Sidecar, req: Request<SkiffBody>) -> Response<SkiffBody> {
     let path = req.uri().path();
     if let Some(rest) = path.strip_prefix(INVOKE_PREFIX) {
         if !super::token_ok(sc.settings.api_token.as_deref(), req.headers()) {
@@ -88,7 +83,7 @@ async fn invoke(
     sc: &Sidecar,
     app: &str,
     method: &str,
-    req: Request<Incoming>,
+    req: Request<SkiffBody>,
 ) -> Response<SkiffBody> {
     let target = match target::parse_app_id(app, &sc.settings.namespace) {
         Ok(t) => t,
@@ -107,7 +102,7 @@ async fn invoke(
         s
     });
     let verb = parts.method.clone();
-    let out = Request::from_parts(parts, SkiffBody::Incoming(body));
+    let out = Request::from_parts(parts, body);
     let result = sc.outbound.send(&target, out).await;
     let resp = match result {
         Ok(mut resp) => {
@@ -152,7 +147,7 @@ fn unauthorized() -> Response<SkiffBody> {
 }
 
 /// Health, metadata and shutdown.
-async fn control(sc: &Sidecar, req: Request<Incoming>) -> Response<SkiffBody> {
+async fn control(sc: &Sidecar, req: Request<SkiffBody>) -> Response<SkiffBody> {
     // Control routes are off the hot path; owning these keeps the body free
     // to be read below.
     let path = req.uri().path().to_owned();

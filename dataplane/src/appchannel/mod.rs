@@ -1,6 +1,6 @@
 //! The app channel: how the callee sidecar delivers calls to its own app.
 //!
-//! - `http` apps: HTTP/1.1 over a keep-alive connection pool.
+//! - `http` apps: HTTP/1.1 over a keep-alive connection pool ([`http1`]).
 //! - `h2c` apps: HTTP/2 without TLS, on the same [`Pool`] the sidecars share.
 //! - `grpc` apps: proxied gRPC calls pass through frame for frame on that
 //!   pool; HTTP-style invocations become `AppCallback/OnInvoke` calls (see
@@ -11,22 +11,20 @@
 
 pub mod grpc;
 pub mod health;
+pub mod http1;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use http::uri::Authority;
 use http::{HeaderValue, Request, Response, Uri, Version};
-use hyper_util::client::legacy::{Client, connect::HttpConnector};
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::sync::Semaphore;
 
 use crate::body::SkiffBody;
 use crate::config::{AppProtocol, Settings};
 use crate::headers::DAPR_API_TOKEN;
-use crate::pool::{Pool, PoolConfig, PoolError, set_authority};
+use crate::pool::{Pool, PoolConfig, PoolError};
 use crate::transport::Connector;
 
 /// Idle keep-alive connections to an HTTP/1.1 app are closed after this.
@@ -37,10 +35,16 @@ pub const APP_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
     #[error("app at {addr} is not reachable: {source}")]
+    Unreachable {
+        addr: SocketAddr,
+        #[source]
+        source: http1::Http1Error,
+    },
+    #[error("app at {addr}: {source}")]
     Http1 {
         addr: SocketAddr,
         #[source]
-        source: hyper_util::client::legacy::Error,
+        source: http1::Http1Error,
     },
     #[error("app at {1}: {0}")]
     H2(#[source] PoolError, SocketAddr),
@@ -60,8 +64,7 @@ impl AppError {
 pub struct AppChannel {
     pub protocol: AppProtocol,
     addr: SocketAddr,
-    authority: Authority,
-    http1: Client<HttpConnector, SkiffBody>,
+    http1: http1::Http1Client,
     h2: Pool,
     limiter: Option<Arc<Semaphore>>,
     app_token: Option<HeaderValue>,
@@ -74,17 +77,15 @@ impl AppChannel {
     pub fn new(s: &Settings) -> Option<Self> {
         let port = s.app_port?;
         let addr = SocketAddr::new(s.app_channel_address, port);
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(APP_CONNECT_TIMEOUT));
-        let http1 = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(HTTP1_IDLE_TIMEOUT)
-            .build(connector);
+        let http1 = http1::Http1Client::new(
+            addr,
+            APP_CONNECT_TIMEOUT,
+            HTTP1_IDLE_TIMEOUT,
+            s.max_header_bytes,
+        );
         Some(Self {
             protocol: s.app_protocol,
             addr,
-            authority: Authority::try_from(addr.to_string()).ok()?,
             http1,
             h2: Pool::new(PoolConfig::default(), Connector::new(APP_CONNECT_TIMEOUT)),
             limiter: (s.app_max_concurrency > 0)
@@ -150,21 +151,16 @@ impl AppChannel {
         self.send_http1(req).await
     }
 
-    async fn send_http1(
-        &self,
-        mut req: Request<SkiffBody>,
-    ) -> Result<Response<SkiffBody>, AppError> {
-        *req.version_mut() = Version::HTTP_11;
-        set_authority(&mut req, &self.authority);
-        let resp = self
-            .http1
-            .request(req)
-            .await
-            .map_err(|source| AppError::Http1 {
-                addr: self.addr,
-                source,
-            })?;
-        Ok(resp.map(SkiffBody::Incoming))
+    async fn send_http1(&self, req: Request<SkiffBody>) -> Result<Response<SkiffBody>, AppError> {
+        self.http1.send(req).await.map_err(|source| {
+            let addr = self.addr;
+            match source {
+                http1::Http1Error::Connect(_) | http1::Http1Error::ConnectTimeout(_) => {
+                    AppError::Unreachable { addr, source }
+                }
+                source => AppError::Http1 { addr, source },
+            }
+        })
     }
 
     async fn send_h2_raw(

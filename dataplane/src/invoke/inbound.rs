@@ -5,13 +5,11 @@
 //! proxy calls go to the app's own gRPC server untouched; HTTP-style calls go
 //! to an HTTP/h2c app as they are, or become `OnInvoke` for a gRPC app.
 
-use std::convert::Infallible;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
 use http::{HeaderValue, Request, Response, StatusCode};
-use hyper::body::Incoming;
 use tonic::Code;
 
 use crate::appchannel::{AppChannel, grpc as app_grpc};
@@ -33,8 +31,8 @@ use crate::transport::PeerInfo;
 pub async fn handle(
     sc: Arc<Sidecar>,
     peer: PeerInfo,
-    mut req: Request<Incoming>,
-) -> Result<Response<SkiffBody>, Infallible> {
+    mut req: Request<SkiffBody>,
+) -> Response<SkiffBody> {
     let grpc_proxy = req
         .headers()
         .get(&SKIFF_MODE)
@@ -77,7 +75,7 @@ pub async fn handle(
             d
         });
     }
-    Ok(resp)
+    resp
 }
 
 /// The calling app: its certificate's app id with mTLS, else what the
@@ -107,7 +105,7 @@ fn response_status(resp: &Response<SkiffBody>, grpc: bool) -> u16 {
 async fn serve(
     sc: &Sidecar,
     peer: &PeerInfo,
-    req: Request<Incoming>,
+    req: Request<SkiffBody>,
     grpc_proxy: bool,
 ) -> Response<SkiffBody> {
     let fail = |status: StatusCode, grpc: Code, msg: &str| {
@@ -170,7 +168,7 @@ async fn serve(
     }
     if is_grpc_app && !grpc_proxy {
         // OnInvoke reads these internal headers; it strips them itself.
-        return app_grpc::on_invoke(app, parts, SkiffBody::Incoming(body)).await;
+        return app_grpc::on_invoke(app, parts, body).await;
     }
     if verb_none {
         return errors::http_error(
@@ -180,12 +178,7 @@ async fn serve(
         );
     }
     headers::strip_internal(&mut parts.headers);
-    deliver(
-        app,
-        Request::from_parts(parts, SkiffBody::Incoming(body)),
-        grpc_proxy,
-    )
-    .await
+    deliver(app, Request::from_parts(parts, body), grpc_proxy).await
 }
 
 /// Hands the call to the app, counted in Dapr's HTTP or gRPC client
@@ -244,7 +237,7 @@ fn check_addressed_to_us(sc: &Sidecar, h: &http::HeaderMap) -> Result<(), String
 fn access_denied(
     sc: &Sidecar,
     peer: &PeerInfo,
-    req: &Request<Incoming>,
+    req: &Request<SkiffBody>,
     grpc_proxy: bool,
 ) -> Option<Response<SkiffBody>> {
     let policies = sc.policies.load();

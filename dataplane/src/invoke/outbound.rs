@@ -470,15 +470,14 @@ async fn capture(body: SkiffBody, limit: usize) -> (SkiffBody, Option<Bytes>) {
             let b = b.unwrap_or_default();
             return (SkiffBody::full(b.clone()), Some(b));
         }
-        SkiffBody::Incoming(inc) => inc,
+        streamed @ (SkiffBody::Incoming(_) | SkiffBody::H2(_)) => streamed,
         other => return (other, None),
     };
     let wait = inc.size_hint().exact().is_some_and(|n| n <= limit as u64);
-    let mut buf = BytesMut::new();
+    let mut got = Captured::default();
     loop {
         if inc.is_end_stream() {
-            let b = buf.freeze();
-            return (SkiffBody::full(b.clone()), Some(b));
+            return got.replayable();
         }
         let next = if wait {
             Some(inc.frame().await)
@@ -487,27 +486,67 @@ async fn capture(body: SkiffBody, limit: usize) -> (SkiffBody, Option<Bytes>) {
         };
         match next {
             Some(Some(Ok(frame))) => match frame.into_data() {
-                Ok(d) if buf.len() + d.len() <= limit => buf.extend_from_slice(&d),
+                Ok(d) if got.len() + d.len() <= limit => got.push(d),
                 Ok(d) => {
-                    buf.extend_from_slice(&d);
-                    return (SkiffBody::Prefixed(Some(buf.freeze()), None, inc), None);
+                    got.push(d);
+                    return (got.prefixed(None, inc), None);
                 }
                 // Request trailers (rare): passed on, not replayed.
                 Err(frame) => {
                     let trailers = frame.into_trailers().ok();
-                    let prefix = (!buf.is_empty()).then(|| buf.freeze());
-                    return (SkiffBody::Prefixed(prefix, trailers, inc), None);
+                    return (got.prefixed(trailers, inc), None);
                 }
             },
-            Some(None) => {
-                let b = buf.freeze();
-                return (SkiffBody::full(b.clone()), Some(b));
-            }
-            Some(Some(Err(_))) | None => {
-                let prefix = (!buf.is_empty()).then(|| buf.freeze());
-                return (SkiffBody::Prefixed(prefix, None, inc), None);
+            Some(None) => return got.replayable(),
+            Some(Some(Err(_))) | None => return (got.prefixed(None, inc), None),
+        }
+    }
+}
+
+/// The bytes of a body read ahead. One chunk (a small message arrives in
+/// one) is kept as it came, without a copy.
+#[derive(Default)]
+struct Captured {
+    first: Option<Bytes>,
+    rest: Option<BytesMut>,
+}
+
+impl Captured {
+    fn len(&self) -> usize {
+        self.rest
+            .as_ref()
+            .map_or_else(|| self.first.as_ref().map_or(0, Bytes::len), BytesMut::len)
+    }
+
+    fn push(&mut self, d: Bytes) {
+        match (&mut self.rest, self.first.take()) {
+            (Some(buf), _) => buf.extend_from_slice(&d),
+            (None, None) => self.first = Some(d),
+            (None, Some(first)) => {
+                let mut buf = BytesMut::with_capacity(first.len() + d.len());
+                buf.extend_from_slice(&first);
+                buf.extend_from_slice(&d);
+                self.rest = Some(buf);
             }
         }
+    }
+
+    fn into_bytes(self) -> Bytes {
+        match self.rest {
+            Some(buf) => buf.freeze(),
+            None => self.first.unwrap_or_default(),
+        }
+    }
+
+    fn replayable(self) -> (SkiffBody, Option<Bytes>) {
+        let b = self.into_bytes();
+        (SkiffBody::full(b.clone()), Some(b))
+    }
+
+    fn prefixed(self, trailers: Option<HeaderMap>, rest: SkiffBody) -> SkiffBody {
+        let b = self.into_bytes();
+        let prefix = (!b.is_empty()).then_some(b);
+        SkiffBody::Prefixed(prefix, trailers, Box::new(rest))
     }
 }
 
@@ -529,6 +568,7 @@ impl Replay {
             SkiffBody::Empty => None,
             SkiffBody::Full(b) => b.clone(),
             SkiffBody::Incoming(b) if b.is_end_stream() => None,
+            SkiffBody::H2(b) if b.is_end_stream() => None,
             _ => return None,
         };
         Some(Self {

@@ -9,20 +9,29 @@
 //! (peer closed, GOAWAY drained, keepalive PING unanswered) leaves the pool at
 //! once; a request that the dying connection never sent is retried on a fresh
 //! one. Connections idle for [`PoolConfig::idle_timeout`] are released.
+//!
+//! A call writes its request on the connection's shared stream state from
+//! its own task (`h2` directly, see [`crate::http2`]): the head and a body
+//! already in hand leave together in the connection task's next write, and
+//! the response is read by the call's task without a channel in between.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use arc_swap::ArcSwap;
+use bytes::Bytes;
 use dashmap::DashMap;
+use futures_util::FutureExt;
 use http::uri::{Authority, Scheme};
 use http::{Request, Response, Uri};
-use hyper::client::conn::http2;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use http_body::Body;
 
 use crate::body::SkiffBody;
+use crate::http2::{self, RecvBody};
 use crate::transport::{ConnectError, Connector, ExpectedPeer};
 use skiff_sentry::SpiffeId;
 
@@ -45,6 +54,8 @@ pub const DEFAULT_STREAM_WINDOW: u32 = 1 << 20;
 pub const DEFAULT_CONN_WINDOW: u32 = 4 << 20;
 /// Largest HTTP/2 frame this side accepts (see the windows above).
 pub const DEFAULT_MAX_FRAME: u32 = 256 << 10;
+/// Largest response head a pooled connection accepts (hyper's default).
+pub const DEFAULT_MAX_HEADER_LIST: u32 = 16 << 20;
 
 #[derive(Clone, Debug)]
 pub struct PoolConfig {
@@ -79,13 +90,13 @@ pub enum PoolError {
     Handshake {
         addr: SocketAddr,
         #[source]
-        source: hyper::Error,
+        source: h2::Error,
     },
     #[error("call to {addr} failed: {source}")]
     Send {
         addr: SocketAddr,
         #[source]
-        source: hyper::Error,
+        source: h2::Error,
     },
 }
 
@@ -107,6 +118,7 @@ struct Inner {
     slots: DashMap<SocketAddr, Arc<Slot>>,
     cfg: PoolConfig,
     connector: Connector,
+    /// Tokio's clock, so idleness follows paused time in tests.
     epoch: Instant,
     /// Connections opened, and dials that failed (metrics).
     opened: AtomicU64,
@@ -145,7 +157,7 @@ struct Slot {
 }
 
 struct Conn {
-    tx: http2::SendRequest<SkiffBody>,
+    tx: h2::client::SendRequest<Bytes>,
     /// The server's verified identity (mTLS only).
     peer: Option<SpiffeId>,
     in_flight: AtomicUsize,
@@ -163,8 +175,8 @@ pub struct Checkout {
 
 impl Checkout {
     /// Sends `req` (whose URI holds only path and query). A request the
-    /// connection never sent (it was closing, e.g. after GOAWAY) is retried
-    /// once on a fresh connection.
+    /// connection could no longer take (it was closing, e.g. after GOAWAY)
+    /// is sent once more on a fresh one: nothing of it had left.
     pub async fn send(self, mut req: Request<SkiffBody>) -> Result<Response<SkiffBody>, PoolError> {
         let Checkout {
             pool,
@@ -173,32 +185,84 @@ impl Checkout {
         } = self;
         let addr = slot.addr;
         set_authority(&mut req, &slot.authority);
+        let (mut head, body) = req.into_parts();
+        http2::strip_connection_headers(&mut head.headers);
+        let mut head = Request::from_parts(head, ());
         let mut retried = false;
-        loop {
+        let mut tx = loop {
             let mut tx = lease.conn.tx.clone();
-            match tx.try_send_request(req).await {
-                Ok(resp) => return Ok(resp.map(|b| SkiffBody::Pooled(b, lease))),
-                Err(mut e) => {
+            match std::future::poll_fn(|cx| tx.poll_ready(cx)).await {
+                Ok(()) => break tx,
+                Err(e) => {
                     lease.conn.closed.store(true, Ordering::Release);
                     slot.remove(&lease.conn);
-                    match e.take_message() {
-                        Some(r) if !retried => {
-                            retried = true;
-                            req = r;
-                            // The replacement must be the same peer.
-                            let peer = lease.conn.peer.clone();
-                            lease =
-                                Box::pin(pool.lease(&slot, peer.as_ref().map(expected))).await?;
-                        }
-                        _ => {
-                            return Err(PoolError::Send {
-                                addr,
-                                source: e.into_error(),
-                            });
-                        }
+                    if retried {
+                        return Err(PoolError::Send { addr, source: e });
                     }
+                    retried = true;
+                    // The replacement must be the same peer.
+                    let peer = lease.conn.peer.clone();
+                    lease = Box::pin(pool.lease(&slot, peer.as_ref().map(expected))).await?;
                 }
             }
+        };
+        let eos = body.is_end_stream();
+        // Ask for the response head as soon as the request is out: HEAD
+        // and friends have nothing to follow.
+        *head.version_mut() = http::Version::HTTP_2;
+        let (response, stream) = tx
+            .send_request(std::mem::take(&mut head), eos)
+            .map_err(|source| PoolError::Send { addr, source })?;
+        let response = send_request_body(body, stream, eos, response).await;
+        let resp = response.map_err(|source| PoolError::Send { addr, source })?;
+        let (parts, recv) = resp.into_parts();
+        let body = RecvBody::new(recv, &parts.headers);
+        Ok(Response::from_parts(parts, SkiffBody::Pooled(body, lease)))
+    }
+}
+
+/// Sends the request body and waits for the response head. A body already
+/// in hand (one buffered message) goes out before this task yields, so the
+/// connection writes it with the head; a streamed one is piped while the
+/// response is awaited, and if the response comes first (a server that
+/// answers before reading everything, or a bidi gRPC stream) the rest of
+/// the body moves to a task of its own.
+async fn send_request_body(
+    mut body: SkiffBody,
+    mut stream: h2::SendStream<Bytes>,
+    eos: bool,
+    response: h2::client::ResponseFuture,
+) -> Result<Response<h2::RecvStream>, h2::Error> {
+    if eos {
+        return response.await;
+    }
+    if let SkiffBody::Full(Some(data)) = &mut body {
+        // Handed over at once (h2 holds it until the window allows). An
+        // error means the stream is already gone; the response says why.
+        let _ = stream.send_data(std::mem::take(data), true);
+        return response.await;
+    }
+    let mut pipe = http2::send_body(body, stream);
+    let mut response = response;
+    tokio::select! {
+        biased;
+        r = &mut response => {
+            // Answered before the body ended: keep sending it, unless the
+            // server has reset the stream (the pipe then ends at once).
+            if (&mut pipe).now_or_never().is_none() {
+                tokio::spawn(async move {
+                    if let Err(e) = pipe.await {
+                        tracing::debug!(error = %e, "request body ended early");
+                    }
+                });
+            }
+            r
+        }
+        sent = &mut pipe => {
+            if let Err(e) = sent {
+                tracing::debug!(error = %e, "request body ended early");
+            }
+            response.await
         }
     }
 }
@@ -427,15 +491,12 @@ impl Inner {
     ) -> Result<Arc<Conn>, PoolError> {
         let addr = slot.addr;
         let (io, peer) = self.connector.connect(addr, expect).await?;
-        let (tx, conn) = http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .initial_stream_window_size(self.cfg.stream_window)
+        let (tx, conn) = h2::client::Builder::new()
+            .initial_window_size(self.cfg.stream_window)
             .initial_connection_window_size(self.cfg.conn_window)
             .max_frame_size(DEFAULT_MAX_FRAME)
-            .keep_alive_interval(self.cfg.keepalive_interval)
-            .keep_alive_timeout(self.cfg.keepalive_timeout)
-            .keep_alive_while_idle(true)
-            .handshake(TokioIo::new(io))
+            .max_header_list_size(DEFAULT_MAX_HEADER_LIST)
+            .handshake::<_, Bytes>(io)
             .await
             .map_err(|source| PoolError::Handshake { addr, source })?;
         let c = Arc::new(Conn {
@@ -453,9 +514,15 @@ impl Inner {
         });
         let weak_slot = Arc::downgrade(slot);
         let weak_conn = Arc::downgrade(&c);
+        let (interval, timeout) = (self.cfg.keepalive_interval, self.cfg.keepalive_timeout);
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(%addr, error = %e, "pooled connection ended");
+            let mut conn = conn;
+            let keepalive = http2::keepalive(conn.ping_pong(), interval, timeout);
+            tokio::select! {
+                r = &mut conn => if let Err(e) = r {
+                    tracing::debug!(%addr, error = %e, "pooled connection ended");
+                },
+                e = keepalive => tracing::debug!(%addr, error = %e, "pooled connection dropped"),
             }
             if let (Some(slot), Some(c)) = (weak_slot.upgrade(), weak_conn.upgrade()) {
                 c.closed.store(true, Ordering::Release);
@@ -501,7 +568,7 @@ impl Slot {
 
 impl Conn {
     fn is_open(&self) -> bool {
-        !self.closed.load(Ordering::Acquire) && !self.tx.is_closed()
+        !self.closed.load(Ordering::Acquire)
     }
 }
 
@@ -547,6 +614,7 @@ mod tests {
 
     use http_body_util::BodyExt;
     use hyper::service::service_fn;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
     use tokio::net::TcpListener;
     use tokio::sync::Semaphore;
 
@@ -701,6 +769,9 @@ mod tests {
         let s = server(None).await;
         let cfg = PoolConfig {
             idle_timeout: Duration::from_secs(60),
+            // Paused time jumps past any PING's answer; this test is about
+            // idleness alone.
+            keepalive_interval: Duration::from_secs(3600),
             ..PoolConfig::default()
         };
         let pool = Pool::new(cfg, Connector::default());

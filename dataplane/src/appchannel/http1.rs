@@ -1,0 +1,1246 @@
+//! HTTP/1.1 to an HTTP app: a small client that does its reads and writes
+//! in the calling task, with a lock-free pool of idle keep-alive
+//! connections.
+//!
+//! Why not hyper's client: its pool takes a mutex and a hash lookup per
+//! checkout, and each request crosses to the connection's task over a
+//! channel and comes back over another (perf/RESULTS.md, issue 8). Here a
+//! call pops an idle connection, writes its head (with a small body, in the
+//! same write), reads the response head, and hands back a body that reads
+//! the rest from the socket as the next hop asks for it. The connection goes
+//! back to the pool when that body has been read to its end.
+//!
+//! What it speaks: requests with `content-length` or chunked bodies;
+//! responses framed by `content-length`, chunked coding (trailers are
+//! passed on) or the connection's close; no body for HEAD, 1xx, 204 and
+//! 304; interim 1xx answers skipped. A request that fails on a reused
+//! connection before any byte of an answer arrived (the app closed it while
+//! idle) is sent once more on a new connection when its body is in memory.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, Bytes, BytesMut};
+use concurrent_queue::ConcurrentQueue;
+use http::header::{CONNECTION, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
+use http_body::{Body, Frame, SizeHint};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::net::tcp::OwnedReadHalf;
+
+use crate::body::{BoxError, SkiffBody};
+
+/// Idle connections kept per app; more are closed when they come back.
+pub const MAX_IDLE: usize = 256;
+/// A body up to this size is copied behind the request head so both leave
+/// in one write; larger ones are written from their own buffer.
+const MERGE_BODY_BYTES: usize = 16 << 10;
+/// First read buffer; it doubles while reads fill it, up to the maximum.
+const READ_BUF_START: usize = 8 << 10;
+const READ_BUF_MAX: usize = 256 << 10;
+/// Header lines a response may have.
+const MAX_HEADERS: usize = 128;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Http1Error {
+    #[error("connect: {0}")]
+    Connect(#[source] io::Error),
+    #[error("connect timed out after {0:?}")]
+    ConnectTimeout(Duration),
+    #[error("sending the request: {0}")]
+    Write(#[source] io::Error),
+    #[error("reading the response: {0}")]
+    Read(#[source] io::Error),
+    #[error("the app closed the connection before answering")]
+    ClosedBeforeAnswer,
+    #[error("malformed response: {0}")]
+    Malformed(String),
+    #[error("response head larger than {0} bytes")]
+    HeadTooLarge(usize),
+    #[error("reading the request body to forward: {0}")]
+    RequestBody(#[source] BoxError),
+}
+
+impl Http1Error {
+    /// The app never saw this request, or dropped the connection before a
+    /// byte of its answer: what a connection closed while idle looks like.
+    fn is_stale(&self) -> bool {
+        matches!(self, Self::ClosedBeforeAnswer | Self::Write(_))
+    }
+}
+
+/// Keep-alive connections to one app.
+pub struct Http1Client {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    addr: SocketAddr,
+    host: HeaderValue,
+    idle: ConcurrentQueue<Idle>,
+    connect_timeout: Duration,
+    idle_timeout: Duration,
+    max_head_bytes: usize,
+    epoch: Instant,
+}
+
+struct Idle {
+    conn: Conn,
+    since_ms: u64,
+}
+
+/// A connection and what has been read from it but not yet used.
+struct Conn {
+    io: TcpStream,
+    buf: BytesMut,
+}
+
+impl Http1Client {
+    /// Starts the idle reaper too, so it must be called inside a runtime.
+    pub fn new(
+        addr: SocketAddr,
+        connect_timeout: Duration,
+        idle_timeout: Duration,
+        max_head_bytes: usize,
+    ) -> Self {
+        let host = HeaderValue::from_str(&addr.to_string())
+            .unwrap_or_else(|_| HeaderValue::from_static("localhost"));
+        let inner = Arc::new(Inner {
+            addr,
+            host,
+            idle: ConcurrentQueue::bounded(MAX_IDLE),
+            connect_timeout,
+            idle_timeout,
+            max_head_bytes: max_head_bytes.max(READ_BUF_START),
+            epoch: Instant::now(),
+        });
+        tokio::spawn(reap_idle(Arc::downgrade(&inner)));
+        Self { inner }
+    }
+
+    /// Idle connections now (tests, metadata).
+    pub fn idle(&self) -> usize {
+        self.inner.idle.len()
+    }
+
+    /// Sends `req` (its URI holds path and query) and returns the answer
+    /// once its head has arrived; the body streams from the connection.
+    pub async fn send(&self, req: Request<SkiffBody>) -> Result<Response<SkiffBody>, Http1Error> {
+        let (parts, body) = req.into_parts();
+        let no_body_expected = parts.method == Method::HEAD;
+        let framing = RequestFraming::of(&parts.headers, &parts.method, &body);
+        let mut head = BytesMut::with_capacity(256);
+        encode_head(&parts, &self.inner.host, framing, &mut head);
+        // In memory, the request can be sent again; the common small case
+        // rides in the head's write.
+        let rest = match body {
+            SkiffBody::Empty => None,
+            SkiffBody::Full(Some(b)) if b.len() <= MERGE_BODY_BYTES => {
+                head.extend_from_slice(&b);
+                None
+            }
+            SkiffBody::Full(b) => b,
+            streamed => {
+                let writer = BodyWriter::new(streamed, framing);
+                return self
+                    .send_streamed(head.freeze(), writer, no_body_expected)
+                    .await;
+            }
+        };
+        let head = head.freeze();
+        let mut retried = false;
+        loop {
+            let (mut conn, reused) = self.inner.checkout().await?;
+            let r =
+                exchange_buffered(&mut conn, &head, rest.clone(), self.inner.max_head_bytes).await;
+            match r {
+                Ok(resp) => return Ok(self.respond(conn, resp, no_body_expected)),
+                Err(e) if reused && !retried && e.is_stale() => {
+                    tracing::debug!(addr = %self.inner.addr, error = %e, "idle connection was closed by the app; sending again");
+                    retried = true;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// A streamed request body: written while the answer is awaited. An
+    /// answer that comes first (an app that answers as it reads) leaves the
+    /// rest of the body to a task of its own, and the connection is not
+    /// reused.
+    async fn send_streamed(
+        &self,
+        head: Bytes,
+        mut writer: BodyWriter,
+        no_body_expected: bool,
+    ) -> Result<Response<SkiffBody>, Http1Error> {
+        let (mut conn, _) = self.inner.checkout().await?;
+        conn.io.write_all(&head).await.map_err(Http1Error::Write)?;
+        let max = self.inner.max_head_bytes;
+        let first = {
+            let (mut rd, mut wr) = conn.io.split();
+            let buf = &mut conn.buf;
+            tokio::select! {
+                biased;
+                w = std::future::poll_fn(|cx| writer.poll_write(&mut wr, cx)) => match w {
+                    Ok(()) => First::Written,
+                    Err(e) => First::WriteFailed(e),
+                },
+                h = read_head(&mut rd, buf, max) => First::Answered(h),
+            }
+        };
+        let head = match first {
+            First::Written => read_head(&mut conn.io, &mut conn.buf, max).await?,
+            // The app may have answered and closed; its answer (if any)
+            // says more than the broken pipe.
+            First::WriteFailed(e) => read_head(&mut conn.io, &mut conn.buf, max)
+                .await
+                .map_err(|_| e)?
+                .not_reusable(),
+            First::Answered(h) => {
+                let h = h?.not_reusable();
+                let Conn { io, buf } = conn;
+                let (rd, mut wr) = io.into_split();
+                tokio::spawn(async move {
+                    let sent = std::future::poll_fn(|cx| writer.poll_write(&mut wr, cx)).await;
+                    if let Err(e) = sent {
+                        tracing::debug!(error = %e, "request body to the app ended early");
+                    }
+                    // Dropping the half would shut the socket for writing,
+                    // and many servers close a half-closed connection
+                    // before their answer is out; the read half closes it.
+                    wr.forget();
+                });
+                return Ok(self.respond_half(rd, buf, h, no_body_expected));
+            }
+        };
+        Ok(self.respond(conn, head, no_body_expected))
+    }
+
+    fn respond(&self, conn: Conn, head: Head, no_body_expected: bool) -> Response<SkiffBody> {
+        let Head {
+            parts,
+            framing,
+            reusable,
+        } = head;
+        let framing = if no_body_expected {
+            Framing::Length(0)
+        } else {
+            framing
+        };
+        if framing == Framing::Length(0) {
+            if reusable && conn.buf.is_empty() {
+                self.inner.checkin(conn);
+            }
+            return Response::from_parts(parts, SkiffBody::Empty);
+        }
+        let body = H1Body {
+            io: Some(ReadIo::Whole(conn.io)),
+            buf: conn.buf,
+            state: BodyState::from(framing),
+            reusable,
+            pool: Arc::downgrade(&self.inner),
+        };
+        Response::from_parts(parts, SkiffBody::H1(body))
+    }
+
+    fn respond_half(
+        &self,
+        rd: OwnedReadHalf,
+        buf: BytesMut,
+        head: Head,
+        no_body_expected: bool,
+    ) -> Response<SkiffBody> {
+        let framing = if no_body_expected {
+            Framing::Length(0)
+        } else {
+            head.framing
+        };
+        let body = H1Body {
+            io: Some(ReadIo::Half(rd)),
+            buf,
+            state: BodyState::from(framing),
+            reusable: false,
+            pool: std::sync::Weak::new(),
+        };
+        Response::from_parts(head.parts, SkiffBody::H1(body))
+    }
+}
+
+impl Inner {
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// An idle connection that is still open, else a new one; and whether
+    /// it was reused.
+    async fn checkout(&self) -> Result<(Conn, bool), Http1Error> {
+        let now = self.now_ms();
+        let idle_ms = self.idle_timeout.as_millis() as u64;
+        while let Ok(idle) = self.idle.pop() {
+            if now.saturating_sub(idle.since_ms) < idle_ms && still_open(&idle.conn.io) {
+                return Ok((idle.conn, true));
+            }
+        }
+        let io = tokio::time::timeout(self.connect_timeout, TcpStream::connect(self.addr))
+            .await
+            .map_err(|_| Http1Error::ConnectTimeout(self.connect_timeout))?
+            .map_err(Http1Error::Connect)?;
+        io.set_nodelay(true).map_err(Http1Error::Connect)?;
+        Ok((
+            Conn {
+                io,
+                buf: BytesMut::new(),
+            },
+            false,
+        ))
+    }
+
+    fn checkin(&self, conn: Conn) {
+        // Full: the connection closes as it drops.
+        let _ = self.idle.push(Idle {
+            conn,
+            since_ms: self.now_ms(),
+        });
+    }
+}
+
+/// An idle connection the app has closed (or sent something on, which an
+/// idle HTTP/1.1 connection must not) has become readable; the runtime
+/// tracks that readiness, so asking costs no system call.
+fn still_open(io: &TcpStream) -> bool {
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    io.poll_read_ready(&mut cx).is_pending()
+}
+
+/// Closes connections idle for longer than the idle timeout.
+async fn reap_idle(pool: std::sync::Weak<Inner>) {
+    let period = pool.upgrade().map_or(Duration::from_secs(10), |p| {
+        (p.idle_timeout / 4).max(Duration::from_millis(100))
+    });
+    let mut tick = tokio::time::interval(period);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let Some(pool) = pool.upgrade() else { return };
+        let now = pool.now_ms();
+        let idle_ms = pool.idle_timeout.as_millis() as u64;
+        for _ in 0..pool.idle.len() {
+            let Ok(idle) = pool.idle.pop() else { break };
+            if now.saturating_sub(idle.since_ms) < idle_ms && still_open(&idle.conn.io) {
+                let _ = pool.idle.push(idle);
+            }
+        }
+    }
+}
+
+/// How a request body is framed on the wire.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum RequestFraming {
+    /// As the request's own `content-length` says, or no body at all.
+    AsIs,
+    /// `content-length` added.
+    Length(u64),
+    Chunked,
+}
+
+impl RequestFraming {
+    fn of(h: &HeaderMap, method: &Method, body: &SkiffBody) -> Self {
+        if h.contains_key(CONTENT_LENGTH) {
+            return Self::AsIs;
+        }
+        match body.size_hint().exact() {
+            // Methods whose body means something say so even when empty.
+            Some(0) if !matches!(*method, Method::POST | Method::PUT | Method::PATCH) => Self::AsIs,
+            Some(n) => Self::Length(n),
+            None => Self::Chunked,
+        }
+    }
+}
+
+/// The request line and headers, with `host` and the body's framing added
+/// when the request lacks them.
+fn encode_head(
+    parts: &http::request::Parts,
+    host: &HeaderValue,
+    framing: RequestFraming,
+    out: &mut BytesMut,
+) {
+    out.extend_from_slice(parts.method.as_str().as_bytes());
+    out.extend_from_slice(b" ");
+    let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    out.extend_from_slice(if pq.is_empty() { b"/" } else { pq.as_bytes() });
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    if !parts.headers.contains_key(HOST) {
+        header_line(out, HOST.as_str(), host.as_bytes());
+    }
+    for (name, value) in &parts.headers {
+        // Framing is this hop's business.
+        if name == TRANSFER_ENCODING || name == CONNECTION {
+            continue;
+        }
+        header_line(out, name.as_str(), value.as_bytes());
+    }
+    match framing {
+        RequestFraming::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        RequestFraming::Length(n) => {
+            header_line(
+                out,
+                CONTENT_LENGTH.as_str(),
+                itoa::Buffer::new().format(n).as_bytes(),
+            );
+        }
+        RequestFraming::AsIs => {}
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+fn header_line(out: &mut BytesMut, name: &str, value: &[u8]) {
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Writes a request whose body is in memory, then reads the answer's head.
+async fn exchange_buffered(
+    conn: &mut Conn,
+    head: &Bytes,
+    body: Option<Bytes>,
+    max_head: usize,
+) -> Result<Head, Http1Error> {
+    conn.io.write_all(head).await.map_err(Http1Error::Write)?;
+    if let Some(b) = body {
+        conn.io.write_all(&b).await.map_err(Http1Error::Write)?;
+    }
+    read_head(&mut conn.io, &mut conn.buf, max_head).await
+}
+
+/// What happened first while a streamed request body was being written.
+enum First {
+    Written,
+    WriteFailed(Http1Error),
+    Answered(Result<Head, Http1Error>),
+}
+
+/// A response head and how its body is framed.
+struct Head {
+    parts: http::response::Parts,
+    framing: Framing,
+    reusable: bool,
+}
+
+impl Head {
+    fn not_reusable(mut self) -> Self {
+        self.reusable = false;
+        self
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Framing {
+    Length(u64),
+    Chunked,
+    /// Until the app closes the connection.
+    Close,
+}
+
+/// Reads until a complete response head is in `buf` (skipping interim 1xx
+/// answers), then takes it out. Cancel-safe: what was read stays in `buf`.
+async fn read_head<R: AsyncRead + Unpin>(
+    io: &mut R,
+    buf: &mut BytesMut,
+    max: usize,
+) -> Result<Head, Http1Error> {
+    loop {
+        if !buf.is_empty() {
+            match parse_head(buf)? {
+                Parsed::Complete(h) => return Ok(h),
+                Parsed::Interim => continue,
+                Parsed::Partial if buf.len() >= max => return Err(Http1Error::HeadTooLarge(max)),
+                Parsed::Partial => {}
+            }
+        }
+        let answered = !buf.is_empty();
+        if buf.capacity() - buf.len() < 1024 {
+            buf.reserve(READ_BUF_START);
+        }
+        let n = std::future::poll_fn(|cx| poll_read_buf(io, buf, cx))
+            .await
+            .map_err(|e| match e.kind() {
+                io::ErrorKind::ConnectionReset if !answered => Http1Error::ClosedBeforeAnswer,
+                _ => Http1Error::Read(e),
+            })?;
+        if n == 0 {
+            return Err(if answered {
+                Http1Error::Malformed("connection closed inside the response head".into())
+            } else {
+                Http1Error::ClosedBeforeAnswer
+            });
+        }
+    }
+}
+
+enum Parsed {
+    Complete(Head),
+    /// A 1xx answer, consumed; the real one follows.
+    Interim,
+    Partial,
+}
+
+fn parse_head(buf: &mut BytesMut) -> Result<Parsed, Http1Error> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut r = httparse::Response::new(&mut headers);
+    let n = match r.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Ok(Parsed::Partial),
+        Err(e) => return Err(Http1Error::Malformed(e.to_string())),
+    };
+    let code = r.code.unwrap_or(0);
+    let status =
+        StatusCode::from_u16(code).map_err(|_| Http1Error::Malformed(format!("status {code}")))?;
+    if status.is_informational() {
+        if status == StatusCode::SWITCHING_PROTOCOLS {
+            return Err(Http1Error::Malformed("upgrades are not proxied".into()));
+        }
+        buf.advance(n);
+        return Ok(Parsed::Interim);
+    }
+    let http10 = r.version == Some(0);
+    // Where each name and value sit in the buffer, so the values can be
+    // slices of one shared head instead of copies.
+    let base = buf.as_ptr() as usize;
+    let mut spans = Vec::with_capacity(r.headers.len());
+    for h in r.headers.iter() {
+        let name = HeaderName::from_bytes(h.name.as_bytes())
+            .map_err(|_| Http1Error::Malformed(format!("header name {:?}", h.name)))?;
+        let start = h.value.as_ptr() as usize - base;
+        spans.push((name, start, start + h.value.len()));
+    }
+    let head = buf.split_to(n).freeze();
+    let mut map = HeaderMap::with_capacity(spans.len());
+    for (name, start, end) in spans {
+        let value = HeaderValue::from_maybe_shared(head.slice(start..end))
+            .map_err(|_| Http1Error::Malformed(format!("value of header {name}")))?;
+        map.append(name, value);
+    }
+    let framing = framing_of(status, &map)?;
+    let reusable = framing != Framing::Close && keeps_alive(&map, http10);
+    let mut resp = Response::new(());
+    *resp.status_mut() = status;
+    *resp.version_mut() = Version::HTTP_11;
+    *resp.headers_mut() = map;
+    let (parts, ()) = resp.into_parts();
+    Ok(Parsed::Complete(Head {
+        parts,
+        framing,
+        reusable,
+    }))
+}
+
+/// RFC 9112 §6.3, for responses.
+fn framing_of(status: StatusCode, h: &HeaderMap) -> Result<Framing, Http1Error> {
+    if status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
+        return Ok(Framing::Length(0));
+    }
+    if let Some(te) = h.get_all(TRANSFER_ENCODING).iter().next_back() {
+        let last = te
+            .to_str()
+            .ok()
+            .and_then(|s| s.rsplit(',').next())
+            .map(str::trim);
+        return Ok(if last.is_some_and(|c| c.eq_ignore_ascii_case("chunked")) {
+            Framing::Chunked
+        } else {
+            Framing::Close
+        });
+    }
+    let mut length = None;
+    for v in h.get_all(CONTENT_LENGTH) {
+        let n: u64 = v
+            .to_str()
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .ok_or_else(|| Http1Error::Malformed("content-length".into()))?;
+        if length.is_some_and(|l| l != n) {
+            return Err(Http1Error::Malformed("conflicting content-length".into()));
+        }
+        length = Some(n);
+    }
+    Ok(length.map_or(Framing::Close, Framing::Length))
+}
+
+fn keeps_alive(h: &HeaderMap, http10: bool) -> bool {
+    let says = |word: &str| {
+        h.get_all(CONNECTION).iter().any(|v| {
+            v.to_str()
+                .is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(word)))
+        })
+    };
+    if http10 {
+        says("keep-alive")
+    } else {
+        !says("close")
+    }
+}
+
+/// Reads what is available into the spare capacity of `buf`.
+fn poll_read_buf<R: AsyncRead + Unpin>(
+    io: &mut R,
+    buf: &mut BytesMut,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<usize>> {
+    tokio_util::io::poll_read_buf(Pin::new(io), cx, buf)
+}
+
+/// Writes a streamed request body, chunked or as it is. All progress lives
+/// here, so a poll abandoned half-way loses nothing.
+struct BodyWriter {
+    body: SkiffBody,
+    framing: RequestFraming,
+    /// Bytes taken from the body and not yet written, in order: a chunk's
+    /// size line, its data and its CRLF leave in one vectored write.
+    queue: [Bytes; 3],
+    done: bool,
+}
+
+impl BodyWriter {
+    fn new(body: SkiffBody, framing: RequestFraming) -> Self {
+        Self {
+            body,
+            framing,
+            queue: Default::default(),
+            done: false,
+        }
+    }
+
+    fn poll_write<W: AsyncWrite + Unpin>(
+        &mut self,
+        io: &mut W,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), Http1Error>> {
+        loop {
+            if self.queue.iter().any(|b| !b.is_empty()) {
+                let slices = self.queue.each_ref().map(|b| io::IoSlice::new(b));
+                let mut n = ready!(Pin::new(&mut *io).poll_write_vectored(cx, &slices))
+                    .map_err(Http1Error::Write)?;
+                if n == 0 {
+                    return Poll::Ready(Err(Http1Error::Write(io::ErrorKind::WriteZero.into())));
+                }
+                for b in &mut self.queue {
+                    let k = n.min(b.len());
+                    b.advance(k);
+                    n -= k;
+                }
+                continue;
+            }
+            if self.done {
+                return Pin::new(&mut *io).poll_flush(cx).map_err(Http1Error::Write);
+            }
+            match ready!(Pin::new(&mut self.body).poll_frame(cx)) {
+                Some(Ok(frame)) => {
+                    // HTTP/1.1 request trailers are not forwarded.
+                    let Ok(data) = frame.into_data() else {
+                        continue;
+                    };
+                    if data.is_empty() {
+                        continue;
+                    }
+                    if self.framing == RequestFraming::Chunked {
+                        let mut line = BytesMut::with_capacity(20);
+                        write_hex(&mut line, data.len());
+                        line.extend_from_slice(b"\r\n");
+                        self.queue = [line.freeze(), data, Bytes::from_static(b"\r\n")];
+                    } else {
+                        self.queue[0] = data;
+                    }
+                }
+                Some(Err(e)) => return Poll::Ready(Err(Http1Error::RequestBody(e))),
+                None => {
+                    self.done = true;
+                    if self.framing == RequestFraming::Chunked {
+                        self.queue[0] = Bytes::from_static(b"0\r\n\r\n");
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn write_hex(out: &mut BytesMut, mut n: usize) {
+    let mut digits = [0u8; 16];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b"0123456789abcdef"[n & 0xf];
+        n >>= 4;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+}
+
+/// The connection a response body is read from.
+#[derive(Debug)]
+enum ReadIo {
+    Whole(TcpStream),
+    /// The write half is still sending the request body.
+    Half(OwnedReadHalf),
+}
+
+impl ReadIo {
+    fn poll_read_buf(
+        &mut self,
+        buf: &mut BytesMut,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<usize>> {
+        match self {
+            Self::Whole(s) => poll_read_buf(s, buf, cx),
+            Self::Half(s) => poll_read_buf(s, buf, cx),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum BodyState {
+    /// Bytes of the body (or of the current chunk) still to come.
+    Length(u64),
+    /// Inside chunked coding: the next chunk's size line is due...
+    ChunkSize,
+    /// ...the chunk's data...
+    ChunkData(u64),
+    /// ...the CRLF after it...
+    ChunkEnd,
+    /// ...or the trailer section after the last chunk.
+    Trailers,
+    Close,
+    Done,
+}
+
+impl From<Framing> for BodyState {
+    fn from(f: Framing) -> Self {
+        match f {
+            Framing::Length(0) => Self::Done,
+            Framing::Length(n) => Self::Length(n),
+            Framing::Chunked => Self::ChunkSize,
+            Framing::Close => Self::Close,
+        }
+    }
+}
+
+/// A response body read from the app's connection as it is polled.
+#[derive(Debug)]
+pub struct H1Body {
+    io: Option<ReadIo>,
+    buf: BytesMut,
+    state: BodyState,
+    reusable: bool,
+    pool: std::sync::Weak<Inner>,
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Http1Client")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the chunked-coding parser made of the bytes in hand.
+enum Step {
+    NeedMore,
+    Progressed,
+    /// The body is over; its trailers (often none).
+    End(HeaderMap),
+}
+
+/// A chunk-size line longer than this is not HTTP.
+const MAX_CHUNK_LINE: usize = 4096;
+
+impl H1Body {
+    pub fn poll_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Http1Error>>> {
+        loop {
+            match self.state {
+                BodyState::Done => return Poll::Ready(None),
+                BodyState::Length(n) | BodyState::ChunkData(n) if !self.buf.is_empty() => {
+                    let take = (self.buf.len() as u64).min(n) as usize;
+                    let data = self.buf.split_to(take).freeze();
+                    let left = n - take as u64;
+                    self.state = match (self.state, left) {
+                        (BodyState::Length(_), 0) => BodyState::Done,
+                        (BodyState::Length(_), l) => BodyState::Length(l),
+                        (_, 0) => BodyState::ChunkEnd,
+                        (_, l) => BodyState::ChunkData(l),
+                    };
+                    if self.state == BodyState::ChunkEnd {
+                        // The last chunk is often in hand already: reach the
+                        // end now, so this data goes out as the last.
+                        self.settle();
+                    }
+                    if self.state == BodyState::Done {
+                        self.finish();
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                BodyState::Close if !self.buf.is_empty() => {
+                    return Poll::Ready(Some(Ok(Frame::data(self.buf.split().freeze()))));
+                }
+                BodyState::ChunkSize | BodyState::ChunkEnd | BodyState::Trailers => {
+                    match self.parse_chunk_framing() {
+                        Ok(Step::Progressed) => continue,
+                        Ok(Step::End(trailers)) => {
+                            self.state = BodyState::Done;
+                            self.finish();
+                            if trailers.is_empty() {
+                                return Poll::Ready(None);
+                            }
+                            return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+                        }
+                        Ok(Step::NeedMore) => {}
+                        Err(e) => return Poll::Ready(Some(Err(e))),
+                    }
+                }
+                _ => {}
+            }
+            if let Err(e) = ready!(self.poll_fill(cx)) {
+                return Poll::Ready(Some(Err(e)));
+            }
+        }
+    }
+
+    pub fn is_end_stream(&self) -> bool {
+        self.state == BodyState::Done
+    }
+
+    pub fn size_hint(&self) -> SizeHint {
+        match self.state {
+            BodyState::Length(n) => SizeHint::with_exact(n),
+            BodyState::Done => SizeHint::with_exact(0),
+            _ => SizeHint::new(),
+        }
+    }
+
+    /// Consumes chunk framing already in the buffer, without reading, as
+    /// far as the end of a body without trailers.
+    fn settle(&mut self) {
+        loop {
+            if self.state == BodyState::Trailers && !self.buf.starts_with(b"\r\n") {
+                return;
+            }
+            match self.parse_chunk_framing() {
+                Ok(Step::Progressed) if matches!(self.state, BodyState::ChunkData(_)) => return,
+                Ok(Step::Progressed) => {}
+                Ok(Step::End(_)) => {
+                    self.state = BodyState::Done;
+                    return;
+                }
+                Ok(Step::NeedMore) | Err(_) => return,
+            }
+        }
+    }
+
+    fn parse_chunk_framing(&mut self) -> Result<Step, Http1Error> {
+        match self.state {
+            BodyState::ChunkSize => {
+                let Some(eol) = self.buf.windows(2).position(|w| w == b"\r\n") else {
+                    if self.buf.len() > MAX_CHUNK_LINE {
+                        return Err(Http1Error::Malformed("chunk size line too long".into()));
+                    }
+                    return Ok(Step::NeedMore);
+                };
+                let line = std::str::from_utf8(&self.buf[..eol])
+                    .map_err(|_| Http1Error::Malformed("chunk size".into()))?;
+                // Chunk extensions (`;name=value`) are allowed and ignored.
+                let hex = line.split(';').next().unwrap_or_default().trim();
+                let size = u64::from_str_radix(hex, 16)
+                    .map_err(|_| Http1Error::Malformed(format!("chunk size {hex:?}")))?;
+                self.buf.advance(eol + 2);
+                self.state = if size == 0 {
+                    BodyState::Trailers
+                } else {
+                    BodyState::ChunkData(size)
+                };
+                Ok(Step::Progressed)
+            }
+            BodyState::ChunkEnd => {
+                if self.buf.len() < 2 {
+                    return Ok(Step::NeedMore);
+                }
+                if &self.buf[..2] != b"\r\n" {
+                    return Err(Http1Error::Malformed("chunk not followed by CRLF".into()));
+                }
+                self.buf.advance(2);
+                self.state = BodyState::ChunkSize;
+                Ok(Step::Progressed)
+            }
+            BodyState::Trailers => {
+                let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+                match httparse::parse_headers(&self.buf, &mut headers) {
+                    Ok(httparse::Status::Complete((n, hs))) => {
+                        let mut map = HeaderMap::with_capacity(hs.len());
+                        for h in hs.iter() {
+                            if let (Ok(k), Ok(v)) = (
+                                HeaderName::from_bytes(h.name.as_bytes()),
+                                HeaderValue::from_bytes(h.value),
+                            ) {
+                                map.append(k, v);
+                            }
+                        }
+                        self.buf.advance(n);
+                        Ok(Step::End(map))
+                    }
+                    Ok(httparse::Status::Partial) if self.buf.len() > MAX_CHUNK_LINE * 4 => {
+                        Err(Http1Error::Malformed("trailers too large".into()))
+                    }
+                    Ok(httparse::Status::Partial) => Ok(Step::NeedMore),
+                    Err(e) => Err(Http1Error::Malformed(format!("trailers: {e}"))),
+                }
+            }
+            _ => Ok(Step::NeedMore),
+        }
+    }
+
+    /// Reads more of the connection into `buf`; the end of the connection
+    /// ends a close-delimited body and is an error for any other.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Http1Error>> {
+        let Some(io) = &mut self.io else {
+            return Poll::Ready(Err(Http1Error::Read(io::ErrorKind::NotConnected.into())));
+        };
+        // Read as much as the body still promises, within bounds: large
+        // bodies move in large reads.
+        let want = match self.state {
+            BodyState::Length(n) | BodyState::ChunkData(n) => usize::try_from(n)
+                .unwrap_or(READ_BUF_MAX)
+                .clamp(1024, READ_BUF_MAX),
+            _ => READ_BUF_START,
+        };
+        if self.buf.capacity() - self.buf.len() < want.min(READ_BUF_START) {
+            self.buf.reserve(want);
+        }
+        let n = ready!(io.poll_read_buf(&mut self.buf, cx)).map_err(Http1Error::Read)?;
+        if n == 0 {
+            if self.state == BodyState::Close {
+                self.state = BodyState::Done;
+                return Poll::Ready(Ok(()));
+            }
+            return Poll::Ready(Err(Http1Error::Malformed(
+                "the app closed the connection inside the body".into(),
+            )));
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// The body has been read to its end: a keep-alive connection with
+    /// nothing left over goes back to the pool.
+    fn finish(&mut self) {
+        let Some(ReadIo::Whole(io)) = self.io.take() else {
+            return;
+        };
+        if self.reusable
+            && self.buf.is_empty()
+            && let Some(pool) = self.pool.upgrade()
+        {
+            pool.checkin(Conn {
+                io,
+                buf: std::mem::take(&mut self.buf),
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use http_body_util::{BodyExt, StreamBody};
+    use hyper::service::service_fn;
+    use hyper_util::rt::TokioIo;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    fn client(addr: SocketAddr) -> Http1Client {
+        Http1Client::new(
+            addr,
+            Duration::from_secs(1),
+            Duration::from_secs(90),
+            64 << 10,
+        )
+    }
+
+    fn req(method: &str, path: &str, body: SkiffBody) -> Request<SkiffBody> {
+        Request::builder()
+            .method(method)
+            .uri(path)
+            .body(body)
+            .expect("request")
+    }
+
+    /// A body of unknown length, streamed in `parts`.
+    fn streamed(parts: &[&'static str]) -> SkiffBody {
+        let frames = parts
+            .iter()
+            .map(|p| Ok::<_, Infallible>(Frame::data(Bytes::from_static(p.as_bytes()))))
+            .collect::<Vec<_>>();
+        SkiffBody::Grpc(tonic::body::Body::new(StreamBody::new(
+            futures_util::stream::iter(frames),
+        )))
+    }
+
+    async fn text(resp: Response<SkiffBody>) -> String {
+        let b = resp.into_body().collect().await.expect("body").to_bytes();
+        String::from_utf8_lossy(&b).into_owned()
+    }
+
+    /// hyper as the app: answers `<method> <path> <body>` with the request's
+    /// framing in headers, and counts connections.
+    async fn hyper_app() -> (SocketAddr, Arc<AtomicUsize>) {
+        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = l.local_addr().expect("addr");
+        let conns = Arc::new(AtomicUsize::new(0));
+        let counted = conns.clone();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = l.accept().await {
+                counted.fetch_add(1, Ordering::SeqCst);
+                let svc = service_fn(|r: Request<hyper::body::Incoming>| async move {
+                    let framing = if r.headers().contains_key(TRANSFER_ENCODING) {
+                        "chunked"
+                    } else {
+                        "length"
+                    };
+                    let host = r.headers().get(HOST).cloned();
+                    let line = format!("{} {}", r.method(), r.uri());
+                    let body = r.into_body().collect().await?.to_bytes();
+                    let mut resp = Response::new(http_body_util::Full::new(Bytes::from(format!(
+                        "{line} {}",
+                        String::from_utf8_lossy(&body)
+                    ))));
+                    resp.headers_mut()
+                        .insert("x-framing", HeaderValue::from_static(framing));
+                    if let Some(h) = host {
+                        resp.headers_mut().insert("x-host", h);
+                    }
+                    Ok::<_, hyper::Error>(resp)
+                });
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(tcp), svc),
+                );
+            }
+        });
+        (addr, conns)
+    }
+
+    /// A raw app: each connection reads one request head, then gets
+    /// `answers[i]` (for the i-th connection), written as given.
+    async fn raw_app(answers: Vec<&'static [u8]>) -> SocketAddr {
+        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = l.local_addr().expect("addr");
+        tokio::spawn(async move {
+            for a in answers {
+                let Ok((mut tcp, _)) = l.accept().await else {
+                    return;
+                };
+                tokio::spawn(async move {
+                    let mut seen = Vec::new();
+                    let mut b = [0u8; 4096];
+                    while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match tcp.read(&mut b).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => seen.extend_from_slice(&b[..n]),
+                        }
+                    }
+                    let _ = tcp.write_all(a).await;
+                    if a.windows(17).any(|w| w == b"connection: close") {
+                        return;
+                    }
+                    // Hold the connection open until the client closes it.
+                    let _ = tcp.read(&mut b).await;
+                });
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn keeps_connections_alive_and_frames_bodies() {
+        let (addr, conns) = hyper_app().await;
+        let c = client(addr);
+        let r = c
+            .send(req("POST", "/a?x=1", SkiffBody::full("hello")))
+            .await
+            .expect("send");
+        assert_eq!(r.headers()["x-framing"], "length");
+        assert_eq!(r.headers()["x-host"], addr.to_string().as_str());
+        assert_eq!(text(r).await, "POST /a?x=1 hello");
+        let r = c
+            .send(req("PUT", "/b", streamed(&["one ", "two"])))
+            .await
+            .expect("send");
+        assert_eq!(r.headers()["x-framing"], "chunked");
+        assert_eq!(text(r).await, "PUT /b one two");
+        let r = c
+            .send(req("GET", "/c", SkiffBody::Empty))
+            .await
+            .expect("send");
+        assert_eq!(text(r).await, "GET /c ");
+        // A large body, written from its own buffer.
+        let big = "z".repeat(MERGE_BODY_BYTES * 3);
+        let r = c
+            .send(req("POST", "/d", SkiffBody::full(big.clone())))
+            .await
+            .expect("send");
+        assert_eq!(text(r).await, format!("POST /d {big}"));
+        assert_eq!(conns.load(Ordering::SeqCst), 1, "one keep-alive connection");
+        assert_eq!(c.idle(), 1);
+    }
+
+    #[tokio::test]
+    async fn reads_chunked_close_delimited_and_bodiless_answers() {
+        let addr = raw_app(vec![
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nx-sum: 42\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\nuntil the end",
+            b"HTTP/1.1 204 No Content\r\ncontent-length: 5\r\n\r\n",
+        ])
+        .await;
+        let c = client(addr);
+        let r = c
+            .send(req("GET", "/", SkiffBody::Empty))
+            .await
+            .expect("chunked");
+        assert_eq!(r.status(), 200);
+        let collected = r.into_body().collect().await.expect("body");
+        assert_eq!(
+            collected.trailers().map(|t| t["x-sum"].clone()),
+            Some(HeaderValue::from_static("42"))
+        );
+        assert_eq!(&collected.to_bytes()[..], b"hello world");
+        assert_eq!(c.idle(), 1, "chunked answer read to its end");
+        // Later answers come from new connections of the raw app.
+        drop(c);
+        let c = client(addr);
+        let r = c
+            .send(req("GET", "/", SkiffBody::Empty))
+            .await
+            .expect("close");
+        assert_eq!(text(r).await, "until the end");
+        assert_eq!(c.idle(), 0, "close-delimited connections are not reused");
+        let r = c
+            .send(req("GET", "/", SkiffBody::Empty))
+            .await
+            .expect("204");
+        assert_eq!(r.status(), 204);
+        assert!(r.body().is_end_stream());
+    }
+
+    #[tokio::test]
+    async fn bad_answers_are_errors() {
+        let long_head: &'static [u8] = Box::leak(
+            format!("HTTP/1.1 200 OK\r\nx: {}\r\n\r\n", "a".repeat(70 << 10))
+                .into_bytes()
+                .into_boxed_slice(),
+        );
+        let addr = raw_app(vec![
+            b"SPDY/3 200 OK\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\nxx",
+            long_head,
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n",
+        ])
+        .await;
+        let c = client(addr);
+        for want in ["malformed", "conflicting", "larger than"] {
+            let e = c
+                .send(req("GET", "/", SkiffBody::Empty))
+                .await
+                .expect_err(want);
+            assert!(e.to_string().contains(want), "{e}");
+        }
+        let r = c
+            .send(req("GET", "/", SkiffBody::Empty))
+            .await
+            .expect("head is fine");
+        let e = r.into_body().collect().await.expect_err("bad chunk size");
+        assert!(e.to_string().contains("chunk size"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_app_closed_while_idle_is_not_used() {
+        let (addr, conns) = hyper_app().await;
+        let c = client(addr);
+        let r = c
+            .send(req("GET", "/1", SkiffBody::Empty))
+            .await
+            .expect("first");
+        assert_eq!(text(r).await, "GET /1 ");
+        // Replace the idle connection with one whose far end is closed.
+        let Ok(idle) = c.inner.idle.pop() else {
+            panic!("one idle connection")
+        };
+        drop(idle);
+        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let dead = TcpStream::connect(l.local_addr().expect("addr"))
+            .await
+            .expect("connect");
+        let (far, _) = l.accept().await.expect("accept");
+        drop(far);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        c.inner.checkin(Conn {
+            io: dead,
+            buf: BytesMut::new(),
+        });
+        let r = c
+            .send(req("POST", "/2", SkiffBody::full("again")))
+            .await
+            .expect("second");
+        assert_eq!(text(r).await, "POST /2 again");
+        assert_eq!(conns.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn an_answer_before_the_whole_request_body_still_gets_the_rest() {
+        // The app answers at once, then reads (and counts) the body.
+        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = l.local_addr().expect("addr");
+        let (got_tx, got_rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let (mut tcp, _) = l.accept().await.expect("accept");
+            tcp.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                .await
+                .expect("answer");
+            let mut all = Vec::new();
+            let _ = tcp.read_to_end(&mut all).await;
+            let _ = got_tx.send(all);
+        });
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(4);
+        let body = SkiffBody::Grpc(tonic::body::Body::new(StreamBody::new(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )));
+        let c = client(addr);
+        tx.send(Ok(Frame::data(Bytes::from_static(b"early"))))
+            .await
+            .expect("send");
+        let r = c.send(req("POST", "/", body)).await.expect("answered");
+        assert_eq!(text(r).await, "ok");
+        tx.send(Ok(Frame::data(Bytes::from_static(b"late"))))
+            .await
+            .expect("send");
+        drop(tx);
+        let all = String::from_utf8(got_rx.await.expect("app read")).expect("utf8");
+        assert!(
+            all.ends_with("5\r\nearly\r\n4\r\nlate\r\n0\r\n\r\n"),
+            "{all}"
+        );
+        assert_eq!(c.idle(), 0, "not reused after an early answer");
+    }
+}

@@ -1,0 +1,268 @@
+//! HTTP/2 on the `h2` crate directly, for every HTTP/2 hop the sidecar
+//! serves or dials: the internal port, the gRPC API, h2c on the HTTP API,
+//! and the pool's connections to other sidecars and to h2c/gRPC apps.
+//!
+//! Why not hyper's HTTP/2: hyper's server spawns a task per stream, and its
+//! client hands every request to the connection task over a channel, spawns
+//! a task for the response future and another to pipe the request body,
+//! then sends the response back over a oneshot. On a call that crosses two
+//! sidecars that is six task hops and a dozen allocations that carry no
+//! bytes (perf/RESULTS.md, issue 8). Here a call's future talks to the
+//! connection's shared stream state itself: the caller writes HEADERS and
+//! DATA from its own task (so they leave in one write), and the server runs
+//! a connection's streams inside the connection's task.
+//!
+//! This module owns the pieces both directions share: [`RecvBody`] (an
+//! incoming stream as an `http_body::Body`, returning flow-control window as
+//! its data moves on), [`send_body`] (any body into a stream, within the
+//! peer's window, stopping when the peer resets it) and [`keepalive`].
+
+pub mod server;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::HeaderMap;
+use http_body::{Body, Frame, SizeHint};
+
+use crate::body::{BoxError, SkiffBody};
+
+/// The body of an HTTP/2 stream we receive: a request on a served
+/// connection, or a response on a pooled one.
+#[derive(Debug)]
+pub struct RecvBody {
+    stream: h2::RecvStream,
+    /// What `content-length` announced and has not arrived yet (h2 itself
+    /// refuses a stream whose data does not match it).
+    remaining: Option<u64>,
+    data_done: bool,
+}
+
+impl RecvBody {
+    pub fn new(stream: h2::RecvStream, headers: &HeaderMap) -> Self {
+        let remaining = headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse().ok());
+        Self {
+            stream,
+            remaining,
+            data_done: false,
+        }
+    }
+
+    pub fn poll_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, h2::Error>>> {
+        if !self.data_done {
+            match ready!(self.stream.poll_data(cx)) {
+                Some(Ok(data)) => {
+                    // The bytes move on to the next hop at once, so the
+                    // window they used is the peer's again; the next hop's
+                    // own window bounds what waits in this sidecar.
+                    let _ = self.stream.flow_control().release_capacity(data.len());
+                    if let Some(r) = &mut self.remaining {
+                        *r = r.saturating_sub(data.len() as u64);
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Some(Err(e)) => return Poll::Ready(Some(Err(e))),
+                None => self.data_done = true,
+            }
+        }
+        match ready!(self.stream.poll_trailers(cx)) {
+            Ok(Some(t)) => Poll::Ready(Some(Ok(Frame::trailers(t)))),
+            Ok(None) => Poll::Ready(None),
+            Err(e) => Poll::Ready(Some(Err(e))),
+        }
+    }
+
+    pub fn is_end_stream(&self) -> bool {
+        self.stream.is_end_stream()
+    }
+
+    pub fn size_hint(&self) -> SizeHint {
+        match self.remaining {
+            Some(n) => SizeHint::with_exact(n),
+            None if self.is_end_stream() => SizeHint::with_exact(0),
+            None => SizeHint::new(),
+        }
+    }
+}
+
+/// Why a body stopped flowing into a stream.
+#[derive(Debug, thiserror::Error)]
+pub enum SendBodyError {
+    #[error("the peer reset the stream ({0:?})")]
+    Reset(h2::Reason),
+    #[error("HTTP/2 stream: {0}")]
+    Stream(#[source] h2::Error),
+    #[error("reading the body to forward: {0}")]
+    Body(#[source] BoxError),
+}
+
+/// Streams `body` into `tx` until its end (or trailers). Data is taken
+/// from `body` only while the stream has window for it, so a slow reader
+/// holds back the sender instead of filling this sidecar's memory; when
+/// the peer resets the stream, `body` is dropped, which cancels whatever
+/// feeds it (the upstream call, or the app's request).
+pub fn send_body(body: SkiffBody, tx: h2::SendStream<Bytes>) -> SendBody {
+    SendBody {
+        body,
+        tx,
+        held: None,
+    }
+}
+
+/// The future of [`send_body`]. `Unpin`, so a caller may poll it in place
+/// and still hand it to a task of its own later.
+pub struct SendBody {
+    body: SkiffBody,
+    tx: h2::SendStream<Bytes>,
+    /// A chunk taken from the body that waits for window.
+    held: Option<(Bytes, bool)>,
+}
+
+impl Future for SendBody {
+    type Output = Result<(), SendBodyError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let me = self.get_mut();
+        poll_send_body(&mut me.body, &mut me.tx, &mut me.held, cx)
+    }
+}
+
+fn poll_send_body(
+    body: &mut SkiffBody,
+    tx: &mut h2::SendStream<Bytes>,
+    held: &mut Option<(Bytes, bool)>,
+    cx: &mut Context<'_>,
+) -> Poll<Result<(), SendBodyError>> {
+    loop {
+        // Registered on every pass, so a reset wakes us whatever we wait on.
+        match tx.poll_reset(cx) {
+            Poll::Ready(Ok(reason)) => return Poll::Ready(Err(SendBodyError::Reset(reason))),
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(SendBodyError::Stream(e))),
+            Poll::Pending => {}
+        }
+        if let Some((_, eos)) = held {
+            // A chunk in hand waits for window before the body is polled
+            // again.
+            while tx.capacity() == 0 {
+                match ready!(tx.poll_capacity(cx)) {
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => return Poll::Ready(Err(SendBodyError::Stream(e))),
+                    None => {
+                        return Poll::Ready(Err(SendBodyError::Stream(h2::Error::from(
+                            h2::Reason::STREAM_CLOSED,
+                        ))));
+                    }
+                }
+            }
+            let eos = *eos;
+            if let Some((data, _)) = held.take() {
+                tx.send_data(data, eos).map_err(SendBodyError::Stream)?;
+            }
+            if eos {
+                return Poll::Ready(Ok(()));
+            }
+            continue;
+        }
+        match ready!(Pin::new(&mut *body).poll_frame(cx)) {
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) => {
+                    let eos = body.is_end_stream();
+                    if data.is_empty() {
+                        // Needs no window: an explicit end of stream.
+                        tx.send_data(data, eos).map_err(SendBodyError::Stream)?;
+                        if eos {
+                            return Poll::Ready(Ok(()));
+                        }
+                        continue;
+                    }
+                    // Claim a byte, not the chunk: h2 raises the claim to
+                    // what is buffered when the data is handed over, and a
+                    // stream waiting with a large claim would starve others
+                    // of the connection window.
+                    tx.reserve_capacity(1);
+                    *held = Some((data, eos));
+                }
+                Err(frame) => {
+                    if let Ok(trailers) = frame.into_trailers() {
+                        tx.reserve_capacity(0);
+                        tx.send_trailers(trailers).map_err(SendBodyError::Stream)?;
+                        return Poll::Ready(Ok(()));
+                    }
+                }
+            },
+            Some(Err(e)) => {
+                let reason = e
+                    .downcast_ref::<h2::Error>()
+                    .and_then(h2::Error::reason)
+                    .unwrap_or(h2::Reason::INTERNAL_ERROR);
+                tx.send_reset(reason);
+                return Poll::Ready(Err(SendBodyError::Body(e)));
+            }
+            None => {
+                tx.send_data(Bytes::new(), true)
+                    .map_err(SendBodyError::Stream)?;
+                return Poll::Ready(Ok(()));
+            }
+        }
+    }
+}
+
+/// Why a connection's keepalive gave up on it.
+#[derive(Debug, thiserror::Error)]
+pub enum KeepaliveError {
+    #[error("no PING answer within {0:?}")]
+    Timeout(Duration),
+    #[error("PING: {0}")]
+    Ping(#[source] h2::Error),
+}
+
+/// PINGs the peer every `interval` and returns once a PING goes unanswered
+/// for `timeout`, so a connection to a vanished peer is closed even when no
+/// call is using it. Pending forever without a PING handle.
+pub async fn keepalive(
+    ping: Option<h2::PingPong>,
+    interval: Duration,
+    timeout: Duration,
+) -> KeepaliveError {
+    let Some(mut ping) = ping else {
+        return std::future::pending().await;
+    };
+    loop {
+        tokio::time::sleep(interval).await;
+        match tokio::time::timeout(timeout, ping.ping(h2::Ping::opaque())).await {
+            Ok(Ok(_pong)) => {}
+            Ok(Err(e)) => return KeepaliveError::Ping(e),
+            Err(_) => return KeepaliveError::Timeout(timeout),
+        }
+    }
+}
+
+/// Request and response heads on HTTP/2 must not carry connection-specific
+/// headers (h2 refuses them); an HTTP/1.1 app or client may have sent some.
+/// Cheap when there are none, which is nearly always: a few lookups of
+/// constant names.
+pub fn strip_connection_headers(h: &mut HeaderMap) {
+    use crate::headers::{KEEP_ALIVE, PROXY_CONNECTION};
+    use http::header::{CONNECTION, TE, TRANSFER_ENCODING, UPGRADE};
+    let found = [
+        CONNECTION,
+        TRANSFER_ENCODING,
+        UPGRADE,
+        KEEP_ALIVE,
+        PROXY_CONNECTION,
+    ]
+    .iter()
+    .any(|n| h.contains_key(n))
+        || h.get(TE).is_some_and(|v| v != "trailers");
+    if found {
+        crate::headers::strip_hop_by_hop(h);
+    }
+}
