@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Instant;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
@@ -216,6 +216,84 @@ impl Body for SkiffBody {
             }
         }
     }
+}
+
+/// The bytes of a body read ahead. One chunk (a small message arrives in
+/// one) is kept as it came, without a copy.
+#[derive(Default)]
+pub struct Gathered {
+    first: Option<Bytes>,
+    rest: Option<BytesMut>,
+}
+
+impl Gathered {
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn len(&self) -> usize {
+        self.rest
+            .as_ref()
+            .map_or_else(|| self.first.as_ref().map_or(0, Bytes::len), BytesMut::len)
+    }
+
+    pub fn push(&mut self, d: Bytes) {
+        match (&mut self.rest, self.first.take()) {
+            (Some(buf), _) => buf.extend_from_slice(&d),
+            (None, None) => self.first = Some(d),
+            (None, Some(first)) => {
+                let mut buf = BytesMut::with_capacity(first.len() + d.len());
+                buf.extend_from_slice(&first);
+                buf.extend_from_slice(&d);
+                self.rest = Some(buf);
+            }
+        }
+    }
+
+    pub fn into_bytes(self) -> Bytes {
+        match self.rest {
+            Some(buf) => buf.freeze(),
+            None => self.first.unwrap_or_default(),
+        }
+    }
+
+    pub fn replayable(self) -> (SkiffBody, Option<Bytes>) {
+        let b = self.into_bytes();
+        (SkiffBody::full(b.clone()), Some(b))
+    }
+
+    pub fn prefixed(self, trailers: Option<http::HeaderMap>, rest: SkiffBody) -> SkiffBody {
+        let b = self.into_bytes();
+        let prefix = (!b.is_empty()).then_some(b);
+        SkiffBody::Prefixed(prefix, trailers, Box::new(rest))
+    }
+}
+
+/// A streamed body of known length up to `limit` bytes, read whole: an
+/// HTTP/2 hop then writes it with the request head in one write, instead of
+/// the head alone and the data after it (the bytes are nearly always in
+/// hand already; this waits for the rest of a small message, never for a
+/// stream). Anything else is returned as it is.
+pub async fn gather_small(body: SkiffBody, limit: usize) -> Result<SkiffBody, BoxError> {
+    let small = body
+        .size_hint()
+        .exact()
+        .is_some_and(|n| n > 0 && n <= limit as u64);
+    let mut body = match body {
+        b @ (SkiffBody::Incoming(_) | SkiffBody::H2(_) | SkiffBody::H1(_)) if small => b,
+        other => return Ok(other),
+    };
+    let mut got = Gathered::default();
+    while let Some(frame) = http_body_util::BodyExt::frame(&mut body).await {
+        match frame?.into_data() {
+            Ok(d) => got.push(d),
+            Err(f) => return Ok(got.prefixed(f.into_trailers().ok(), SkiffBody::Empty)),
+        }
+        if body.is_end_stream() {
+            break;
+        }
+    }
+    Ok(SkiffBody::full(got.into_bytes()))
 }
 
 /// Reads a whole body, failing once it exceeds `limit` bytes. Used only where

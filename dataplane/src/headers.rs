@@ -21,8 +21,6 @@ pub const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
 /// Skiff's sidecar-to-sidecar metadata. Every `skiff-` header is internal:
 /// stripped from what apps send and never delivered to apps.
 pub const SKIFF_PREFIX: &str = "skiff-";
-/// The callee's namespace, checked by the callee.
-pub const SKIFF_CALLEE_NS: HeaderName = HeaderName::from_static("skiff-callee-ns");
 /// `grpc-proxy` for frame-for-frame gRPC proxying; absent for HTTP-style
 /// invocations (HTTP front door and `InvokeService`).
 pub const SKIFF_MODE: HeaderName = HeaderName::from_static("skiff-mode");
@@ -102,18 +100,12 @@ pub fn prepare_outbound(h: &mut HeaderMap) {
     }
 }
 
-/// Sets the caller and callee identity; overwrites anything the app sent so a
-/// caller cannot claim to be another app.
-pub fn set_identity(
-    h: &mut HeaderMap,
-    caller: &Identity,
-    callee_app: &HeaderValue,
-    callee_ns: &HeaderValue,
-) {
+/// Sets the caller's identity; overwrites anything the app sent so a caller
+/// cannot claim to be another app (the callee overwrites it again from the
+/// certificate with mTLS).
+pub fn set_caller(h: &mut HeaderMap, caller: &Identity) {
     h.insert(DAPR_CALLER_APP_ID, caller.app_id.clone());
     h.insert(DAPR_CALLER_NAMESPACE, caller.namespace.clone());
-    h.insert(DAPR_CALLEE_APP_ID, callee_app.clone());
-    h.insert(SKIFF_CALLEE_NS, callee_ns.clone());
 }
 
 /// This sidecar's app id and namespace, pre-encoded as header values.
@@ -168,12 +160,7 @@ mod tests {
             app_id: HeaderValue::from_static("a"),
             namespace: HeaderValue::from_static("default"),
         };
-        set_identity(
-            &mut h,
-            &me,
-            &HeaderValue::from_static("b"),
-            &HeaderValue::from_static("default"),
-        );
+        set_caller(&mut h, &me);
         assert_eq!(h.get_all(DAPR_CALLER_APP_ID).iter().count(), 1);
         assert_eq!(h[DAPR_CALLER_APP_ID], "a");
     }

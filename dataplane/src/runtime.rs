@@ -91,6 +91,8 @@ pub struct Sidecar {
     pub tracer: Option<Tracer>,
     /// What `/v1.0/metadata` reports about metrics and tracing.
     telemetry_report: serde_json::Value,
+    /// What the callee checks and adds per call, built once.
+    pub inbound: inbound::Prepared,
 }
 
 impl Sidecar {
@@ -264,7 +266,8 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         Pool::new(PoolConfig::default(), connector),
         me,
     )
-    .with_policies(policies.clone(), settings.retry_buffer_size);
+    .with_policies(policies.clone(), settings.retry_buffer_size)
+    .with_mtls(identity.is_some());
     let app = AppChannel::new(&settings).map(Arc::new);
     let sc = Arc::new(Sidecar {
         outbound,
@@ -279,6 +282,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         internal_addr: Mutex::new(Some(internal_addr)),
         tracer,
         telemetry_report,
+        inbound: inbound::Prepared::new(&settings),
         settings,
     });
     if let Some(l) = metrics_listener {

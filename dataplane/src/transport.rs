@@ -39,8 +39,20 @@ pub enum Io {
 #[derive(Clone, Debug)]
 pub struct PeerInfo {
     pub addr: SocketAddr,
+    /// The peer's IP as header text (`X-Forwarded-For`, `Forwarded`),
+    /// formatted once per connection rather than once per call.
+    pub ip: http::HeaderValue,
     /// The caller's identity from its verified certificate (mTLS only).
     pub id: Option<Arc<VerifiedPeer>>,
+}
+
+impl PeerInfo {
+    pub fn new(addr: SocketAddr, id: Option<Arc<VerifiedPeer>>) -> Self {
+        // An IP address always renders as a valid header value.
+        let ip = http::HeaderValue::from_str(&addr.ip().to_string())
+            .unwrap_or_else(|_| http::HeaderValue::from_static("unknown"));
+        Self { addr, ip, id }
+    }
 }
 
 /// A caller's verified SPIFFE ID, with the header values the callee sets
@@ -222,7 +234,7 @@ impl Acceptor {
     pub async fn accept(&self, tcp: TcpStream, addr: SocketAddr) -> io::Result<(Io, PeerInfo)> {
         tcp.set_nodelay(true)?;
         let Some(identity) = &self.identity else {
-            return Ok((Io::Plain(tcp), PeerInfo { addr, id: None }));
+            return Ok((Io::Plain(tcp), PeerInfo::new(addr, None)));
         };
         let tls = identity.current().ok_or_else(|| {
             io::Error::other(
@@ -250,7 +262,7 @@ impl Acceptor {
             .map(Arc::new);
         Ok((
             Io::Tls(Box::new(tokio_rustls::TlsStream::Server(stream))),
-            PeerInfo { addr, id },
+            PeerInfo::new(addr, id),
         ))
     }
 }

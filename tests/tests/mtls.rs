@@ -94,9 +94,8 @@ where
             .await
             .map_err(|e| format!("h2 handshake: {e}"))?;
     tokio::spawn(conn);
-    let req = http::Request::post("http://callee/echo")
-        .header("dapr-callee-app-id", "callee")
-        .header("skiff-callee-ns", "default")
+    // The callee is named by the authority: `{app}.{namespace}`.
+    let req = http::Request::post("http://callee.default/echo")
         .body(Full::new(Bytes::from_static(b"x")))
         .expect("request");
     let resp = tokio::time::timeout(Duration::from_secs(5), tx.send_request(req))

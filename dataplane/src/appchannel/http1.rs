@@ -311,11 +311,19 @@ impl Inner {
 }
 
 /// An idle connection the app has closed (or sent something on, which an
-/// idle HTTP/1.1 connection must not) has become readable; the runtime
-/// tracks that readiness, so asking costs no system call.
+/// idle HTTP/1.1 connection must not) is readable. The runtime's readiness
+/// says "not readable" without a system call; when it says "readable" it
+/// may be stale (an edge seen after the last answer was already read), so
+/// a non-blocking read tells for sure, and clears it.
 fn still_open(io: &TcpStream) -> bool {
     let mut cx = Context::from_waker(std::task::Waker::noop());
-    io.poll_read_ready(&mut cx).is_pending()
+    match io.poll_read_ready(&mut cx) {
+        Poll::Pending => true,
+        Poll::Ready(Err(_)) => false,
+        Poll::Ready(Ok(())) => {
+            matches!(io.try_read(&mut [0u8; 1]), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+        }
+    }
 }
 
 /// Closes connections idle for longer than the idle timeout.

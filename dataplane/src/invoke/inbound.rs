@@ -5,10 +5,10 @@
 //! proxy calls go to the app's own gRPC server untouched; HTTP-style calls go
 //! to an HTTP/h2c app as they are, or become `OnInvoke` for a gRPC app.
 
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
+use bytes::{BufMut, Bytes, BytesMut};
 use http::{HeaderValue, Request, Response, StatusCode};
 use tonic::Code;
 
@@ -17,14 +17,36 @@ use crate::body::SkiffBody;
 use crate::config::AppProtocol;
 use crate::errors::{self, code};
 use crate::headers::{
-    self, DAPR_CALLEE_APP_ID, FORWARDED, MODE_GRPC_PROXY, SKIFF_CALLEE_NS, SKIFF_MODE,
-    SKIFF_VERB_NONE, X_FORWARDED_FOR,
+    self, DAPR_CALLEE_APP_ID, FORWARDED, MODE_GRPC_PROXY, SKIFF_MODE, SKIFF_VERB_NONE,
+    X_FORWARDED_FOR,
 };
 use crate::policy::acl::{Action, Operation};
 use crate::runtime::Sidecar;
 use crate::telemetry::metrics;
 use crate::telemetry::trace::{Kind, Value};
 use crate::transport::PeerInfo;
+
+/// What the callee checks and adds on every call, built once at start.
+#[derive(Debug)]
+pub struct Prepared {
+    /// `{app}.{namespace}`: the authority a call for this sidecar carries.
+    authority: String,
+    /// This app's id, delivered to it as `dapr-callee-app-id`.
+    app_id: HeaderValue,
+    /// `;by=<our address>` of the `Forwarded` header.
+    forwarded_by: Bytes,
+}
+
+impl Prepared {
+    pub fn new(s: &crate::config::Settings) -> Self {
+        Self {
+            authority: format!("{}.{}", s.app_id, s.namespace),
+            app_id: HeaderValue::from_str(&s.app_id)
+                .unwrap_or_else(|_| HeaderValue::from_static("")),
+            forwarded_by: Bytes::from(format!(";by={}", s.advertise_ip)),
+        }
+    }
+}
 
 /// Serves one call from another sidecar: Dapr's `req_recv`/`res_sent`
 /// counts, and this hop's span when tracing is on.
@@ -115,7 +137,7 @@ async fn serve(
             errors::http_error(status, code::DIRECT_INVOKE, msg)
         }
     };
-    if let Err(msg) = check_addressed_to_us(sc, req.headers()) {
+    if let Err(msg) = check_addressed_to_us(sc, req.uri()) {
         return fail(StatusCode::NOT_FOUND, Code::NotFound, &msg);
     }
     if let Some(denied) = access_denied(sc, peer, &req, grpc_proxy) {
@@ -142,6 +164,13 @@ async fn serve(
         );
     }
     let (mut parts, body) = req.into_parts();
+    // The authority named this sidecar; the app channel addresses the app.
+    if let Some(pq) = parts.uri.path_and_query().cloned() {
+        parts.uri = http::Uri::from(pq);
+    }
+    parts
+        .headers
+        .insert(DAPR_CALLEE_APP_ID, sc.inbound.app_id.clone());
     if let Some(p) = &peer.id {
         // With mTLS the caller is who its certificate says, whatever the
         // headers claim.
@@ -153,7 +182,7 @@ async fn serve(
             .insert(headers::DAPR_CALLER_NAMESPACE, p.namespace.clone());
     }
     let verb_none = parts.headers.contains_key(&SKIFF_VERB_NONE);
-    add_forwarded(&mut parts.headers, peer.addr.ip(), sc.settings.advertise_ip);
+    add_forwarded(&mut parts.headers, &peer.ip, &sc.inbound.forwarded_by);
 
     let is_grpc_app = matches!(app.protocol, AppProtocol::Grpc | AppProtocol::Grpcs);
     if grpc_proxy && !is_grpc_app {
@@ -213,20 +242,14 @@ async fn deliver(
 }
 
 /// A stale endpoint (another app now on a reused port) must not receive
-/// calls meant for someone else.
-fn check_addressed_to_us(sc: &Sidecar, h: &http::HeaderMap) -> Result<(), String> {
-    let app = h
-        .get(&DAPR_CALLEE_APP_ID)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default();
-    let ns = h
-        .get(&SKIFF_CALLEE_NS)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default();
-    if app != sc.settings.app_id || ns != sc.settings.namespace {
+/// calls meant for someone else: the caller names the callee's app and
+/// namespace in the request's authority (`{app}.{namespace}`).
+fn check_addressed_to_us(sc: &Sidecar, uri: &http::Uri) -> Result<(), String> {
+    let to = uri.authority().map_or("", |a| a.as_str());
+    if to != sc.inbound.authority {
         return Err(format!(
-            "this sidecar serves {}.{}, not {app}.{ns}",
-            sc.settings.app_id, sc.settings.namespace
+            "this sidecar serves {}, not {to}",
+            sc.inbound.authority
         ));
     }
     Ok(())
@@ -274,17 +297,21 @@ fn access_denied(
     })
 }
 
-/// X-Forwarded-For and Forwarded name the calling sidecar's host.
-fn add_forwarded(h: &mut http::HeaderMap, from: IpAddr, by: IpAddr) {
-    if let Ok(v) = HeaderValue::from_str(&from.to_string()) {
-        h.append(X_FORWARDED_FOR, v);
+/// X-Forwarded-For and Forwarded name the calling sidecar's host. Built
+/// from bytes prepared per connection and at start, without formatting.
+fn add_forwarded(h: &mut http::HeaderMap, from: &HeaderValue, by: &Bytes) {
+    h.append(X_FORWARDED_FOR, from.clone());
+    let host = h.get(headers::X_FORWARDED_HOST).map(HeaderValue::as_bytes);
+    let mut v =
+        BytesMut::with_capacity(4 + from.len() + by.len() + host.map_or(0, |h| 6 + h.len()));
+    v.put_slice(b"for=");
+    v.put_slice(from.as_bytes());
+    v.put_slice(by);
+    if let Some(host) = host {
+        v.put_slice(b";host=");
+        v.put_slice(host);
     }
-    let host = h
-        .get(headers::X_FORWARDED_HOST)
-        .and_then(|v| v.to_str().ok())
-        .map(|s| format!(";host={s}"));
-    if let Ok(v) = HeaderValue::from_str(&format!("for={from};by={by}{}", host.unwrap_or_default()))
-    {
+    if let Ok(v) = HeaderValue::from_maybe_shared(v.freeze()) {
         h.append(FORWARDED, v);
     }
 }

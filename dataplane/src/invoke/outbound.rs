@@ -14,16 +14,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use bytes::BytesMut;
 use futures_util::FutureExt;
 use http_body_util::BodyExt;
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Method, Request, Response, Uri, Version};
+use http::uri::Authority;
+use http::{HeaderMap, Method, Request, Response, Uri, Version};
 use http_body::Body;
 use skiff_resolvers::{AppRef, ResolveError, Resolver};
 
-use crate::body::SkiffBody;
+use crate::body::{Gathered, SkiffBody};
 use crate::headers::{self, Identity};
 use crate::invoke::balance::Balancer;
 use crate::policy::Policies;
@@ -78,6 +78,9 @@ pub struct Outbound {
     policies: Arc<ArcSwap<Policies>>,
     /// Largest request body kept for retries.
     replay_limit: usize,
+    /// Send `dapr-caller-*`: only without mTLS, where the callee has no
+    /// certificate to read the caller from.
+    caller_headers: bool,
 }
 
 impl Outbound {
@@ -89,7 +92,15 @@ impl Outbound {
             me,
             policies: Arc::default(),
             replay_limit: DEFAULT_REPLAY_BUFFER,
+            caller_headers: true,
         }
+    }
+
+    /// With mTLS the callee names the caller from its certificate, so the
+    /// caller's headers would be bytes that nobody reads.
+    pub fn with_mtls(mut self, on: bool) -> Self {
+        self.caller_headers = !on;
+        self
     }
 
     /// Applies `policies` (resiliency) to outgoing calls.
@@ -109,15 +120,17 @@ impl Outbound {
 
     /// Sends `req` to an instance of `app`. The request's headers must be
     /// prepared (`headers::prepare_outbound`); identity headers are set here
-    /// so no caller can choose them.
+    /// so no caller can choose them. The callee is named by the request's
+    /// authority, which HTTP/2 sends with every request anyway.
     pub async fn send(
         &self,
         app: &AppRef,
         mut req: Request<SkiffBody>,
     ) -> Result<Response<SkiffBody>, InvokeError> {
-        let callee_app = header_value(&app.app_id);
-        let callee_ns = header_value(&app.namespace);
-        headers::set_identity(req.headers_mut(), &self.me, &callee_app, &callee_ns);
+        if self.caller_headers {
+            headers::set_caller(req.headers_mut(), &self.me);
+        }
+        crate::pool::set_authority(&mut req, &callee_authority(app));
         *req.version_mut() = Version::HTTP_2;
 
         let set = match self.resolver.resolve(app) {
@@ -474,7 +487,7 @@ async fn capture(body: SkiffBody, limit: usize) -> (SkiffBody, Option<Bytes>) {
         other => return (other, None),
     };
     let wait = inc.size_hint().exact().is_some_and(|n| n <= limit as u64);
-    let mut got = Captured::default();
+    let mut got = Gathered::default();
     loop {
         if inc.is_end_stream() {
             return got.replayable();
@@ -500,53 +513,6 @@ async fn capture(body: SkiffBody, limit: usize) -> (SkiffBody, Option<Bytes>) {
             Some(None) => return got.replayable(),
             Some(Some(Err(_))) | None => return (got.prefixed(None, inc), None),
         }
-    }
-}
-
-/// The bytes of a body read ahead. One chunk (a small message arrives in
-/// one) is kept as it came, without a copy.
-#[derive(Default)]
-struct Captured {
-    first: Option<Bytes>,
-    rest: Option<BytesMut>,
-}
-
-impl Captured {
-    fn len(&self) -> usize {
-        self.rest
-            .as_ref()
-            .map_or_else(|| self.first.as_ref().map_or(0, Bytes::len), BytesMut::len)
-    }
-
-    fn push(&mut self, d: Bytes) {
-        match (&mut self.rest, self.first.take()) {
-            (Some(buf), _) => buf.extend_from_slice(&d),
-            (None, None) => self.first = Some(d),
-            (None, Some(first)) => {
-                let mut buf = BytesMut::with_capacity(first.len() + d.len());
-                buf.extend_from_slice(&first);
-                buf.extend_from_slice(&d);
-                self.rest = Some(buf);
-            }
-        }
-    }
-
-    fn into_bytes(self) -> Bytes {
-        match self.rest {
-            Some(buf) => buf.freeze(),
-            None => self.first.unwrap_or_default(),
-        }
-    }
-
-    fn replayable(self) -> (SkiffBody, Option<Bytes>) {
-        let b = self.into_bytes();
-        (SkiffBody::full(b.clone()), Some(b))
-    }
-
-    fn prefixed(self, trailers: Option<HeaderMap>, rest: SkiffBody) -> SkiffBody {
-        let b = self.into_bytes();
-        let prefix = (!b.is_empty()).then_some(b);
-        SkiffBody::Prefixed(prefix, trailers, Box::new(rest))
     }
 }
 
@@ -589,8 +555,13 @@ impl Replay {
     }
 }
 
-/// App ids and namespaces are validated to a header-safe alphabet before they
-/// get here.
-fn header_value(s: &str) -> HeaderValue {
-    HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+/// `{app}.{namespace}`, the authority a call to `app` carries (app ids and
+/// namespaces are validated to `[A-Za-z0-9_-]` before they get here).
+fn callee_authority(app: &AppRef) -> Authority {
+    let mut s = String::with_capacity(app.app_id.len() + 1 + app.namespace.len());
+    s.push_str(&app.app_id);
+    s.push('.');
+    s.push_str(&app.namespace);
+    Authority::from_maybe_shared(Bytes::from(s))
+        .unwrap_or_else(|_| Authority::from_static("invalid"))
 }

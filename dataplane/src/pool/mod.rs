@@ -54,6 +54,10 @@ pub const DEFAULT_STREAM_WINDOW: u32 = 1 << 20;
 pub const DEFAULT_CONN_WINDOW: u32 = 4 << 20;
 /// Largest HTTP/2 frame this side accepts (see the windows above).
 pub const DEFAULT_MAX_FRAME: u32 = 256 << 10;
+/// A request body of known length up to this is read whole before the
+/// request is written, so head and data leave in one write (and reach the
+/// peer in one read) instead of two.
+pub const COALESCE_BODY_BYTES: usize = 16 << 10;
 /// Largest response head a pooled connection accepts (hyper's default).
 pub const DEFAULT_MAX_HEADER_LIST: u32 = 16 << 20;
 
@@ -97,6 +101,12 @@ pub enum PoolError {
         addr: SocketAddr,
         #[source]
         source: h2::Error,
+    },
+    #[error("call to {addr}: reading the request body: {source}")]
+    Body {
+        addr: SocketAddr,
+        #[source]
+        source: crate::body::BoxError,
     },
 }
 
@@ -184,8 +194,13 @@ impl Checkout {
             mut lease,
         } = self;
         let addr = slot.addr;
-        set_authority(&mut req, &slot.authority);
+        if req.uri().authority().is_none() {
+            set_authority(&mut req, &slot.authority);
+        }
         let (mut head, body) = req.into_parts();
+        let body = crate::body::gather_small(body, COALESCE_BODY_BYTES)
+            .await
+            .map_err(|source| PoolError::Body { addr, source })?;
         http2::strip_connection_headers(&mut head.headers);
         let mut head = Request::from_parts(head, ());
         let mut retried = false;
