@@ -269,16 +269,22 @@ impl Gathered {
     }
 }
 
-/// A streamed body of known length up to `limit` bytes, read whole: an
-/// HTTP/2 hop then writes it with the request head in one write, instead of
-/// the head alone and the data after it (the bytes are nearly always in
-/// hand already; this waits for the rest of a small message, never for a
-/// stream). Anything else is returned as it is.
-pub async fn gather_small(body: SkiffBody, limit: usize) -> Result<SkiffBody, BoxError> {
+/// A request body of known length up to this is read whole before the
+/// request is written (see [`gather_small`]).
+pub const COALESCE_BODY_BYTES: usize = 16 << 10;
+
+/// A streamed body of known length up to [`COALESCE_BODY_BYTES`], read
+/// whole: the next hop then writes it with the request head in one write
+/// (which the peer reads in one go), instead of the head alone and the data
+/// after it. The bytes are nearly always in hand already; this waits for
+/// the rest of a small message, never for a stream. Anything else is
+/// returned as it is.
+pub async fn gather_small(body: SkiffBody) -> Result<SkiffBody, BoxError> {
+    let limit = COALESCE_BODY_BYTES as u64;
     let small = body
         .size_hint()
         .exact()
-        .is_some_and(|n| n > 0 && n <= limit as u64);
+        .is_some_and(|n| n > 0 && n <= limit);
     let mut body = match body {
         b @ (SkiffBody::Incoming(_) | SkiffBody::H2(_) | SkiffBody::H1(_)) if small => b,
         other => return Ok(other),

@@ -132,6 +132,9 @@ impl Http1Client {
     /// once its head has arrived; the body streams from the connection.
     pub async fn send(&self, req: Request<SkiffBody>) -> Result<Response<SkiffBody>, Http1Error> {
         let (parts, body) = req.into_parts();
+        let body = crate::body::gather_small(body)
+            .await
+            .map_err(Http1Error::RequestBody)?;
         let no_body_expected = parts.method == Method::HEAD;
         let framing = RequestFraming::of(&parts.headers, &parts.method, &body);
         let mut head = BytesMut::with_capacity(256);
@@ -634,8 +637,13 @@ impl BodyWriter {
     ) -> Poll<Result<(), Http1Error>> {
         loop {
             if self.queue.iter().any(|b| !b.is_empty()) {
-                let slices = self.queue.each_ref().map(|b| io::IoSlice::new(b));
-                let mut n = ready!(Pin::new(&mut *io).poll_write_vectored(cx, &slices))
+                let mut slices = [io::IoSlice::new(&[]); 3];
+                let mut k = 0;
+                for b in self.queue.iter().filter(|b| !b.is_empty()) {
+                    slices[k] = io::IoSlice::new(b);
+                    k += 1;
+                }
+                let mut n = ready!(Pin::new(&mut *io).poll_write_vectored(cx, &slices[..k]))
                     .map_err(Http1Error::Write)?;
                 if n == 0 {
                     return Poll::Ready(Err(Http1Error::Write(io::ErrorKind::WriteZero.into())));

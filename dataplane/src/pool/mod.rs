@@ -54,10 +54,6 @@ pub const DEFAULT_STREAM_WINDOW: u32 = 1 << 20;
 pub const DEFAULT_CONN_WINDOW: u32 = 4 << 20;
 /// Largest HTTP/2 frame this side accepts (see the windows above).
 pub const DEFAULT_MAX_FRAME: u32 = 256 << 10;
-/// A request body of known length up to this is read whole before the
-/// request is written, so head and data leave in one write (and reach the
-/// peer in one read) instead of two.
-pub const COALESCE_BODY_BYTES: usize = 16 << 10;
 /// Largest response head a pooled connection accepts (hyper's default).
 pub const DEFAULT_MAX_HEADER_LIST: u32 = 16 << 20;
 
@@ -198,7 +194,7 @@ impl Checkout {
             set_authority(&mut req, &slot.authority);
         }
         let (mut head, body) = req.into_parts();
-        let body = crate::body::gather_small(body, COALESCE_BODY_BYTES)
+        let body = crate::body::gather_small(body)
             .await
             .map_err(|source| PoolError::Body { addr, source })?;
         http2::strip_connection_headers(&mut head.headers);
