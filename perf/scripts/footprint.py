@@ -30,7 +30,7 @@ import tempfile
 import time
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
-BIN = os.path.join(ROOT, "target", "release")
+BIN = os.environ.get("SKIFF_BIN_DIR") or os.path.join(ROOT, "target", "release")
 
 
 def free_port():

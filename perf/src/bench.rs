@@ -259,6 +259,8 @@ pub const SAMPLING_RATE: &str = "0.1";
 struct Run {
     report: Report,
     proxy_cpu_s: f64,
+    /// The kernel's part of `proxy_cpu_s`.
+    proxy_sys_s: f64,
     proxy_rss_kib: u64,
 }
 
@@ -279,6 +281,9 @@ pub struct Row {
     pub throughput_vs_direct: f64,
     /// CPU seconds the proxy processes spent per 1000 requests.
     pub proxy_cpu_s_per_1000: f64,
+    /// The part of it spent in the kernel (system time).
+    #[serde(default)]
+    pub proxy_sys_s_per_1000: f64,
     /// Highest RSS of any proxy process during the runs.
     pub proxy_peak_rss_kib: u64,
     pub errors: u64,
@@ -688,7 +693,12 @@ async fn measure(
     };
     // Count workers too (nginx serves from a child of the process we started).
     let pids: Vec<u32> = pids.iter().flat_map(|&p| procfs::tree(p)).collect();
-    let cpu_before: f64 = pids.iter().filter_map(|&p| procfs::cpu_seconds(p)).sum();
+    let cpu = |pids: &[u32]| {
+        pids.iter()
+            .filter_map(|&p| procfs::cpu_split(p))
+            .fold((0.0, 0.0), |(u, s), (pu, ps)| (u + pu, s + ps))
+    };
+    let (user_before, sys_before) = cpu(&pids);
     let stop = Arc::new(AtomicBool::new(false));
     let peak = Arc::new(AtomicU64::new(0));
     let sampler = {
@@ -707,9 +717,10 @@ async fn measure(
     let report = load::run(spec_for(e, proto, scenario, secs, warmup)).await?;
     stop.store(true, Ordering::Relaxed);
     let _ = sampler.await;
-    let cpu_after: f64 = pids.iter().filter_map(|&p| procfs::cpu_seconds(p)).sum();
+    let (user_after, sys_after) = cpu(&pids);
     Ok(Run {
-        proxy_cpu_s: cpu_after - cpu_before,
+        proxy_cpu_s: (user_after + sys_after) - (user_before + sys_before),
+        proxy_sys_s: sys_after - sys_before,
         proxy_rss_kib: peak.load(Ordering::Relaxed),
         report,
     })
@@ -740,6 +751,14 @@ fn summarize(
         };
         let requests: u64 = rs.iter().map(|r| r.report.requests).sum();
         let cpu: f64 = rs.iter().map(|r| r.proxy_cpu_s).sum();
+        let sys: f64 = rs.iter().map(|r| r.proxy_sys_s).sum();
+        let per_1000 = |s: f64| {
+            if requests == 0 {
+                0.0
+            } else {
+                s / requests as f64 * 1000.0
+            }
+        };
         // The round whose p50 is the median supplies the plotted curve.
         let curve = rs
             .iter()
@@ -754,11 +773,8 @@ fn summarize(
             note: notes.get(path).cloned().unwrap_or_default(),
             rounds: rs.len(),
             throughput_rps: median_by(rs.iter().map(|r| r.report.achieved_rps).collect()),
-            proxy_cpu_s_per_1000: if requests == 0 {
-                0.0
-            } else {
-                cpu / requests as f64 * 1000.0
-            },
+            proxy_cpu_s_per_1000: per_1000(cpu),
+            proxy_sys_s_per_1000: per_1000(sys),
             proxy_peak_rss_kib: rs.iter().map(|r| r.proxy_rss_kib).max().unwrap_or(0),
             errors: rs.iter().map(|r| r.report.requests - r.report.ok).sum(),
             generator_cpu_cores: median_by(
@@ -803,13 +819,13 @@ fn markdown(rows: &[Row], skipped: &[String]) -> String {
             let _ = writeln!(s, "\n### {} {}\n", proto_name(r.proto), r.scenario.name());
             let _ = writeln!(
                 s,
-                "| path | p50 µs | p90 µs | p99 µs | p99.9 µs | added p50 / p99 µs | req/s | vs direct | proxy CPU s/1k req | proxy peak RSS | errors |"
+                "| path | p50 µs | p90 µs | p99 µs | p99.9 µs | added p50 / p99 µs | req/s | vs direct | proxy CPU s/1k req (kernel) | proxy peak RSS | errors |"
             );
             let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|");
         }
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {} | {:+} / {:+} | {:.0} | {:.2} | {:.4} | {:.1} MiB | {} |",
+            "| {} | {} | {} | {} | {} | {:+} / {:+} | {:.0} | {:.2} | {:.4} ({:.0}%) | {:.1} MiB | {} |",
             r.path.name(),
             r.latency.p50_us,
             r.latency.p90_us,
@@ -820,6 +836,11 @@ fn markdown(rows: &[Row], skipped: &[String]) -> String {
             r.throughput_rps,
             r.throughput_vs_direct,
             r.proxy_cpu_s_per_1000,
+            if r.proxy_cpu_s_per_1000 > 0.0 {
+                100.0 * r.proxy_sys_s_per_1000 / r.proxy_cpu_s_per_1000
+            } else {
+                0.0
+            },
             r.proxy_peak_rss_kib as f64 / 1024.0,
             r.errors
         );

@@ -7,7 +7,12 @@ const TICKS_PER_SECOND: f64 = 100.0;
 
 /// User + system CPU seconds a process has used.
 pub fn cpu_seconds(pid: u32) -> Option<f64> {
-    parse_stat(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+    cpu_split(pid).map(|(u, s)| u + s)
+}
+
+/// User and system (kernel) CPU seconds a process has used.
+pub fn cpu_split(pid: u32) -> Option<(f64, f64)> {
+    parse_split(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
 }
 
 /// This process's CPU seconds (0 when /proc is unavailable).
@@ -26,13 +31,17 @@ pub fn self_cpu_seconds() -> f64 {
 }
 
 fn parse_stat(s: &str) -> Option<f64> {
+    parse_split(s).map(|(u, k)| u + k)
+}
+
+fn parse_split(s: &str) -> Option<(f64, f64)> {
     // The command name may hold spaces; fields resume after the last ')'.
     let rest = &s[s.rfind(')')? + 2..];
     let f: Vec<&str> = rest.split_whitespace().collect();
     // After ')': state is field 3; utime and stime are fields 14 and 15.
     let utime: f64 = f.get(11)?.parse().ok()?;
     let stime: f64 = f.get(12)?.parse().ok()?;
-    Some((utime + stime) / TICKS_PER_SECOND)
+    Some((utime / TICKS_PER_SECOND, stime / TICKS_PER_SECOND))
 }
 
 /// `pid` and all its descendants (a proxy's workers).

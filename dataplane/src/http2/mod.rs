@@ -15,12 +15,13 @@
 //! This module owns the pieces both directions share: [`RecvBody`] (an
 //! incoming stream as an `http_body::Body`, returning flow-control window as
 //! its data moves on), [`send_body`] (any body into a stream, within the
-//! peer's window, stopping when the peer resets it) and [`keepalive`].
+//! peer's window, stopping when the peer resets it) and [`KeepaliveWatch`].
 
 pub mod server;
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -227,7 +228,7 @@ pub enum KeepaliveError {
 /// PINGs the peer every `interval` and returns once a PING goes unanswered
 /// for `timeout`, so a connection to a vanished peer is closed even when no
 /// call is using it. Pending forever without a PING handle.
-pub async fn keepalive(
+async fn keepalive(
     ping: Option<h2::PingPong>,
     interval: Duration,
     timeout: Duration,
@@ -242,6 +243,51 @@ pub async fn keepalive(
             Ok(Err(e)) => return KeepaliveError::Ping(e),
             Err(_) => return KeepaliveError::Timeout(timeout),
         }
+    }
+}
+
+/// A connection's keepalive, run as a task of its own: the connection's
+/// loop then checks a flag on each pass instead of polling a timer (which
+/// it would do several times per call). The task stops with the watch.
+pub struct KeepaliveWatch {
+    shared: Arc<KeepaliveShared>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+#[derive(Default)]
+struct KeepaliveShared {
+    failed: std::sync::OnceLock<KeepaliveError>,
+    waker: futures_util::task::AtomicWaker,
+}
+
+impl KeepaliveWatch {
+    pub fn spawn(ping: Option<h2::PingPong>, interval: Duration, timeout: Duration) -> Self {
+        let shared = Arc::new(KeepaliveShared::default());
+        let s = shared.clone();
+        let task = tokio::spawn(async move {
+            let e = keepalive(ping, interval, timeout).await;
+            let _ = s.failed.set(e);
+            s.waker.wake();
+        });
+        Self { shared, task }
+    }
+
+    /// Ready (with the reason) once the peer stopped answering.
+    pub fn poll_failed(&self, cx: &mut Context<'_>) -> Poll<&KeepaliveError> {
+        if let Some(e) = self.shared.failed.get() {
+            return Poll::Ready(e);
+        }
+        self.shared.waker.register(cx.waker());
+        match self.shared.failed.get() {
+            Some(e) => Poll::Ready(e),
+            None => Poll::Pending,
+        }
+    }
+}
+
+impl Drop for KeepaliveWatch {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }
 

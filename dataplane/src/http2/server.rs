@@ -21,7 +21,7 @@ use http_body::Body;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::runtime::RuntimeFlavor;
 
-use super::{KeepaliveError, RecvBody, keepalive, send_body, strip_connection_headers};
+use super::{KeepaliveWatch, RecvBody, send_body, strip_connection_headers};
 use crate::body::SkiffBody;
 use crate::transport::PeerInfo;
 
@@ -47,7 +47,7 @@ pub enum ServeError {
     #[error("HTTP/2: {0}")]
     H2(#[from] h2::Error),
     #[error("keepalive: {0}")]
-    Keepalive(#[from] KeepaliveError),
+    Keepalive(String),
 }
 
 /// Serves `io` until the client goes away, the connection fails, or
@@ -68,11 +68,11 @@ where
     let mut conn = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
         .await
         .map_err(|_| ServeError::HandshakeTimeout(HANDSHAKE_TIMEOUT))??;
-    let mut keepalive = pin!(keepalive(
+    let keepalive = KeepaliveWatch::spawn(
         conn.ping_pong(),
         cfg.keepalive_interval,
-        cfg.keepalive_timeout
-    ));
+        cfg.keepalive_timeout,
+    );
     let mut shutdown = pin!(shutdown);
     let mut draining = false;
     let inline = tokio::runtime::Handle::current().runtime_flavor() == RuntimeFlavor::CurrentThread;
@@ -85,8 +85,8 @@ where
                 draining = true;
                 conn.graceful_shutdown();
             }
-            if let Poll::Ready(e) = keepalive.as_mut().poll(cx) {
-                return Poll::Ready(Err(e.into()));
+            if let Poll::Ready(e) = keepalive.poll_failed(cx) {
+                return Poll::Ready(Err(ServeError::Keepalive(e.to_string())));
             }
             match conn.poll_accept(cx) {
                 Poll::Ready(Some(Ok((req, respond)))) => {

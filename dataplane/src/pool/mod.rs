@@ -15,9 +15,12 @@
 //! already in hand leave together in the connection task's next write, and
 //! the response is read by the call's task without a channel in between.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
+use std::task::Poll;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -528,12 +531,16 @@ impl Inner {
         let (interval, timeout) = (self.cfg.keepalive_interval, self.cfg.keepalive_timeout);
         tokio::spawn(async move {
             let mut conn = conn;
-            let keepalive = http2::keepalive(conn.ping_pong(), interval, timeout);
-            tokio::select! {
-                r = &mut conn => if let Err(e) = r {
-                    tracing::debug!(%addr, error = %e, "pooled connection ended");
-                },
-                e = keepalive => tracing::debug!(%addr, error = %e, "pooled connection dropped"),
+            let keepalive = http2::KeepaliveWatch::spawn(conn.ping_pong(), interval, timeout);
+            let end = std::future::poll_fn(|cx| {
+                if let Poll::Ready(r) = Pin::new(&mut conn).poll(cx) {
+                    return Poll::Ready(r.map_err(|e| e.to_string()));
+                }
+                keepalive.poll_failed(cx).map(|e| Err(e.to_string()))
+            })
+            .await;
+            if let Err(e) = end {
+                tracing::debug!(%addr, error = %e, "pooled connection ended");
             }
             if let (Some(slot), Some(c)) = (weak_slot.upgrade(), weak_conn.upgrade()) {
                 c.closed.store(true, Ordering::Release);
