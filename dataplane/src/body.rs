@@ -36,7 +36,7 @@ pub enum SkiffBody {
     /// when the body ends or is dropped.
     Pooled(RecvBody, Lease),
     /// A response read from an HTTP/1.1 app.
-    H1(crate::appchannel::http1::H1Body),
+    H1(crate::http1::H1Body),
     /// A response produced by a tonic service.
     Grpc(tonic::body::Body),
     /// A request whose first bytes were read ahead (for a retry that then

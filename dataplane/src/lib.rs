@@ -14,6 +14,7 @@ pub mod body;
 pub mod config;
 pub mod errors;
 pub mod headers;
+pub mod http1;
 pub mod http2;
 pub mod identity;
 pub mod invoke;

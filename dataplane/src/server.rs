@@ -2,33 +2,28 @@
 //!
 //! Each accepted connection is served on its own task: HTTP/2 (the internal
 //! and gRPC ports, and h2c on the HTTP port, told apart by its preface) by
-//! [`crate::http2::server`], HTTP/1.1 by hyper. Handlers see one request
-//! type either way. On shutdown the accept loop stops, every connection is
+//! [`crate::http2::server`], HTTP/1.1 by [`crate::http1::server`]. Handlers
+//! see one request type either way. On shutdown the accept loop stops, every connection is
 //! asked to finish (HTTP/2 GOAWAY, HTTP/1.1 close after the current
 //! response), and [`Drain::wait`] returns once all have ended or the grace
 //! period is over.
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Request, Response};
-use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
 use crate::body::SkiffBody;
-use crate::http2;
 use crate::pool::{
     DEFAULT_CONN_WINDOW, DEFAULT_KEEPALIVE_INTERVAL, DEFAULT_KEEPALIVE_TIMEOUT, DEFAULT_MAX_FRAME,
     DEFAULT_STREAM_WINDOW,
 };
 use crate::transport::{Acceptor, Io, PeerInfo};
+use crate::{http1, http2};
 
 /// Concurrent streams a client may open on one HTTP/2 connection.
 pub const MAX_CONCURRENT_STREAMS: u32 = 1024;
@@ -109,6 +104,14 @@ pub struct ListenerConfig {
 }
 
 impl ListenerConfig {
+    fn h1(&self) -> http1::server::Settings {
+        http1::server::Settings {
+            max_head_bytes: self.max_header_bytes,
+            header_timeout: HEADER_READ_TIMEOUT,
+            idle_timeout: http1::server::DEFAULT_IDLE_TIMEOUT,
+        }
+    }
+
     fn h2(&self) -> http2::server::Settings {
         http2::server::Settings {
             max_concurrent_streams: MAX_CONCURRENT_STREAMS,
@@ -198,41 +201,11 @@ async fn serve_conn<H, F>(
         }
         return;
     }
-    serve_http1(io, addr, peer, &cfg, handler, watch).await;
-}
-
-/// HTTP/1.1 on hyper, whose dispatcher runs the handler inside the
-/// connection's task.
-async fn serve_http1<H, F>(
-    io: Io,
-    addr: SocketAddr,
-    peer: PeerInfo,
-    cfg: &ListenerConfig,
-    handler: H,
-    mut watch: Watch,
-) where
-    H: Fn(PeerInfo, Request<SkiffBody>) -> F + Clone + Send + Sync + 'static,
-    F: Future<Output = Response<SkiffBody>> + Send + 'static,
-{
-    let svc = service_fn(move |req: Request<Incoming>| {
-        let call = handler(peer.clone(), req.map(SkiffBody::Incoming));
-        async move { Ok::<_, Infallible>(call.await) }
-    });
-    let mut b = http1::Builder::new();
-    b.timer(TokioTimer::new())
-        .max_buf_size(cfg.max_header_bytes)
-        .header_read_timeout(HEADER_READ_TIMEOUT)
-        .keep_alive(true);
-    let conn = b.serve_connection(TokioIo::new(io), svc);
-    tokio::pin!(conn);
-    let r = tokio::select! {
-        r = conn.as_mut() => r,
-        () = watch.signaled() => {
-            conn.as_mut().graceful_shutdown();
-            conn.await
-        }
+    let Io::Plain(tcp) = io else {
+        return;
     };
-    if let Err(e) = r {
+    let shutdown = watch.signaled();
+    if let Err(e) = http1::server::serve_connection(tcp, peer, &cfg.h1(), handler, shutdown).await {
         tracing::debug!(%addr, error = %e, "connection ended with error");
     }
 }

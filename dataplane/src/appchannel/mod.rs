@@ -1,6 +1,7 @@
 //! The app channel: how the callee sidecar delivers calls to its own app.
 //!
-//! - `http` apps: HTTP/1.1 over a keep-alive connection pool ([`http1`]).
+//! - `http` apps: HTTP/1.1 over a keep-alive connection pool
+//!   ([`crate::http1::client`]).
 //! - `h2c` apps: HTTP/2 without TLS, on the same [`Pool`] the sidecars share.
 //! - `grpc` apps: proxied gRPC calls pass through frame for frame on that
 //!   pool; HTTP-style invocations become `AppCallback/OnInvoke` calls (see
@@ -11,7 +12,6 @@
 
 pub mod grpc;
 pub mod health;
-pub mod http1;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -24,6 +24,7 @@ use tokio::sync::Semaphore;
 use crate::body::SkiffBody;
 use crate::config::{AppProtocol, Settings};
 use crate::headers::DAPR_API_TOKEN;
+use crate::http1::{self, client::Http1Client};
 use crate::pool::{Pool, PoolConfig, PoolError};
 use crate::transport::Connector;
 
@@ -64,7 +65,7 @@ impl AppError {
 pub struct AppChannel {
     pub protocol: AppProtocol,
     addr: SocketAddr,
-    http1: http1::Http1Client,
+    http1: Http1Client,
     h2: Pool,
     limiter: Option<Arc<Semaphore>>,
     app_token: Option<HeaderValue>,
@@ -77,7 +78,7 @@ impl AppChannel {
     pub fn new(s: &Settings) -> Option<Self> {
         let port = s.app_port?;
         let addr = SocketAddr::new(s.app_channel_address, port);
-        let http1 = http1::Http1Client::new(
+        let http1 = Http1Client::new(
             addr,
             APP_CONNECT_TIMEOUT,
             HTTP1_IDLE_TIMEOUT,

@@ -19,67 +19,35 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
 use concurrent_queue::ConcurrentQueue;
 use http::header::{CONNECTION, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
-use http_body::{Body, Frame, SizeHint};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedReadHalf;
 
-use crate::body::{BoxError, SkiffBody};
+use super::{
+    BodyFraming, BodyWriter, End, Framing, H1Body, Http1Error, MAX_HEADERS, READ_BUF_START, ReadIo,
+    header_line, keeps_alive, poll_read_buf,
+};
+use crate::body::SkiffBody;
 
 /// Idle connections kept per app; more are closed when they come back.
 pub const MAX_IDLE: usize = 256;
 /// A body up to this size is copied behind the request head so both leave
 /// in one write; larger ones are written from their own buffer.
 const MERGE_BODY_BYTES: usize = 16 << 10;
-/// First read buffer; it doubles while reads fill it, up to the maximum.
-const READ_BUF_START: usize = 8 << 10;
-const READ_BUF_MAX: usize = 256 << 10;
-/// Header lines a response may have.
-const MAX_HEADERS: usize = 128;
-
-#[derive(Debug, thiserror::Error)]
-pub enum Http1Error {
-    #[error("connect: {0}")]
-    Connect(#[source] io::Error),
-    #[error("connect timed out after {0:?}")]
-    ConnectTimeout(Duration),
-    #[error("sending the request: {0}")]
-    Write(#[source] io::Error),
-    #[error("reading the response: {0}")]
-    Read(#[source] io::Error),
-    #[error("the app closed the connection before answering")]
-    ClosedBeforeAnswer,
-    #[error("malformed response: {0}")]
-    Malformed(String),
-    #[error("response head larger than {0} bytes")]
-    HeadTooLarge(usize),
-    #[error("reading the request body to forward: {0}")]
-    RequestBody(#[source] BoxError),
-}
-
-impl Http1Error {
-    /// The app never saw this request, or dropped the connection before a
-    /// byte of its answer: what a connection closed while idle looks like.
-    fn is_stale(&self) -> bool {
-        matches!(self, Self::ClosedBeforeAnswer | Self::Write(_))
-    }
-}
-
 /// Keep-alive connections to one app.
 pub struct Http1Client {
     inner: Arc<Inner>,
 }
 
-struct Inner {
+pub(crate) struct Inner {
     addr: SocketAddr,
     host: HeaderValue,
     idle: ConcurrentQueue<Idle>,
@@ -136,7 +104,7 @@ impl Http1Client {
             .await
             .map_err(Http1Error::RequestBody)?;
         let no_body_expected = parts.method == Method::HEAD;
-        let framing = RequestFraming::of(&parts.headers, &parts.method, &body);
+        let framing = BodyFraming::of(&parts.headers, &parts.method, &body);
         let mut head = BytesMut::with_capacity(256);
         encode_head(&parts, &self.inner.host, framing, &mut head);
         // In memory, the request can be sent again; the common small case
@@ -149,10 +117,8 @@ impl Http1Client {
             }
             SkiffBody::Full(b) => b,
             streamed => {
-                let writer = BodyWriter::new(streamed, framing);
-                return self
-                    .send_streamed(head.freeze(), writer, no_body_expected)
-                    .await;
+                let writer = BodyWriter::with_head(streamed, framing, head);
+                return self.send_streamed(writer, no_body_expected).await;
             }
         };
         let head = head.freeze();
@@ -178,12 +144,10 @@ impl Http1Client {
     /// reused.
     async fn send_streamed(
         &self,
-        head: Bytes,
         mut writer: BodyWriter,
         no_body_expected: bool,
     ) -> Result<Response<SkiffBody>, Http1Error> {
         let (mut conn, _) = self.inner.checkout().await?;
-        conn.io.write_all(&head).await.map_err(Http1Error::Write)?;
         let max = self.inner.max_head_bytes;
         let first = {
             let (mut rd, mut wr) = conn.io.split();
@@ -242,13 +206,11 @@ impl Http1Client {
             }
             return Response::from_parts(parts, SkiffBody::Empty);
         }
-        let body = H1Body {
-            io: Some(ReadIo::Whole(conn.io)),
-            buf: conn.buf,
-            state: BodyState::from(framing),
+        let end = End::Pool {
             reusable,
             pool: Arc::downgrade(&self.inner),
         };
+        let body = H1Body::new(ReadIo::Whole(conn.io), conn.buf, framing, end);
         Response::from_parts(parts, SkiffBody::H1(body))
     }
 
@@ -264,13 +226,7 @@ impl Http1Client {
         } else {
             head.framing
         };
-        let body = H1Body {
-            io: Some(ReadIo::Half(rd)),
-            buf,
-            state: BodyState::from(framing),
-            reusable: false,
-            pool: std::sync::Weak::new(),
-        };
+        let body = H1Body::new(ReadIo::Half(rd), buf, framing, End::Close);
         Response::from_parts(head.parts, SkiffBody::H1(body))
     }
 }
@@ -311,6 +267,11 @@ impl Inner {
             since_ms: self.now_ms(),
         });
     }
+
+    /// A connection whose answer has been read to its end.
+    pub(crate) fn checkin_parts(&self, io: TcpStream, buf: BytesMut) {
+        self.checkin(Conn { io, buf });
+    }
 }
 
 /// An idle connection the app has closed (or sent something on, which an
@@ -350,36 +311,12 @@ async fn reap_idle(pool: std::sync::Weak<Inner>) {
     }
 }
 
-/// How a request body is framed on the wire.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum RequestFraming {
-    /// As the request's own `content-length` says, or no body at all.
-    AsIs,
-    /// `content-length` added.
-    Length(u64),
-    Chunked,
-}
-
-impl RequestFraming {
-    fn of(h: &HeaderMap, method: &Method, body: &SkiffBody) -> Self {
-        if h.contains_key(CONTENT_LENGTH) {
-            return Self::AsIs;
-        }
-        match body.size_hint().exact() {
-            // Methods whose body means something say so even when empty.
-            Some(0) if !matches!(*method, Method::POST | Method::PUT | Method::PATCH) => Self::AsIs,
-            Some(n) => Self::Length(n),
-            None => Self::Chunked,
-        }
-    }
-}
-
 /// The request line and headers, with `host` and the body's framing added
 /// when the request lacks them.
 fn encode_head(
     parts: &http::request::Parts,
     host: &HeaderValue,
-    framing: RequestFraming,
+    framing: BodyFraming,
     out: &mut BytesMut,
 ) {
     out.extend_from_slice(parts.method.as_str().as_bytes());
@@ -398,23 +335,16 @@ fn encode_head(
         header_line(out, name.as_str(), value.as_bytes());
     }
     match framing {
-        RequestFraming::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
-        RequestFraming::Length(n) => {
+        BodyFraming::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        BodyFraming::Length(n) => {
             header_line(
                 out,
                 CONTENT_LENGTH.as_str(),
                 itoa::Buffer::new().format(n).as_bytes(),
             );
         }
-        RequestFraming::AsIs => {}
+        BodyFraming::AsIs => {}
     }
-    out.extend_from_slice(b"\r\n");
-}
-
-fn header_line(out: &mut BytesMut, name: &str, value: &[u8]) {
-    out.extend_from_slice(name.as_bytes());
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value);
     out.extend_from_slice(b"\r\n");
 }
 
@@ -451,14 +381,6 @@ impl Head {
         self.reusable = false;
         self
     }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Framing {
-    Length(u64),
-    Chunked,
-    /// Until the app closes the connection.
-    Close,
 }
 
 /// Reads until a complete response head is in `buf` (skipping interim 1xx
@@ -586,180 +508,6 @@ fn framing_of(status: StatusCode, h: &HeaderMap) -> Result<Framing, Http1Error> 
     Ok(length.map_or(Framing::Close, Framing::Length))
 }
 
-fn keeps_alive(h: &HeaderMap, http10: bool) -> bool {
-    let says = |word: &str| {
-        h.get_all(CONNECTION).iter().any(|v| {
-            v.to_str()
-                .is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(word)))
-        })
-    };
-    if http10 {
-        says("keep-alive")
-    } else {
-        !says("close")
-    }
-}
-
-/// Reads what is available into the spare capacity of `buf`.
-fn poll_read_buf<R: AsyncRead + Unpin>(
-    io: &mut R,
-    buf: &mut BytesMut,
-    cx: &mut Context<'_>,
-) -> Poll<io::Result<usize>> {
-    tokio_util::io::poll_read_buf(Pin::new(io), cx, buf)
-}
-
-/// Writes a streamed request body, chunked or as it is. All progress lives
-/// here, so a poll abandoned half-way loses nothing.
-struct BodyWriter {
-    body: SkiffBody,
-    framing: RequestFraming,
-    /// Bytes taken from the body and not yet written, in order: a chunk's
-    /// size line, its data and its CRLF leave in one vectored write.
-    queue: [Bytes; 3],
-    done: bool,
-}
-
-impl BodyWriter {
-    fn new(body: SkiffBody, framing: RequestFraming) -> Self {
-        Self {
-            body,
-            framing,
-            queue: Default::default(),
-            done: false,
-        }
-    }
-
-    fn poll_write<W: AsyncWrite + Unpin>(
-        &mut self,
-        io: &mut W,
-        cx: &mut Context<'_>,
-    ) -> Poll<Result<(), Http1Error>> {
-        loop {
-            if self.queue.iter().any(|b| !b.is_empty()) {
-                let mut slices = [io::IoSlice::new(&[]); 3];
-                let mut k = 0;
-                for b in self.queue.iter().filter(|b| !b.is_empty()) {
-                    slices[k] = io::IoSlice::new(b);
-                    k += 1;
-                }
-                let mut n = ready!(Pin::new(&mut *io).poll_write_vectored(cx, &slices[..k]))
-                    .map_err(Http1Error::Write)?;
-                if n == 0 {
-                    return Poll::Ready(Err(Http1Error::Write(io::ErrorKind::WriteZero.into())));
-                }
-                for b in &mut self.queue {
-                    let k = n.min(b.len());
-                    b.advance(k);
-                    n -= k;
-                }
-                continue;
-            }
-            if self.done {
-                return Pin::new(&mut *io).poll_flush(cx).map_err(Http1Error::Write);
-            }
-            match ready!(Pin::new(&mut self.body).poll_frame(cx)) {
-                Some(Ok(frame)) => {
-                    // HTTP/1.1 request trailers are not forwarded.
-                    let Ok(data) = frame.into_data() else {
-                        continue;
-                    };
-                    if data.is_empty() {
-                        continue;
-                    }
-                    if self.framing == RequestFraming::Chunked {
-                        let mut line = BytesMut::with_capacity(20);
-                        write_hex(&mut line, data.len());
-                        line.extend_from_slice(b"\r\n");
-                        self.queue = [line.freeze(), data, Bytes::from_static(b"\r\n")];
-                    } else {
-                        self.queue[0] = data;
-                    }
-                }
-                Some(Err(e)) => return Poll::Ready(Err(Http1Error::RequestBody(e))),
-                None => {
-                    self.done = true;
-                    if self.framing == RequestFraming::Chunked {
-                        self.queue[0] = Bytes::from_static(b"0\r\n\r\n");
-                    }
-                }
-            }
-        }
-    }
-}
-
-fn write_hex(out: &mut BytesMut, mut n: usize) {
-    let mut digits = [0u8; 16];
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b"0123456789abcdef"[n & 0xf];
-        n >>= 4;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[i..]);
-}
-
-/// The connection a response body is read from.
-#[derive(Debug)]
-enum ReadIo {
-    Whole(TcpStream),
-    /// The write half is still sending the request body.
-    Half(OwnedReadHalf),
-}
-
-impl ReadIo {
-    fn poll_read_buf(
-        &mut self,
-        buf: &mut BytesMut,
-        cx: &mut Context<'_>,
-    ) -> Poll<io::Result<usize>> {
-        match self {
-            Self::Whole(s) => poll_read_buf(s, buf, cx),
-            Self::Half(s) => poll_read_buf(s, buf, cx),
-        }
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum BodyState {
-    /// Bytes of the body (or of the current chunk) still to come.
-    Length(u64),
-    /// Inside chunked coding: the next chunk's size line is due...
-    ChunkSize,
-    /// ...the chunk's data...
-    ChunkData(u64),
-    /// ...the CRLF after it...
-    ChunkEnd,
-    /// ...or the trailer section after the last chunk.
-    Trailers,
-    Close,
-    Done,
-}
-
-impl From<Framing> for BodyState {
-    fn from(f: Framing) -> Self {
-        match f {
-            Framing::Length(0) => Self::Done,
-            Framing::Length(n) => Self::Length(n),
-            Framing::Chunked => Self::ChunkSize,
-            Framing::Close => Self::Close,
-        }
-    }
-}
-
-/// A response body read from the app's connection as it is polled.
-#[derive(Debug)]
-pub struct H1Body {
-    io: Option<ReadIo>,
-    buf: BytesMut,
-    state: BodyState,
-    reusable: bool,
-    pool: std::sync::Weak<Inner>,
-}
-
 impl std::fmt::Debug for Inner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Http1Client")
@@ -768,216 +516,12 @@ impl std::fmt::Debug for Inner {
     }
 }
 
-/// What the chunked-coding parser made of the bytes in hand.
-enum Step {
-    NeedMore,
-    Progressed,
-    /// The body is over; its trailers (often none).
-    End(HeaderMap),
-}
-
-/// A chunk-size line longer than this is not HTTP.
-const MAX_CHUNK_LINE: usize = 4096;
-
-impl H1Body {
-    pub fn poll_frame(
-        &mut self,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Http1Error>>> {
-        loop {
-            match self.state {
-                BodyState::Done => return Poll::Ready(None),
-                BodyState::Length(n) | BodyState::ChunkData(n) if !self.buf.is_empty() => {
-                    let take = (self.buf.len() as u64).min(n) as usize;
-                    let data = self.buf.split_to(take).freeze();
-                    let left = n - take as u64;
-                    self.state = match (self.state, left) {
-                        (BodyState::Length(_), 0) => BodyState::Done,
-                        (BodyState::Length(_), l) => BodyState::Length(l),
-                        (_, 0) => BodyState::ChunkEnd,
-                        (_, l) => BodyState::ChunkData(l),
-                    };
-                    if self.state == BodyState::ChunkEnd {
-                        // The last chunk is often in hand already: reach the
-                        // end now, so this data goes out as the last.
-                        self.settle();
-                    }
-                    if self.state == BodyState::Done {
-                        self.finish();
-                    }
-                    return Poll::Ready(Some(Ok(Frame::data(data))));
-                }
-                BodyState::Close if !self.buf.is_empty() => {
-                    return Poll::Ready(Some(Ok(Frame::data(self.buf.split().freeze()))));
-                }
-                BodyState::ChunkSize | BodyState::ChunkEnd | BodyState::Trailers => {
-                    match self.parse_chunk_framing() {
-                        Ok(Step::Progressed) => continue,
-                        Ok(Step::End(trailers)) => {
-                            self.state = BodyState::Done;
-                            self.finish();
-                            if trailers.is_empty() {
-                                return Poll::Ready(None);
-                            }
-                            return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
-                        }
-                        Ok(Step::NeedMore) => {}
-                        Err(e) => return Poll::Ready(Some(Err(e))),
-                    }
-                }
-                _ => {}
-            }
-            if let Err(e) = ready!(self.poll_fill(cx)) {
-                return Poll::Ready(Some(Err(e)));
-            }
-        }
-    }
-
-    pub fn is_end_stream(&self) -> bool {
-        self.state == BodyState::Done
-    }
-
-    pub fn size_hint(&self) -> SizeHint {
-        match self.state {
-            BodyState::Length(n) => SizeHint::with_exact(n),
-            BodyState::Done => SizeHint::with_exact(0),
-            _ => SizeHint::new(),
-        }
-    }
-
-    /// Consumes chunk framing already in the buffer, without reading, as
-    /// far as the end of a body without trailers.
-    fn settle(&mut self) {
-        loop {
-            if self.state == BodyState::Trailers && !self.buf.starts_with(b"\r\n") {
-                return;
-            }
-            match self.parse_chunk_framing() {
-                Ok(Step::Progressed) if matches!(self.state, BodyState::ChunkData(_)) => return,
-                Ok(Step::Progressed) => {}
-                Ok(Step::End(_)) => {
-                    self.state = BodyState::Done;
-                    return;
-                }
-                Ok(Step::NeedMore) | Err(_) => return,
-            }
-        }
-    }
-
-    fn parse_chunk_framing(&mut self) -> Result<Step, Http1Error> {
-        match self.state {
-            BodyState::ChunkSize => {
-                let Some(eol) = self.buf.windows(2).position(|w| w == b"\r\n") else {
-                    if self.buf.len() > MAX_CHUNK_LINE {
-                        return Err(Http1Error::Malformed("chunk size line too long".into()));
-                    }
-                    return Ok(Step::NeedMore);
-                };
-                let line = std::str::from_utf8(&self.buf[..eol])
-                    .map_err(|_| Http1Error::Malformed("chunk size".into()))?;
-                // Chunk extensions (`;name=value`) are allowed and ignored.
-                let hex = line.split(';').next().unwrap_or_default().trim();
-                let size = u64::from_str_radix(hex, 16)
-                    .map_err(|_| Http1Error::Malformed(format!("chunk size {hex:?}")))?;
-                self.buf.advance(eol + 2);
-                self.state = if size == 0 {
-                    BodyState::Trailers
-                } else {
-                    BodyState::ChunkData(size)
-                };
-                Ok(Step::Progressed)
-            }
-            BodyState::ChunkEnd => {
-                if self.buf.len() < 2 {
-                    return Ok(Step::NeedMore);
-                }
-                if &self.buf[..2] != b"\r\n" {
-                    return Err(Http1Error::Malformed("chunk not followed by CRLF".into()));
-                }
-                self.buf.advance(2);
-                self.state = BodyState::ChunkSize;
-                Ok(Step::Progressed)
-            }
-            BodyState::Trailers => {
-                let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-                match httparse::parse_headers(&self.buf, &mut headers) {
-                    Ok(httparse::Status::Complete((n, hs))) => {
-                        let mut map = HeaderMap::with_capacity(hs.len());
-                        for h in hs.iter() {
-                            if let (Ok(k), Ok(v)) = (
-                                HeaderName::from_bytes(h.name.as_bytes()),
-                                HeaderValue::from_bytes(h.value),
-                            ) {
-                                map.append(k, v);
-                            }
-                        }
-                        self.buf.advance(n);
-                        Ok(Step::End(map))
-                    }
-                    Ok(httparse::Status::Partial) if self.buf.len() > MAX_CHUNK_LINE * 4 => {
-                        Err(Http1Error::Malformed("trailers too large".into()))
-                    }
-                    Ok(httparse::Status::Partial) => Ok(Step::NeedMore),
-                    Err(e) => Err(Http1Error::Malformed(format!("trailers: {e}"))),
-                }
-            }
-            _ => Ok(Step::NeedMore),
-        }
-    }
-
-    /// Reads more of the connection into `buf`; the end of the connection
-    /// ends a close-delimited body and is an error for any other.
-    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Http1Error>> {
-        let Some(io) = &mut self.io else {
-            return Poll::Ready(Err(Http1Error::Read(io::ErrorKind::NotConnected.into())));
-        };
-        // Read as much as the body still promises, within bounds: large
-        // bodies move in large reads.
-        let want = match self.state {
-            BodyState::Length(n) | BodyState::ChunkData(n) => usize::try_from(n)
-                .unwrap_or(READ_BUF_MAX)
-                .clamp(1024, READ_BUF_MAX),
-            _ => READ_BUF_START,
-        };
-        if self.buf.capacity() - self.buf.len() < want.min(READ_BUF_START) {
-            self.buf.reserve(want);
-        }
-        let n = ready!(io.poll_read_buf(&mut self.buf, cx)).map_err(Http1Error::Read)?;
-        if n == 0 {
-            if self.state == BodyState::Close {
-                self.state = BodyState::Done;
-                return Poll::Ready(Ok(()));
-            }
-            return Poll::Ready(Err(Http1Error::Malformed(
-                "the app closed the connection inside the body".into(),
-            )));
-        }
-        Poll::Ready(Ok(()))
-    }
-
-    /// The body has been read to its end: a keep-alive connection with
-    /// nothing left over goes back to the pool.
-    fn finish(&mut self) {
-        let Some(ReadIo::Whole(io)) = self.io.take() else {
-            return;
-        };
-        if self.reusable
-            && self.buf.is_empty()
-            && let Some(pool) = self.pool.upgrade()
-        {
-            pool.checkin(Conn {
-                io,
-                buf: std::mem::take(&mut self.buf),
-            });
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::convert::Infallible;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
+    use http_body::{Body, Frame};
     use http_body_util::{BodyExt, StreamBody};
     use hyper::service::service_fn;
     use hyper_util::rt::TokioIo;
