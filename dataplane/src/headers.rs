@@ -87,13 +87,35 @@ pub fn strip_internal(h: &mut HeaderMap) {
 }
 
 /// Headers an app sends that must not travel: connection headers, the API
-/// token, the routing header, internal headers.
+/// token, the routing header, internal headers. One pass over the names
+/// finds which are there (usually only `host`), so the common case costs
+/// no lookups for absent names.
 pub fn prepare_outbound(h: &mut HeaderMap) {
-    strip_hop_by_hop(h);
-    strip_internal(h);
-    h.remove(&DAPR_API_TOKEN);
-    h.remove(&DAPR_APP_ID);
-    if let Some(host) = h.remove(header::HOST)
+    let mut hop = false;
+    let mut drop_ours = false;
+    let mut host = false;
+    for name in h.keys() {
+        if *name == header::HOST {
+            host = true;
+        } else if HOP_BY_HOP.contains(name) || *name == header::TE {
+            hop = true;
+        } else if *name == DAPR_API_TOKEN
+            || *name == DAPR_APP_ID
+            || name.as_str().starts_with(SKIFF_PREFIX)
+        {
+            drop_ours = true;
+        }
+    }
+    if hop {
+        strip_hop_by_hop(h);
+    }
+    if drop_ours {
+        strip_internal(h);
+        h.remove(&DAPR_API_TOKEN);
+        h.remove(&DAPR_APP_ID);
+    }
+    if host
+        && let Some(host) = h.remove(header::HOST)
         && !h.contains_key(&X_FORWARDED_HOST)
     {
         h.insert(X_FORWARDED_HOST, host);

@@ -11,6 +11,10 @@
 #   PROTO http (/v1.0/invoke/.../hits, no header echo) | grpc (proxy mode,
 #         skiff.echo.v1.Echo/Unary)
 #   SIDE  caller | callee
+# MTLS=1 runs both sidecars with mTLS (the embedded CA), as a production
+# pair does; without it the hop between them is plaintext. PAYLOAD=1024
+# sends that many bytes per call (HTTP then calls /mirror, which answers
+# them back, as the bench does; without it, /hits).
 # CG_OUT=FILE keeps the callgrind profile (for callgrind_annotate).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -32,6 +36,7 @@ spec:
     samplingRate: "0.1"
     otel: {endpointAddress: "127.0.0.1:1", protocol: http}
 Y
+tls=""; [ -n "${MTLS:-}" ] && tls="--enable-mtls"
 case $mode in
   off) extra="--enable-metrics=false";;
   metrics) extra="";;
@@ -44,18 +49,20 @@ if [ "$proto" = grpc ]; then app="--app-port $eg --app-protocol grpc"; else app=
 vg="valgrind --tool=callgrind --callgrind-out-file=$w/cg.out -q"
 callee_vg=""; caller_vg=""
 if [ "$which" = callee ]; then callee_vg=$vg; else caller_vg=$vg; fi
-$callee_vg $B/skiffd --app-id rpc $app --dapr-http-port "$h1" --dapr-grpc-port "$(port)" --metrics-port 0 --log-level error $extra & pids+=($!)
-$caller_vg $B/skiffd --app-id caller --dapr-http-port "$h2" --dapr-grpc-port "$g2" --metrics-port 0 --log-level error $extra & pids+=($!)
+$callee_vg $B/skiffd --app-id rpc $app --dapr-http-port "$h1" --dapr-grpc-port "$(port)" --metrics-port 0 --log-level error $extra $tls & pids+=($!)
+$caller_vg $B/skiffd --app-id caller --dapr-http-port "$h2" --dapr-grpc-port "$g2" --metrics-port 0 --log-level error $extra $tls & pids+=($!)
 for _ in $(seq 300); do
   curl -fs -o /dev/null "http://127.0.0.1:$h1/v1.0/healthz" && curl -fs -o /dev/null "http://127.0.0.1:$h2/v1.0/healthz" && break
   sleep 0.2
 done
+body=""; hpath=hits
+if [ -n "${PAYLOAD:-}" ]; then body="--payload-size $PAYLOAD"; hpath=mirror; fi
 run() {
   if [ "$proto" = grpc ]; then
-    $B/skiff-perf load "http://127.0.0.1:$g2/skiff.echo.v1.Echo/Unary" --proto grpc -H dapr-app-id:rpc \
+    $B/skiff-perf load "http://127.0.0.1:$g2/skiff.echo.v1.Echo/Unary" --proto grpc -H dapr-app-id:rpc $body \
       --concurrency 1 --requests "$1" --warmup 0s --duration 300s --quiet >/dev/null 2>&1
   else
-    $B/skiff-perf load "http://127.0.0.1:$h2/v1.0/invoke/rpc/method/hits" \
+    $B/skiff-perf load "http://127.0.0.1:$h2/v1.0/invoke/rpc/method/$hpath" $body \
       --concurrency 1 --requests "$1" --warmup 0s --duration 300s --quiet >/dev/null 2>&1
   fi
 }
@@ -66,6 +73,6 @@ callgrind_control -d >/dev/null 2>&1
 sleep 0.5
 f=$(ls -t "$w"/cg.out* | head -1)
 ir=$(grep -m1 "^summary:\|^totals:" "$f" | awk '{print $2}')
-echo "$mode $proto $which: $((ir / n)) instructions/call"
+echo "$mode $proto $which${tls:+ mtls}${PAYLOAD:+ payload $PAYLOAD}: $((ir / n)) instructions/call"
 # CG_OUT=path keeps the profile for callgrind_annotate.
 if [ -n "${CG_OUT:-}" ]; then cp "$f" "$CG_OUT"; fi

@@ -27,6 +27,8 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::task::Poll;
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use bytes::{Bytes, BytesMut};
 use concurrent_queue::ConcurrentQueue;
 use futures_util::FutureExt;
@@ -172,6 +174,12 @@ where
     let mut buf = BytesMut::new();
     let mut shutdown = pin!(shutdown.fuse());
     let mut back: Option<Arc<Handback>> = None;
+    // One idle timer for the connection's life, moved on lazily: moving a
+    // timer for every request is a timer-wheel update each time, and an
+    // idle limit need not be exact (a connection is closed after 3/4 to
+    // all of the idle timeout without a request).
+    let mut idle = pin!(tokio::time::sleep(cfg.idle_timeout));
+    let mut armed = Instant::now();
     loop {
         let Some(reader) = rd.as_mut() else {
             return Ok(());
@@ -179,20 +187,34 @@ where
         if buf.is_empty() {
             // Idle: no buffer is held while waiting.
             buf = BytesMut::new();
+            let now = Instant::now();
+            if now.duration_since(armed) > cfg.idle_timeout / 4 {
+                idle.as_mut().reset(now + cfg.idle_timeout);
+                armed = now;
+            }
             tokio::select! {
-                r = tokio::time::timeout(cfg.idle_timeout, reader.readable()) => match r {
-                    Ok(r) => r.map_err(Http1Error::Read)?,
-                    Err(_) => return Ok(()),
-                },
+                biased;
+                r = reader.readable() => r.map_err(Http1Error::Read)?,
+                () = &mut idle => return Ok(()),
                 () = &mut shutdown => return Ok(()),
             }
         }
-        let read = read_head(reader, &mut buf, cfg.max_head_bytes);
-        let head = match tokio::time::timeout(cfg.header_timeout, read).await {
-            Err(_) => return Ok(()),
-            Ok(Ok(Some(h))) => h,
-            Ok(Ok(None)) => return Ok(()),
-            Ok(Err(r)) => {
+        // A head nearly always arrives whole in one read: the header timer
+        // is started only for one that did not.
+        let read = {
+            let mut read = pin!(read_head(reader, &mut buf, cfg.max_head_bytes));
+            match (&mut read).now_or_never() {
+                Some(r) => r,
+                None => match tokio::time::timeout(cfg.header_timeout, read).await {
+                    Ok(r) => r,
+                    Err(_) => return Ok(()),
+                },
+            }
+        };
+        let head = match read {
+            Ok(Some(h)) => h,
+            Ok(None) => return Ok(()),
+            Err(r) => {
                 refuse(reader, &mut wr, &r).await;
                 return Err(Http1Error::Malformed(r.why));
             }
@@ -315,7 +337,9 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, Refusal> {
     let head = buf.split_to(n).freeze();
     let uri = Uri::from_maybe_shared(head.slice(target.0..target.0 + target.1))
         .map_err(|e| Refusal::bad(format!("invalid request target: {e}")))?;
-    let mut headers = HeaderMap::with_capacity(spans.len());
+    // Room for what the sidecar adds on the way (forwarding, identity and
+    // trace headers), so the map is not rebuilt larger mid-call.
+    let mut headers = HeaderMap::with_capacity(spans.len() + 8);
     for (name, start, end) in spans {
         let value = HeaderValue::from_maybe_shared(head.slice(start..end))
             .map_err(|_| Refusal::bad(format!("invalid value of header {name}")))?;

@@ -76,11 +76,15 @@ where
     let mut shutdown = pin!(shutdown);
     let mut draining = false;
     let inline = tokio::runtime::Handle::current().runtime_flavor() == RuntimeFlavor::CurrentThread;
-    let mut streams = FuturesUnordered::new();
+    // Made at the first stream: an empty set still allocates a node the
+    // size of a stream's future, which idle connections need not hold.
+    let mut streams: Option<FuturesUnordered<_>> = None;
     poll_fn(|cx| {
         loop {
             // Streams first: the connection below writes what they queued.
-            while let Poll::Ready(Some(())) = streams.poll_next_unpin(cx) {}
+            if let Some(s) = streams.as_mut() {
+                while let Poll::Ready(Some(())) = s.poll_next_unpin(cx) {}
+            }
             if !draining && shutdown.as_mut().poll(cx).is_ready() {
                 draining = true;
                 conn.graceful_shutdown();
@@ -96,7 +100,7 @@ where
                     let stream = serve_stream(call, respond);
                     if inline {
                         // Polled on the next pass of this loop.
-                        streams.push(stream);
+                        streams.get_or_insert_with(FuturesUnordered::new).push(stream);
                     } else {
                         tokio::spawn(stream);
                     }
