@@ -32,7 +32,90 @@ pub const ACCEPT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug)]
 pub enum Io {
     Plain(TcpStream),
-    Tls(Box<tokio_rustls::TlsStream<TcpStream>>),
+    Tls(Box<tokio_rustls::TlsStream<ReadAhead>>),
+}
+
+/// Reads ahead under TLS: rustls asks its transport for at most 4 KiB at
+/// a time, which costs a system call per 4 KiB when many calls' records
+/// are waiting. This reads what is there (up to [`READ_AHEAD`]) at once and
+/// serves rustls's reads from memory. Writes go straight through.
+#[derive(Debug)]
+pub struct ReadAhead {
+    tcp: TcpStream,
+    buf: bytes::BytesMut,
+}
+
+/// The most one read under TLS takes from the socket.
+pub const READ_AHEAD: usize = 64 << 10;
+
+impl ReadAhead {
+    fn new(tcp: TcpStream) -> Self {
+        Self {
+            tcp,
+            buf: bytes::BytesMut::new(),
+        }
+    }
+}
+
+impl AsyncRead for ReadAhead {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        out: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let me = self.get_mut();
+        if me.buf.is_empty() {
+            if me.buf.capacity() < READ_AHEAD {
+                me.buf.reserve(READ_AHEAD);
+            }
+            let n = std::task::ready!(tokio_util::io::poll_read_buf(
+                Pin::new(&mut me.tcp),
+                cx,
+                &mut me.buf
+            ))?;
+            if n == 0 {
+                return Poll::Ready(Ok(()));
+            }
+        }
+        let n = out.remaining().min(me.buf.len());
+        out.put_slice(&me.buf[..n]);
+        bytes::Buf::advance(&mut me.buf, n);
+        if me.buf.is_empty() {
+            // Drained: an idle connection keeps no read-ahead memory.
+            me.buf = bytes::BytesMut::new();
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for ReadAhead {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().tcp).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().tcp).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.tcp.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().tcp).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().tcp).poll_shutdown(cx)
+    }
 }
 
 /// What the listener knows about who connected.
@@ -178,7 +261,7 @@ impl Connector {
         };
         // No SNI: identities are SPIFFE IDs, checked below.
         let stream = tokio_rustls::TlsConnector::from(tls.client.clone())
-            .connect(ServerName::IpAddress(addr.ip().into()), tcp)
+            .connect(ServerName::IpAddress(addr.ip().into()), ReadAhead::new(tcp))
             .await
             .map_err(|source| ConnectError::Tls { addr, source })?;
         let peer = stream
@@ -243,7 +326,7 @@ impl Acceptor {
         })?;
         let stream = tokio::time::timeout(
             ACCEPT_HANDSHAKE_TIMEOUT,
-            tokio_rustls::TlsAcceptor::from(tls.server.clone()).accept(tcp),
+            tokio_rustls::TlsAcceptor::from(tls.server.clone()).accept(ReadAhead::new(tcp)),
         )
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))??;

@@ -118,7 +118,10 @@ impl Http1Client {
             SkiffBody::Full(b) => b,
             streamed => {
                 let writer = BodyWriter::with_head(streamed, framing, head);
-                return self.send_streamed(writer, no_body_expected).await;
+                // Boxed: streaming a request body while watching for an
+                // early answer is a large state machine that the common
+                // call (a body in hand) does not need to carry.
+                return Box::pin(self.send_streamed(writer, no_body_expected)).await;
             }
         };
         let head = head.freeze();

@@ -100,7 +100,9 @@ where
                     let stream = serve_stream(call, respond);
                     if inline {
                         // Polled on the next pass of this loop.
-                        streams.get_or_insert_with(FuturesUnordered::new).push(stream);
+                        streams
+                            .get_or_insert_with(FuturesUnordered::new)
+                            .push(stream);
                     } else {
                         tokio::spawn(stream);
                     }
@@ -130,14 +132,18 @@ async fn serve_stream<F>(call: F, mut respond: h2::server::SendResponse<Bytes>)
 where
     F: Future<Output = Response<SkiffBody>>,
 {
-    let mut call = pin!(call);
-    let answer = poll_fn(|cx| {
-        if respond.poll_reset(cx).is_ready() {
-            return Poll::Ready(None);
-        }
-        call.as_mut().poll(cx).map(Some)
-    })
-    .await;
+    // Scoped, so the call's state is gone while the body is sent: a
+    // stream's future is as large as its largest step, not their sum.
+    let answer = {
+        let mut call = pin!(call);
+        poll_fn(|cx| {
+            if respond.poll_reset(cx).is_ready() {
+                return Poll::Ready(None);
+            }
+            call.as_mut().poll(cx).map(Some)
+        })
+        .await
+    };
     if let Some(resp) = answer {
         respond_with(respond, resp).await;
     }

@@ -197,7 +197,9 @@ async fn serve(
     }
     if is_grpc_app && !grpc_proxy {
         // OnInvoke reads these internal headers; it strips them itself.
-        return app_grpc::on_invoke(app, parts, body).await;
+        // Boxed: its state (a buffered body, protobuf, a unary call) is
+        // the largest of any branch, and every call's future would carry it.
+        return Box::pin(app_grpc::on_invoke(app, parts, body)).await;
     }
     if verb_none {
         return errors::http_error(
