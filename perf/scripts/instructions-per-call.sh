@@ -15,11 +15,12 @@
 # pair does; without it the hop between them is plaintext. PAYLOAD=1024
 # sends that many bytes per call (HTTP then calls /mirror, which answers
 # them back, as the bench does; without it, /hits).
+# SKIFF_BIN_DIR=DIR measures the skiffd in DIR (A/B against another build).
 # CG_OUT=FILE keeps the callgrind profile (for callgrind_annotate).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 mode=$1; proto=$2; which=$3; n=${4:-2000}
-B=target/release
+B=${SKIFF_BIN_DIR:-target/release}
 [ -x $B/skiffd ] && [ -x $B/skiff-perf ] || cargo build --release --workspace
 command -v valgrind >/dev/null || { echo "needs valgrind (apt-get install valgrind)" >&2; exit 1; }
 w=$(mktemp -d); pids=()

@@ -22,12 +22,14 @@ pub mod server;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
+use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::body::{BoxError, SkiffBody};
 
@@ -216,6 +218,139 @@ fn poll_send_body(
     }
 }
 
+/// Writes a connection's frames in one go per pass of its loop.
+///
+/// h2 writes out its buffer whenever a DATA frame larger than 256 bytes is
+/// queued (it chains at most one such frame), so a pass that carries many
+/// calls (HEADERS and DATA of forty requests) would make forty writes, and
+/// under TLS forty records and forty system calls. The connection's loop
+/// holds the [`FlushGate`] while it runs streams and the connection, and
+/// releases it at the end of the pass: writes are kept here meanwhile and
+/// leave together with the last flush. Large writes (a big body's frames)
+/// go straight through, without a copy.
+pub struct Coalesce<T> {
+    io: T,
+    buf: BytesMut,
+    gate: Arc<FlushGate>,
+}
+
+/// Whether the connection's loop is in the middle of a pass (see
+/// [`Coalesce`]).
+#[derive(Debug, Default)]
+pub struct FlushGate {
+    held: AtomicBool,
+    /// Bytes are kept that a flush was asked for while held.
+    owed: AtomicBool,
+}
+
+/// A write at least this large, with nothing kept, is not copied.
+const COALESCE_DIRECT: usize = 64 << 10;
+/// Kept bytes are written out once they reach this, held or not.
+const COALESCE_MAX: usize = 256 << 10;
+
+impl FlushGate {
+    pub fn hold(&self) {
+        self.held.store(true, Ordering::Relaxed);
+    }
+
+    /// Ends a pass; true when kept bytes wait for a flush (poll the
+    /// connection once more to write them).
+    pub fn release(&self) -> bool {
+        self.held.store(false, Ordering::Relaxed);
+        self.owed.swap(false, Ordering::Relaxed)
+    }
+}
+
+impl<T> Coalesce<T> {
+    pub fn new(io: T, gate: Arc<FlushGate>) -> Self {
+        Self {
+            io,
+            buf: BytesMut::new(),
+            gate,
+        }
+    }
+}
+
+impl<T: AsyncWrite + Unpin> Coalesce<T> {
+    fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        while !self.buf.is_empty() {
+            let n = ready!(Pin::new(&mut self.io).poll_write(cx, &self.buf))?;
+            if n == 0 {
+                return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+            }
+            bytes::Buf::advance(&mut self.buf, n);
+        }
+        // Written: an idle connection keeps no write buffer.
+        self.buf = BytesMut::new();
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Coalesce<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Coalesce<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        self.poll_write_vectored(cx, &[std::io::IoSlice::new(data)])
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let me = self.get_mut();
+        let len: usize = bufs.iter().map(|b| b.len()).sum();
+        if me.buf.is_empty() && len >= COALESCE_DIRECT {
+            return Pin::new(&mut me.io).poll_write_vectored(cx, bufs);
+        }
+        if me.buf.len() + len > COALESCE_MAX {
+            ready!(me.poll_drain(cx))?;
+            if len >= COALESCE_DIRECT {
+                return Pin::new(&mut me.io).poll_write_vectored(cx, bufs);
+            }
+        }
+        me.buf.reserve(len);
+        for b in bufs {
+            me.buf.extend_from_slice(b);
+        }
+        Poll::Ready(Ok(len))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let me = self.get_mut();
+        if me.gate.held.load(Ordering::Relaxed) {
+            if !me.buf.is_empty() {
+                me.gate.owed.store(true, Ordering::Relaxed);
+            }
+            return Poll::Ready(Ok(()));
+        }
+        ready!(me.poll_drain(cx))?;
+        Pin::new(&mut me.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let me = self.get_mut();
+        ready!(me.poll_drain(cx))?;
+        Pin::new(&mut me.io).poll_shutdown(cx)
+    }
+}
+
 /// Why a connection's keepalive gave up on it.
 #[derive(Debug, thiserror::Error)]
 pub enum KeepaliveError {
@@ -310,5 +445,92 @@ pub fn strip_connection_headers(h: &mut HeaderMap) {
         || h.get(TE).is_some_and(|v| v != "trailers");
     if found {
         crate::headers::strip_hop_by_hop(h);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    /// Records every write that reaches the socket.
+    #[derive(Default)]
+    struct Writes(Vec<Vec<u8>>);
+
+    impl AsyncRead for Writes {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            _: &mut tokio::io::ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    impl AsyncWrite for Writes {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            data: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            self.get_mut().0.push(data.to_vec());
+            Poll::Ready(Ok(data.len()))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn held_flushes_leave_in_one_write_at_release() {
+        let gate = Arc::new(FlushGate::default());
+        let mut io = Coalesce::new(Writes::default(), gate.clone());
+        gate.hold();
+        for i in 0..40u8 {
+            io.write_all(&[i; 300]).await.expect("in-memory io");
+            io.flush().await.expect("in-memory io");
+        }
+        assert!(io.io.0.is_empty(), "nothing written while held");
+        assert!(gate.release(), "the held flushes are owed");
+        assert!(!gate.release(), "owed once");
+        io.flush().await.expect("in-memory io");
+        assert_eq!(io.io.0.len(), 1);
+        assert_eq!(io.io.0[0].len(), 40 * 300);
+        assert_eq!(io.io.0[0][299], 0);
+        assert_eq!(io.io.0[0][300], 1);
+        assert_eq!(io.buf.capacity(), 0, "an idle connection keeps no buffer");
+    }
+
+    #[tokio::test]
+    async fn large_writes_are_not_copied_and_keep_order() {
+        let gate = Arc::new(FlushGate::default());
+        let mut io = Coalesce::new(Writes::default(), gate.clone());
+        io.write_all(&[7; COALESCE_DIRECT])
+            .await
+            .expect("in-memory io");
+        assert_eq!(io.io.0.len(), 1, "a large write goes straight through");
+        gate.hold();
+        io.write_all(&[1; 10]).await.expect("in-memory io");
+        // Kept bytes go first, then the large write, uncopied.
+        io.write_all(&[2; COALESCE_MAX])
+            .await
+            .expect("in-memory io");
+        assert_eq!(io.io.0.len(), 3);
+        assert_eq!(io.io.0[1], vec![1; 10]);
+        assert_eq!(io.io.0[2].len(), COALESCE_MAX);
+        io.shutdown().await.expect("in-memory io");
+    }
+
+    #[tokio::test]
+    async fn shutdown_writes_what_is_kept_even_when_held() {
+        let gate = Arc::new(FlushGate::default());
+        let mut io = Coalesce::new(Writes::default(), gate.clone());
+        gate.hold();
+        io.write_all(b"goaway").await.expect("in-memory io");
+        io.shutdown().await.expect("in-memory io");
+        assert_eq!(io.io.0, vec![b"goaway".to_vec()]);
     }
 }

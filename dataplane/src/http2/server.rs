@@ -10,6 +10,7 @@
 
 use std::future::{Future, poll_fn};
 use std::pin::pin;
+use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
@@ -21,7 +22,7 @@ use http_body::Body;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::runtime::RuntimeFlavor;
 
-use super::{KeepaliveWatch, RecvBody, send_body, strip_connection_headers};
+use super::{Coalesce, FlushGate, KeepaliveWatch, RecvBody, send_body, strip_connection_headers};
 use crate::body::SkiffBody;
 use crate::transport::PeerInfo;
 
@@ -64,7 +65,8 @@ where
     H: Fn(PeerInfo, Request<SkiffBody>) -> F,
     F: Future<Output = Response<SkiffBody>> + Send + 'static,
 {
-    let handshake = builder(cfg).handshake::<_, Bytes>(io);
+    let gate = Arc::new(FlushGate::default());
+    let handshake = builder(cfg).handshake::<_, Bytes>(Coalesce::new(io, gate.clone()));
     let mut conn = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
         .await
         .map_err(|_| ServeError::HandshakeTimeout(HANDSHAKE_TIMEOUT))??;
@@ -81,6 +83,8 @@ where
     let mut streams: Option<FuturesUnordered<_>> = None;
     poll_fn(|cx| {
         loop {
+            // Writes wait for the end of the pass (see `Coalesce`).
+            gate.hold();
             // Streams first: the connection below writes what they queued.
             if let Some(s) = streams.as_mut() {
                 while let Poll::Ready(Some(())) = s.poll_next_unpin(cx) {}
@@ -92,7 +96,12 @@ where
             if let Poll::Ready(e) = keepalive.poll_failed(cx) {
                 return Poll::Ready(Err(ServeError::Keepalive(e.to_string())));
             }
-            match conn.poll_accept(cx) {
+            let mut accepted = conn.poll_accept(cx);
+            if accepted.is_pending() && gate.release() {
+                // The pass is over: this poll writes what it queued.
+                accepted = conn.poll_accept(cx);
+            }
+            match accepted {
                 Poll::Ready(Some(Ok((req, respond)))) => {
                     let (parts, recv) = req.into_parts();
                     let body = SkiffBody::H2(RecvBody::new(recv, &parts.headers));

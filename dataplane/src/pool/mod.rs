@@ -505,6 +505,8 @@ impl Inner {
     ) -> Result<Arc<Conn>, PoolError> {
         let addr = slot.addr;
         let (io, peer) = self.connector.connect(addr, expect).await?;
+        let gate = Arc::new(http2::FlushGate::default());
+        let io = http2::Coalesce::new(io, gate.clone());
         let (tx, conn) = h2::client::Builder::new()
             .initial_window_size(self.cfg.stream_window)
             .initial_connection_window_size(self.cfg.conn_window)
@@ -533,7 +535,14 @@ impl Inner {
             let mut conn = conn;
             let keepalive = http2::KeepaliveWatch::spawn(conn.ping_pong(), interval, timeout);
             let end = std::future::poll_fn(|cx| {
-                if let Poll::Ready(r) = Pin::new(&mut conn).poll(cx) {
+                // Every call's frames queued since the last pass leave in
+                // one write (see `http2::Coalesce`).
+                gate.hold();
+                let mut r = Pin::new(&mut conn).poll(cx);
+                if r.is_pending() && gate.release() {
+                    r = Pin::new(&mut conn).poll(cx);
+                }
+                if let Poll::Ready(r) = r {
                     return Poll::Ready(r.map_err(|e| e.to_string()));
                 }
                 keepalive.poll_failed(cx).map(|e| Err(e.to_string()))
