@@ -4,13 +4,13 @@
 # sidecars' peak RSS. Used to choose the HTTP/2 window sizes (perf/RESULTS.md).
 #
 # Usage: perf/scripts/large-body.sh   (SIZE=512 ROUNDS=3; MTLS=1 for mTLS between
-# the sidecars; NO_BUILD=1 to skip cargo)
+# the sidecars; NO_BUILD=1 to skip cargo; SKIFF_BIN_DIR=DIR for another build)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 SIZE=${SIZE:-512}
 ROUNDS=${ROUNDS:-3}
 [ -n "${NO_BUILD:-}" ] || cargo build --release --quiet -p skiff-dataplane -p skiff-perf
-B=target/release
+B=${SKIFF_BIN_DIR:-target/release}
 work=$(mktemp -d); pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
 trap cleanup EXIT

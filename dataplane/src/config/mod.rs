@@ -17,7 +17,8 @@ use serde::Serialize;
 pub const DEFAULT_NAMESPACE: &str = "default";
 /// Default `--max-body-size`: 4 MiB, Dapr's.
 pub const DEFAULT_MAX_BODY_SIZE: usize = 4 << 20;
-/// hyper refuses an HTTP/1 read buffer under 8 KiB.
+/// The smallest `--read-buffer-size` honoured: a head limit under 8 KiB
+/// would refuse ordinary requests (cookies, trace and baggage headers).
 pub const MIN_HEADER_BUFFER: usize = 8 << 10;
 
 /// Everything the sidecar runs with, validated once at start.

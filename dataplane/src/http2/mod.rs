@@ -232,6 +232,10 @@ pub struct Coalesce<T> {
     io: T,
     buf: BytesMut,
     gate: Arc<FlushGate>,
+    /// Written since the last flush that reached `io`: kept bytes, or a
+    /// large write that went through but may sit in `io`'s own buffer
+    /// (rustls keeps records until flushed).
+    dirty: bool,
 }
 
 /// Whether the connection's loop is in the middle of a pass (see
@@ -267,6 +271,7 @@ impl<T> Coalesce<T> {
             io,
             buf: BytesMut::new(),
             gate,
+            dirty: false,
         }
     }
 }
@@ -312,6 +317,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Coalesce<T> {
     ) -> Poll<std::io::Result<usize>> {
         let me = self.get_mut();
         let len: usize = bufs.iter().map(|b| b.len()).sum();
+        me.dirty = true;
         if me.buf.is_empty() && len >= COALESCE_DIRECT {
             return Pin::new(&mut me.io).poll_write_vectored(cx, bufs);
         }
@@ -334,14 +340,17 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Coalesce<T> {
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         let me = self.get_mut();
+        if !me.dirty {
+            return Poll::Ready(Ok(()));
+        }
         if me.gate.held.load(Ordering::Relaxed) {
-            if !me.buf.is_empty() {
-                me.gate.owed.store(true, Ordering::Relaxed);
-            }
+            me.gate.owed.store(true, Ordering::Relaxed);
             return Poll::Ready(Ok(()));
         }
         ready!(me.poll_drain(cx))?;
-        Pin::new(&mut me.io).poll_flush(cx)
+        ready!(Pin::new(&mut me.io).poll_flush(cx))?;
+        me.dirty = false;
+        Poll::Ready(Ok(()))
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -522,6 +531,24 @@ mod tests {
         assert_eq!(io.io.0[1], vec![1; 10]);
         assert_eq!(io.io.0[2].len(), COALESCE_MAX);
         io.shutdown().await.expect("in-memory io");
+    }
+
+    #[tokio::test]
+    async fn a_large_write_while_held_still_owes_a_flush() {
+        // TLS keeps records in its own buffer until flushed: a large
+        // write that went straight through must still be flushed at the
+        // end of the pass (uploads over mTLS crawled without this).
+        let gate = Arc::new(FlushGate::default());
+        let mut io = Coalesce::new(Writes::default(), gate.clone());
+        gate.hold();
+        io.write_all(&[3; COALESCE_DIRECT]).await.expect("in-memory io");
+        io.flush().await.expect("in-memory io");
+        assert!(gate.release(), "the direct write is owed a flush");
+        io.flush().await.expect("in-memory io");
+        assert!(!io.dirty);
+        gate.hold();
+        io.flush().await.expect("in-memory io");
+        assert!(!gate.release(), "nothing written, nothing owed");
     }
 
     #[tokio::test]
