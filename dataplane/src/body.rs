@@ -277,18 +277,27 @@ pub const COALESCE_BODY_BYTES: usize = 16 << 10;
 /// whole: the next hop then writes it with the request head in one write
 /// (which the peer reads in one go), instead of the head alone and the data
 /// after it. The bytes are nearly always in hand already; this waits for
-/// the rest of a small message, never for a stream. Anything else is
-/// returned as it is.
+/// the rest of a small message, never for a stream. A body of unknown
+/// length (gRPC, chunked) gives what it already holds, without waiting:
+/// whole if its end is in hand too (a unary gRPC message arrives with
+/// END_STREAM), else as a prefix of the rest. Anything else is returned
+/// as it is.
 pub async fn gather_small(body: SkiffBody) -> Result<SkiffBody, BoxError> {
     let limit = COALESCE_BODY_BYTES as u64;
-    let small = body
-        .size_hint()
-        .exact()
-        .is_some_and(|n| n > 0 && n <= limit);
-    let mut body = match body {
-        b @ (SkiffBody::Incoming(_) | SkiffBody::H2(_) | SkiffBody::H1(_)) if small => b,
-        other => return Ok(other),
-    };
+    let hint = body.size_hint();
+    let streamed = matches!(
+        body,
+        SkiffBody::Incoming(_) | SkiffBody::H2(_) | SkiffBody::H1(_)
+    );
+    match hint.exact() {
+        Some(n) if streamed && n > 0 && n <= limit => read_small(body).await,
+        None if streamed && hint.lower() <= limit => take_in_hand(body),
+        _ => Ok(body),
+    }
+}
+
+/// The whole of a small body of known length.
+async fn read_small(mut body: SkiffBody) -> Result<SkiffBody, BoxError> {
     let mut got = Gathered::default();
     while let Some(frame) = http_body_util::BodyExt::frame(&mut body).await {
         match frame?.into_data() {
@@ -300,6 +309,33 @@ pub async fn gather_small(body: SkiffBody) -> Result<SkiffBody, BoxError> {
         }
     }
     Ok(SkiffBody::full(got.into_bytes()))
+}
+
+/// What a body of unknown length holds already, up to
+/// [`COALESCE_BODY_BYTES`]; polled without waiting (the real waker is
+/// registered by whoever polls the rest). A failed body fails the call,
+/// as it would have when forwarded.
+fn take_in_hand(mut body: SkiffBody) -> Result<SkiffBody, BoxError> {
+    use futures_util::FutureExt;
+    let mut got = Gathered::default();
+    loop {
+        if body.is_end_stream() {
+            return Ok(SkiffBody::full(got.into_bytes()));
+        }
+        if got.len() >= COALESCE_BODY_BYTES {
+            return Ok(got.prefixed(None, body));
+        }
+        match http_body_util::BodyExt::frame(&mut body).now_or_never() {
+            Some(Some(frame)) => match frame?.into_data() {
+                Ok(d) => got.push(d),
+                Err(f) => return Ok(got.prefixed(f.into_trailers().ok(), SkiffBody::Empty)),
+            },
+            Some(None) => return Ok(SkiffBody::full(got.into_bytes())),
+            // Nothing more in hand: the rest streams.
+            None if got.is_empty() => return Ok(body),
+            None => return Ok(got.prefixed(None, body)),
+        }
+    }
 }
 
 /// Reads a whole body, failing once it exceeds `limit` bytes. Used only where

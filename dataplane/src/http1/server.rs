@@ -547,6 +547,62 @@ mod tests {
         }
     }
 
+    /// Serves one connection whose request body goes through
+    /// `body::gather_small`: the gathered body's exact size (if any), then
+    /// everything it held once read to its end.
+    async fn gathered(first: &[u8], later: &[u8]) -> (Option<u64>, Vec<u8>) {
+        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = l.local_addr().expect("addr");
+        let (hint_tx, mut hint_rx) = tokio::sync::mpsc::unbounded_channel();
+        let (all_tx, mut all_rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let (tcp, peer) = l.accept().await.expect("accept");
+            let handler = move |_: PeerInfo, req: Request<SkiffBody>| {
+                let (hint_tx, all_tx) = (hint_tx.clone(), all_tx.clone());
+                async move {
+                    let body = crate::body::gather_small(req.into_body())
+                        .await
+                        .expect("gathered");
+                    let _ = hint_tx.send(body.size_hint().exact());
+                    let all = body.collect().await.expect("rest").to_bytes();
+                    let _ = all_tx.send(all.to_vec());
+                    Response::new(SkiffBody::Empty)
+                }
+            };
+            let _ = serve_connection(
+                tcp,
+                PeerInfo::new(peer, None),
+                &settings(),
+                handler,
+                std::future::pending(),
+            )
+            .await;
+        });
+        let mut c = TcpStream::connect(addr).await.expect("connect");
+        c.write_all(first).await.expect("write");
+        let hint = hint_rx.recv().await.expect("gathered");
+        c.write_all(later).await.expect("write");
+        (hint, all_rx.recv().await.expect("read"))
+    }
+
+    const CHUNKED: &[u8] = b"POST / HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n";
+
+    #[tokio::test]
+    async fn a_chunked_body_in_hand_whole_is_forwarded_with_a_known_length() {
+        let req = [CHUNKED, b"5\r\nhello\r\n0\r\n\r\n"].concat();
+        let (hint, all) = gathered(&req, b"").await;
+        assert_eq!(hint, Some(5), "whole: it can leave with the head");
+        assert_eq!(all, b"hello");
+    }
+
+    #[tokio::test]
+    async fn a_chunked_body_partly_in_hand_streams_the_rest_after_it() {
+        let req = [CHUNKED, b"5\r\nhello\r\n"].concat();
+        let (hint, all) = gathered(&req, b"3\r\nabc\r\n0\r\n\r\n").await;
+        assert_eq!(hint, None, "open-ended: the rest streams");
+        assert_eq!(all, b"helloabc");
+    }
+
     /// A server whose handler answers `<method> <uri> <body>`; a path of
     /// `/ignore` answers without reading the body, `/stream` with a body
     /// of unknown length.

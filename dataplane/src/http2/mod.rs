@@ -541,7 +541,9 @@ mod tests {
         let gate = Arc::new(FlushGate::default());
         let mut io = Coalesce::new(Writes::default(), gate.clone());
         gate.hold();
-        io.write_all(&[3; COALESCE_DIRECT]).await.expect("in-memory io");
+        io.write_all(&[3; COALESCE_DIRECT])
+            .await
+            .expect("in-memory io");
         io.flush().await.expect("in-memory io");
         assert!(gate.release(), "the direct write is owed a flush");
         io.flush().await.expect("in-memory io");
