@@ -245,7 +245,10 @@ where
             }
         };
         let req = Request::from_parts(head.parts, body);
-        let resp = handler(peer.clone(), req).await;
+        // Boxed: the handler's future is the largest state of a call (5 KiB
+        // for the HTTP API's), and inline it would be reserved in every
+        // connection's task, idle or not, on this listener's HTTP/2 ones too.
+        let resp = Box::pin(handler(peer.clone(), req)).await;
         let clean = write_response(&mut wr, resp, head_only, http10, keep_alive).await?;
         if !clean {
             return Ok(());
