@@ -81,11 +81,10 @@ impl ReadAhead {
 
     fn give_back(&mut self) {
         if let Some(b) = self.buf.take() {
+            // A full slot keeps its buffer; this one is freed.
             SPARE.with(|s| {
-                if let Some(kept) = s.replace(Some(b)) {
-                    // The slot was full: keep one, free the other.
-                    s.set(Some(kept));
-                }
+                let kept = s.take();
+                s.set(kept.or(Some(b)));
             });
         }
         self.start = 0;
