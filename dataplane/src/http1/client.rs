@@ -295,11 +295,10 @@ fn still_open(io: &TcpStream) -> bool {
 
 /// Closes connections idle for longer than the idle timeout.
 async fn reap_idle(pool: std::sync::Weak<Inner>) {
-    let period = pool.upgrade().map_or(Duration::from_secs(10), |p| {
-        (p.idle_timeout / 4).max(Duration::from_millis(100))
-    });
-    let mut tick = tokio::time::interval(period);
-    tick.tick().await;
+    let Some(idle_timeout) = pool.upgrade().map(|p| p.idle_timeout) else {
+        return;
+    };
+    let mut tick = crate::pool::reap_interval(idle_timeout);
     loop {
         tick.tick().await;
         let Some(pool) = pool.upgrade() else { return };

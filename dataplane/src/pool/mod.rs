@@ -606,14 +606,21 @@ impl Lease {
     }
 }
 
+/// When a pool's reaper looks for idle connections: every quarter of the
+/// idle timeout (at least 100 ms), first one period from now, so a
+/// connection goes between one and 1¼ idle timeouts after its last use.
+pub(crate) fn reap_interval(idle_timeout: Duration) -> tokio::time::Interval {
+    let period = (idle_timeout / 4).max(Duration::from_millis(100));
+    tokio::time::interval_at(tokio::time::Instant::now() + period, period)
+}
+
 /// Releases connections nobody used for the idle timeout, and forgets
 /// endpoints that have no connections left.
 async fn reap_idle(pool: Weak<Inner>) {
-    let period = pool.upgrade().map_or(Duration::from_secs(10), |p| {
-        (p.cfg.idle_timeout / 4).max(Duration::from_millis(100))
-    });
-    let mut tick = tokio::time::interval(period);
-    tick.tick().await;
+    let Some(idle_timeout) = pool.upgrade().map(|p| p.cfg.idle_timeout) else {
+        return;
+    };
+    let mut tick = reap_interval(idle_timeout);
     loop {
         tick.tick().await;
         let Some(pool) = pool.upgrade() else { return };
