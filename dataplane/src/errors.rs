@@ -1,13 +1,15 @@
 //! Errors the sidecar answers with, in Dapr's shapes: a JSON body
 //! `{"errorCode": ..., "message": ...}` over HTTP, a `Status` over gRPC, and
-//! the status-code tables between the two protocols.
+//! the status-code tables between the two protocols. [`ApiError`] is one
+//! error of Dapr's API with both of its answers: a front door maps every
+//! failure through it, so HTTP and gRPC say the same thing.
 
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 use tonic::Code;
 
-use crate::body::SkiffBody;
 use crate::headers::{GRPC_MESSAGE, GRPC_STATUS};
+use crate::skiff_body::SkiffBody;
 
 /// Dapr's error codes that the invocation path uses.
 pub mod code {
@@ -20,9 +22,153 @@ pub mod code {
     pub const PERMISSION_DENIED: &str = "ERR_PERMISSION_DENIED";
 }
 
+/// The `domain` of Dapr's rich errors (`google.rpc.ErrorInfo`).
+pub const ERROR_DOMAIN: &str = "dapr.io";
+
+/// One error of Dapr's API, as daprd builds it: its `errorCode` and
+/// message, the HTTP status and the gRPC code it answers with, and, for
+/// the errors daprd enriches, the `ErrorInfo` reason and metadata.
+#[derive(Clone, Debug)]
+pub struct ApiError {
+    pub code: &'static str,
+    pub message: String,
+    pub http: StatusCode,
+    pub grpc: Code,
+    /// `ErrorInfo.reason`, e.g. `DAPR_STATE_NOT_CONFIGURED`.
+    pub reason: Option<&'static str>,
+    /// `ErrorInfo.metadata`.
+    pub metadata: Vec<(&'static str, String)>,
+}
+
+impl ApiError {
+    pub fn new(code: &'static str, http: StatusCode, grpc: Code, message: String) -> Self {
+        Self {
+            code,
+            message,
+            http,
+            grpc,
+            reason: None,
+            metadata: Vec::new(),
+        }
+    }
+
+    /// Adds daprd's `ErrorInfo` detail.
+    pub fn with_info(
+        mut self,
+        reason: &'static str,
+        metadata: Vec<(&'static str, String)>,
+    ) -> Self {
+        self.reason = Some(reason);
+        self.metadata = metadata;
+        self
+    }
+
+    /// The HTTP answer: `{"errorCode","message"}`, with `details` when
+    /// the error carries an `ErrorInfo`.
+    pub fn to_http(&self) -> Response<SkiffBody> {
+        let mut body = serde_json::json!({ "errorCode": self.code, "message": self.message });
+        if let Some(reason) = self.reason {
+            let metadata: serde_json::Map<String, serde_json::Value> = self
+                .metadata
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), serde_json::Value::from(v.as_str())))
+                .collect();
+            body["details"] = serde_json::json!([{
+                "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                "reason": reason,
+                "domain": ERROR_DOMAIN,
+                "metadata": metadata,
+            }]);
+        }
+        json_error(self.http, body)
+    }
+
+    /// The gRPC answer (trailers-only), with the `ErrorInfo` in
+    /// `grpc-status-details-bin` as grpc-go sends it.
+    pub fn to_grpc(&self) -> Response<SkiffBody> {
+        let mut resp = grpc_error(self.grpc, &self.message);
+        if let Some(reason) = self.reason
+            && let Ok(v) = HeaderValue::from_str(&self.status_details(reason))
+        {
+            resp.headers_mut().insert(GRPC_STATUS_DETAILS, v);
+        }
+        resp
+    }
+
+    /// The same as a tonic status, for handlers served by tonic.
+    pub fn to_status(&self) -> tonic::Status {
+        let details = self.reason.map(|r| self.status_details_bytes(r));
+        match details {
+            Some(d) => tonic::Status::with_details(self.grpc, self.message.clone(), d.into()),
+            None => tonic::Status::new(self.grpc, self.message.clone()),
+        }
+    }
+
+    fn status_details_bytes(&self, reason: &str) -> Vec<u8> {
+        use prost::Message;
+        let info = rich::ErrorInfo {
+            reason: reason.to_owned(),
+            domain: ERROR_DOMAIN.to_owned(),
+            metadata: self
+                .metadata
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), v.clone()))
+                .collect(),
+        };
+        let status = rich::Status {
+            code: self.grpc as i32,
+            message: self.message.clone(),
+            details: vec![skiff_proto::google::protobuf::Any {
+                type_url: "type.googleapis.com/google.rpc.ErrorInfo".to_owned(),
+                value: info.encode_to_vec().into(),
+            }],
+        };
+        status.encode_to_vec()
+    }
+
+    /// `grpc-status-details-bin`: base64 without padding (a `-bin` header).
+    fn status_details(&self, reason: &str) -> String {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD_NO_PAD.encode(self.status_details_bytes(reason))
+    }
+}
+
+pub const GRPC_STATUS_DETAILS: http::HeaderName =
+    http::HeaderName::from_static("grpc-status-details-bin");
+
+/// `google.rpc.Status` and `google.rpc.ErrorInfo`, the two messages of
+/// gRPC's rich error model that Dapr sends.
+mod rich {
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Status {
+        #[prost(int32, tag = "1")]
+        pub code: i32,
+        #[prost(string, tag = "2")]
+        pub message: String,
+        #[prost(message, repeated, tag = "3")]
+        pub details: Vec<skiff_proto::google::protobuf::Any>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct ErrorInfo {
+        #[prost(string, tag = "1")]
+        pub reason: String,
+        #[prost(string, tag = "2")]
+        pub domain: String,
+        #[prost(map = "string, string", tag = "3")]
+        pub metadata: std::collections::HashMap<String, String>,
+    }
+}
+
 /// An HTTP error answer with Dapr's JSON body.
 pub fn http_error(status: StatusCode, error_code: &str, message: &str) -> Response<SkiffBody> {
-    let body = serde_json::json!({ "errorCode": error_code, "message": message });
+    json_error(
+        status,
+        serde_json::json!({ "errorCode": error_code, "message": message }),
+    )
+}
+
+fn json_error(status: StatusCode, body: serde_json::Value) -> Response<SkiffBody> {
     let mut resp = Response::new(SkiffBody::full(Bytes::from(body.to_string())));
     *resp.status_mut() = status;
     resp.headers_mut().insert(
@@ -112,6 +258,36 @@ mod tests {
         ] {
             assert_eq!(grpc_code_from_http(http_status_from_grpc(c)), c, "{c:?}");
         }
+    }
+
+    #[test]
+    fn rich_errors_carry_their_error_info_both_ways() {
+        use prost::Message;
+        let e = ApiError::new(
+            "ERR_STATE_STORE_NOT_CONFIGURED",
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Code::FailedPrecondition,
+            "state store s is not configured".into(),
+        )
+        .with_info("DAPR_STATE_NOT_CONFIGURED", vec![("appID", "a".into())]);
+        let http = e.to_http();
+        assert_eq!(http.status(), 500);
+        let SkiffBody::Full(Some(b)) = http.into_body() else {
+            panic!("a JSON body")
+        };
+        let v: serde_json::Value = serde_json::from_slice(&b).expect("json");
+        assert_eq!(v["errorCode"], "ERR_STATE_STORE_NOT_CONFIGURED");
+        assert_eq!(v["details"][0]["reason"], "DAPR_STATE_NOT_CONFIGURED");
+        assert_eq!(v["details"][0]["metadata"]["appID"], "a");
+        let status = e.to_status();
+        assert_eq!(status.code(), Code::FailedPrecondition);
+        let decoded = rich::Status::decode(status.details()).expect("google.rpc.Status");
+        let info = rich::ErrorInfo::decode(&decoded.details[0].value[..]).expect("ErrorInfo");
+        assert_eq!(info.reason, "DAPR_STATE_NOT_CONFIGURED");
+        assert_eq!(info.domain, "dapr.io");
+        let grpc = e.to_grpc();
+        assert_eq!(grpc.headers()[GRPC_STATUS], "9");
+        assert!(grpc.headers().contains_key(GRPC_STATUS_DETAILS));
     }
 
     #[test]

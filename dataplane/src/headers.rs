@@ -122,19 +122,14 @@ pub fn prepare_outbound(h: &mut HeaderMap) {
     }
 }
 
-/// Sets the caller's identity; overwrites anything the app sent so a caller
-/// cannot claim to be another app (the callee overwrites it again from the
-/// certificate with mTLS).
-pub fn set_caller(h: &mut HeaderMap, caller: &Identity) {
-    h.insert(DAPR_CALLER_APP_ID, caller.app_id.clone());
-    h.insert(DAPR_CALLER_NAMESPACE, caller.namespace.clone());
+/// A gRPC status code in a header value: the one place one is parsed.
+pub fn grpc_code(v: Option<&HeaderValue>) -> Option<u16> {
+    v?.to_str().ok()?.parse().ok()
 }
 
-/// This sidecar's app id and namespace, pre-encoded as header values.
-#[derive(Clone, Debug)]
-pub struct Identity {
-    pub app_id: HeaderValue,
-    pub namespace: HeaderValue,
+/// The `grpc-status` of a head or of trailers.
+pub fn grpc_status(h: &HeaderMap) -> Option<u16> {
+    grpc_code(h.get(GRPC_STATUS))
 }
 
 #[cfg(test)]
@@ -172,18 +167,5 @@ mod tests {
         prepare_outbound(&mut h);
         assert_eq!(h.len(), 1);
         assert_eq!(h[X_FORWARDED_HOST], "localhost:3500");
-    }
-
-    #[test]
-    fn identity_overwrites_spoofed_values() {
-        let mut h = HeaderMap::new();
-        h.insert(DAPR_CALLER_APP_ID, HeaderValue::from_static("admin"));
-        let me = Identity {
-            app_id: HeaderValue::from_static("a"),
-            namespace: HeaderValue::from_static("default"),
-        };
-        set_caller(&mut h, &me);
-        assert_eq!(h.get_all(DAPR_CALLER_APP_ID).iter().count(), 1);
-        assert_eq!(h[DAPR_CALLER_APP_ID], "a");
     }
 }

@@ -135,6 +135,17 @@ impl WorkloadIdentity {
         self.current.load().as_ref().map(|t| t.not_after)
     }
 
+    /// Its part of `/v1.0/metadata`.
+    pub fn describe(&self) -> serde_json::Value {
+        serde_json::json!({
+            "spiffeId": self.id().to_string(),
+            "certificateExpiry": self
+                .not_after()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map(|d| d.as_secs()),
+        })
+    }
+
     /// Gets one certificate, checks it and publishes it.
     pub async fn refresh(&self, source: &Source) -> Result<SystemTime, IdentityError> {
         let w = match source {

@@ -17,11 +17,11 @@ use http::{Request, Response};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
-use crate::body::SkiffBody;
 use crate::pool::{
     DEFAULT_CONN_WINDOW, DEFAULT_KEEPALIVE_INTERVAL, DEFAULT_KEEPALIVE_TIMEOUT, DEFAULT_MAX_FRAME,
     DEFAULT_STREAM_WINDOW,
 };
+use crate::skiff_body::SkiffBody;
 use crate::transport::{Acceptor, Io, PeerInfo};
 use crate::{http1, http2};
 
@@ -191,8 +191,10 @@ async fn serve_conn<H, F>(
         // TLS on a mixed listener would need ALPN; none is configured so.
         (Io::Tls(_), Protocols::Http1AndH2) => false,
     };
+    // The codecs hand over bodies of their own types; handlers see one.
     if h2 {
         let shutdown = watch.signaled();
+        let handler = move |p, req: Request<http2::RecvBody>| handler(p, req.map(SkiffBody::from));
         if let Err(e) =
             http2::server::serve_connection(io, peer, &cfg.h2(), handler, shutdown).await
         {
@@ -205,6 +207,7 @@ async fn serve_conn<H, F>(
         return;
     };
     let shutdown = watch.signaled();
+    let handler = move |p, req: Request<http1::Received>| handler(p, req.map(SkiffBody::from));
     if let Err(e) = http1::server::serve_connection(tcp, peer, &cfg.h1(), handler, shutdown).await {
         tracing::debug!(%addr, error = %e, "connection ended with error");
     }
@@ -223,7 +226,7 @@ async fn starts_with_h2_preface(tcp: &tokio::net::TcpStream) -> std::io::Result<
             .await
             .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no request"))??;
         if n == 0 || buf[..n] != H2_PREFACE[..n] {
-            // HTTP/1.1 (or nothing): hyper answers, or closes, as it should.
+            // HTTP/1.1 (or nothing): `http1::server` answers, or closes.
             return Ok(false);
         }
         if n == H2_PREFACE.len() {

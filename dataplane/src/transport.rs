@@ -455,6 +455,15 @@ impl AsyncWrite for Io {
     }
 }
 
+/// When a connection pool's reaper (the HTTP/2 pool's, the HTTP/1.1 app
+/// client's) looks for idle connections: every quarter of the
+/// idle timeout (at least 100 ms), first one period from now, so a
+/// connection goes between one and 1¼ idle timeouts after its last use.
+pub fn reap_interval(idle_timeout: Duration) -> tokio::time::Interval {
+    let period = (idle_timeout / 4).max(Duration::from_millis(100));
+    tokio::time::interval_at(tokio::time::Instant::now() + period, period)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

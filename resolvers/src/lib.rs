@@ -5,8 +5,8 @@
 //! resolver keeps current in the background and that the request path reads
 //! without locks (`ArcSwap`). Resolvers also register the local sidecar so
 //! that others can find it. Implementations: [`local`] (embedded default,
-//! one machine, no configuration) and [`kubernetes`] (cluster DNS). mDNS and
-//! Consul follow.
+//! one machine, no configuration), [`kubernetes`] (cluster DNS), [`mdns`]
+//! (a LAN without a registry) and [`consul`] (VMs with a Consul agent).
 
 use std::future::Future;
 use std::net::SocketAddr;

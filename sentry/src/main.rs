@@ -166,19 +166,22 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
         .build()?;
     rt.block_on(async move {
         let addr = format!("{}:{}", a.listen_address, a.port);
-        let listener = tokio::net::TcpListener::bind(&addr)
-            .await
-            .map_err(|e| anyhow::anyhow!("listening on {addr}: {e}"))?;
-        tracing::info!(%addr, trust_domain = %a.trust_domain, "sentry serving");
-        let cfg = Config {
+        let trust_domain = a.trust_domain.clone();
+        // Credentials first, the port after: whoever waits for the port
+        // finds ca.crt and the issuer written.
+        let sentry = server::Sentry::start(Config {
             credentials: a.issuer_credentials,
             trust_domain: a.trust_domain,
             namespace: a.namespace,
             workload_ttl: a.workload_cert_ttl,
             key_alg: a.key_algorithm,
             validators,
-        };
-        server::serve(listener, cfg, shutdown_signal()).await?;
+        })?;
+        let listener = tokio::net::TcpListener::bind(&addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("listening on {addr}: {e}"))?;
+        tracing::info!(%addr, %trust_domain, "sentry serving");
+        sentry.serve(listener, shutdown_signal()).await?;
         Ok(())
     })
 }

@@ -67,35 +67,49 @@ struct State {
     fingerprint: Mutex<Fingerprint>,
 }
 
-/// Loads (or on first start creates) the credentials, then serves on
-/// `listener` until `shutdown` resolves.
-pub async fn serve(
-    listener: TcpListener,
-    cfg: Config,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> Result<(), ServeError> {
-    let (authority, created) =
-        Authority::load_or_create(&cfg.credentials, &cfg.trust_domain, cfg.key_alg)?;
-    let fingerprint = Fingerprint::of(&cfg.credentials);
-    if created {
-        tracing::info!(dir = %cfg.credentials.display(), "created a new root and issuer");
+/// A sentry whose credentials are in place, ready to serve.
+pub struct Sentry {
+    state: Arc<State>,
+}
+
+impl Sentry {
+    /// Loads (or on first start creates) the credentials and sentry's own
+    /// serving certificate. Call it before binding the port: a client that
+    /// waits for the port may then read `ca.crt` at once.
+    pub fn start(cfg: Config) -> Result<Self, ServeError> {
+        let (authority, created) =
+            Authority::load_or_create(&cfg.credentials, &cfg.trust_domain, cfg.key_alg)?;
+        let fingerprint = Fingerprint::of(&cfg.credentials);
+        if created {
+            tracing::info!(dir = %cfg.credentials.display(), "created a new root and issuer");
+        }
+        let serving = serving_config(&authority, &cfg)?;
+        let state = Arc::new(State {
+            authority: ArcSwap::from_pointee(authority),
+            serving: ArcSwap::new(serving),
+            serving_at: Mutex::new(SystemTime::now()),
+            fingerprint: Mutex::new(fingerprint),
+            cfg,
+        });
+        Ok(Self { state })
     }
-    let serving = serving_config(&authority, &cfg)?;
-    let state = Arc::new(State {
-        authority: ArcSwap::from_pointee(authority),
-        serving: ArcSwap::new(serving),
-        serving_at: Mutex::new(SystemTime::now()),
-        fingerprint: Mutex::new(fingerprint),
-        cfg,
-    });
-    tokio::spawn(watch(Arc::downgrade(&state)));
-    let (tx, rx) = tokio::sync::mpsc::channel(64);
-    tokio::spawn(accept(listener, state.clone(), tx));
-    tonic::transport::Server::builder()
-        .add_service(CaServer::new(Svc { state }))
-        .serve_with_incoming_shutdown(tokio_stream::wrappers::ReceiverStream::new(rx), shutdown)
-        .await?;
-    Ok(())
+
+    /// Serves on `listener` until `shutdown` resolves.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServeError> {
+        let state = self.state;
+        tokio::spawn(watch(Arc::downgrade(&state)));
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(accept(listener, state.clone(), tx));
+        tonic::transport::Server::builder()
+            .add_service(CaServer::new(Svc { state }))
+            .serve_with_incoming_shutdown(tokio_stream::wrappers::ReceiverStream::new(rx), shutdown)
+            .await?;
+        Ok(())
+    }
 }
 
 fn serving_config(a: &Authority, cfg: &Config) -> Result<Arc<rustls::ServerConfig>, ServeError> {

@@ -368,14 +368,42 @@ fn wait_healthy(proc: &mut Proc, port: u16) {
     panic!("skiffd {} not healthy within 15s", proc.name);
 }
 
-/// The vendored agent, unpacked once into target/.
+/// The Python with the unmodified Dapr SDK (`tests/python/requirements.txt`):
+/// `$SKIFF_PYTHON`, else the venv `tests/run` makes at `target/py-venv`.
+/// Without it a test fails with that instruction: it never passes silently.
+pub fn python() -> PathBuf {
+    if let Some(p) = std::env::var_os("SKIFF_PYTHON") {
+        return p.into();
+    }
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let p = root.join("target/py-venv/bin/python");
+    assert!(
+        p.exists(),
+        "{} is missing: run tests/run (it creates the venv) or set SKIFF_PYTHON to a python with tests/python/requirements.txt",
+        p.display()
+    );
+    p
+}
+
+/// A script in tests/python.
+pub fn python_script(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("python")
+        .join(name)
+}
+
+/// A Consul agent: `$CONSUL_BIN` (tests/run sets it to one on PATH), else
+/// the Debian package in ../shared/vendor, unpacked once into target/.
 pub fn consul_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("CONSUL_BIN") {
+        return PathBuf::from(p);
+    }
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let dir = root.join("target/consul");
     let bin = dir.join("usr/bin/consul");
     if !bin.exists() {
         let deb = std::fs::read_dir(root.join("../shared/vendor"))
-            .expect("../shared/vendor")
+            .expect("no Consul: set CONSUL_BIN, or keep ../shared/vendor beside the checkout")
             .flatten()
             .map(|e| e.path())
             .find(|p| {

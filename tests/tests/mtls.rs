@@ -536,3 +536,43 @@ fn unusable_anchors_and_credentials_stop_the_start_with_one_line() {
         "{line}"
     );
 }
+
+/// On its first start sentry writes its root and issuer before it opens its
+/// port, so a script that waits for the port and then reads `ca.crt` (as
+/// sidecars' operators do) never races it. Polled as tightly as a script
+/// could, over several fresh starts.
+#[test]
+fn sentry_writes_its_credentials_before_it_opens_its_port() {
+    let w = World::new();
+    for round in 0..8 {
+        let port = free_port();
+        let creds = w.home.path().join(format!("creds-{round}"));
+        let child = std::process::Command::new(bin("skiff-sentry"))
+            .args(["--port", &port.to_string()])
+            .arg("--issuer-credentials")
+            .arg(&creds)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(log_sink())
+            .spawn()
+            .expect("spawn skiff-sentry");
+        let _sentry = Proc {
+            child,
+            name: "sentry".into(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "sentry never opened its port");
+            std::thread::sleep(Duration::from_micros(100));
+        }
+        for f in ["ca.crt", "issuer.crt", "issuer.key"] {
+            let text = std::fs::read_to_string(creds.join(f)).unwrap_or_else(|e| {
+                panic!("round {round}: {f} missing once the port is open: {e}")
+            });
+            assert!(
+                text.contains("-----END"),
+                "round {round}: {f} is incomplete"
+            );
+        }
+    }
+}

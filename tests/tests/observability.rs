@@ -608,6 +608,50 @@ async fn sampling_rate_zero_propagates_but_exports_nothing() {
     assert_eq!(rx.len(), 2, "only the sampled trace was exported");
 }
 
+/// Without `spec.tracing` daprd still traces (parent-based, sampling rate
+/// 0.0001, nothing exported): a caller's `traceparent` reaches the app in
+/// the same trace, re-parented by the sidecars, its sampled flag kept.
+#[tokio::test]
+async fn without_a_tracing_config_traces_continue_as_in_daprd() {
+    let w = World::new();
+    let echo = w.echo("e");
+    let _orders = w.sidecar("orders", SidecarOpts::app(echo.http_port));
+    let web = w.sidecar("web", SidecarOpts::default());
+    let c = http_client();
+    let trace = "0af7651916cd43dd8448eb211c80319c";
+    for flags in ["01", "00"] {
+        let mut req = request(
+            "GET",
+            &format!("{}/v1.0/invoke/orders/method/x", web.http()),
+            "",
+        );
+        let sent = format!("00-{trace}-b7ad6b7169203331-{flags}");
+        req.headers_mut()
+            .insert("traceparent", sent.parse().expect("ascii"));
+        let resp = send(&c, req).await;
+        assert_eq!(resp.status, 200);
+        let got = resp.echoed_headers()["traceparent"]
+            .as_str()
+            .expect("the app got a traceparent")
+            .to_owned();
+        let parts: Vec<&str> = got.split('-').collect();
+        assert_eq!(parts.len(), 4, "{got}");
+        assert_eq!(parts[1], trace, "same trace: {got}");
+        assert_ne!(
+            parts[2], "b7ad6b7169203331",
+            "re-parented by the sidecars: {got}"
+        );
+        assert_eq!(parts[3], flags, "the caller's flag: {got}");
+    }
+    // A call without one starts a trace of its own at the caller's sidecar.
+    let resp = get(&c, &web, "orders", "/x").await;
+    let got = resp.echoed_headers()["traceparent"]
+        .as_str()
+        .expect("a traceparent for the app")
+        .to_owned();
+    assert!(got.starts_with("00-") && got.len() == 55, "{got}");
+}
+
 #[tokio::test]
 async fn a_dead_collector_never_slows_calls_and_drops_are_counted() {
     // Nothing listens here.

@@ -373,3 +373,89 @@ fn invalid_policies_stop_the_start_naming_file_and_field() {
         "{last}"
     );
 }
+
+/// Sends `body` to the sidecar's HTTP API on a raw connection, its head and
+/// its body in separate writes (so the body is not in the sidecar's first
+/// read), framed by length or chunked; returns the answer's status and
+/// body (de-chunked).
+async fn post_late_body(port: u16, path: &str, body: &[u8], chunked: bool) -> (u16, Vec<u8>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    let framing = if chunked {
+        "transfer-encoding: chunked".to_owned()
+    } else {
+        format!("content-length: {}", body.len())
+    };
+    let head = format!("POST {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n{framing}\r\n\r\n");
+    tcp.write_all(head.as_bytes()).await.expect("head");
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    for part in body.chunks(10 << 10) {
+        if chunked {
+            tcp.write_all(format!("{:x}\r\n", part.len()).as_bytes())
+                .await
+                .expect("chunk size");
+        }
+        tcp.write_all(part).await.expect("body");
+        if chunked {
+            tcp.write_all(b"\r\n").await.expect("chunk end");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    if chunked {
+        tcp.write_all(b"0\r\n\r\n").await.expect("last chunk");
+    }
+    let mut all = Vec::new();
+    tcp.read_to_end(&mut all).await.expect("answer");
+    let split = all
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a response head");
+    let head = String::from_utf8_lossy(&all[..split]).to_lowercase();
+    let status = head[9..12].parse().expect("status");
+    let mut rest = &all[split + 4..];
+    if !head.contains("transfer-encoding: chunked") {
+        return (status, rest.to_vec());
+    }
+    let mut out = Vec::new();
+    loop {
+        let eol = rest
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .expect("chunk line");
+        let n = usize::from_str_radix(std::str::from_utf8(&rest[..eol]).expect("hex"), 16)
+            .expect("chunk size");
+        if n == 0 {
+            return (status, out);
+        }
+        out.extend_from_slice(&rest[eol + 2..eol + 2 + n]);
+        rest = &rest[eol + 2 + n + 2..];
+    }
+}
+
+/// A request body that the HTTP API did not get with its head (a 40 KiB
+/// body in later writes, with a length or chunked) fits the retry buffer,
+/// so a retry policy replays it whole; it was once sent only once.
+#[tokio::test]
+async fn retries_replay_an_http1_body_that_arrived_after_its_head() {
+    let r = resiliency_setup();
+    let payload: Vec<u8> = (0..40 << 10).map(|i| b'a' + (i % 26) as u8).collect();
+    let base = hits(&r.echo).await;
+    for (i, chunked) in [false, true].into_iter().enumerate() {
+        let path = format!("/v1.0/invoke/orders/method/flaky/late-{i}?fail=2");
+        let (status, body) = post_late_body(r.caller.http_port, &path, &payload, chunked).await;
+        assert_eq!(
+            status,
+            200,
+            "chunked {chunked}: {}",
+            String::from_utf8_lossy(&body)
+        );
+        assert!(
+            body == payload,
+            "chunked {chunked}: the replayed body arrived whole"
+        );
+    }
+    // Two failures and the success, for each of the two calls.
+    assert_eq!(hits(&r.echo).await - base, 6);
+}

@@ -6,30 +6,9 @@
 //! creates it at `target/py-venv` (or set `SKIFF_PYTHON`). Without it the
 //! test fails with that instruction: it never passes silently.
 
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
 use skiff_tests::*;
-
-fn python() -> PathBuf {
-    if let Some(p) = std::env::var_os("SKIFF_PYTHON") {
-        return p.into();
-    }
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let p = root.join("target/py-venv/bin/python");
-    assert!(
-        p.exists(),
-        "{} is missing: run tests/run (it creates the venv) or set SKIFF_PYTHON to a python with tests/python/requirements.txt",
-        p.display()
-    );
-    p
-}
-
-fn script(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("python")
-        .join(name)
-}
 
 #[tokio::test]
 async fn dapr_python_sdk_works_unmodified() {
@@ -40,7 +19,7 @@ async fn dapr_python_sdk_works_unmodified() {
     let _rpc = w.sidecar("rpc", SidecarOpts::grpc_app(echo.grpc_port));
     let py_port = free_port();
     let child = Command::new(&py)
-        .arg(script("grpc_app.py"))
+        .arg(python_script("grpc_app.py"))
         .arg(py_port.to_string())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -68,7 +47,7 @@ async fn dapr_python_sdk_works_unmodified() {
 
     for proto in ["http", "grpc"] {
         let out = Command::new(&py)
-            .arg(script("sdk_client.py"))
+            .arg(python_script("sdk_client.py"))
             .env("DAPR_HTTP_PORT", caller.http_port.to_string())
             .env("DAPR_GRPC_PORT", caller.grpc_port.to_string())
             .env("DAPR_RUNTIME_HOST", "127.0.0.1")

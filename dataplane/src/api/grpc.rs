@@ -14,72 +14,91 @@ use skiff_proto::runtime::dapr_server::{Dapr, DaprServer};
 use tonic::Code;
 use tonic::codegen::Service;
 
-use crate::body::SkiffBody;
+use crate::blocks::{self, Rpc};
 use crate::errors::{self, grpc_code_from_http};
 use crate::headers::{
-    self, DAPR_APP_ID, GRPC_TIMEOUT, MODE_GRPC_PROXY, SKIFF_GRPC_MESSAGE, SKIFF_GRPC_STATUS,
-    SKIFF_MODE, SKIFF_TYPE_URL, SKIFF_VERB_NONE,
+    self, DAPR_APP_ID, GRPC_TIMEOUT, SKIFF_GRPC_MESSAGE, SKIFF_GRPC_STATUS, SKIFF_TYPE_URL,
+    SKIFF_VERB_NONE,
 };
-use crate::invoke::target;
-use crate::runtime::Sidecar;
+use crate::invoke::envelope::{Door, Invoker};
+use crate::invoke::{target, wire};
+use crate::skiff_body::SkiffBody;
 use crate::telemetry::metrics;
-use crate::telemetry::trace::Kind;
+
+/// What the gRPC API's handlers need.
+pub struct GrpcContext {
+    pub invoker: Arc<Invoker>,
+    pub door: super::Door,
+}
 
 /// The gRPC front door of one sidecar.
 #[derive(Clone)]
 pub struct GrpcApi {
-    sc: Arc<Sidecar>,
+    cx: Arc<GrpcContext>,
     dapr: DaprServer<DaprApi>,
 }
 
 impl GrpcApi {
-    pub fn new(sc: Arc<Sidecar>) -> Self {
-        let limit = sc.settings.max_body_size;
-        let dapr = DaprServer::new(DaprApi { sc: sc.clone() })
-            .max_decoding_message_size(limit)
+    pub fn new(cx: Arc<GrpcContext>) -> Self {
+        let dapr = DaprServer::new(DaprApi { cx: cx.clone() })
+            .max_decoding_message_size(cx.door.max_body_size)
             .max_encoding_message_size(usize::MAX);
-        Self { sc, dapr }
+        Self { cx, dapr }
     }
 
     /// Serves one request on the gRPC API port, counted in Dapr's gRPC
     /// server metrics once its status is known.
-    pub async fn handle(self, req: Request<SkiffBody>) -> Response<SkiffBody> {
-        let start = Instant::now();
-        let series = metrics::get().map(|m| m.grpc_server(req.uri().path()));
-        let logged = self
-            .sc
-            .settings
-            .api_logging
-            .then(|| (self.sc.clone(), req.uri().path().to_owned()));
-        let resp = self.route(req).await;
-        if let Some((sc, path)) = logged {
-            let code = resp
-                .headers()
-                .get(headers::GRPC_STATUS)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("pending");
-            tracing::info!(target: super::http::API_LOG_TARGET, app_id = %sc.settings.app_id, method = %path, code, duration_us = start.elapsed().as_micros() as u64, "gRPC API called");
-        }
-        match series {
-            Some(codes) => crate::body::observe_grpc(resp, codes, start),
-            None => resp,
+    pub fn handle(self, req: Request<SkiffBody>) -> impl Future<Output = Response<SkiffBody>> {
+        async move {
+            let start = Instant::now();
+            let series = metrics::get().map(|m| m.grpc_server(req.uri().path()));
+            let logged = self
+                .cx
+                .door
+                .api_logging
+                .then(|| (self.cx.clone(), req.uri().path().to_owned()));
+            let resp = self.route(req).await;
+            if let Some((cx, path)) = logged {
+                let code = resp
+                    .headers()
+                    .get(headers::GRPC_STATUS)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("pending");
+                tracing::info!(target: super::http::API_LOG_TARGET, app_id = %cx.door.app_id, method = %path, code, duration_us = start.elapsed().as_micros() as u64, "gRPC API called");
+            }
+            match series {
+                Some(codes) => crate::skiff_body::observe_grpc(resp, codes, start),
+                None => resp,
+            }
         }
     }
 
-    async fn route(mut self, req: Request<SkiffBody>) -> Response<SkiffBody> {
-        if !super::token_ok(self.sc.settings.api_token.as_deref(), req.headers()) {
-            return errors::grpc_error(Code::Unauthenticated, "invalid api token");
-        }
-        let is_dapr_api = req
-            .uri()
-            .path()
-            .starts_with(skiff_proto::paths::DAPR_SERVICE_PREFIX);
-        if !is_dapr_api && req.headers().contains_key(&DAPR_APP_ID) {
-            return proxy(&self.sc, req).await;
-        }
-        match self.dapr.call(req).await {
-            Ok(resp) => resp.map(SkiffBody::Grpc),
-            Err(never) => match never {},
+    /// The API token once, then: proxy mode for any call with
+    /// `dapr-app-id` outside Dapr's service, else Dapr's service by RPC.
+    fn route(mut self, req: Request<SkiffBody>) -> impl Future<Output = Response<SkiffBody>> {
+        async move {
+            if !super::token_ok(self.cx.door.token.as_deref(), req.headers()) {
+                return errors::grpc_error(Code::Unauthenticated, "invalid api token");
+            }
+            let rpc = req
+                .uri()
+                .path()
+                .strip_prefix(skiff_proto::paths::DAPR_SERVICE_PREFIX);
+            let Some(rpc) = rpc else {
+                if req.headers().contains_key(&DAPR_APP_ID) {
+                    return proxy(&self.cx, req).await;
+                }
+                return blocks::not_served(req.uri().path(), false).to_grpc();
+            };
+            match blocks::rpc(rpc) {
+                Rpc::Served => match self.dapr.call(req).await {
+                    Ok(resp) => resp.map(SkiffBody::Grpc),
+                    Err(never) => match never {},
+                },
+                Rpc::Block(block) => block.not_configured("", &self.cx.door.app_id).to_grpc(),
+                Rpc::NotYet => blocks::not_served(rpc, true).to_grpc(),
+                Rpc::Unknown => blocks::not_served(rpc, false).to_grpc(),
+            }
         }
     }
 }
@@ -87,90 +106,29 @@ impl GrpcApi {
 /// Forwards a gRPC call to the app named by `dapr-app-id`. Bodies and
 /// trailers stream both ways, so every call shape works; the deadline
 /// travels in `grpc-timeout` and also bounds the wait for the response head.
-async fn proxy(sc: &Sidecar, req: Request<SkiffBody>) -> Response<SkiffBody> {
-    let raw = req
-        .headers()
-        .get(&DAPR_APP_ID)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default();
-    let target = match target::parse_app_id(raw, &sc.settings.namespace) {
-        Ok(t) => t,
-        Err(e) => return errors::grpc_error(Code::InvalidArgument, &e.to_string()),
-    };
-    let deadline = req
-        .headers()
-        .get(&GRPC_TIMEOUT)
-        .and_then(parse_grpc_timeout);
-    let (mut parts, body) = req.into_parts();
-    headers::prepare_outbound(&mut parts.headers);
-    parts
-        .headers
-        .insert(SKIFF_MODE, HeaderValue::from_static(MODE_GRPC_PROXY));
-    let start = Instant::now();
-    let span = sc.tracer.as_ref().map(|t| {
-        let s = t.start(&parts.headers, Kind::Client);
-        // `traceparent` alone to the next sidecar: it says everything
-        // `grpc-trace-bin` would, and every header value is HPACK-encoded
-        // anew per call. The callee adds `grpc-trace-bin` for its app.
-        s.inject(&mut parts.headers, false);
-        s
-    });
-    let method = span
-        .as_ref()
-        .filter(|s| s.sampled)
-        .map(|_| parts.uri.path().to_owned());
-    let out = Request::from_parts(parts, body);
-    let send = sc.outbound.send(&target, out);
-    let result = match deadline {
-        Some(d) => match tokio::time::timeout(d, send).await {
-            Ok(r) => r.map_err(ProxyError::Invoke),
-            Err(_) => Err(ProxyError::Deadline),
-        },
-        None => send.await.map_err(ProxyError::Invoke),
-    };
-    let resp = match result {
-        Ok(mut resp) => {
-            headers::strip_internal(resp.headers_mut());
-            resp
-        }
-        Err(ProxyError::Deadline) => errors::grpc_error(
-            Code::DeadlineExceeded,
-            "deadline exceeded waiting for the target",
-        ),
-        Err(ProxyError::Invoke(e)) => {
-            tracing::warn!(app_id = %sc.settings.app_id, target = %target.app_id, error = %e, "gRPC proxy call failed");
-            errors::grpc_error(
-                Code::Unavailable,
-                &format!("failed to proxy to {}: {e}", target.app_id),
-            )
-        }
-    };
-    // The status in the head: a trailers-only answer's, else OK so far.
-    let code: u16 = resp
-        .headers()
-        .get(headers::GRPC_STATUS)
-        .and_then(|v| v.to_str().ok()?.parse().ok())
-        .unwrap_or(0);
-    if let Some(m) = metrics::get() {
-        m.invoke_answered(&target.app_id, code, true, start.elapsed());
+fn proxy(cx: &GrpcContext, req: Request<SkiffBody>) -> impl Future<Output = Response<SkiffBody>> {
+    async move {
+        let raw = req
+            .headers()
+            .get(&DAPR_APP_ID)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        let target = match target::parse_app_id(raw, &cx.door.namespace) {
+            Ok(t) => t,
+            Err(e) => return errors::grpc_error(Code::InvalidArgument, &e.to_string()),
+        };
+        let deadline = req
+            .headers()
+            .get(&GRPC_TIMEOUT)
+            .and_then(parse_grpc_timeout);
+        let (mut parts, body) = req.into_parts();
+        wire::from_app(&mut parts.headers);
+        wire::mark_grpc_proxy(&mut parts.headers);
+        let req = Request::from_parts(parts, body);
+        cx.invoker
+            .invoke(Door::GrpcProxy { deadline }, target, None, req)
+            .await
     }
-    if let (Some(t), Some(s), Some(path)) = (&sc.tracer, &span, method) {
-        t.finish(s, || {
-            super::describe_call(
-                &target.app_id,
-                path.trim_start_matches('/'),
-                "grpc",
-                "POST",
-                code,
-            )
-        });
-    }
-    resp
-}
-
-enum ProxyError {
-    Deadline,
-    Invoke(crate::invoke::outbound::InvokeError),
 }
 
 /// `grpc-timeout`: up to 8 digits and a unit (H, M, S, m, u, n).
@@ -194,7 +152,7 @@ pub fn parse_grpc_timeout(v: &HeaderValue) -> Option<Duration> {
 
 /// The tonic implementation of `dapr.proto.runtime.v1.Dapr`.
 pub struct DaprApi {
-    sc: Arc<Sidecar>,
+    cx: Arc<GrpcContext>,
 }
 
 #[tonic::async_trait]
@@ -204,7 +162,7 @@ impl Dapr for DaprApi {
         request: tonic::Request<InvokeServiceRequest>,
     ) -> Result<tonic::Response<InvokeResponse>, tonic::Status> {
         let (metadata, _, msg) = request.into_parts();
-        let target = target::parse_app_id(&msg.id, &self.sc.settings.namespace)
+        let target = target::parse_app_id(&msg.id, &self.cx.door.namespace)
             .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
         let mut inv = msg.message.ok_or_else(|| {
             tonic::Status::invalid_argument("InvokeServiceRequest.message is required")
@@ -225,7 +183,7 @@ impl Dapr for DaprApi {
         *req.method_mut() = method_of(verb);
         *req.headers_mut() = forwarded_metadata(metadata.into_headers());
         let h = req.headers_mut();
-        headers::prepare_outbound(h);
+        wire::from_app(h);
         if verb == Verb::None {
             h.insert(SKIFF_VERB_NONE, HeaderValue::from_static("1"));
         }
@@ -239,37 +197,17 @@ impl Dapr for DaprApi {
         {
             h.insert(SKIFF_TYPE_URL, t);
         }
-        let start = Instant::now();
-        let span = self.sc.tracer.as_ref().map(|t| {
-            let s = t.start(req.headers(), Kind::Client);
-            s.inject(req.headers_mut(), false);
-            s
-        });
-        let verb_name = req.method().clone();
-        let result = self.sc.outbound.send(&target, req).await;
-        let status = match &result {
-            Ok(r) => r.status().as_u16(),
-            Err(_) => 500,
-        };
-        if let Some(m) = metrics::get() {
-            m.invoke_answered(&target.app_id, status, false, start.elapsed());
-        }
-        if let (Some(t), Some(s)) = (&self.sc.tracer, &span) {
-            t.finish(s, || {
-                super::describe_call(
-                    &target.app_id,
-                    &inv.method,
-                    "http",
-                    verb_name.as_str(),
-                    status,
-                )
-            });
-        }
-        let resp = result.map_err(|e| {
-            tracing::warn!(app_id = %self.sc.settings.app_id, target = %target.app_id, method = %inv.method, error = %e, "invocation failed");
-            tonic::Status::unavailable(format!("failed to invoke, id: {}, err: {e}", target.app_id))
-        })?;
-        into_invoke_response(resp, self.sc.settings.max_body_size).await
+        let resp = self
+            .cx
+            .invoker
+            .invoke(
+                Door::InvokeService,
+                target,
+                Some(std::mem::take(&mut inv.method)),
+                req,
+            )
+            .await;
+        into_invoke_response(resp, self.cx.door.max_body_size).await
     }
 }
 
@@ -313,11 +251,7 @@ async fn into_invoke_response(
 ) -> Result<tonic::Response<InvokeResponse>, tonic::Status> {
     let (parts, body) = resp.into_parts();
     let status = parts.status;
-    if let Some(code) = parts
-        .headers
-        .get(&SKIFF_GRPC_STATUS)
-        .and_then(|v| v.to_str().ok()?.parse::<i32>().ok())
-    {
+    if let Some(code) = headers::grpc_code(parts.headers.get(&SKIFF_GRPC_STATUS)) {
         let msg = parts
             .headers
             .get(&SKIFF_GRPC_MESSAGE)
@@ -328,7 +262,7 @@ async fn into_invoke_response(
                     .into_owned()
             })
             .unwrap_or_default();
-        return Err(tonic::Status::new(Code::from_i32(code), msg));
+        return Err(tonic::Status::new(Code::from_i32(i32::from(code)), msg));
     }
     let data = crate::body::collect_limited(body, limit)
         .await

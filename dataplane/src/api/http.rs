@@ -1,73 +1,255 @@
-//! Dapr's HTTP API: service invocation (`/v1.0/invoke/{app}/method/{m}` and
-//! the `dapr-app-id` header form), health, metadata and shutdown.
+//! Dapr's HTTP API (port 3500): a route table on the segment after
+//! `/v1.0/` (or `/v1.0-alpha1/`), the API token checked once, Dapr's HTTP
+//! server metrics and `--enable-api-logging` lines once, then the handler:
+//! service invocation (also the `dapr-app-id` header form on any other
+//! path), the building blocks, health, metadata and shutdown.
 
 use std::sync::Arc;
 use std::time::Instant;
 
+use futures_util::future::Either;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 
-use crate::body::SkiffBody;
+use super::health::{Health, no_content};
+use super::metadata::Metadata;
+use crate::blocks::Block;
 use crate::errors::{code, http_error};
-use crate::headers::{self, DAPR_APP_ID};
+use crate::headers::DAPR_APP_ID;
+use crate::invoke::envelope::{Door, Invoker};
 use crate::invoke::target::{self, TargetError};
-use crate::runtime::Sidecar;
+use crate::invoke::wire;
+use crate::lifecycle::Lifecycle;
+use crate::skiff_body::SkiffBody;
 use crate::telemetry::metrics;
-use crate::telemetry::trace::Kind;
 
-const INVOKE_PREFIX: &str = "/v1.0/invoke/";
+/// A cold route's answer.
+type Cold<'a> = std::pin::Pin<Box<dyn Future<Output = Response<SkiffBody>> + Send + 'a>>;
 
-/// Serves one request on the HTTP API port, counted in Dapr's HTTP server
-/// metrics (and logged with `--enable-api-logging`).
-pub async fn handle(sc: Arc<Sidecar>, req: Request<SkiffBody>) -> Response<SkiffBody> {
-    let start = Instant::now();
-    let metrics = metrics::get();
-    let path_label = metrics.map_or(0, |m| m.path_index(req.uri().path()));
-    let method = req.method().clone();
-    let logged = sc.settings.api_logging.then(|| req.uri().path().to_owned());
-    let resp = route(&sc, req).await;
-    let status = resp.status().as_u16();
-    if let Some(m) = metrics {
-        m.http_server(&method, status, path_label, start.elapsed());
-    }
-    if let Some(path) = logged {
-        tracing::info!(target: API_LOG_TARGET, app_id = %sc.settings.app_id, method = %method, path = %path, code = status, duration_us = start.elapsed().as_micros() as u64, "HTTP API called");
-    }
-    resp
+/// An answer known at once, as a cold route's.
+fn ready<'a, F>(resp: Response<SkiffBody>) -> Either<F, Cold<'a>> {
+    Either::Right(Box::pin(std::future::ready(resp)))
 }
 
 /// `--enable-api-logging` lines use this target, enabled at info level
 /// whatever `--log-level` says.
 pub const API_LOG_TARGET: &str = "skiff_api";
 
-async fn route(sc: &Sidecar, req: Request<SkiffBody>) -> Response<SkiffBody> {
-    let path = req.uri().path();
-    if let Some(rest) = path.strip_prefix(INVOKE_PREFIX) {
-        if !super::token_ok(sc.settings.api_token.as_deref(), req.headers()) {
-            return unauthorized();
-        }
-        let Some((app, method)) = split_invoke(rest) else {
-            return http_error(
-                StatusCode::BAD_REQUEST,
-                code::MALFORMED_REQUEST,
-                "expected /v1.0/invoke/<app-id>/method/<method>",
-            );
-        };
-        let (app, method) = (app.to_owned(), method.to_owned());
-        return invoke(sc, &app, &method, req).await;
+/// What the HTTP API's handlers need.
+pub struct HttpApi {
+    pub invoker: Arc<Invoker>,
+    pub health: Health,
+    pub metadata: Arc<Metadata>,
+    pub lifecycle: Arc<Lifecycle>,
+    pub door: super::Door,
+}
+
+/// The API a request is for.
+#[derive(Debug, PartialEq, Eq)]
+enum Route<'a> {
+    /// `invoke/<app>/method/<method...>` (the part after `invoke/`).
+    Invoke(&'a str),
+    /// The `dapr-app-id` header on a path outside the API.
+    InvokeByHeader,
+    /// A building block, and the path after its segment.
+    Block(Block, &'a str),
+    Healthz(&'a str),
+    Metadata(&'a str),
+    Shutdown,
+    NotFound,
+}
+
+/// The route table: the API version, then the segment after it.
+fn route<'a>(path: &'a str, headers: &http::HeaderMap) -> Route<'a> {
+    let (alpha, rest) = if let Some(r) = path.strip_prefix("/v1.0/") {
+        (false, r)
+    } else if let Some(r) = path.strip_prefix("/v1.0-alpha1/") {
+        (true, r)
+    } else if headers.contains_key(&DAPR_APP_ID) {
+        return Route::InvokeByHeader;
+    } else {
+        return Route::NotFound;
+    };
+    let (segment, tail) = rest.split_once('/').unwrap_or((rest, ""));
+    match (alpha, segment) {
+        (false, "invoke") => Route::Invoke(tail),
+        (_, "state") => Route::Block(Block::State, tail),
+        (_, "publish") => Route::Block(Block::PubSub, tail),
+        (false, "secrets") => Route::Block(Block::Secrets, tail),
+        (false, "bindings") => Route::Block(Block::Bindings, tail),
+        (_, "configuration") => Route::Block(Block::Configuration, tail),
+        (true, "lock" | "unlock") => Route::Block(Block::Lock, tail),
+        (false, "actors") => Route::Block(Block::Actors, tail),
+        (false, "healthz") => Route::Healthz(tail),
+        (false, "metadata") => Route::Metadata(tail),
+        (false, "shutdown") if tail.is_empty() => Route::Shutdown,
+        _ => Route::NotFound,
     }
-    if !path.starts_with("/v1.0/")
-        && let Some(app) = req.headers().get(&DAPR_APP_ID)
-    {
-        if !super::token_ok(sc.settings.api_token.as_deref(), req.headers()) {
-            return unauthorized();
+}
+
+impl HttpApi {
+    /// Serves one request on the HTTP API port, counted in Dapr's HTTP
+    /// server metrics (and logged with `--enable-api-logging`).
+    pub fn handle(
+        self: Arc<Self>,
+        req: Request<SkiffBody>,
+    ) -> impl Future<Output = Response<SkiffBody>> {
+        async move {
+            let start = Instant::now();
+            let metrics = metrics::get();
+            let path_label = metrics.map_or(0, |m| m.path_index(req.uri().path()));
+            let method = req.method().clone();
+            let logged = self.door.api_logging.then(|| req.uri().path().to_owned());
+            let resp = self.dispatch(req).await;
+            let status = resp.status().as_u16();
+            if let Some(m) = metrics {
+                m.http_server(&method, status, path_label, start.elapsed());
+            }
+            if let Some(path) = logged {
+                tracing::info!(target: API_LOG_TARGET, app_id = %self.door.app_id, method = %method, path = %path, code = status, duration_us = start.elapsed().as_micros() as u64, "HTTP API called");
+            }
+            resp
         }
-        let Ok(app) = app.to_str().map(str::to_owned) else {
-            return bad_target(TargetError::AppId("<non-ASCII>".into()));
-        };
-        let method = path.trim_start_matches('/').to_owned();
-        return invoke(sc, &app, &method, req).await;
     }
-    control(sc, req).await
+
+    /// The route table's answer. Not an `async fn`: an invocation (the hot
+    /// route) is returned as its own future, not inside one of this
+    /// function's; the other routes, cold, are boxed.
+    fn dispatch(
+        &self,
+        req: Request<SkiffBody>,
+    ) -> impl Future<Output = Response<SkiffBody>> + Send + '_ {
+        let path = req.uri().path();
+        let r = route(path, req.headers());
+        // Health answers everyone: probes carry no token.
+        if !matches!(r, Route::Healthz(_))
+            && !super::token_ok(self.door.token.as_deref(), req.headers())
+        {
+            return ready(unauthorized());
+        }
+        match r {
+            Route::Invoke(rest) => match split_invoke(rest) {
+                Some((app, method)) => {
+                    let (app, method) = (app.to_owned(), method.to_owned());
+                    Either::Left(self.invoke(&app, method, req))
+                }
+                None => ready(http_error(
+                    StatusCode::BAD_REQUEST,
+                    code::MALFORMED_REQUEST,
+                    "expected /v1.0/invoke/<app-id>/method/<method>",
+                )),
+            },
+            Route::InvokeByHeader => {
+                let app = req.headers().get(&DAPR_APP_ID).map(HeaderValue::to_str);
+                let Some(Ok(app)) = app.map(|a| a.map(str::to_owned)) else {
+                    return ready(bad_target(TargetError::AppId("<non-ASCII>".into())));
+                };
+                let method = path.trim_start_matches('/').to_owned();
+                Either::Left(self.invoke(&app, method, req))
+            }
+            Route::Block(block, rest) => {
+                let name = rest.split('/').next().unwrap_or_default().to_owned();
+                Either::Right(Box::pin(async move { self.block(block, &name, req).await }))
+            }
+            Route::Healthz(rest) => ready(match (req.method(), rest) {
+                (&Method::GET, "") => self.health.healthz(req.uri().query()),
+                (&Method::GET, "outbound") => self.health.ready(),
+                _ => not_found(req.method(), path),
+            }),
+            Route::Metadata(key) => {
+                let key = key.to_owned();
+                Either::Right(Box::pin(async move { self.metadata(&key, req).await }))
+            }
+            Route::Shutdown if req.method() == Method::POST => {
+                self.lifecycle.trigger_shutdown();
+                ready(no_content())
+            }
+            Route::Shutdown | Route::NotFound => ready(not_found(req.method(), req.uri().path())),
+        }
+    }
+
+    /// A service invocation: the target parsed once, the app's headers
+    /// made fit to travel, then the call in its envelope.
+    fn invoke<'a>(
+        &'a self,
+        app: &str,
+        method: String,
+        req: Request<SkiffBody>,
+    ) -> impl Future<Output = Response<SkiffBody>> + Send + use<'a> {
+        let target = match target::parse_app_id(app, &self.door.namespace) {
+            Ok(t) => t,
+            Err(e) => return Either::Right(std::future::ready(bad_target(e))),
+        };
+        let (mut parts, body) = req.into_parts();
+        parts.uri = match target::app_path(&method, parts.uri.query()) {
+            Ok(pq) => pq.into(),
+            Err(e) => return Either::Right(std::future::ready(bad_target(e))),
+        };
+        wire::from_app(&mut parts.headers);
+        let req = Request::from_parts(parts, body);
+        Either::Left(
+            self.invoker
+                .invoke(Door::HttpApi, target, Some(method), req),
+        )
+    }
+
+    /// A building block's API. None has a component yet: each answers
+    /// daprd's error for a block with nothing configured.
+    async fn block(
+        &self,
+        block: Block,
+        name: &str,
+        req: Request<SkiffBody>,
+    ) -> Response<SkiffBody> {
+        if block == Block::Lock && req.uri().path().starts_with("/v1.0-alpha1/lock/") {
+            // daprd checks the expiry before it looks for a lock store.
+            let body = crate::body::collect_limited(req.into_body(), self.door.max_body_size).await;
+            if let Ok(b) = body
+                && expiry_not_positive(&b)
+            {
+                return http_error(
+                    StatusCode::BAD_REQUEST,
+                    code::MALFORMED_REQUEST,
+                    &format!("ExpiryInSeconds is not positive in lock store {name}"),
+                );
+            }
+        }
+        block.not_configured(name, &self.door.app_id).to_http()
+    }
+
+    /// `GET /v1.0/metadata`, `PUT /v1.0/metadata/{key}`.
+    async fn metadata(&self, key: &str, req: Request<SkiffBody>) -> Response<SkiffBody> {
+        match (req.method(), key) {
+            (&Method::GET, "") => json(&self.metadata.report()),
+            (&Method::PUT, k) if !k.is_empty() => {
+                let key = k.to_owned();
+                match crate::body::collect_limited(req.into_body(), self.door.max_body_size).await {
+                    Ok(v) => {
+                        self.metadata
+                            .put(key, String::from_utf8_lossy(&v).into_owned());
+                        no_content()
+                    }
+                    Err(e) => http_error(
+                        StatusCode::BAD_REQUEST,
+                        code::MALFORMED_REQUEST,
+                        &e.to_string(),
+                    ),
+                }
+            }
+            _ => not_found(req.method(), req.uri().path()),
+        }
+    }
+}
+
+/// A TryLock body whose `expiryInSeconds` (or `expiry_in_seconds`) is
+/// missing or not above zero.
+fn expiry_not_positive(body: &[u8]) -> bool {
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return false;
+    };
+    let e = v
+        .get("expiryInSeconds")
+        .or_else(|| v.get("expiry_in_seconds"));
+    e.and_then(serde_json::Value::as_i64).is_none_or(|n| n <= 0)
 }
 
 /// `<app>/method/<method...>` → (app, method).
@@ -77,57 +259,6 @@ fn split_invoke(rest: &str) -> Option<(&str, &str)> {
         .strip_prefix("method")
         .filter(|m| m.is_empty() || m.starts_with('/'))?;
     Some((app, method.strip_prefix('/').unwrap_or(method)))
-}
-
-async fn invoke(
-    sc: &Sidecar,
-    app: &str,
-    method: &str,
-    req: Request<SkiffBody>,
-) -> Response<SkiffBody> {
-    let target = match target::parse_app_id(app, &sc.settings.namespace) {
-        Ok(t) => t,
-        Err(e) => return bad_target(e),
-    };
-    let (mut parts, body) = req.into_parts();
-    parts.uri = match target::app_path(method, parts.uri.query()) {
-        Ok(pq) => pq.into(),
-        Err(e) => return bad_target(e),
-    };
-    headers::prepare_outbound(&mut parts.headers);
-    let start = Instant::now();
-    let span = sc.tracer.as_ref().map(|t| {
-        let s = t.start(&parts.headers, Kind::Client);
-        s.inject(&mut parts.headers, false);
-        s
-    });
-    let verb = parts.method.clone();
-    let out = Request::from_parts(parts, body);
-    let result = sc.outbound.send(&target, out).await;
-    let resp = match result {
-        Ok(mut resp) => {
-            headers::strip_internal(resp.headers_mut());
-            resp
-        }
-        Err(e) => {
-            tracing::warn!(app_id = %sc.settings.app_id, target = %target.app_id, method = %method, error = %e, "invocation failed");
-            http_error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                code::DIRECT_INVOKE,
-                &format!("failed to invoke, id: {}, err: {e}", target.app_id),
-            )
-        }
-    };
-    let status = resp.status().as_u16();
-    if let Some(m) = metrics::get() {
-        m.invoke_answered(&target.app_id, status, false, start.elapsed());
-    }
-    if let (Some(t), Some(s)) = (&sc.tracer, &span) {
-        t.finish(s, || {
-            crate::api::describe_call(&target.app_id, method, "http", verb.as_str(), status)
-        });
-    }
-    resp
 }
 
 fn bad_target(e: TargetError) -> Response<SkiffBody> {
@@ -146,103 +277,15 @@ fn unauthorized() -> Response<SkiffBody> {
     )
 }
 
-/// Health, metadata and shutdown.
-async fn control(sc: &Sidecar, req: Request<SkiffBody>) -> Response<SkiffBody> {
-    // Control routes are off the hot path; owning these keeps the body free
-    // to be read below.
-    let path = req.uri().path().to_owned();
-    let method = req.method().clone();
-    match (&method, path.as_str()) {
-        (&Method::GET, "/v1.0/healthz") => healthz(sc, req.uri().query()),
-        (&Method::GET, "/v1.0/healthz/outbound") => ready(sc),
-        _ if !super::token_ok(sc.settings.api_token.as_deref(), req.headers()) => unauthorized(),
-        (&Method::GET, "/v1.0/metadata") => json(sc.metadata()),
-        (&Method::PUT, p) if p.starts_with("/v1.0/metadata/") => {
-            let key = p["/v1.0/metadata/".len()..].to_owned();
-            match crate::body::collect_limited(req.into_body(), sc.settings.max_body_size).await {
-                Ok(v) => {
-                    sc.put_metadata(key, String::from_utf8_lossy(&v).into_owned());
-                    no_content()
-                }
-                Err(e) => http_error(
-                    StatusCode::BAD_REQUEST,
-                    code::MALFORMED_REQUEST,
-                    &e.to_string(),
-                ),
-            }
-        }
-        (&Method::POST, "/v1.0/shutdown") => {
-            sc.trigger_shutdown();
-            no_content()
-        }
-        _ => http_error(
-            StatusCode::NOT_FOUND,
-            code::NOT_FOUND,
-            &format!("{method} {path} is not a route this sidecar serves"),
-        ),
-    }
-}
-
-fn healthz(sc: &Sidecar, query: Option<&str>) -> Response<SkiffBody> {
-    let appid = query.and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("appid=")));
-    if let Some(want) = appid
-        && want != sc.settings.app_id
-    {
-        return http_error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            code::HEALTH_APPID_NOT_MATCH,
-            &format!(
-                "app id {want} does not match this sidecar's ({})",
-                sc.settings.app_id
-            ),
-        );
-    }
-    // Asked about the app (`?appid=`, what registries' health checks call)
-    // with app health checking on: an unhealthy app makes the instance
-    // unhealthy, so a registry takes it out of rotation.
-    if appid.is_some()
-        && sc.settings.app_health.is_some()
-        && sc.app.as_ref().is_some_and(|a| !a.is_healthy())
-    {
-        return http_error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            code::HEALTH_NOT_READY,
-            &format!(
-                "app {} is unhealthy (app health check failing)",
-                sc.settings.app_id
-            ),
-        );
-    }
-    ready(sc)
-}
-
-/// 204 once the sidecar serves calls, Dapr's 500 before.
-fn ready(sc: &Sidecar) -> Response<SkiffBody> {
-    if sc.is_ready() {
-        return no_content();
-    }
-    let why = sc
-        .identity
-        .as_ref()
-        .and_then(|i| i.not_ready_reason())
-        .map_or_else(
-            || "dapr is not ready".to_owned(),
-            |r| format!("dapr is not ready: {r}"),
-        );
+fn not_found(method: &Method, path: &str) -> Response<SkiffBody> {
     http_error(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        code::HEALTH_NOT_READY,
-        &why,
+        StatusCode::NOT_FOUND,
+        code::NOT_FOUND,
+        &format!("{method} {path} is not a route this sidecar serves"),
     )
 }
 
-fn no_content() -> Response<SkiffBody> {
-    let mut r = Response::new(SkiffBody::Empty);
-    *r.status_mut() = StatusCode::NO_CONTENT;
-    r
-}
-
-fn json(v: serde_json::Value) -> Response<SkiffBody> {
+fn json(v: &serde_json::Value) -> Response<SkiffBody> {
     let mut r = Response::new(SkiffBody::full(v.to_string()));
     r.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -262,5 +305,49 @@ mod tests {
         assert_eq!(split_invoke("app/method"), Some(("app", "")));
         assert_eq!(split_invoke("app/methods/x"), None);
         assert_eq!(split_invoke("app"), None);
+    }
+
+    #[test]
+    fn the_route_table_reads_the_segment_after_the_version() {
+        let none = http::HeaderMap::new();
+        let r = |p| route(p, &none);
+        assert_eq!(r("/v1.0/invoke/a/method/m"), Route::Invoke("a/method/m"));
+        assert_eq!(r("/v1.0/state/s/k"), Route::Block(Block::State, "s/k"));
+        assert_eq!(
+            r("/v1.0-alpha1/state/s/query"),
+            Route::Block(Block::State, "s/query")
+        );
+        assert_eq!(
+            r("/v1.0/publish/p/t/x"),
+            Route::Block(Block::PubSub, "p/t/x")
+        );
+        assert_eq!(r("/v1.0-alpha1/lock/l"), Route::Block(Block::Lock, "l"));
+        assert_eq!(r("/v1.0-alpha1/unlock/l"), Route::Block(Block::Lock, "l"));
+        assert_eq!(r("/v1.0/lock/l"), Route::NotFound, "lock is alpha only");
+        assert_eq!(
+            r("/v1.0/actors/t/i/method/m"),
+            Route::Block(Block::Actors, "t/i/method/m")
+        );
+        assert_eq!(r("/v1.0/healthz/outbound"), Route::Healthz("outbound"));
+        assert_eq!(r("/v1.0/metadata"), Route::Metadata(""));
+        assert_eq!(r("/v1.0/shutdown"), Route::Shutdown);
+        assert_eq!(r("/v1.0/nope"), Route::NotFound);
+        assert_eq!(r("/orders"), Route::NotFound);
+        let mut h = http::HeaderMap::new();
+        h.insert(DAPR_APP_ID, HeaderValue::from_static("b"));
+        assert_eq!(route("/orders", &h), Route::InvokeByHeader);
+        assert_eq!(route("/v1.0/state/s", &h), Route::Block(Block::State, "s"));
+    }
+
+    #[test]
+    fn lock_expiry_is_checked_as_daprd_does() {
+        assert!(expiry_not_positive(
+            br#"{"resourceId":"r","lockOwner":"o","expiryInSeconds":0}"#
+        ));
+        assert!(expiry_not_positive(
+            br#"{"resourceId":"r","lockOwner":"o"}"#
+        ));
+        assert!(!expiry_not_positive(br#"{"expiry_in_seconds":5}"#));
+        assert!(!expiry_not_positive(b"not json"));
     }
 }

@@ -1,53 +1,30 @@
 //! The app-facing front doors: Dapr's HTTP API (`/v1.0/...`, port 3500,
 //! HTTP/1.1 and h2c) and gRPC API (`dapr.proto.runtime.v1.Dapr` plus proxy
-//! mode, port 50001).
+//! mode, port 50001). Each is a context of its own, built by `runtime`;
+//! they share the invocation envelope (`invoke::envelope`) and the error
+//! shapes (`errors`), and route the building blocks to `blocks`.
 
 pub mod grpc;
+pub mod health;
 pub mod http;
+pub mod metadata;
 
 use ::http::HeaderMap;
 
 use crate::headers::DAPR_API_TOKEN;
-use crate::telemetry::trace::{Described, Value};
 
-/// The caller's span of one invocation: Dapr's `CallLocal/<app>/<method>`
-/// name and attributes. `status` is HTTP's, or the gRPC code for gRPC.
-pub fn describe_call(
-    app: &str,
-    method: &str,
-    protocol: &str,
-    verb: &str,
-    status: u16,
-) -> Described {
-    let grpc = protocol == "grpc";
-    let failed = if grpc { status != 0 } else { status >= 500 };
-    Described {
-        name: format!("CallLocal/{app}/{method}"),
-        attributes: vec![
-            ("dapr.protocol", Value::Str(protocol.to_owned())),
-            ("rpc.service", Value::Str("ServiceInvocation".to_owned())),
-            ("net.peer.name", Value::Str(app.to_owned())),
-            (
-                "dapr.api",
-                Value::Str(format!("{verb} /v1.0/invoke/{app}/method/{method}")),
-            ),
-            (
-                if grpc {
-                    "rpc.grpc.status_code"
-                } else {
-                    "http.status_code"
-                },
-                Value::Int(i64::from(status)),
-            ),
-        ],
-        error: failed.then(|| {
-            if grpc {
-                format!("gRPC status {status}")
-            } else {
-                format!("HTTP {status}")
-            }
-        }),
-    }
+/// What both front doors are set to.
+#[derive(Clone, Debug)]
+pub struct Door {
+    /// `DAPR_API_TOKEN`, required on every call but health.
+    pub token: Option<String>,
+    /// `--enable-api-logging`.
+    pub api_logging: bool,
+    pub app_id: String,
+    /// Targets without a namespace are in this one.
+    pub namespace: String,
+    /// Largest message buffered (a request read whole, `InvokeService`).
+    pub max_body_size: usize,
 }
 
 /// `DAPR_API_TOKEN` check; constant time in the token's length so a timing

@@ -15,13 +15,12 @@ use skiff_proto::google::protobuf::Any;
 use tonic::Code;
 
 use super::{AppChannel, AppError};
-use crate::body::{BoxError, SkiffBody};
+use crate::body::BoxError;
 use crate::errors::{self, http_status_from_grpc};
 use crate::headers::{
-    GRPC_MESSAGE, GRPC_STATUS, SKIFF_GRPC_MESSAGE, SKIFF_GRPC_STATUS, SKIFF_TYPE_URL,
-    SKIFF_VERB_NONE,
+    GRPC_MESSAGE, SKIFF_GRPC_MESSAGE, SKIFF_GRPC_STATUS, SKIFF_TYPE_URL, SKIFF_VERB_NONE,
 };
-use crate::invoke::target::method_from_path;
+use crate::skiff_body::SkiffBody;
 
 /// A unary gRPC call's outcome.
 pub enum UnaryError {
@@ -32,20 +31,17 @@ pub enum UnaryError {
     Protocol(String),
 }
 
-/// Delivers one HTTP-style call to the gRPC app's OnInvoke and turns its
-/// answer back into an HTTP response for the caller's sidecar.
+/// Delivers one HTTP-style call to the gRPC app's OnInvoke as `method`
+/// and turns its answer back into an HTTP response for the caller's sidecar.
 pub async fn on_invoke(
     app: &AppChannel,
+    method: String,
     parts: request::Parts,
     body: SkiffBody,
 ) -> Response<SkiffBody> {
     let data = match crate::body::collect_limited(body, app.max_body_size).await {
         Ok(d) => d,
         Err(e) => return status_response(Code::ResourceExhausted, &e.to_string()),
-    };
-    let method = match method_from_path(parts.uri.path()) {
-        Ok(m) => m,
-        Err(e) => return status_response(Code::InvalidArgument, &e.to_string()),
     };
     let verb = if parts.headers.contains_key(&SKIFF_VERB_NONE) {
         Verb::None
@@ -108,7 +104,7 @@ pub async fn on_invoke(
 
 /// A gRPC app's failure as an HTTP answer: the status from the grpc-gateway
 /// table, Dapr's error body, and the exact gRPC status for a gRPC caller.
-fn status_response(code: Code, message: &str) -> Response<SkiffBody> {
+pub fn status_response(code: Code, message: &str) -> Response<SkiffBody> {
     let mut resp = errors::http_error(
         http_status_from_grpc(code),
         errors::code::DIRECT_INVOKE,
@@ -231,8 +227,7 @@ pub async fn unary<Req: Message, Resp: Message + Default>(
 }
 
 fn grpc_status(h: &HeaderMap) -> Option<Code> {
-    let v = h.get(GRPC_STATUS)?.to_str().ok()?.parse::<i32>().ok()?;
-    Some(Code::from_i32(v))
+    crate::headers::grpc_status(h).map(|c| Code::from_i32(i32::from(c)))
 }
 
 fn grpc_message(h: &HeaderMap) -> String {

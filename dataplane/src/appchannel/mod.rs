@@ -18,14 +18,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use http::{HeaderValue, Request, Response, Uri, Version};
 use tokio::sync::Semaphore;
 
-use crate::body::SkiffBody;
 use crate::config::{AppProtocol, Settings};
 use crate::headers::DAPR_API_TOKEN;
 use crate::http1::{self, client::Http1Client};
 use crate::pool::{Pool, PoolConfig, PoolError};
+use crate::skiff_body::SkiffBody;
 use crate::transport::Connector;
 
 /// Idle keep-alive connections to an HTTP/1.1 app are closed after this.
@@ -58,6 +59,49 @@ pub enum AppError {
 impl AppError {
     fn h2(e: PoolError, addr: SocketAddr) -> Self {
         Self::H2(e, addr)
+    }
+}
+
+/// How the sidecar reaches its app, as `/v1.0/metadata` reports it
+/// (`appConnectionProperties`), whether or not it has one.
+#[derive(Debug)]
+pub struct Properties {
+    port: u16,
+    protocol: AppProtocol,
+    channel_address: std::net::IpAddr,
+    max_concurrency: usize,
+    health: Option<crate::config::AppHealthSettings>,
+}
+
+impl Properties {
+    pub fn new(s: &Settings) -> Self {
+        Self {
+            port: s.app_port.unwrap_or(0),
+            protocol: s.app_protocol,
+            channel_address: s.app_channel_address,
+            max_concurrency: s.app_max_concurrency,
+            health: s.app_health.clone(),
+        }
+    }
+
+    pub fn describe(&self, app: Option<&AppChannel>) -> serde_json::Value {
+        let mut conn = serde_json::json!({
+            "port": self.port,
+            "protocol": self.protocol.as_str(),
+            "channelAddress": self.channel_address.to_string(),
+            // daprd reports -1 for unlimited.
+            "maxConcurrency": if self.max_concurrency == 0 { -1 } else { self.max_concurrency as i64 },
+        });
+        if let (Some(h), Some(app)) = (&self.health, app) {
+            conn["health"] = serde_json::json!({
+                "healthCheckPath": h.path,
+                "healthProbeInterval": format!("{}s", h.interval.as_secs()),
+                "healthProbeTimeout": format!("{}ms", h.timeout.as_millis()),
+                "healthThreshold": h.threshold,
+                "healthy": app.is_healthy(),
+            });
+        }
+        conn
     }
 }
 
@@ -104,9 +148,16 @@ impl AppChannel {
         self.addr
     }
 
-    /// The HTTP/2 (h2c, gRPC) pool to the app; HTTP/1.1 apps use hyper's.
+    /// The HTTP/2 (h2c, gRPC) pool to the app; HTTP/1.1 apps have their own
+    /// keep-alive client ([`Http1Client`]).
     pub fn pool_stats(&self) -> crate::pool::PoolStats {
         self.h2.stats()
+    }
+
+    /// A gRPC app: HTTP-style calls become `OnInvoke`, and it is handed
+    /// `grpc-trace-bin`.
+    pub fn speaks_grpc(&self) -> bool {
+        matches!(self.protocol, AppProtocol::Grpc | AppProtocol::Grpcs)
     }
 
     pub fn is_healthy(&self) -> bool {
@@ -119,17 +170,42 @@ impl AppChannel {
 
     /// Delivers a request as it is (HTTP or h2c app, or a proxied gRPC call
     /// to a gRPC app). `req`'s URI holds path and query only.
-    pub async fn forward(
+    pub fn forward(
         &self,
         mut req: Request<SkiffBody>,
-    ) -> Result<Response<SkiffBody>, AppError> {
-        self.prepare(&mut req);
-        let _permit = self.permit().await?;
-        match self.protocol {
-            AppProtocol::Http | AppProtocol::Https => self.send_http1(req).await,
-            AppProtocol::H2c | AppProtocol::Grpc | AppProtocol::Grpcs => {
-                self.send_h2_raw(req).await
+    ) -> impl Future<Output = Result<Response<SkiffBody>, AppError>> {
+        async move {
+            self.prepare(&mut req);
+            let _permit = self.permit().await?;
+            // A small body read whole first, so it leaves with its head
+            // (see `skiff_body::gather_small`).
+            let body = std::mem::take(req.body_mut());
+            *req.body_mut() = crate::skiff_body::gather_small(body)
+                .await
+                .map_err(|e| self.body_failed(e))?;
+            match self.protocol {
+                AppProtocol::Http | AppProtocol::Https => self.send_http1(req).await,
+                AppProtocol::H2c | AppProtocol::Grpc | AppProtocol::Grpcs => {
+                    self.send_h2_raw(req).await
+                }
             }
+        }
+    }
+
+    /// The request's own body failed while it was read ahead.
+    fn body_failed(&self, e: crate::body::BoxError) -> AppError {
+        match self.protocol {
+            AppProtocol::Http | AppProtocol::Https => AppError::Http1 {
+                addr: self.addr,
+                source: http1::Http1Error::RequestBody(e),
+            },
+            _ => AppError::h2(
+                PoolError::Body {
+                    addr: self.addr,
+                    source: e,
+                },
+                self.addr,
+            ),
         }
     }
 
@@ -152,27 +228,30 @@ impl AppChannel {
         self.send_http1(req).await
     }
 
-    async fn send_http1(&self, req: Request<SkiffBody>) -> Result<Response<SkiffBody>, AppError> {
-        self.http1.send(req).await.map_err(|source| {
-            let addr = self.addr;
-            match source {
-                http1::Http1Error::Connect(_) | http1::Http1Error::ConnectTimeout(_) => {
-                    AppError::Unreachable { addr, source }
-                }
-                source => AppError::Http1 { addr, source },
-            }
+    fn send_http1(
+        &self,
+        req: Request<SkiffBody>,
+    ) -> impl Future<Output = Result<Response<SkiffBody>, AppError>> {
+        let addr = self.addr;
+        self.http1.send(req).map(move |r| match r {
+            Ok(resp) => Ok(resp.map(SkiffBody::from)),
+            Err(
+                source @ (http1::Http1Error::Connect(_) | http1::Http1Error::ConnectTimeout(_)),
+            ) => Err(AppError::Unreachable { addr, source }),
+            Err(source) => Err(AppError::Http1 { addr, source }),
         })
     }
 
-    async fn send_h2_raw(
+    fn send_h2_raw(
         &self,
         mut req: Request<SkiffBody>,
-    ) -> Result<Response<SkiffBody>, AppError> {
+    ) -> impl Future<Output = Result<Response<SkiffBody>, AppError>> {
         *req.version_mut() = Version::HTTP_2;
-        self.h2
-            .send(self.addr, req)
-            .await
-            .map_err(|e| AppError::h2(e, self.addr))
+        let addr = self.addr;
+        self.h2.send(addr, req).map(move |r| match r {
+            Ok(resp) => Ok(resp.map(SkiffBody::from)),
+            Err(e) => Err(AppError::h2(e, addr)),
+        })
     }
 
     fn prepare(&self, req: &mut Request<SkiffBody>) {

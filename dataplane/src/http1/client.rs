@@ -32,10 +32,10 @@ use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedReadHalf;
 
 use super::{
-    BodyFraming, BodyWriter, End, Framing, H1Body, Http1Error, MAX_HEADERS, READ_BUF_START, ReadIo,
-    header_line, keeps_alive, poll_read_buf,
+    BodyFraming, BodyWriter, End, Framing, H1Body, Handback, Http1Error, MAX_HEADERS,
+    READ_BUF_START, ReadIo, Received, header_line, keeps_alive, poll_read_buf,
 };
-use crate::body::SkiffBody;
+use crate::body::OutBody;
 
 /// Idle connections kept per app; more are closed when they come back.
 pub const MAX_IDLE: usize = 256;
@@ -98,45 +98,48 @@ impl Http1Client {
 
     /// Sends `req` (its URI holds path and query) and returns the answer
     /// once its head has arrived; the body streams from the connection.
-    pub async fn send(&self, req: Request<SkiffBody>) -> Result<Response<SkiffBody>, Http1Error> {
-        let (parts, body) = req.into_parts();
-        let body = crate::body::gather_small(body)
-            .await
-            .map_err(Http1Error::RequestBody)?;
-        let no_body_expected = parts.method == Method::HEAD;
-        let framing = BodyFraming::of(&parts.headers, &parts.method, &body);
-        let mut head = BytesMut::with_capacity(256);
-        encode_head(&parts, &self.inner.host, framing, &mut head);
-        // In memory, the request can be sent again; the common small case
-        // rides in the head's write.
-        let rest = match body {
-            SkiffBody::Empty => None,
-            SkiffBody::Full(Some(b)) if b.len() <= MERGE_BODY_BYTES => {
-                head.extend_from_slice(&b);
-                None
-            }
-            SkiffBody::Full(b) => b,
-            streamed => {
-                let writer = BodyWriter::with_head(streamed, framing, head);
-                // Boxed: streaming a request body while watching for an
-                // early answer is a large state machine that the common
-                // call (a body in hand) does not need to carry.
-                return Box::pin(self.send_streamed(writer, no_body_expected)).await;
-            }
-        };
-        let head = head.freeze();
-        let mut retried = false;
-        loop {
-            let (mut conn, reused) = self.inner.checkout().await?;
-            let r =
-                exchange_buffered(&mut conn, &head, rest.clone(), self.inner.max_head_bytes).await;
-            match r {
-                Ok(resp) => return Ok(self.respond(conn, resp, no_body_expected)),
-                Err(e) if reused && !retried && e.is_stale() => {
-                    tracing::debug!(addr = %self.inner.addr, error = %e, "idle connection was closed by the app; sending again");
-                    retried = true;
+    pub fn send<B: OutBody>(
+        &self,
+        req: Request<B>,
+    ) -> impl Future<Output = Result<Response<Received>, Http1Error>> {
+        async move {
+            let (parts, mut body) = req.into_parts();
+            let no_body_expected = parts.method == Method::HEAD;
+            let framing = BodyFraming::of(&parts.headers, &parts.method, &body);
+            let mut head = BytesMut::with_capacity(256);
+            encode_head(&parts, &self.inner.host, framing, &mut head);
+            // In memory, the request can be sent again; the common small case
+            // rides in the head's write.
+            let rest = match body.take_in_memory() {
+                Some(b) if b.is_empty() => None,
+                Some(b) if b.len() <= MERGE_BODY_BYTES => {
+                    head.extend_from_slice(&b);
+                    None
                 }
-                Err(e) => return Err(e),
+                Some(b) => Some(b),
+                None => {
+                    let writer = BodyWriter::with_head(body, framing, head);
+                    // Boxed: streaming a request body while watching for an
+                    // early answer is a large state machine that the common
+                    // call (a body in hand) does not need to carry.
+                    return Box::pin(self.send_streamed(writer, no_body_expected)).await;
+                }
+            };
+            let head = head.freeze();
+            let mut retried = false;
+            loop {
+                let (mut conn, reused) = self.inner.checkout().await?;
+                let r =
+                    exchange_buffered(&mut conn, &head, rest.clone(), self.inner.max_head_bytes)
+                        .await;
+                match r {
+                    Ok(resp) => return Ok(self.respond(conn, resp, no_body_expected)),
+                    Err(e) if reused && !retried && e.is_stale() => {
+                        tracing::debug!(addr = %self.inner.addr, error = %e, "idle connection was closed by the app; sending again");
+                        retried = true;
+                    }
+                    Err(e) => return Err(e),
+                }
             }
         }
     }
@@ -145,11 +148,11 @@ impl Http1Client {
     /// answer that comes first (an app that answers as it reads) leaves the
     /// rest of the body to a task of its own, and the connection is not
     /// reused.
-    async fn send_streamed(
+    async fn send_streamed<B: OutBody>(
         &self,
-        mut writer: BodyWriter,
+        mut writer: BodyWriter<B>,
         no_body_expected: bool,
-    ) -> Result<Response<SkiffBody>, Http1Error> {
+    ) -> Result<Response<Received>, Http1Error> {
         let (mut conn, _) = self.inner.checkout().await?;
         let max = self.inner.max_head_bytes;
         let first = {
@@ -192,7 +195,7 @@ impl Http1Client {
         Ok(self.respond(conn, head, no_body_expected))
     }
 
-    fn respond(&self, conn: Conn, head: Head, no_body_expected: bool) -> Response<SkiffBody> {
+    fn respond(&self, conn: Conn, head: Head, no_body_expected: bool) -> Response<Received> {
         let Head {
             parts,
             framing,
@@ -207,14 +210,13 @@ impl Http1Client {
             if reusable && conn.buf.is_empty() {
                 self.inner.checkin(conn);
             }
-            return Response::from_parts(parts, SkiffBody::Empty);
+            return Response::from_parts(parts, Received::Empty);
         }
-        let end = End::Pool {
-            reusable,
-            pool: Arc::downgrade(&self.inner),
-        };
+        let inner: std::sync::Weak<Inner> = Arc::downgrade(&self.inner);
+        let pool: std::sync::Weak<dyn Handback> = inner;
+        let end = End::Pool { reusable, pool };
         let body = H1Body::new(ReadIo::Whole(conn.io), conn.buf, framing, end);
-        Response::from_parts(parts, SkiffBody::H1(body))
+        Response::from_parts(parts, Received::Stream(body))
     }
 
     fn respond_half(
@@ -223,14 +225,14 @@ impl Http1Client {
         buf: BytesMut,
         head: Head,
         no_body_expected: bool,
-    ) -> Response<SkiffBody> {
+    ) -> Response<Received> {
         let framing = if no_body_expected {
             Framing::Length(0)
         } else {
             head.framing
         };
         let body = H1Body::new(ReadIo::Half(rd), buf, framing, End::Close);
-        Response::from_parts(head.parts, SkiffBody::H1(body))
+        Response::from_parts(head.parts, Received::Stream(body))
     }
 }
 
@@ -270,10 +272,14 @@ impl Inner {
             since_ms: self.now_ms(),
         });
     }
+}
 
+impl Handback for Inner {
     /// A connection whose answer has been read to its end.
-    pub(crate) fn checkin_parts(&self, io: TcpStream, buf: BytesMut) {
-        self.checkin(Conn { io, buf });
+    fn give_back(&self, io: ReadIo, buf: BytesMut) {
+        if let ReadIo::Whole(io) = io {
+            self.checkin(Conn { io, buf });
+        }
     }
 }
 
@@ -298,7 +304,7 @@ async fn reap_idle(pool: std::sync::Weak<Inner>) {
     let Some(idle_timeout) = pool.upgrade().map(|p| p.idle_timeout) else {
         return;
     };
-    let mut tick = crate::pool::reap_interval(idle_timeout);
+    let mut tick = crate::transport::reap_interval(idle_timeout);
     loop {
         tick.tick().await;
         let Some(pool) = pool.upgrade() else { return };
@@ -520,10 +526,11 @@ impl std::fmt::Debug for Inner {
 
 #[cfg(test)]
 mod tests {
+    use crate::skiff_body::SkiffBody;
     use std::convert::Infallible;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    use http_body::{Body, Frame};
+    use http_body::Frame;
     use http_body_util::{BodyExt, StreamBody};
     use hyper::service::service_fn;
     use hyper_util::rt::TokioIo;
@@ -560,8 +567,12 @@ mod tests {
         )))
     }
 
-    async fn text(resp: Response<SkiffBody>) -> String {
-        let b = resp.into_body().collect().await.expect("body").to_bytes();
+    async fn text(resp: Response<Received>) -> String {
+        let b = SkiffBody::from(resp.into_body())
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
         String::from_utf8_lossy(&b).into_owned()
     }
 
@@ -682,7 +693,10 @@ mod tests {
             .await
             .expect("chunked");
         assert_eq!(r.status(), 200);
-        let collected = r.into_body().collect().await.expect("body");
+        let collected = SkiffBody::from(r.into_body())
+            .collect()
+            .await
+            .expect("body");
         assert_eq!(
             collected.trailers().map(|t| t["x-sum"].clone()),
             Some(HeaderValue::from_static("42"))
@@ -703,7 +717,7 @@ mod tests {
             .await
             .expect("204");
         assert_eq!(r.status(), 204);
-        assert!(r.body().is_end_stream());
+        assert!(matches!(r.body(), Received::Empty));
     }
 
     #[tokio::test]
@@ -732,7 +746,10 @@ mod tests {
             .send(req("GET", "/", SkiffBody::Empty))
             .await
             .expect("head is fine");
-        let e = r.into_body().collect().await.expect_err("bad chunk size");
+        let e = SkiffBody::from(r.into_body())
+            .collect()
+            .await
+            .expect_err("bad chunk size");
         assert!(e.to_string().contains("chunk size"), "{e}");
     }
 

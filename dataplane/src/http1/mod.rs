@@ -21,7 +21,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedReadHalf;
 
-use crate::body::{BoxError, SkiffBody};
+use crate::body::{BoxError, OutBody};
 
 /// First read buffer; body reads grow towards the maximum as a long body
 /// keeps coming.
@@ -70,7 +70,7 @@ pub(crate) enum BodyFraming {
 
 impl BodyFraming {
     /// For a request: chunked unless the length is known.
-    pub(crate) fn of(h: &HeaderMap, method: &Method, body: &SkiffBody) -> Self {
+    pub(crate) fn of(h: &HeaderMap, method: &Method, body: &impl Body) -> Self {
         if h.contains_key(CONTENT_LENGTH) {
             return Self::AsIs;
         }
@@ -126,8 +126,8 @@ pub(crate) fn poll_read_buf<R: AsyncRead + Unpin>(
 /// Writes a streamed body, chunked or as it is, after the message's head
 /// when given one. All progress lives here, so a poll abandoned half-way
 /// loses nothing.
-pub(crate) struct BodyWriter {
-    body: SkiffBody,
+pub(crate) struct BodyWriter<B> {
+    body: B,
     framing: BodyFraming,
     /// The message head, not written yet: it waits for the body's first
     /// frame when that is ready at once, so both leave in one write.
@@ -138,8 +138,8 @@ pub(crate) struct BodyWriter {
     done: bool,
 }
 
-impl BodyWriter {
-    pub(crate) fn new(body: SkiffBody, framing: BodyFraming) -> Self {
+impl<B: OutBody> BodyWriter<B> {
+    pub(crate) fn new(body: B, framing: BodyFraming) -> Self {
         Self {
             body,
             framing,
@@ -149,7 +149,7 @@ impl BodyWriter {
         }
     }
 
-    pub(crate) fn with_head(body: SkiffBody, framing: BodyFraming, head: BytesMut) -> Self {
+    pub(crate) fn with_head(body: B, framing: BodyFraming, head: BytesMut) -> Self {
         Self {
             head: Some(head),
             ..Self::new(body, framing)
@@ -316,12 +316,33 @@ pub(crate) enum End {
     /// Back to the client's idle pool (when `reusable`).
     Pool {
         reusable: bool,
-        pool: Weak<client::Inner>,
+        pool: Weak<dyn Handback>,
     },
     /// Back to the server loop, which reads the next request.
-    Server(Arc<server::Handback>),
+    Server(Arc<dyn Handback>),
     /// Nothing (the connection closes).
     Close,
+}
+
+/// Who takes a connection back when a body read from it is done with it:
+/// the client's idle pool, or a served connection's loop. A trait, so this
+/// module names neither.
+pub(crate) trait Handback: Send + Sync + std::fmt::Debug {
+    /// The body was read to its end: the connection, and what was read
+    /// past the body.
+    fn give_back(&self, io: ReadIo, rest: BytesMut);
+    /// The body was dropped before its end.
+    fn abandoned(&self) {}
+}
+
+/// A body as an HTTP/1.1 connection hands it over: none, all of it (it
+/// came in the same read as its head, as most do), or a stream read from
+/// the socket as it is polled.
+#[derive(Debug)]
+pub enum Received {
+    Empty,
+    Whole(Bytes),
+    Stream(H1Body),
 }
 
 impl H1Body {
@@ -541,19 +562,19 @@ impl H1Body {
     /// goes back to its loop with whatever was read past this body (a
     /// pipelined request).
     fn finish(&mut self) {
-        match (self.io.take(), &self.end) {
-            (Some(ReadIo::Whole(io)), End::Pool { reusable, pool }) => {
+        let Some(io) = self.io.take() else { return };
+        let rest = std::mem::take(&mut self.buf);
+        match &self.end {
+            End::Pool { reusable, pool } => {
                 if *reusable
-                    && self.buf.is_empty()
+                    && rest.is_empty()
                     && let Some(pool) = pool.upgrade()
                 {
-                    pool.checkin_parts(io, std::mem::take(&mut self.buf));
+                    pool.give_back(io, rest);
                 }
             }
-            (Some(ReadIo::Half(rd)), End::Server(back)) => {
-                back.give_back(rd, std::mem::take(&mut self.buf));
-            }
-            _ => {}
+            End::Server(back) => back.give_back(io, rest),
+            End::Close => {}
         }
     }
 }

@@ -38,16 +38,15 @@ use http::header::{CONTENT_LENGTH, EXPECT, TRANSFER_ENCODING};
 use http::{
     HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version,
 };
-use http_body::Body;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 use super::{
     BodyFraming, BodyWriter, End, Framing, H1Body, Http1Error, MAX_HEADERS, READ_BUF_START, ReadIo,
-    header_line, keeps_alive, poll_read_buf,
+    Received, header_line, keeps_alive, poll_read_buf,
 };
-use crate::body::SkiffBody;
+use crate::body::OutBody;
 use crate::transport::PeerInfo;
 
 /// A keep-alive connection that sends no request for this long is closed.
@@ -79,6 +78,24 @@ const LENT: u8 = 0;
 const RETURNED: u8 = 1;
 const ABANDONED: u8 = 2;
 
+impl super::Handback for Handback {
+    /// The body was read to its end: the read half, and what was read past
+    /// the body.
+    fn give_back(&self, io: ReadIo, rest: BytesMut) {
+        if let ReadIo::Half(rd) = io {
+            // The slot is empty: the loop emptied it before lending again.
+            let _ = self.slot.push((rd, rest));
+            self.state.store(RETURNED, Ordering::Release);
+            self.waker.wake();
+        }
+    }
+
+    fn abandoned(&self) {
+        self.state.store(ABANDONED, Ordering::Release);
+        self.waker.wake();
+    }
+}
+
 impl Handback {
     fn new() -> Self {
         Self {
@@ -86,21 +103,6 @@ impl Handback {
             waker: AtomicWaker::new(),
             slot: ConcurrentQueue::bounded(1),
         }
-    }
-
-    /// The body was read to its end: the read half, and what was read past
-    /// the body.
-    pub(crate) fn give_back(&self, rd: OwnedReadHalf, rest: BytesMut) {
-        // The slot is empty: the loop emptied it before lending again.
-        let _ = self.slot.push((rd, rest));
-        self.state.store(RETURNED, Ordering::Release);
-        self.waker.wake();
-    }
-
-    /// The body was dropped before its end.
-    pub(crate) fn abandoned(&self) {
-        self.state.store(ABANDONED, Ordering::Release);
-        self.waker.wake();
     }
 
     /// Waits until the body is done with the read half; `None` when it was
@@ -158,7 +160,7 @@ struct Head {
 /// Serves `tcp` until the client closes it, an error or timeout ends it, or
 /// `shutdown` completes (between requests; a request in flight finishes
 /// first and its answer says `connection: close`).
-pub async fn serve_connection<H, F>(
+pub async fn serve_connection<H, F, B>(
     tcp: TcpStream,
     peer: PeerInfo,
     cfg: &Settings,
@@ -166,8 +168,9 @@ pub async fn serve_connection<H, F>(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Http1Error>
 where
-    H: Fn(PeerInfo, Request<SkiffBody>) -> F,
-    F: Future<Output = Response<SkiffBody>>,
+    H: Fn(PeerInfo, Request<Received>) -> F,
+    F: Future<Output = Response<B>>,
+    B: OutBody,
 {
     let (rd, mut wr) = tcp.into_split();
     let mut rd = Some(rd);
@@ -229,19 +232,19 @@ where
         let head_only = head.parts.method == Method::HEAD;
         let http10 = head.http10;
         let (body, lent) = match head.framing {
-            Framing::Length(0) => (SkiffBody::Empty, false),
+            Framing::Length(0) => (Received::Empty, false),
             // All of it is here already (most calls): one `Bytes`.
             Framing::Length(n) if buf.len() as u64 >= n => {
-                (SkiffBody::full(buf.split_to(n as usize).freeze()), false)
+                (Received::Whole(buf.split_to(n as usize).freeze()), false)
             }
             framing => {
-                let b = back
+                let b: Arc<dyn super::Handback> = back
                     .get_or_insert_with(|| Arc::new(Handback::new()))
                     .clone();
                 let Some(r) = rd.take() else { return Ok(()) };
                 let start = std::mem::take(&mut buf);
                 let body = H1Body::new(ReadIo::Half(r), start, framing, End::Server(b));
-                (SkiffBody::H1(body), true)
+                (Received::Stream(body), true)
             }
         };
         let req = Request::from_parts(head.parts, body);
@@ -426,14 +429,14 @@ fn request_framing(h: &HeaderMap, http10: bool) -> Result<Framing, Refusal> {
 }
 
 /// Writes `resp`; false when the connection must close after it.
-async fn write_response(
+async fn write_response<B: OutBody>(
     wr: &mut OwnedWriteHalf,
-    resp: Response<SkiffBody>,
+    resp: Response<B>,
     head_only: bool,
     http10: bool,
     keep_alive: bool,
 ) -> Result<bool, Http1Error> {
-    let (parts, body) = resp.into_parts();
+    let (parts, mut body) = resp.into_parts();
     let status = parts.status;
     let bodiless = head_only
         || status.is_informational()
@@ -481,14 +484,20 @@ async fn write_response(
         head.extend_from_slice(b"connection: keep-alive\r\n");
     }
     head.extend_from_slice(b"\r\n");
-    match body {
-        _ if bodiless => {}
-        SkiffBody::Empty => {}
-        SkiffBody::Full(Some(b)) if b.len() <= MERGE_BODY_BYTES => head.extend_from_slice(&b),
-        body => {
-            let mut writer = BodyWriter::with_head(body, framing, head);
-            poll_fn(|cx| writer.poll_write(wr, cx)).await?;
-            return Ok(keep);
+    if !bodiless {
+        // A small message in memory rides in the head's write; anything
+        // else is written from its own buffers.
+        let small = body
+            .size_hint()
+            .exact()
+            .is_some_and(|n| n <= MERGE_BODY_BYTES as u64);
+        match small.then(|| body.take_in_memory()).flatten() {
+            Some(b) => head.extend_from_slice(&b),
+            None => {
+                let mut writer = BodyWriter::with_head(body, framing, head);
+                poll_fn(|cx| writer.poll_write(wr, cx)).await?;
+                return Ok(keep);
+            }
         }
     }
     wr.write_all(&head).await.map_err(Http1Error::Write)?;
@@ -534,6 +543,7 @@ async fn refuse(rd: &mut OwnedReadHalf, wr: &mut OwnedWriteHalf, r: &Refusal) {
 
 #[cfg(test)]
 mod tests {
+    use crate::skiff_body::SkiffBody;
     use std::net::SocketAddr;
 
     use http_body_util::BodyExt;
@@ -560,13 +570,13 @@ mod tests {
         let (all_tx, mut all_rx) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(async move {
             let (tcp, peer) = l.accept().await.expect("accept");
-            let handler = move |_: PeerInfo, req: Request<SkiffBody>| {
+            let handler = move |_: PeerInfo, req: Request<Received>| {
                 let (hint_tx, all_tx) = (hint_tx.clone(), all_tx.clone());
                 async move {
-                    let body = crate::body::gather_small(req.into_body())
+                    let body = crate::skiff_body::gather_small(SkiffBody::from(req.into_body()))
                         .await
                         .expect("gathered");
-                    let _ = hint_tx.send(body.size_hint().exact());
+                    let _ = hint_tx.send(http_body::Body::size_hint(&body).exact());
                     let all = body.collect().await.expect("rest").to_bytes();
                     let _ = all_tx.send(all.to_vec());
                     Response::new(SkiffBody::Empty)
@@ -618,8 +628,9 @@ mod tests {
             while let Ok((tcp, peer)) = l.accept().await {
                 let (cfg, stop) = (cfg.clone(), stop.clone());
                 tokio::spawn(async move {
-                    let handler = |_: PeerInfo, req: Request<SkiffBody>| async move {
+                    let handler = |_: PeerInfo, req: Request<Received>| async move {
                         let (parts, body) = req.into_parts();
+                        let body = SkiffBody::from(body);
                         if parts.uri.path() == "/ignore" {
                             return Response::new(SkiffBody::full("ignored"));
                         }

@@ -31,7 +31,7 @@ use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::body::{BoxError, SkiffBody};
+use crate::body::BoxError;
 
 /// The body of an HTTP/2 stream we receive: a request on a served
 /// connection, or a response on a pooled one.
@@ -112,7 +112,7 @@ pub enum SendBodyError {
 /// holds back the sender instead of filling this sidecar's memory; when
 /// the peer resets the stream, `body` is dropped, which cancels whatever
 /// feeds it (the upstream call, or the app's request).
-pub fn send_body(body: SkiffBody, tx: h2::SendStream<Bytes>) -> SendBody {
+pub fn send_body<B>(body: B, tx: h2::SendStream<Bytes>) -> SendBody<B> {
     SendBody {
         body,
         tx,
@@ -122,14 +122,18 @@ pub fn send_body(body: SkiffBody, tx: h2::SendStream<Bytes>) -> SendBody {
 
 /// The future of [`send_body`]. `Unpin`, so a caller may poll it in place
 /// and still hand it to a task of its own later.
-pub struct SendBody {
-    body: SkiffBody,
+pub struct SendBody<B> {
+    body: B,
     tx: h2::SendStream<Bytes>,
     /// A chunk taken from the body that waits for window.
     held: Option<(Bytes, bool)>,
 }
 
-impl Future for SendBody {
+impl<B> Future for SendBody<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
     type Output = Result<(), SendBodyError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
@@ -138,12 +142,16 @@ impl Future for SendBody {
     }
 }
 
-fn poll_send_body(
-    body: &mut SkiffBody,
+fn poll_send_body<B>(
+    body: &mut B,
     tx: &mut h2::SendStream<Bytes>,
     held: &mut Option<(Bytes, bool)>,
     cx: &mut Context<'_>,
-) -> Poll<Result<(), SendBodyError>> {
+) -> Poll<Result<(), SendBodyError>>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
     loop {
         // Registered on every pass, so a reset wakes us whatever we wait on.
         match tx.poll_reset(cx) {
@@ -202,6 +210,7 @@ fn poll_send_body(
                 }
             },
             Some(Err(e)) => {
+                let e: BoxError = e.into();
                 let reason = e
                     .downcast_ref::<h2::Error>()
                     .and_then(h2::Error::reason)

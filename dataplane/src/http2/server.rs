@@ -18,12 +18,11 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use http::{Request, Response};
-use http_body::Body;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::runtime::RuntimeFlavor;
 
 use super::{Coalesce, FlushGate, KeepaliveWatch, RecvBody, send_body, strip_connection_headers};
-use crate::body::SkiffBody;
+use crate::body::OutBody;
 use crate::transport::PeerInfo;
 
 /// A client must finish the HTTP/2 preface and SETTINGS exchange within this.
@@ -53,7 +52,7 @@ pub enum ServeError {
 
 /// Serves `io` until the client goes away, the connection fails, or
 /// `shutdown` completes and the streams in flight have finished (GOAWAY).
-pub async fn serve_connection<T, H, F>(
+pub async fn serve_connection<T, H, F, B>(
     io: T,
     peer: PeerInfo,
     cfg: &Settings,
@@ -62,8 +61,9 @@ pub async fn serve_connection<T, H, F>(
 ) -> Result<(), ServeError>
 where
     T: AsyncRead + AsyncWrite + Unpin,
-    H: Fn(PeerInfo, Request<SkiffBody>) -> F,
-    F: Future<Output = Response<SkiffBody>> + Send + 'static,
+    H: Fn(PeerInfo, Request<RecvBody>) -> F,
+    F: Future<Output = Response<B>> + Send + 'static,
+    B: OutBody,
 {
     let gate = Arc::new(FlushGate::default());
     let handshake = builder(cfg).handshake::<_, Bytes>(Coalesce::new(io, gate.clone()));
@@ -104,7 +104,7 @@ where
             match accepted {
                 Poll::Ready(Some(Ok((req, respond)))) => {
                     let (parts, recv) = req.into_parts();
-                    let body = SkiffBody::H2(RecvBody::new(recv, &parts.headers));
+                    let body = RecvBody::new(recv, &parts.headers);
                     let call = handler(peer.clone(), Request::from_parts(parts, body));
                     let stream = serve_stream(call, respond);
                     if inline {
@@ -137,9 +137,10 @@ fn builder(cfg: &Settings) -> h2::server::Builder {
 
 /// One stream: the handler's answer, then its body. The client resetting
 /// the stream first drops the handler, which cancels the call it made.
-async fn serve_stream<F>(call: F, mut respond: h2::server::SendResponse<Bytes>)
+async fn serve_stream<F, B>(call: F, mut respond: h2::server::SendResponse<Bytes>)
 where
-    F: Future<Output = Response<SkiffBody>>,
+    F: Future<Output = Response<B>>,
+    B: OutBody,
 {
     // Scoped, so the call's state is gone while the body is sent: a
     // stream's future is as large as its largest step, not their sum.
@@ -160,7 +161,10 @@ where
 
 /// Sends `resp` on a served stream: the head, with END_STREAM when there
 /// is no body, else the body as it comes.
-pub async fn respond_with(mut respond: h2::server::SendResponse<Bytes>, resp: Response<SkiffBody>) {
+pub async fn respond_with<B: OutBody>(
+    mut respond: h2::server::SendResponse<Bytes>,
+    resp: Response<B>,
+) {
     let (mut parts, body) = resp.into_parts();
     strip_connection_headers(&mut parts.headers);
     let eos = body.is_end_stream();

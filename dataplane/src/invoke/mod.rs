@@ -14,6 +14,8 @@
 //! and trailing HEADERS frames. gRPC proxy calls keep their own `:path`.
 
 pub mod balance;
+pub mod envelope;
 pub mod inbound;
 pub mod outbound;
 pub mod target;
+pub mod wire;

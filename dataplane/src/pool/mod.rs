@@ -31,9 +31,8 @@ use dashmap::DashMap;
 use futures_util::FutureExt;
 use http::uri::{Authority, Scheme};
 use http::{Request, Response, Uri};
-use http_body::Body;
 
-use crate::body::SkiffBody;
+use crate::body::{BoxError, OutBody};
 use crate::http2::{self, RecvBody};
 use crate::transport::{ConnectError, Connector, ExpectedPeer};
 use skiff_sentry::SpiffeId;
@@ -105,7 +104,7 @@ pub enum PoolError {
     Body {
         addr: SocketAddr,
         #[source]
-        source: crate::body::BoxError,
+        source: BoxError,
     },
 }
 
@@ -186,52 +185,84 @@ impl Checkout {
     /// Sends `req` (whose URI holds only path and query). A request the
     /// connection could no longer take (it was closing, e.g. after GOAWAY)
     /// is sent once more on a fresh one: nothing of it had left.
-    pub async fn send(self, mut req: Request<SkiffBody>) -> Result<Response<SkiffBody>, PoolError> {
-        let Checkout {
-            pool,
-            slot,
-            mut lease,
-        } = self;
-        let addr = slot.addr;
-        if req.uri().authority().is_none() {
-            set_authority(&mut req, &slot.authority);
-        }
-        let (mut head, body) = req.into_parts();
-        let body = crate::body::gather_small(body)
-            .await
-            .map_err(|source| PoolError::Body { addr, source })?;
-        http2::strip_connection_headers(&mut head.headers);
-        let mut head = Request::from_parts(head, ());
-        let mut retried = false;
-        let mut tx = loop {
-            let mut tx = lease.conn.tx.clone();
-            match std::future::poll_fn(|cx| tx.poll_ready(cx)).await {
-                Ok(()) => break tx,
-                Err(e) => {
-                    lease.conn.closed.store(true, Ordering::Release);
-                    slot.remove(&lease.conn);
-                    if retried {
-                        return Err(PoolError::Send { addr, source: e });
-                    }
-                    retried = true;
-                    // The replacement must be the same peer.
-                    let peer = lease.conn.peer.clone();
-                    lease = Box::pin(pool.lease(&slot, peer.as_ref().map(expected))).await?;
-                }
+    pub fn send<B: OutBody>(
+        self,
+        mut req: Request<B>,
+    ) -> impl Future<Output = Result<Response<PooledBody>, PoolError>> {
+        async move {
+            let Checkout {
+                pool,
+                slot,
+                mut lease,
+            } = self;
+            let addr = slot.addr;
+            if req.uri().authority().is_none() {
+                set_authority(&mut req, &slot.authority);
             }
-        };
-        let eos = body.is_end_stream();
-        // Ask for the response head as soon as the request is out: HEAD
-        // and friends have nothing to follow.
-        *head.version_mut() = http::Version::HTTP_2;
-        let (response, stream) = tx
-            .send_request(std::mem::take(&mut head), eos)
-            .map_err(|source| PoolError::Send { addr, source })?;
-        let response = send_request_body(body, stream, eos, response).await;
-        let resp = response.map_err(|source| PoolError::Send { addr, source })?;
-        let (parts, recv) = resp.into_parts();
-        let body = RecvBody::new(recv, &parts.headers);
-        Ok(Response::from_parts(parts, SkiffBody::Pooled(body, lease)))
+            let (mut head, body) = req.into_parts();
+            http2::strip_connection_headers(&mut head.headers);
+            let mut head = Request::from_parts(head, ());
+            let mut retried = false;
+            let mut tx = loop {
+                let mut tx = lease.conn.tx.clone();
+                match std::future::poll_fn(|cx| tx.poll_ready(cx)).await {
+                    Ok(()) => break tx,
+                    Err(e) => {
+                        lease.conn.closed.store(true, Ordering::Release);
+                        slot.remove(&lease.conn);
+                        if retried {
+                            return Err(PoolError::Send { addr, source: e });
+                        }
+                        retried = true;
+                        // The replacement must be the same peer.
+                        let peer = lease.conn.peer.clone();
+                        lease = Box::pin(pool.lease(&slot, peer.as_ref().map(expected))).await?;
+                    }
+                }
+            };
+            let eos = body.is_end_stream();
+            // Ask for the response head as soon as the request is out: HEAD
+            // and friends have nothing to follow.
+            *head.version_mut() = http::Version::HTTP_2;
+            let (response, stream) = tx
+                .send_request(std::mem::take(&mut head), eos)
+                .map_err(|source| PoolError::Send { addr, source })?;
+            let response = send_request_body(body, stream, eos, response).await;
+            let resp = response.map_err(|source| PoolError::Send { addr, source })?;
+            let (parts, recv) = resp.into_parts();
+            let recv = RecvBody::new(recv, &parts.headers);
+            Ok(Response::from_parts(parts, PooledBody { recv, lease }))
+        }
+    }
+}
+
+/// A response streamed from a pooled connection: the stream, and the
+/// lease that keeps the call counted on its connection until the last
+/// frame has passed (or the body is dropped).
+#[derive(Debug)]
+pub struct PooledBody {
+    recv: RecvBody,
+    lease: Lease,
+}
+
+impl PooledBody {
+    pub fn into_parts(self) -> (RecvBody, Lease) {
+        (self.recv, self.lease)
+    }
+
+    pub fn poll_frame(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, h2::Error>>> {
+        self.recv.poll_frame(cx)
+    }
+
+    pub fn is_end_stream(&self) -> bool {
+        self.recv.is_end_stream()
+    }
+
+    pub fn size_hint(&self) -> http_body::SizeHint {
+        self.recv.size_hint()
     }
 }
 
@@ -241,8 +272,8 @@ impl Checkout {
 /// response is awaited, and if the response comes first (a server that
 /// answers before reading everything, or a bidi gRPC stream) the rest of
 /// the body moves to a task of its own.
-async fn send_request_body(
-    mut body: SkiffBody,
+async fn send_request_body<B: OutBody>(
+    mut body: B,
     mut stream: h2::SendStream<Bytes>,
     eos: bool,
     response: h2::client::ResponseFuture,
@@ -250,10 +281,10 @@ async fn send_request_body(
     if eos {
         return response.await;
     }
-    if let SkiffBody::Full(Some(data)) = &mut body {
+    if let Some(data) = body.take_in_memory() {
         // Handed over at once (h2 holds it until the window allows). An
         // error means the stream is already gone; the response says why.
-        let _ = stream.send_data(std::mem::take(data), true);
+        let _ = stream.send_data(data, true);
         return response.await;
     }
     let mut pipe = http2::send_body(body, stream);
@@ -346,12 +377,12 @@ impl Pool {
     }
 
     /// Sends `req` (whose URI holds only path and query) to `addr`.
-    pub async fn send(
+    pub fn send<B: OutBody>(
         &self,
         addr: SocketAddr,
-        req: Request<SkiffBody>,
-    ) -> Result<Response<SkiffBody>, PoolError> {
-        self.checkout(addr).await?.send(req).await
+        req: Request<B>,
+    ) -> impl Future<Output = Result<Response<PooledBody>, PoolError>> {
+        async move { self.checkout(addr).await?.send(req).await }
     }
 
     /// Endpoints, connections and calls in flight, walked at scrape time.
@@ -411,7 +442,7 @@ fn expected(id: &SpiffeId) -> ExpectedPeer<'_> {
 
 /// Gives a request whose URI holds only path and query the absolute form a
 /// client connection needs (`http://authority/path?query`).
-pub fn set_authority(req: &mut Request<SkiffBody>, authority: &Authority) {
+pub fn set_authority<B>(req: &mut Request<B>, authority: &Authority) {
     let mut parts = std::mem::take(req.uri_mut()).into_parts();
     parts.scheme = Some(Scheme::HTTP);
     parts.authority = Some(authority.clone());
@@ -606,21 +637,13 @@ impl Lease {
     }
 }
 
-/// When a pool's reaper looks for idle connections: every quarter of the
-/// idle timeout (at least 100 ms), first one period from now, so a
-/// connection goes between one and 1¼ idle timeouts after its last use.
-pub(crate) fn reap_interval(idle_timeout: Duration) -> tokio::time::Interval {
-    let period = (idle_timeout / 4).max(Duration::from_millis(100));
-    tokio::time::interval_at(tokio::time::Instant::now() + period, period)
-}
-
 /// Releases connections nobody used for the idle timeout, and forgets
 /// endpoints that have no connections left.
 async fn reap_idle(pool: Weak<Inner>) {
     let Some(idle_timeout) = pool.upgrade().map(|p| p.cfg.idle_timeout) else {
         return;
     };
-    let mut tick = reap_interval(idle_timeout);
+    let mut tick = crate::transport::reap_interval(idle_timeout);
     loop {
         tick.tick().await;
         let Some(pool) = pool.upgrade() else { return };
@@ -643,6 +666,7 @@ async fn reap_idle(pool: Weak<Inner>) {
 
 #[cfg(test)]
 mod tests {
+    use crate::skiff_body::SkiffBody;
     use std::convert::Infallible;
     use std::sync::atomic::AtomicUsize;
 
@@ -717,7 +741,11 @@ mod tests {
 
     async fn ok(pool: &Pool, addr: SocketAddr) {
         let resp = pool.send(addr, get()).await.expect("send");
-        let body = resp.into_body().collect().await.expect("body").to_bytes();
+        let body = SkiffBody::from(resp.into_body())
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
         assert_eq!(&body[..], b"ok");
     }
 

@@ -14,13 +14,19 @@ pub struct TelemetryError {
     pub why: String,
 }
 
+/// Without `spec.tracing`, daprd still traces: parent-based, sampling this
+/// share of the traces it starts, exporting nothing. So a caller's sampled
+/// `traceparent` reaches the app re-parented by the sidecars, and an
+/// unsampled one keeps its flag.
+pub const DEFAULT_SAMPLING_RATE: f64 = 0.0001;
+
 /// What the Configuration asks of metrics and tracing.
 #[derive(Debug, Default)]
 pub struct Telemetry {
     /// `spec.metrics.enabled` (default true; `--enable-metrics=false` wins).
     pub metrics_enabled: bool,
     pub path_matching: Vec<String>,
-    /// None: no `spec.tracing`, no spans and no trace headers added.
+    /// None: no `spec.tracing` (then [`DEFAULT_SAMPLING_RATE`], no export).
     pub tracing: Option<Tracing>,
 }
 

@@ -3,7 +3,6 @@
 //! [`otlp`]), and the telemetry settings read from the Configuration
 //! ([`config`]).
 
-pub mod collect;
 pub mod config;
 pub mod metrics;
 pub mod otlp;

@@ -111,14 +111,17 @@ impl Tracer {
                 (t, None, self.samples(&t))
             }
         };
-        let sampled = sampled && self.queue.is_some();
+        // Sampled travels on in the flags whether or not there is an
+        // exporter (parent-based sampling, as daprd); only a span with
+        // somewhere to go is timed and recorded.
+        let recorded = sampled && self.queue.is_some();
         Span {
             trace_id,
             span_id: new_span_id(),
             parent_id,
             sampled,
             kind,
-            started: sampled.then(|| (Instant::now(), unix_ns(SystemTime::now()))),
+            started: recorded.then(|| (Instant::now(), unix_ns(SystemTime::now()))),
         }
     }
 
@@ -163,6 +166,12 @@ impl Tracer {
 }
 
 impl Span {
+    /// Whether this span will be exported: only then is it worth
+    /// describing (its name and attributes cost allocations).
+    pub fn is_recorded(&self) -> bool {
+        self.started.is_some()
+    }
+
     /// Passes this span on as the parent of the next hop: `traceparent`
     /// always, and `grpc-trace-bin` too when `grpc` (gRPC apps).
     pub fn inject(&self, h: &mut HeaderMap, grpc: bool) {

@@ -2,13 +2,12 @@
 //! resolver caches, breakers) is read when Prometheus asks, so keeping it
 //! costs the call path nothing.
 
-use crate::config::Settings;
 use crate::policy::Policies;
 use crate::pool::PoolStats;
 use skiff_resolvers::Resolver;
 
-use super::metrics::CB_STATES;
-use super::registry::{Encoder, MAX_SERIES, labels};
+use crate::telemetry::metrics::CB_STATES;
+use crate::telemetry::registry::{Encoder, MAX_SERIES, labels};
 
 /// `skiff_pool_*` for each named pool.
 pub fn pools<const N: usize>(e: &mut Encoder, app: &str, pools: [(&str, Option<PoolStats>); N]) {
@@ -97,15 +96,14 @@ pub fn resolver(e: &mut Encoder, app: &str, r: &dyn Resolver) {
 /// the current state of each app's breaker, 0 for the others). Skiff keeps
 /// a breaker per endpoint; the app's state is `open` when every endpoint's
 /// is, `half-open` when any is probing, else `closed`.
-pub fn breakers(e: &mut Encoder, s: &Settings, p: &Policies) {
-    let app = s.app_id.as_str();
+pub fn breakers(e: &mut Encoder, app: &str, namespace: &str, p: &Policies) {
     e.header(
         "dapr_resiliency_loaded",
         "gauge",
         "Resiliency documents loaded.",
     );
     for name in p.resiliency.document_names() {
-        let l = labels(&[("app_id", app), ("name", name), ("namespace", &s.namespace)]);
+        let l = labels(&[("app_id", app), ("name", name), ("namespace", namespace)]);
         e.sample("dapr_resiliency_loaded", &l, 1);
     }
     e.header(
@@ -119,7 +117,7 @@ pub fn breakers(e: &mut Encoder, s: &Settings, p: &Policies) {
                 ("app_id", app),
                 ("name", name),
                 ("policy", "circuitbreaker"),
-                ("namespace", &s.namespace),
+                ("namespace", namespace),
                 ("flow_direction", "outbound"),
                 ("target", &format!("app_{target}")),
                 ("status", st),

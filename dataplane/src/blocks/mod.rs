@@ -1,0 +1,266 @@
+//! The building blocks: state, pub/sub, secrets, bindings, configuration,
+//! lock and actors, each Dapr's semantics over a component (see
+//! `../shared/architecture.md`: `blocks/<block>/` holds a block's rules and
+//! its thin HTTP and gRPC adapters; the drivers live in the components
+//! crate).
+//!
+//! Until a block has a component, its API answers exactly what daprd
+//! answers when none is configured ([`Block::not_configured`]), on both
+//! front doors, and every other RPC of Dapr's runtime service that Skiff
+//! does not serve says so by name ([`rpc`]).
+
+pub mod state;
+
+use http::StatusCode;
+use tonic::Code;
+
+use crate::errors::ApiError;
+
+/// A building block, as the API routes name it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Block {
+    State,
+    PubSub,
+    Secrets,
+    Bindings,
+    Configuration,
+    Lock,
+    Actors,
+}
+
+impl Block {
+    /// What daprd answers for this block when no component for it is
+    /// configured (`name`: the component the call named, when it did).
+    pub fn not_configured(self, name: &str, app_id: &str) -> ApiError {
+        let e = |code, http, grpc, msg: &str| ApiError::new(code, http, grpc, msg.to_owned());
+        match self {
+            Self::State => state::not_configured(name, app_id),
+            Self::PubSub => e(
+                "ERR_PUBSUB_NOT_CONFIGURED",
+                StatusCode::BAD_REQUEST,
+                Code::FailedPrecondition,
+                "no pubsub is configured",
+            )
+            .with_info("DAPR_PUBSUB_NOT_CONFIGURED", app_meta(app_id)),
+            Self::Secrets => e(
+                "ERR_SECRET_STORES_NOT_CONFIGURED",
+                StatusCode::INTERNAL_SERVER_ERROR,
+                Code::FailedPrecondition,
+                "secret store is not configured",
+            ),
+            // daprd has no "not configured" for bindings: the binding is
+            // simply not found.
+            Self::Bindings => ApiError::new(
+                "ERR_INVOKE_OUTPUT_BINDING",
+                StatusCode::INTERNAL_SERVER_ERROR,
+                Code::Internal,
+                format!(
+                    "error invoking output binding {name}: couldn't find output binding {name}"
+                ),
+            ),
+            Self::Configuration => e(
+                "ERR_CONFIGURATION_STORE_NOT_CONFIGURED",
+                StatusCode::INTERNAL_SERVER_ERROR,
+                Code::FailedPrecondition,
+                "configuration stores not configured",
+            ),
+            Self::Lock => e(
+                "ERR_LOCK_STORE_NOT_CONFIGURED",
+                StatusCode::INTERNAL_SERVER_ERROR,
+                Code::FailedPrecondition,
+                "lock store is not configured",
+            ),
+            Self::Actors => e(
+                "ERR_ACTOR_RUNTIME_NOT_FOUND",
+                StatusCode::INTERNAL_SERVER_ERROR,
+                Code::Internal,
+                "the state store is not configured to use the actor runtime. Have you set the - name: actorStateStore value: \"true\" in your state store component file?",
+            ),
+        }
+    }
+}
+
+/// `ErrorInfo` metadata naming the app, as daprd adds it.
+fn app_meta(app_id: &str) -> Vec<(&'static str, String)> {
+    if app_id.is_empty() {
+        Vec::new()
+    } else {
+        vec![("appID", app_id.to_owned())]
+    }
+}
+
+/// What Skiff does with one RPC of `dapr.proto.runtime.v1.Dapr`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rpc {
+    /// Served by the tonic service.
+    Served,
+    /// A building block's RPC: its block answers.
+    Block(Block),
+    /// Dapr has it and Skiff does not serve it yet.
+    NotYet,
+    /// Not an RPC of Dapr's runtime service.
+    Unknown,
+}
+
+/// The RPCs of Dapr's runtime service, as the Dapr 1.19 SDKs' protos list
+/// them, by block.
+const RPCS: &[(&str, Rpc)] = &[
+    ("InvokeService", Rpc::Served),
+    ("GetState", Rpc::Block(Block::State)),
+    ("GetBulkState", Rpc::Block(Block::State)),
+    ("SaveState", Rpc::Block(Block::State)),
+    ("QueryStateAlpha1", Rpc::Block(Block::State)),
+    ("DeleteState", Rpc::Block(Block::State)),
+    ("DeleteBulkState", Rpc::Block(Block::State)),
+    ("ExecuteStateTransaction", Rpc::Block(Block::State)),
+    ("PublishEvent", Rpc::Block(Block::PubSub)),
+    ("BulkPublishEventAlpha1", Rpc::Block(Block::PubSub)),
+    ("BulkPublishEvent", Rpc::Block(Block::PubSub)),
+    ("SubscribeTopicEventsAlpha1", Rpc::Block(Block::PubSub)),
+    ("InvokeBinding", Rpc::Block(Block::Bindings)),
+    ("GetSecret", Rpc::Block(Block::Secrets)),
+    ("GetBulkSecret", Rpc::Block(Block::Secrets)),
+    ("RegisterActorTimer", Rpc::Block(Block::Actors)),
+    ("UnregisterActorTimer", Rpc::Block(Block::Actors)),
+    ("RegisterActorReminder", Rpc::Block(Block::Actors)),
+    ("UnregisterActorReminder", Rpc::Block(Block::Actors)),
+    ("UnregisterActorRemindersByType", Rpc::Block(Block::Actors)),
+    ("ListActorReminders", Rpc::Block(Block::Actors)),
+    ("ListActorTimers", Rpc::Block(Block::Actors)),
+    ("GetActorState", Rpc::Block(Block::Actors)),
+    ("GetActorReminder", Rpc::Block(Block::Actors)),
+    ("GetActorTimer", Rpc::Block(Block::Actors)),
+    ("ExecuteActorStateTransaction", Rpc::Block(Block::Actors)),
+    ("InvokeActor", Rpc::Block(Block::Actors)),
+    ("SubscribeActorEventsAlpha1", Rpc::Block(Block::Actors)),
+    ("GetConfigurationAlpha1", Rpc::Block(Block::Configuration)),
+    ("GetConfiguration", Rpc::Block(Block::Configuration)),
+    (
+        "SubscribeConfigurationAlpha1",
+        Rpc::Block(Block::Configuration),
+    ),
+    ("SubscribeConfiguration", Rpc::Block(Block::Configuration)),
+    (
+        "UnsubscribeConfigurationAlpha1",
+        Rpc::Block(Block::Configuration),
+    ),
+    ("UnsubscribeConfiguration", Rpc::Block(Block::Configuration)),
+    ("TryLockAlpha1", Rpc::Block(Block::Lock)),
+    ("UnlockAlpha1", Rpc::Block(Block::Lock)),
+    ("EncryptAlpha1", Rpc::NotYet),
+    ("DecryptAlpha1", Rpc::NotYet),
+    ("GetMetadata", Rpc::NotYet),
+    ("SetMetadata", Rpc::NotYet),
+    ("SubtleGetKeyAlpha1", Rpc::NotYet),
+    ("SubtleEncryptAlpha1", Rpc::NotYet),
+    ("SubtleDecryptAlpha1", Rpc::NotYet),
+    ("SubtleWrapKeyAlpha1", Rpc::NotYet),
+    ("SubtleUnwrapKeyAlpha1", Rpc::NotYet),
+    ("SubtleSignAlpha1", Rpc::NotYet),
+    ("SubtleVerifyAlpha1", Rpc::NotYet),
+    ("StartWorkflowAlpha1", Rpc::NotYet),
+    ("GetWorkflowAlpha1", Rpc::NotYet),
+    ("PurgeWorkflowAlpha1", Rpc::NotYet),
+    ("TerminateWorkflowAlpha1", Rpc::NotYet),
+    ("PauseWorkflowAlpha1", Rpc::NotYet),
+    ("ResumeWorkflowAlpha1", Rpc::NotYet),
+    ("RaiseEventWorkflowAlpha1", Rpc::NotYet),
+    ("StartWorkflowBeta1", Rpc::NotYet),
+    ("GetWorkflowBeta1", Rpc::NotYet),
+    ("PurgeWorkflowBeta1", Rpc::NotYet),
+    ("TerminateWorkflowBeta1", Rpc::NotYet),
+    ("PauseWorkflowBeta1", Rpc::NotYet),
+    ("ResumeWorkflowBeta1", Rpc::NotYet),
+    ("RaiseEventWorkflowBeta1", Rpc::NotYet),
+    ("Shutdown", Rpc::NotYet),
+    ("ScheduleJobAlpha1", Rpc::NotYet),
+    ("ScheduleJob", Rpc::NotYet),
+    ("GetJobAlpha1", Rpc::NotYet),
+    ("GetJob", Rpc::NotYet),
+    ("DeleteJobAlpha1", Rpc::NotYet),
+    ("DeleteJob", Rpc::NotYet),
+    ("DeleteJobsByPrefixAlpha1", Rpc::NotYet),
+    ("DeleteJobsByPrefix", Rpc::NotYet),
+    ("ListJobsAlpha1", Rpc::NotYet),
+    ("ListJobs", Rpc::NotYet),
+    ("ConverseAlpha1", Rpc::NotYet),
+    ("ConverseAlpha2", Rpc::NotYet),
+    ("CreateIndexAlpha1", Rpc::NotYet),
+    ("GetIndexAlpha1", Rpc::NotYet),
+    ("ListIndexesAlpha1", Rpc::NotYet),
+    ("DeleteIndexAlpha1", Rpc::NotYet),
+    ("IndexDocumentsAlpha1", Rpc::NotYet),
+    ("GetDocumentsAlpha1", Rpc::NotYet),
+    ("DeleteDocumentsAlpha1", Rpc::NotYet),
+    ("SearchAlpha1", Rpc::NotYet),
+    ("CreateCollectionAlpha1", Rpc::NotYet),
+    ("GetCollectionAlpha1", Rpc::NotYet),
+    ("ListCollectionsAlpha1", Rpc::NotYet),
+    ("DeleteCollectionAlpha1", Rpc::NotYet),
+    ("UpsertVectorsAlpha1", Rpc::NotYet),
+    ("DeleteVectorsAlpha1", Rpc::NotYet),
+    ("GetVectorsAlpha1", Rpc::NotYet),
+    ("QueryVectorsAlpha1", Rpc::NotYet),
+    ("BatchQueryVectorsAlpha1", Rpc::NotYet),
+    ("SetBinaryFileAlpha1", Rpc::NotYet),
+    ("GetBinaryFileAlpha1", Rpc::NotYet),
+    ("DeleteBinaryFileAlpha1", Rpc::NotYet),
+];
+
+/// What to do with `Dapr/<method>`.
+pub fn rpc(method: &str) -> Rpc {
+    RPCS.iter()
+        .find(|(name, _)| *name == method)
+        .map_or(Rpc::Unknown, |(_, r)| *r)
+}
+
+/// The answer to an RPC of Dapr's runtime service that Skiff does not
+/// serve (yet), naming it.
+pub fn not_served(method: &str, known: bool) -> ApiError {
+    let message = if known {
+        format!("dapr.proto.runtime.v1.Dapr/{method} is not implemented by Skiff yet")
+    } else {
+        format!("dapr.proto.runtime.v1.Dapr/{method} is not a method of Dapr's runtime API")
+    };
+    ApiError::new(
+        "ERR_NOT_FOUND",
+        StatusCode::NOT_IMPLEMENTED,
+        Code::Unimplemented,
+        message,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rpcs_map_to_their_blocks() {
+        assert_eq!(rpc("InvokeService"), Rpc::Served);
+        assert_eq!(rpc("GetState"), Rpc::Block(Block::State));
+        assert_eq!(rpc("TryLockAlpha1"), Rpc::Block(Block::Lock));
+        assert_eq!(rpc("GetMetadata"), Rpc::NotYet);
+        assert_eq!(rpc("Nope"), Rpc::Unknown);
+        let names: std::collections::HashSet<_> = RPCS.iter().map(|(n, _)| n).collect();
+        assert_eq!(names.len(), RPCS.len(), "each RPC once");
+    }
+
+    #[test]
+    fn not_configured_answers_follow_daprd() {
+        let s = Block::State.not_configured("orders", "a");
+        assert_eq!((s.http.as_u16(), s.grpc), (500, Code::FailedPrecondition));
+        assert_eq!(s.message, "state store orders is not configured");
+        let p = Block::PubSub.not_configured("", "a");
+        assert_eq!(
+            (p.code, p.http.as_u16()),
+            ("ERR_PUBSUB_NOT_CONFIGURED", 400)
+        );
+        let b = Block::Bindings.not_configured("out", "a");
+        assert_eq!(b.grpc, Code::Internal);
+        assert!(
+            not_served("ConverseAlpha1", true)
+                .message
+                .contains("ConverseAlpha1")
+        );
+    }
+}
