@@ -8,12 +8,13 @@
 //! stream end to end (`skiff_body`); nothing is buffered except where a
 //! protocol conversion needs the whole message, bounded by `--max-body-size`.
 //!
-//! Imports point one way: `runtime` (wiring, imported by `main.rs` alone) →
-//! front doors (`api`) → `blocks` and `invoke` → `policy`, `appchannel` →
-//! `skiff_body` → `pool` → `http2`, `http1` → `transport`, `body`, with
-//! `telemetry`, `config`, `headers`, `errors` and `lifecycle` beside them for
-//! all. The codecs and the pool speak their own body types and send any
-//! `body::OutBody`; `skiff_body::SkiffBody` wraps them.
+//! Imports point one way, from the top: `runtime` (wiring, imported by
+//! `main.rs` alone) → the front doors (`api`) → `blocks`, `invoke` →
+//! `appchannel` → `errors` → `skiff_body` → `pool` → `http2`, `http1` →
+//! `transport` → `identity`, `policy` → `telemetry` → `headers`, `config`,
+//! `body` (with `server`, the accept loops, under `runtime`, and
+//! `lifecycle` under `api`). The codecs and the pool speak their own body
+//! types and send any `body::OutBody`; `skiff_body::SkiffBody` wraps them.
 
 // On the call path, functions are written `fn f(..) -> impl Future {
 // async move { .. } }` on purpose: an `async fn` copies its arguments into

@@ -21,6 +21,7 @@ use crate::invoke::wire;
 use crate::lifecycle::Lifecycle;
 use crate::skiff_body::SkiffBody;
 use crate::telemetry::metrics;
+use skiff_resolvers::AppRef;
 
 /// A cold route's answer.
 type Cold<'a> = std::pin::Pin<Box<dyn Future<Output = Response<SkiffBody>> + Send + 'a>>;
@@ -129,8 +130,10 @@ impl HttpApi {
         match r {
             Route::Invoke(rest) => match split_invoke(rest) {
                 Some((app, method)) => {
-                    let (app, method) = (app.to_owned(), method.to_owned());
-                    Either::Left(self.invoke(&app, method, req))
+                    // Parsed where it lies: the target owns what it keeps.
+                    let target = target::parse_app_id(app, &self.door.namespace);
+                    let method = method.to_owned();
+                    Either::Left(self.invoke(target, method, req))
                 }
                 None => ready(http_error(
                     StatusCode::BAD_REQUEST,
@@ -140,11 +143,12 @@ impl HttpApi {
             },
             Route::InvokeByHeader => {
                 let app = req.headers().get(&DAPR_APP_ID).map(HeaderValue::to_str);
-                let Some(Ok(app)) = app.map(|a| a.map(str::to_owned)) else {
+                let Some(Ok(app)) = app else {
                     return ready(bad_target(TargetError::AppId("<non-ASCII>".into())));
                 };
+                let target = target::parse_app_id(app, &self.door.namespace);
                 let method = path.trim_start_matches('/').to_owned();
-                Either::Left(self.invoke(&app, method, req))
+                Either::Left(self.invoke(target, method, req))
             }
             Route::Block(block, rest) => {
                 let name = rest.split('/').next().unwrap_or_default().to_owned();
@@ -169,13 +173,13 @@ impl HttpApi {
 
     /// A service invocation: the target parsed once, the app's headers
     /// made fit to travel, then the call in its envelope.
-    fn invoke<'a>(
-        &'a self,
-        app: &str,
+    fn invoke(
+        &self,
+        target: Result<AppRef, TargetError>,
         method: String,
         req: Request<SkiffBody>,
-    ) -> impl Future<Output = Response<SkiffBody>> + Send + use<'a> {
-        let target = match target::parse_app_id(app, &self.door.namespace) {
+    ) -> impl Future<Output = Response<SkiffBody>> + Send + '_ {
+        let target = match target {
             Ok(t) => t,
             Err(e) => return Either::Right(std::future::ready(bad_target(e))),
         };

@@ -290,13 +290,17 @@ async fn telemetry(
             "address": metrics_addr.map(|a| a.to_string()),
             "pathMatching": telemetry.path_matching,
         },
-        "tracing": telemetry.tracing.as_ref().map(|t| json!({
-            "samplingRate": t.sampling_rate,
-            "exporter": t.otel.as_ref().map(|o| json!({
-                "endpointAddress": o.endpoint,
-                "protocol": format!("{:?}", o.protocol).to_lowercase(),
-            })),
-        })),
+        "tracing": match &telemetry.tracing {
+            Some(t) => json!({
+                "samplingRate": t.sampling_rate,
+                "exporter": t.otel.as_ref().map(|o| json!({
+                    "endpointAddress": o.endpoint,
+                    "protocol": format!("{:?}", o.protocol).to_lowercase(),
+                })),
+            }),
+            // No spec.tracing: daprd's default (propagated, exported nowhere).
+            None => json!({ "samplingRate": DEFAULT_SAMPLING_RATE, "exporter": null, "default": true }),
+        },
     });
     Ok((Arc::new(tracer), report))
 }
