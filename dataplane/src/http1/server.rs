@@ -561,7 +561,7 @@ mod tests {
     }
 
     /// Serves one connection whose request body goes through
-    /// `body::gather_small`: the gathered body's exact size (if any), then
+    /// `skiff_body::gather_small`: the gathered body's exact size (if any), then
     /// everything it held once read to its end.
     async fn gathered(first: &[u8], later: &[u8]) -> (Option<u64>, Vec<u8>) {
         let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
