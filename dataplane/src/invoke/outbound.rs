@@ -198,7 +198,10 @@ impl Outbound {
                 Plan::Policy(p) if p.retry.is_some() => {
                     Box::pin(replayable(req, self.replay_limit)).await
                 }
-                _ => plan.replayable_now(req, eps.len()),
+                _ => {
+                    let replay = plan.replay_buffered(&req, eps.len());
+                    (req, replay)
+                }
             };
             // Endpoints this call should avoid: those that failed it.
             let mut avoid: Vec<SocketAddr> = Vec::new();
@@ -227,6 +230,12 @@ impl Outbound {
                     .await
                     .map_err(|_| t),
                 };
+                // The common call: answered, with no policy to judge it.
+                if matches!(plan, Plan::Builtin)
+                    && let Ok(Ok(resp)) = sent
+                {
+                    return Ok(resp);
+                }
                 let tried = self.tried(app, ep, sent);
                 let outcome = plan.judge(&tried, permit);
                 let resend = tried.unsent.is_some() || replay.is_some();
@@ -409,21 +418,15 @@ impl Plan {
         }
     }
 
-    /// The request to send first, and what it takes to send it again
-    /// without waiting for anything: the built-in policy keeps only an
-    /// idempotent call whose body is already in memory, and only when
-    /// there is another endpoint to go to. (A policy with retries keeps
-    /// the body, see [`replayable`].)
-    fn replayable_now(
-        &self,
-        req: Request<SkiffBody>,
-        endpoints: usize,
-    ) -> (Request<SkiffBody>, Option<Replay>) {
-        let replay = match self {
-            Self::Builtin if endpoints > 1 => Replay::of_buffered(&req),
+    /// What it takes to send `req` again without waiting for anything:
+    /// the built-in policy keeps only an idempotent call whose body is
+    /// already in memory, and only when there is another endpoint to go
+    /// to. (A policy with retries keeps the body, see [`replayable`].)
+    fn replay_buffered(&self, req: &Request<SkiffBody>, endpoints: usize) -> Option<Replay> {
+        match self {
+            Self::Builtin if endpoints > 1 => Replay::of_buffered(req),
             _ => None,
-        };
-        (req, replay)
+        }
     }
 
     /// An endpoint for the next attempt: one whose breaker lets a call
