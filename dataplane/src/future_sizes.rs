@@ -150,6 +150,6 @@ async fn per_call_futures_stay_small() {
 const SEND_MAX: usize = 3_700;
 const POOL_SEND_MAX: usize = 2_500;
 const H1_SEND_MAX: usize = 1_250;
-const HTTP_API_MAX: usize = 5_000;
+const HTTP_API_MAX: usize = 5_450;
 const GRPC_API_MAX: usize = 6_100;
 const INBOUND_MAX: usize = 4_700;

@@ -7,7 +7,6 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use futures_util::future::Either;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 
 use super::health::{Health, no_content};
@@ -23,12 +22,13 @@ use crate::skiff_body::SkiffBody;
 use crate::telemetry::metrics;
 use skiff_resolvers::AppRef;
 
-/// A cold route's answer.
-type Cold<'a> = std::pin::Pin<Box<dyn Future<Output = Response<SkiffBody>> + Send + 'a>>;
-
-/// An answer known at once, as a cold route's.
-fn ready<'a, F>(resp: Response<SkiffBody>) -> Either<F, Cold<'a>> {
-    Either::Right(Box::pin(std::future::ready(resp)))
+/// Where the route table sends a request.
+enum Routed<'a> {
+    /// An invocation, ready to go.
+    Invoke(AppRef, String, Request<SkiffBody>),
+    /// A cold route's answer, to await.
+    Cold(std::pin::Pin<Box<dyn Future<Output = Response<SkiffBody>> + Send + 'a>>),
+    Answered(Response<SkiffBody>),
 }
 
 /// `--enable-api-logging` lines use this target, enabled at info level
@@ -100,7 +100,18 @@ impl HttpApi {
             let path_label = metrics.map_or(0, |m| m.path_index(req.uri().path()));
             let method = req.method().clone();
             let logged = self.door.api_logging.then(|| req.uri().path().to_owned());
-            let resp = self.dispatch(req).await;
+            // The invocation's future is made where it is awaited: handed
+            // back from another function it would be copied whole, more
+            // than once (measured: perf/RESULTS.md, issue 16).
+            let resp = match self.dispatch(req) {
+                Routed::Invoke(target, method, req) => {
+                    self.invoker
+                        .invoke(Door::HttpApi, target, Some(method), req)
+                        .await
+                }
+                Routed::Cold(answer) => answer.await,
+                Routed::Answered(resp) => resp,
+            };
             let status = resp.status().as_u16();
             if let Some(m) = metrics {
                 m.http_server(&method, status, path_label, start.elapsed());
@@ -112,20 +123,16 @@ impl HttpApi {
         }
     }
 
-    /// The route table's answer. Not an `async fn`: an invocation (the hot
-    /// route) is returned as its own future, not inside one of this
-    /// function's; the other routes, cold, are boxed.
-    fn dispatch(
-        &self,
-        req: Request<SkiffBody>,
-    ) -> impl Future<Output = Response<SkiffBody>> + Send + '_ {
+    /// The route table's choice: an invocation ready to go (the hot
+    /// route), a cold route's future (boxed), or an answer.
+    fn dispatch(&self, req: Request<SkiffBody>) -> Routed<'_> {
         let path = req.uri().path();
         let r = route(path, req.headers());
         // Health answers everyone: probes carry no token.
         if !matches!(r, Route::Healthz(_))
             && !super::token_ok(self.door.token.as_deref(), req.headers())
         {
-            return ready(unauthorized());
+            return Routed::Answered(unauthorized());
         }
         match r {
             Route::Invoke(rest) => match split_invoke(rest) {
@@ -133,9 +140,9 @@ impl HttpApi {
                     // Parsed where it lies: the target owns what it keeps.
                     let target = target::parse_app_id(app, &self.door.namespace);
                     let method = method.to_owned();
-                    Either::Left(self.invoke(target, method, req))
+                    self.invocation(target, method, req)
                 }
-                None => ready(http_error(
+                None => Routed::Answered(http_error(
                     StatusCode::BAD_REQUEST,
                     code::MALFORMED_REQUEST,
                     "expected /v1.0/invoke/<app-id>/method/<method>",
@@ -144,56 +151,54 @@ impl HttpApi {
             Route::InvokeByHeader => {
                 let app = req.headers().get(&DAPR_APP_ID).map(HeaderValue::to_str);
                 let Some(Ok(app)) = app else {
-                    return ready(bad_target(TargetError::AppId("<non-ASCII>".into())));
+                    return Routed::Answered(bad_target(TargetError::AppId("<non-ASCII>".into())));
                 };
                 let target = target::parse_app_id(app, &self.door.namespace);
                 let method = path.trim_start_matches('/').to_owned();
-                Either::Left(self.invoke(target, method, req))
+                self.invocation(target, method, req)
             }
             Route::Block(block, rest) => {
                 let name = rest.split('/').next().unwrap_or_default().to_owned();
-                Either::Right(Box::pin(async move { self.block(block, &name, req).await }))
+                Routed::Cold(Box::pin(async move { self.block(block, &name, req).await }))
             }
-            Route::Healthz(rest) => ready(match (req.method(), rest) {
+            Route::Healthz(rest) => Routed::Answered(match (req.method(), rest) {
                 (&Method::GET, "") => self.health.healthz(req.uri().query()),
                 (&Method::GET, "outbound") => self.health.ready(),
                 _ => not_found(req.method(), path),
             }),
             Route::Metadata(key) => {
                 let key = key.to_owned();
-                Either::Right(Box::pin(async move { self.metadata(&key, req).await }))
+                Routed::Cold(Box::pin(async move { self.metadata(&key, req).await }))
             }
             Route::Shutdown if req.method() == Method::POST => {
                 self.lifecycle.trigger_shutdown();
-                ready(no_content())
+                Routed::Answered(no_content())
             }
-            Route::Shutdown | Route::NotFound => ready(not_found(req.method(), req.uri().path())),
+            Route::Shutdown | Route::NotFound => {
+                Routed::Answered(not_found(req.method(), req.uri().path()))
+            }
         }
     }
 
-    /// A service invocation: the target parsed once, the app's headers
-    /// made fit to travel, then the call in its envelope.
-    fn invoke(
+    /// A service invocation made ready: the target parsed once, the
+    /// app-side path, the app's headers made fit to travel.
+    fn invocation(
         &self,
         target: Result<AppRef, TargetError>,
         method: String,
         req: Request<SkiffBody>,
-    ) -> impl Future<Output = Response<SkiffBody>> + Send + '_ {
+    ) -> Routed<'_> {
         let target = match target {
             Ok(t) => t,
-            Err(e) => return Either::Right(std::future::ready(bad_target(e))),
+            Err(e) => return Routed::Answered(bad_target(e)),
         };
         let (mut parts, body) = req.into_parts();
         parts.uri = match target::app_path(&method, parts.uri.query()) {
             Ok(pq) => pq.into(),
-            Err(e) => return Either::Right(std::future::ready(bad_target(e))),
+            Err(e) => return Routed::Answered(bad_target(e)),
         };
         wire::from_app(&mut parts.headers);
-        let req = Request::from_parts(parts, body);
-        Either::Left(
-            self.invoker
-                .invoke(Door::HttpApi, target, Some(method), req),
-        )
+        Routed::Invoke(target, method, Request::from_parts(parts, body))
     }
 
     /// A building block's API. None has a component yet: each answers

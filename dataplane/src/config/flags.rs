@@ -109,7 +109,7 @@ pub struct Flags {
     /// Largest message the sidecar buffers (InvokeService, gRPC apps), e.g. 4Mi.
     #[arg(long = "max-body-size", default_value = "4Mi")]
     pub max_body_size: String,
-    /// Largest request head (headers) accepted, e.g. 4Ki; hyper's floor is 8Ki.
+    /// Largest request head (headers) accepted, e.g. 16Ki; at least 8Ki.
     #[arg(
         long = "read-buffer-size",
         alias = "dapr-http-read-buffer-size",
