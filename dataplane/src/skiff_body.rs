@@ -91,12 +91,6 @@ impl From<PooledBody> for SkiffBody {
     }
 }
 
-impl From<H1Body> for SkiffBody {
-    fn from(b: H1Body) -> Self {
-        Self::H1(b)
-    }
-}
-
 impl From<Received> for SkiffBody {
     fn from(b: Received) -> Self {
         match b {
@@ -104,12 +98,6 @@ impl From<Received> for SkiffBody {
             Received::Whole(b) => Self::full(b),
             Received::Stream(b) => Self::H1(b),
         }
-    }
-}
-
-impl From<tonic::body::Body> for SkiffBody {
-    fn from(b: tonic::body::Body) -> Self {
-        Self::Grpc(b)
     }
 }
 

@@ -88,7 +88,13 @@ impl GrpcApi {
                 if req.headers().contains_key(&DAPR_APP_ID) {
                     return proxy(&self.cx, req).await;
                 }
-                return blocks::not_served(req.uri().path(), false).to_grpc();
+                return errors::grpc_error(
+                    Code::Unimplemented,
+                    &format!(
+                        "{} is not a service of this sidecar; a call for an app needs dapr-app-id metadata",
+                        req.uri().path()
+                    ),
+                );
             };
             match blocks::rpc(rpc) {
                 Rpc::Served => match self.dapr.call(req).await {
