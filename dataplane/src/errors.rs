@@ -95,6 +95,19 @@ impl ApiError {
         resp
     }
 
+    /// The same answer as a `tonic::Status`, for handlers of the tonic
+    /// service; the `ErrorInfo` travels in the status details.
+    pub fn to_status(&self) -> tonic::Status {
+        match self.reason {
+            Some(reason) => tonic::Status::with_details(
+                self.grpc,
+                self.message.clone(),
+                self.status_details_bytes(reason).into(),
+            ),
+            None => tonic::Status::new(self.grpc, self.message.clone()),
+        }
+    }
+
     fn status_details_bytes(&self, reason: &str) -> Vec<u8> {
         use prost::Message;
         let info = rich::ErrorInfo {

@@ -3,6 +3,7 @@
 //! (`SKIFF_HOME`), and kills them by PID when dropped.
 
 pub mod netns;
+pub mod servers;
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
@@ -235,6 +236,16 @@ impl World {
         Self {
             home: tempfile::tempdir().expect("tempdir"),
         }
+    }
+
+    /// Writes a components file into `$SKIFF_HOME/components`, which every
+    /// sidecar of this world loads when it is given no resources path.
+    pub fn component(&self, file: &str, yaml: &str) -> PathBuf {
+        let dir = self.home.path().join("components");
+        std::fs::create_dir_all(&dir).expect("components dir");
+        let p = dir.join(file);
+        std::fs::write(&p, yaml).expect("write component");
+        p
     }
 
     /// Starts `skiff-echo` with both HTTP and gRPC listeners.

@@ -14,7 +14,7 @@ use skiff_proto::runtime::dapr_server::{Dapr, DaprServer};
 use tonic::Code;
 use tonic::codegen::Service;
 
-use crate::blocks::{self, Rpc};
+use crate::blocks::{self, Blocks, Rpc, secrets, state};
 use crate::errors::{self, grpc_code_from_http};
 use crate::headers::{
     self, DAPR_APP_ID, GRPC_TIMEOUT, SKIFF_GRPC_MESSAGE, SKIFF_GRPC_STATUS, SKIFF_TYPE_URL,
@@ -24,10 +24,13 @@ use crate::invoke::envelope::{Door, Invoker};
 use crate::invoke::{target, wire};
 use crate::skiff_body::SkiffBody;
 use crate::telemetry::metrics;
+use skiff_proto::google::protobuf::Empty;
+use skiff_proto::runtime as pb;
 
 /// What the gRPC API's handlers need.
 pub struct GrpcContext {
     pub invoker: Arc<Invoker>,
+    pub blocks: Arc<Blocks>,
     pub door: super::Door,
 }
 
@@ -214,6 +217,87 @@ impl Dapr for DaprApi {
             )
             .await;
         into_invoke_response(resp, self.cx.door.max_body_size).await
+    }
+
+    async fn get_state(
+        &self,
+        r: tonic::Request<pb::GetStateRequest>,
+    ) -> Result<tonic::Response<pb::GetStateResponse>, tonic::Status> {
+        state::grpc::get_state(&self.cx.blocks.state, r.into_inner())
+            .await
+            .map(tonic::Response::new)
+    }
+
+    async fn get_bulk_state(
+        &self,
+        r: tonic::Request<pb::GetBulkStateRequest>,
+    ) -> Result<tonic::Response<pb::GetBulkStateResponse>, tonic::Status> {
+        state::grpc::get_bulk_state(&self.cx.blocks.state, r.into_inner())
+            .await
+            .map(tonic::Response::new)
+    }
+
+    async fn save_state(
+        &self,
+        r: tonic::Request<pb::SaveStateRequest>,
+    ) -> Result<tonic::Response<Empty>, tonic::Status> {
+        state::grpc::save_state(&self.cx.blocks.state, r.into_inner())
+            .await
+            .map(|()| tonic::Response::new(Empty {}))
+    }
+
+    async fn query_state_alpha1(
+        &self,
+        r: tonic::Request<pb::QueryStateRequest>,
+    ) -> Result<tonic::Response<pb::QueryStateResponse>, tonic::Status> {
+        state::grpc::query_state(&self.cx.blocks.state, r.into_inner())
+            .await
+            .map(tonic::Response::new)
+    }
+
+    async fn delete_state(
+        &self,
+        r: tonic::Request<pb::DeleteStateRequest>,
+    ) -> Result<tonic::Response<Empty>, tonic::Status> {
+        state::grpc::delete_state(&self.cx.blocks.state, r.into_inner())
+            .await
+            .map(|()| tonic::Response::new(Empty {}))
+    }
+
+    async fn delete_bulk_state(
+        &self,
+        r: tonic::Request<pb::DeleteBulkStateRequest>,
+    ) -> Result<tonic::Response<Empty>, tonic::Status> {
+        state::grpc::delete_bulk_state(&self.cx.blocks.state, r.into_inner())
+            .await
+            .map(|()| tonic::Response::new(Empty {}))
+    }
+
+    async fn execute_state_transaction(
+        &self,
+        r: tonic::Request<pb::ExecuteStateTransactionRequest>,
+    ) -> Result<tonic::Response<Empty>, tonic::Status> {
+        state::grpc::execute_state_transaction(&self.cx.blocks.state, r.into_inner())
+            .await
+            .map(|()| tonic::Response::new(Empty {}))
+    }
+
+    async fn get_secret(
+        &self,
+        r: tonic::Request<pb::GetSecretRequest>,
+    ) -> Result<tonic::Response<pb::GetSecretResponse>, tonic::Status> {
+        secrets::grpc::get_secret(&self.cx.blocks.secrets, r.into_inner())
+            .await
+            .map(tonic::Response::new)
+    }
+
+    async fn get_bulk_secret(
+        &self,
+        r: tonic::Request<pb::GetBulkSecretRequest>,
+    ) -> Result<tonic::Response<pb::GetBulkSecretResponse>, tonic::Status> {
+        secrets::grpc::get_bulk_secret(&self.cx.blocks.secrets, r.into_inner())
+            .await
+            .map(tonic::Response::new)
     }
 }
 

@@ -11,7 +11,7 @@ use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 
 use super::health::{Health, no_content};
 use super::metadata::Metadata;
-use crate::blocks::Block;
+use crate::blocks::{Block, Blocks, secrets, state};
 use crate::errors::{code, http_error};
 use crate::headers::DAPR_APP_ID;
 use crate::invoke::envelope::{Door, Invoker};
@@ -41,6 +41,7 @@ pub struct HttpApi {
     pub health: Health,
     pub metadata: Arc<Metadata>,
     pub lifecycle: Arc<Lifecycle>,
+    pub blocks: Arc<Blocks>,
     pub door: super::Door,
 }
 
@@ -158,8 +159,8 @@ impl HttpApi {
                 self.invocation(target, method, req)
             }
             Route::Block(block, rest) => {
-                let name = rest.split('/').next().unwrap_or_default().to_owned();
-                Routed::Cold(Box::pin(async move { self.block(block, &name, req).await }))
+                let rest = rest.to_owned();
+                Routed::Cold(Box::pin(async move { self.block(block, &rest, req).await }))
             }
             Route::Healthz(rest) => Routed::Answered(match (req.method(), rest) {
                 (&Method::GET, "") => self.health.healthz(req.uri().query()),
@@ -201,14 +202,24 @@ impl HttpApi {
         Routed::Invoke(target, method, Request::from_parts(parts, body))
     }
 
-    /// A building block's API. None has a component yet: each answers
-    /// daprd's error for a block with nothing configured.
+    /// A building block's API (`rest`: the path after its segment). State
+    /// and secrets are served; the others answer daprd's error for a block
+    /// with nothing configured.
     async fn block(
         &self,
         block: Block,
-        name: &str,
+        rest: &str,
         req: Request<SkiffBody>,
     ) -> Response<SkiffBody> {
+        match block {
+            Block::State => {
+                return state::http::handle(&self.blocks.state, req, rest, self.door.max_body_size)
+                    .await;
+            }
+            Block::Secrets => return secrets::http::handle(&self.blocks.secrets, req, rest).await,
+            _ => {}
+        }
+        let name = rest.split('/').next().unwrap_or_default();
         if block == Block::Lock && req.uri().path().starts_with("/v1.0-alpha1/lock/") {
             // daprd checks the expiry before it looks for a lock store.
             let body = crate::body::collect_limited(req.into_body(), self.door.max_body_size).await;

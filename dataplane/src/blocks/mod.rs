@@ -4,12 +4,22 @@
 //! its thin HTTP and gRPC adapters; the drivers live in the components
 //! crate).
 //!
-//! Until a block has a component, its API answers exactly what daprd
+//! State and secrets are served ([`Blocks`], loaded by [`components`]).
+//! Until the other blocks arrive, their APIs answer exactly what daprd
 //! answers when none is configured ([`Block::not_configured`]), on both
 //! front doors, and every other RPC of Dapr's runtime service that Skiff
 //! does not serve says so by name ([`rpc`]).
 
+pub mod components;
+pub mod secrets;
 pub mod state;
+
+/// The blocks that have components, as the front doors reach them.
+#[derive(Default)]
+pub struct Blocks {
+    pub state: state::StateBlock,
+    pub secrets: secrets::SecretsBlock,
+}
 
 use http::StatusCode;
 use tonic::Code;
@@ -106,20 +116,20 @@ pub enum Rpc {
 /// them, by block.
 const RPCS: &[(&str, Rpc)] = &[
     ("InvokeService", Rpc::Served),
-    ("GetState", Rpc::Block(Block::State)),
-    ("GetBulkState", Rpc::Block(Block::State)),
-    ("SaveState", Rpc::Block(Block::State)),
-    ("QueryStateAlpha1", Rpc::Block(Block::State)),
-    ("DeleteState", Rpc::Block(Block::State)),
-    ("DeleteBulkState", Rpc::Block(Block::State)),
-    ("ExecuteStateTransaction", Rpc::Block(Block::State)),
+    ("GetState", Rpc::Served),
+    ("GetBulkState", Rpc::Served),
+    ("SaveState", Rpc::Served),
+    ("QueryStateAlpha1", Rpc::Served),
+    ("DeleteState", Rpc::Served),
+    ("DeleteBulkState", Rpc::Served),
+    ("ExecuteStateTransaction", Rpc::Served),
     ("PublishEvent", Rpc::Block(Block::PubSub)),
     ("BulkPublishEventAlpha1", Rpc::Block(Block::PubSub)),
     ("BulkPublishEvent", Rpc::Block(Block::PubSub)),
     ("SubscribeTopicEventsAlpha1", Rpc::Block(Block::PubSub)),
     ("InvokeBinding", Rpc::Block(Block::Bindings)),
-    ("GetSecret", Rpc::Block(Block::Secrets)),
-    ("GetBulkSecret", Rpc::Block(Block::Secrets)),
+    ("GetSecret", Rpc::Served),
+    ("GetBulkSecret", Rpc::Served),
     ("RegisterActorTimer", Rpc::Block(Block::Actors)),
     ("UnregisterActorTimer", Rpc::Block(Block::Actors)),
     ("RegisterActorReminder", Rpc::Block(Block::Actors)),
@@ -237,7 +247,7 @@ mod tests {
     #[test]
     fn rpcs_map_to_their_blocks() {
         assert_eq!(rpc("InvokeService"), Rpc::Served);
-        assert_eq!(rpc("GetState"), Rpc::Block(Block::State));
+        assert_eq!(rpc("GetState"), Rpc::Served);
         assert_eq!(rpc("TryLockAlpha1"), Rpc::Block(Block::Lock));
         assert_eq!(rpc("GetMetadata"), Rpc::NotYet);
         assert_eq!(rpc("Nope"), Rpc::Unknown);

@@ -239,6 +239,7 @@ fn flag_err(flag: &'static str, why: impl Into<String>) -> FlagError {
 impl Flags {
     /// Validates the flags and derives the settings the sidecar runs with.
     pub fn settings(&self) -> Result<Settings, FlagError> {
+        let home = self.skiff_home.clone().unwrap_or_else(default_home);
         validate_name("app-id", &self.app_id)?;
         validate_name("namespace (NAMESPACE)", &self.namespace)?;
         if matches!(self.app_protocol, AppProtocol::Https | AppProtocol::Grpcs) {
@@ -306,9 +307,16 @@ impl Flags {
             max_header_bytes,
             graceful_shutdown: Duration::from_secs(self.graceful_shutdown_seconds),
             app_health,
-            skiff_home: self.skiff_home.clone().unwrap_or_else(default_home),
+            skiff_home: home.clone(),
             config_file: self.config.clone(),
-            resources_paths: self.resources_path.clone(),
+            // As daprd falls back to ~/.dapr/components: the home's
+            // components folder, when no path is given and it exists.
+            resources_paths: if self.resources_path.is_empty() {
+                let d = home.join("components");
+                if d.is_dir() { vec![d] } else { Vec::new() }
+            } else {
+                self.resources_path.clone()
+            },
             mtls,
             retry_buffer_size: retry_buffer_size.min(if max_body_size == 0 {
                 DEFAULT_MAX_BODY_SIZE

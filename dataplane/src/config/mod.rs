@@ -1,6 +1,7 @@
 //! Configuration: daprd's command-line flags and environment variables, the
 //! validated settings derived from them, and the YAML documents they name.
 
+pub mod component;
 mod flags;
 mod yaml;
 

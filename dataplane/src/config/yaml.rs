@@ -34,8 +34,18 @@ pub struct Document {
     pub spec: serde_json::Value,
     #[serde(default)]
     pub scopes: Vec<String>,
+    /// `auth.secretStore`: where a Component's `secretKeyRef`s are read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<Auth>,
     #[serde(skip)]
     pub source: PathBuf,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Auth {
+    #[serde(default)]
+    pub secret_store: String,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]

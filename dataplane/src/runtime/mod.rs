@@ -30,6 +30,7 @@ use crate::api::health::Health;
 use crate::api::http::HttpApi;
 use crate::api::metadata::Metadata;
 use crate::appchannel::{AppChannel, Properties, health};
+use crate::blocks::{Blocks, components};
 use crate::config::{Documents, Mode, MtlsSettings, Settings, load_documents};
 use crate::identity::{self, Source, WorkloadIdentity};
 use crate::invoke::envelope::Invoker;
@@ -74,6 +75,8 @@ pub enum StartError {
     Telemetry(#[from] crate::telemetry::config::TelemetryError),
     #[error("tracing: {0}")]
     Export(#[from] crate::telemetry::otlp::ExportError),
+    #[error(transparent)]
+    Components(#[from] crate::blocks::components::LoadError),
     #[error("app id or namespace is not a valid header value: {0}")]
     Header(#[source] http::header::InvalidHeaderValue),
 }
@@ -96,6 +99,7 @@ struct Listeners {
 /// What the steps built, for the front doors' contexts.
 struct Parts {
     components: Vec<serde_json::Value>,
+    blocks: Arc<Blocks>,
     app: Option<Arc<AppChannel>>,
     lifecycle: Arc<Lifecycle>,
     invoker: Arc<Invoker>,
@@ -138,10 +142,12 @@ fn contexts(s: &Settings, p: Parts) -> (Arc<HttpApi>, GrpcApi, Arc<Inbound>) {
         },
         metadata,
         lifecycle: p.lifecycle,
+        blocks: p.blocks.clone(),
         door: door.clone(),
     });
     let grpc_api = GrpcApi::new(Arc::new(GrpcContext {
         invoker: p.invoker,
+        blocks: p.blocks,
         door,
     }));
     let inbound = Arc::new(Inbound {
@@ -168,8 +174,12 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         tracer: tracer.clone(),
         app_id: settings.app_id.clone(),
     });
+    let loaded = components::load(&docs, &settings.app_id, &settings.namespace)
+        .await
+        .map_err(StartError::from)?;
     let parts = Parts {
-        components: components(&settings, &docs),
+        components: loaded.report,
+        blocks: Arc::new(loaded.blocks),
         app: AppChannel::new(&settings).map(Arc::new),
         lifecycle: Arc::new(Lifecycle::new(identity.clone())),
         invoker,
@@ -349,21 +359,6 @@ fn outbound(
             .with_policies(policies, s.retry_buffer_size)
             .with_mtls(identity.is_some()),
     )
-}
-
-/// The components this app may use, as `/v1.0/metadata` lists them. They
-/// are validated documents today; the building blocks' issue loads them.
-fn components(s: &Settings, docs: &Documents) -> Vec<serde_json::Value> {
-    docs.components_for(&s.app_id)
-        .map(|d| {
-            json!({
-                "name": d.metadata.name,
-                "type": d.spec.get("type").cloned().unwrap_or_default(),
-                "version": d.spec.get("version").cloned().unwrap_or_default(),
-                "capabilities": [],
-            })
-        })
-        .collect()
 }
 
 /// Accept loops for the three front doors; the drain that stops them.

@@ -1,0 +1,191 @@
+//! Dapr's component type names (`state.redis`, `secretstores.local.file`,
+//! ...) and their versions, mapped to the constructor of the driver that
+//! serves them. Every type Skiff has a driver for is listed whether or not
+//! it was built in, so a missing one can name the Cargo feature that builds
+//! it.
+
+use std::sync::Arc;
+
+use crate::Properties;
+use crate::secrets::SecretStore;
+use crate::state::StateStore;
+
+/// A driver, ready.
+#[derive(Clone)]
+pub enum Component {
+    State(Arc<dyn StateStore>),
+    Secrets(Arc<dyn SecretStore>),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("unknown component type {0} (this skiffd serves: {known})", known = known().join(", "))]
+    Unknown(String),
+    #[error(
+        "{type_name} was not built into this skiffd: build skiff-components with the Cargo feature `{feature}`"
+    )]
+    NotBuilt {
+        type_name: String,
+        feature: &'static str,
+    },
+    #[error("{type_name} has no version {version} (versions: {versions})")]
+    Version {
+        type_name: String,
+        version: String,
+        versions: String,
+    },
+    /// The driver's own error, already worded (no secrets).
+    #[error("{0}")]
+    Driver(String),
+}
+
+struct Entry {
+    type_name: &'static str,
+    versions: &'static [&'static str],
+    feature: &'static str,
+    built: bool,
+}
+
+const TABLE: &[Entry] = &[
+    Entry {
+        type_name: "state.in-memory",
+        versions: &["v1"],
+        feature: "state-memory",
+        built: cfg!(feature = "state-memory"),
+    },
+    Entry {
+        type_name: "state.sqlite",
+        versions: &["v1"],
+        feature: "state-sqlite",
+        built: cfg!(feature = "state-sqlite"),
+    },
+    Entry {
+        type_name: "state.redis",
+        versions: &["v1"],
+        feature: "state-redis",
+        built: cfg!(feature = "state-redis"),
+    },
+    Entry {
+        type_name: "secretstores.local.file",
+        versions: &["v1"],
+        feature: "secretstores-local",
+        built: cfg!(feature = "secretstores-local"),
+    },
+    Entry {
+        type_name: "secretstores.local.env",
+        versions: &["v1"],
+        feature: "secretstores-local",
+        built: cfg!(feature = "secretstores-local"),
+    },
+];
+
+/// The types this build serves.
+pub fn known() -> Vec<&'static str> {
+    TABLE
+        .iter()
+        .filter(|e| e.built)
+        .map(|e| e.type_name)
+        .collect()
+}
+
+/// The block a component type belongs to: the part before the first dot
+/// (`state`, `secretstores`, `pubsub`, ...).
+pub fn block_of(type_name: &str) -> &str {
+    type_name.split('.').next().unwrap_or_default()
+}
+
+/// Checks type and version; an empty version means `v1`.
+fn entry(type_name: &str, version: &str) -> Result<&'static Entry, OpenError> {
+    let e = TABLE
+        .iter()
+        .find(|e| e.type_name == type_name)
+        .ok_or_else(|| OpenError::Unknown(type_name.to_owned()))?;
+    let version = if version.is_empty() { "v1" } else { version };
+    if !e.versions.contains(&version) {
+        return Err(OpenError::Version {
+            type_name: type_name.to_owned(),
+            version: version.to_owned(),
+            versions: e.versions.join(", "),
+        });
+    }
+    if !e.built {
+        return Err(OpenError::NotBuilt {
+            type_name: type_name.to_owned(),
+            feature: e.feature,
+        });
+    }
+    Ok(e)
+}
+
+/// Creates the driver for `type_name` from its metadata, ready to serve.
+pub async fn open(
+    type_name: &str,
+    version: &str,
+    meta: &Properties,
+) -> Result<Component, OpenError> {
+    let e = entry(type_name, version)?;
+    let driver = |e: &dyn std::fmt::Display| OpenError::Driver(e.to_string());
+    let _ = (meta, driver);
+    match e.type_name {
+        #[cfg(feature = "state-memory")]
+        "state.in-memory" => Ok(Component::State(crate::state::memory::MemoryStore::open(
+            meta,
+        ))),
+        #[cfg(feature = "state-sqlite")]
+        "state.sqlite" => {
+            // Opening runs SQLite (file I/O, schema): off the async runtime.
+            let meta = meta.clone();
+            let store =
+                tokio::task::spawn_blocking(move || crate::state::sqlite::SqliteStore::open(&meta))
+                    .await
+                    .map_err(|e| driver(&e))?
+                    .map_err(|e| driver(&e))?;
+            Ok(Component::State(store))
+        }
+        #[cfg(feature = "state-redis")]
+        "state.redis" => Ok(Component::State(
+            crate::state::redis::RedisStore::open(meta)
+                .await
+                .map_err(|e| driver(&e))?,
+        )),
+        #[cfg(feature = "secretstores-local")]
+        "secretstores.local.file" => Ok(Component::Secrets(
+            crate::secrets::local::FileStore::open(meta).map_err(|e| driver(&e))?,
+        )),
+        #[cfg(feature = "secretstores-local")]
+        "secretstores.local.env" => Ok(Component::Secrets(crate::secrets::local::EnvStore::open(
+            meta,
+        ))),
+        other => Err(OpenError::Unknown(other.to_owned())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn types_and_versions() {
+        assert!(entry("state.sqlite", "").is_ok());
+        assert!(entry("state.sqlite", "v1").is_ok());
+        let e = entry("state.sqlite", "v9")
+            .err()
+            .expect("no v9")
+            .to_string();
+        assert!(e.contains("versions: v1"), "{e}");
+        let e = entry("state.cassandra", "v1")
+            .err()
+            .expect("unknown")
+            .to_string();
+        assert!(e.contains("state.redis"), "{e}");
+        assert_eq!(block_of("secretstores.local.file"), "secretstores");
+    }
+
+    #[tokio::test]
+    async fn in_memory_opens_ready() {
+        let c = open("state.in-memory", "v1", &Properties::new())
+            .await
+            .expect("opens");
+        assert!(matches!(c, Component::State(_)));
+    }
+}
