@@ -25,6 +25,10 @@ fn concurrency(o: Option<&StateOptions>) -> Concurrency {
     }
 }
 
+fn consistency(o: Option<&StateOptions>) -> Consistency {
+    o.map_or(Consistency::Eventual, |o| consistency_of(o.consistency()))
+}
+
 fn consistency_of(v: state_options::StateConsistency) -> Consistency {
     match v {
         state_options::StateConsistency::ConsistencyStrong => Consistency::Strong,
@@ -69,10 +73,7 @@ fn save_item(store: &str, it: StateItem, raw: bool) -> Result<SaveItem, ApiError
         .map_err(|e| store_error(Action::Save, store, &it.key, &StateError::Invalid(e)))?;
     Ok(SaveItem {
         concurrency: concurrency(it.options.as_ref()),
-        consistency: it
-            .options
-            .as_ref()
-            .map_or(Consistency::Eventual, |o| consistency_of(o.consistency())),
+        consistency: consistency(it.options.as_ref()),
         key: it.key,
         value,
         is_json,
@@ -84,10 +85,7 @@ fn save_item(store: &str, it: StateItem, raw: bool) -> Result<SaveItem, ApiError
 fn delete_item(it: StateItem) -> DeleteItem {
     DeleteItem {
         concurrency: concurrency(it.options.as_ref()),
-        consistency: it
-            .options
-            .as_ref()
-            .map_or(Consistency::Eventual, |o| consistency_of(o.consistency())),
+        consistency: consistency(it.options.as_ref()),
         key: it.key,
         etag: it.etag.map(|e| e.value),
     }
@@ -163,10 +161,7 @@ pub async fn save_state(block: &StateBlock, r: pb::SaveStateRequest) -> Result<(
 pub async fn delete_state(block: &StateBlock, r: pb::DeleteStateRequest) -> Result<(), Status> {
     let item = DeleteItem {
         concurrency: concurrency(r.options.as_ref()),
-        consistency: r
-            .options
-            .as_ref()
-            .map_or(Consistency::Eventual, |o| consistency_of(o.consistency())),
+        consistency: consistency(r.options.as_ref()),
         key: r.key,
         etag: r.etag.map(|e| e.value),
     };
