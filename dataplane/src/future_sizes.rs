@@ -116,6 +116,7 @@ async fn per_call_futures_stay_small() {
         metadata,
         lifecycle,
         door: door(),
+        blocks: Default::default(),
     });
     at_most(
         "HttpApi::handle",
@@ -125,6 +126,7 @@ async fn per_call_futures_stay_small() {
     let grpc = GrpcApi::new(Arc::new(GrpcContext {
         invoker: invoker.clone(),
         door: door(),
+        blocks: Default::default(),
     }));
     at_most(
         "GrpcApi::handle",

@@ -112,7 +112,8 @@ impl Proc {
     }
 }
 
-fn signal(pid: u32, sig: &str) {
+/// Sends `sig` (a name: TERM, INT, KILL) to `pid`.
+pub fn signal(pid: u32, sig: &str) {
     let _ = Command::new("kill")
         .arg(format!("-{sig}"))
         .arg(pid.to_string())
@@ -394,6 +395,29 @@ pub fn python() -> PathBuf {
         p.display()
     );
     p
+}
+
+/// The `node_modules` holding the unmodified Dapr JS SDK (`tests/js/
+/// package.json`): `$SKIFF_JS_MODULES`, else `target/js-sdk/node_modules`,
+/// which tests/run fills with npm.
+pub fn js_modules() -> PathBuf {
+    if let Some(p) = std::env::var_os("SKIFF_JS_MODULES") {
+        return p.into();
+    }
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/js-sdk/node_modules");
+    assert!(
+        p.join("@dapr/dapr").exists(),
+        "{} has no @dapr/dapr: run tests/run (it installs it with npm) or set SKIFF_JS_MODULES",
+        p.display()
+    );
+    p
+}
+
+/// A script in tests/js.
+pub fn js_script(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("js")
+        .join(name)
 }
 
 /// A script in tests/python.

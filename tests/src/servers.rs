@@ -1,5 +1,6 @@
 //! Real component servers the tests start on loopback and stop by PID
-//! (kill on drop): Redis standalone and a three-master Redis Cluster.
+//! (kill on drop): Redis standalone, a three-master Redis Cluster and
+//! PostgreSQL.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -130,5 +131,202 @@ impl RedisCluster {
             .map(Redis::addr)
             .collect::<Vec<_>>()
             .join(",")
+    }
+}
+
+/// A PostgreSQL server on 127.0.0.1 (trust auth, user `postgres`, fsync
+/// off), in a directory of its own under the system temp dir: initdb runs
+/// once per machine (the cluster is copied for each server), and as root
+/// the server runs as the `postgres` user, since initdb refuses root.
+pub struct Postgres {
+    proc: Option<Proc>,
+    pub port: u16,
+    dir: std::path::PathBuf,
+}
+
+fn pg_bin(name: &str) -> std::path::PathBuf {
+    let mut dirs: Vec<_> = std::fs::read_dir("/usr/lib/postgresql")
+        .expect("no /usr/lib/postgresql: tests/system-packages --install installs postgresql")
+        .flatten()
+        .map(|e| e.path().join("bin"))
+        .filter(|b| b.join("postgres").exists())
+        .collect();
+    dirs.sort();
+    dirs.pop()
+        .expect("a PostgreSQL server under /usr/lib/postgresql")
+        .join(name)
+}
+
+fn as_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.starts_with(b"0\n"))
+}
+
+/// A command that runs `bin` as the postgres user when we are root.
+fn pg_command(bin: &Path) -> Command {
+    if as_root() {
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=postgres", "--regid=postgres", "--init-groups"])
+            .arg(bin);
+        c
+    } else {
+        Command::new(bin)
+    }
+}
+
+fn chown_postgres(p: &Path) {
+    if as_root() {
+        let ok = Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(p)
+            .status()
+            .expect("chown");
+        assert!(ok.success(), "chown postgres {}", p.display());
+    }
+}
+
+/// The initdb'd cluster every server copies (made once, atomically).
+fn pg_template() -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let base = std::env::temp_dir().join("skiff-pg-template");
+    let data = base.join("data");
+    if data.join("PG_VERSION").exists() {
+        return data;
+    }
+    let tmp = std::env::temp_dir().join(format!("skiff-pg-template.{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).expect("pg template dir");
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o711)).expect("chmod");
+    let d = tmp.join("data");
+    std::fs::create_dir(&d).expect("pg data dir");
+    std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+    chown_postgres(&d);
+    let out = pg_command(&pg_bin("initdb"))
+        .arg("-D")
+        .arg(&d)
+        .args(["-U", "postgres", "--auth=trust", "--no-sync", "-E", "UTF8"])
+        .args(["--locale=C.UTF-8"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("initdb");
+    assert!(
+        out.status.success(),
+        "initdb failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Another test may have won the race: theirs is as good as ours.
+    if std::fs::rename(&tmp, &base).is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    data
+}
+
+impl Postgres {
+    pub fn start() -> Self {
+        use std::os::unix::fs::PermissionsExt;
+        let template = pg_template();
+        let dir = tempfile::Builder::new()
+            .prefix("skiff-pg-")
+            .tempdir()
+            .expect("pg dir")
+            .keep();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711)).expect("chmod");
+        let ok = Command::new("cp")
+            .arg("-a")
+            .arg(&template)
+            .arg(dir.join("data"))
+            .status()
+            .expect("cp -a");
+        assert!(ok.success(), "copy the pg template");
+        chown_postgres(&dir.join("data"));
+        let mut pg = Self {
+            proc: None,
+            port: free_port(),
+            dir,
+        };
+        pg.spawn();
+        pg
+    }
+
+    fn spawn(&mut self) {
+        let child = pg_command(&pg_bin("postgres"))
+            .arg("-D")
+            .arg(self.dir.join("data"))
+            .arg("-k")
+            .arg(self.dir.join("data"))
+            .args(["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"])
+            .args(["-p", &self.port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(crate::log_sink())
+            .spawn()
+            .expect("spawn postgres");
+        self.proc = Some(Proc {
+            child,
+            name: format!("postgres:{}", self.port),
+        });
+        let end = Instant::now() + Duration::from_secs(20);
+        loop {
+            let ready = Command::new(pg_bin("pg_isready"))
+                .args([
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &self.port.to_string(),
+                    "-U",
+                    "postgres",
+                    "-q",
+                ])
+                .status()
+                .is_ok_and(|s| s.success());
+            if ready {
+                return;
+            }
+            assert!(Instant::now() < end, "postgres on {} not ready", self.port);
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Fast shutdown (SIGINT), then the same server on the same port.
+    pub fn stop(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            crate::signal(p.pid(), "INT");
+            if p.wait_exit(Duration::from_secs(10)).is_none() {
+                p.kill();
+            }
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    /// A connection string for the `postgres` database.
+    pub fn url(&self) -> String {
+        format!(
+            "host=127.0.0.1 port={} user=postgres dbname=postgres sslmode=disable",
+            self.port
+        )
+    }
+
+    /// Runs SQL with psql; its unaligned output.
+    pub fn psql(&self, sql: &str) -> String {
+        let out = Command::new(pg_bin("psql"))
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(["-U", "postgres", "-d", "postgres", "-At", "-c", sql])
+            .stdin(Stdio::null())
+            .output()
+            .expect("psql");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -79,3 +79,47 @@ fn wait_for_port(port: u16) {
     }
     panic!("the Python gRPC app did not listen on {port} within 20s");
 }
+
+/// The SDK's state and secrets calls (gRPC) against the embedded SQLite
+/// store and a local file secret store, and against Redis when it is here.
+#[tokio::test]
+async fn python_sdk_state_and_secrets() {
+    let py = python();
+    let w = World::new();
+    let secrets = w.home.path().join("secrets.json");
+    std::fs::write(&secrets, r#"{"db-password":"s3cret"}"#).expect("secrets file");
+    w.component(
+        "secrets.yaml",
+        &format!(
+            "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: localsecrets\nspec:\n  type: secretstores.local.file\n  version: v1\n  metadata:\n  - name: secretsFile\n    value: {}\n",
+            secrets.display()
+        ),
+    );
+    let db = w.home.path().join("state.db");
+    w.component(
+        "statestore.yaml",
+        &format!(
+            "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: statestore\nspec:\n  type: state.sqlite\n  version: v1\n  metadata:\n  - name: connectionString\n    value: {}\n",
+            db.display()
+        ),
+    );
+    let s = w.sidecar("pystate", SidecarOpts::default());
+    let out = Command::new(&py)
+        .arg(python_script("sdk_state.py"))
+        .env("DAPR_HTTP_PORT", s.http_port.to_string())
+        .env("DAPR_GRPC_PORT", s.grpc_port.to_string())
+        .env("DAPR_RUNTIME_HOST", "127.0.0.1")
+        .env("STORE", "statestore")
+        .env("SECRETS", "localsecrets")
+        .env_remove("DAPR_API_TOKEN")
+        .output()
+        .expect("run sdk_state.py");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("{stdout}");
+    assert!(
+        out.status.success(),
+        "SDK state client failed\n{stdout}\n{stderr}"
+    );
+    assert!(stdout.contains(r#"{"done": "state"}"#), "{stdout}");
+}

@@ -66,6 +66,12 @@ const TABLE: &[Entry] = &[
         built: cfg!(feature = "state-redis"),
     },
     Entry {
+        type_name: "state.postgresql",
+        versions: &["v2"],
+        feature: "state-postgresql",
+        built: cfg!(feature = "state-postgresql"),
+    },
+    Entry {
         type_name: "secretstores.local.file",
         versions: &["v1"],
         feature: "secretstores-local",
@@ -145,6 +151,12 @@ pub async fn open(
         #[cfg(feature = "state-redis")]
         "state.redis" => Ok(Component::State(
             crate::state::redis::RedisStore::open(meta)
+                .await
+                .map_err(|e| driver(&e))?,
+        )),
+        #[cfg(feature = "state-postgresql")]
+        "state.postgresql" => Ok(Component::State(
+            crate::state::postgres::PostgresStore::open(meta)
                 .await
                 .map_err(|e| driver(&e))?,
         )),

@@ -187,6 +187,7 @@ mod tests {
                 metadata: Default::default(),
                 spec,
                 scopes: vec![],
+                auth: Default::default(),
                 source: "c.yaml".into(),
             }),
             resources: vec![],

@@ -8,6 +8,8 @@ pub mod query;
 
 #[cfg(feature = "state-memory")]
 pub mod memory;
+#[cfg(feature = "state-postgresql")]
+pub mod postgres;
 #[cfg(feature = "state-redis")]
 pub mod redis;
 #[cfg(feature = "state-sqlite")]

@@ -1,0 +1,42 @@
+//! The unmodified Dapr JS SDK (`@dapr/dapr` 3.18, over HTTP, its default)
+//! against skiffd's state API on the embedded SQLite store.
+//!
+//! Needs node and the SDK in `target/js-sdk` (tests/run installs it with
+//! npm; or set `SKIFF_JS_MODULES`). Without it the test fails with that
+//! instruction: it never passes silently.
+
+use std::process::Command;
+
+use skiff_tests::*;
+
+#[tokio::test]
+async fn js_sdk_state_works_unmodified() {
+    let modules = js_modules();
+    let w = World::new();
+    let db = w.home.path().join("state.db");
+    w.component(
+        "statestore.yaml",
+        &format!(
+            "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: statestore\nspec:\n  type: state.sqlite\n  version: v1\n  metadata:\n  - name: connectionString\n    value: {}\n",
+            db.display()
+        ),
+    );
+    let s = w.sidecar("jsstate", SidecarOpts::default());
+    let out = Command::new("node")
+        .arg(js_script("sdk_state.js"))
+        .env("NODE_PATH", &modules)
+        .env("DAPR_HTTP_PORT", s.http_port.to_string())
+        .env("DAPR_GRPC_PORT", s.grpc_port.to_string())
+        .env("STORE", "statestore")
+        .env_remove("DAPR_API_TOKEN")
+        .output()
+        .expect("run node");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("{stdout}");
+    assert!(
+        out.status.success(),
+        "JS SDK state client failed\n{stdout}\n{stderr}"
+    );
+    assert!(stdout.contains(r#"{"done": "js"}"#), "{stdout}");
+}
