@@ -23,7 +23,9 @@ async function main() {
   ]);
   check("save", !saved.error, saved.error && String(saved.error));
   const one = await client.state.get(store, "js-1");
-  check("get returns the JSON value", JSON.stringify(one) === '{"order":1,"items":["a","b"]}', one);
+  // daprd re-encodes saved JSON as Go does (object keys sorted), so compare
+  // values, not text.
+  check("get returns the JSON value", one && one.order === 1 && JSON.stringify(one.items) === '["a","b"]', one);
   check("get of a string", (await client.state.get(store, "js-2")) === "plain");
   check("get of a number", (await client.state.get(store, "js-3")) === 42);
   const missing = await client.state.get(store, "js-never");

@@ -271,6 +271,15 @@ async fn http_transactions(s: &Sidecar, store: &str, t: Traits) {
     assert_eq!(call(&c, "GET", &url("/t3"), "").await.text(), r#""value3""#);
     let r = call(&c, "POST", &url("/transaction"), r#"{"operations":[]}"#).await;
     assert_eq!(r.status, 204);
+    // Go decodes null as empty: the JS SDK sends `"metadata": null`.
+    let r = call(
+        &c,
+        "POST",
+        &url("/transaction"),
+        r#"{"operations":[{"operation":"upsert","request":{"key":"tnull","value":4,"metadata":null,"options":{"concurrency":null}}}],"metadata":null}"#,
+    )
+    .await;
+    assert_eq!(r.status, 204, "{}", r.text());
 
     // An ETag mismatch inside a transaction is 500 ERR_STATE_TRANSACTION.
     let bad = if t.numeric_etags {

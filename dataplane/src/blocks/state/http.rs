@@ -142,23 +142,33 @@ fn malformed(e: impl std::fmt::Display) -> ApiError {
     bad_request(MALFORMED, format!("failed to parse the request body: {e}"))
 }
 
+/// A field Go decodes `null` into as its zero value (SDKs send
+/// `"metadata": null`): absent and null both give the default.
+fn nullable<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Option::unwrap_or_default)
+}
+
 #[derive(Deserialize)]
 struct Options {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     concurrency: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     consistency: String,
 }
 
 #[derive(Deserialize)]
 struct SaveEntry {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     key: String,
     #[serde(default)]
     value: Value,
     #[serde(default)]
     etag: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     metadata: BTreeMap<String, String>,
     #[serde(default)]
     options: Option<Options>,
@@ -281,7 +291,7 @@ async fn delete(
 
 #[derive(Deserialize)]
 struct BulkBody {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     keys: Vec<String>,
 }
 
@@ -356,15 +366,15 @@ async fn bulk(
 
 #[derive(Deserialize)]
 struct TxBody {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     operations: Vec<TxEntry>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     metadata: BTreeMap<String, String>,
 }
 
 #[derive(Deserialize)]
 struct TxEntry {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     operation: String,
     request: Option<SaveEntry>,
 }
