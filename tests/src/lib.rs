@@ -211,6 +211,8 @@ pub struct SidecarOpts {
     pub namespace: Option<&'static str>,
     pub env: Vec<(&'static str, String)>,
     pub args: Vec<String>,
+    /// Where the sidecar's stderr goes (for tests that read its logs).
+    pub log_file: Option<PathBuf>,
 }
 
 impl SidecarOpts {
@@ -286,6 +288,23 @@ impl World {
         s
     }
 
+    /// Runs `skiffd` expecting it to refuse to start; its stderr.
+    pub fn skiffd_fails(&self, app_id: &str, args: &[&str]) -> String {
+        let out = Command::new(bin("skiffd"))
+            .args(["--app-id", app_id])
+            .args(["--dapr-http-port", &free_port().to_string()])
+            .args(["--dapr-grpc-port", &free_port().to_string()])
+            .args(["--metrics-port", "0"])
+            .args(args)
+            .env("SKIFF_HOME", self.home.path())
+            .stdin(Stdio::null())
+            .output()
+            .expect("run skiffd");
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(!out.status.success(), "skiffd started:\n{err}");
+        err
+    }
+
     /// Starts `skiffd` and waits only for its HTTP port (it may not be
     /// ready, e.g. while it waits for a certificate).
     pub fn sidecar_started(&self, app_id: &str, o: SidecarOpts) -> Sidecar {
@@ -301,7 +320,10 @@ impl World {
             .env_remove("NAMESPACE")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(log_sink());
+            .stderr(match &o.log_file {
+                Some(f) => Stdio::from(std::fs::File::create(f).expect("sidecar log file")),
+                None => log_sink(),
+            });
         if let Some(p) = o.app_port {
             cmd.args(["--app-port", &p.to_string()]);
         }

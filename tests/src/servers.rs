@@ -12,11 +12,17 @@ use crate::{Proc, free_port};
 pub struct Redis {
     pub proc: Proc,
     pub port: u16,
+    /// `--requirepass`, when it was started with one.
+    password: Option<String>,
 }
 
-fn redis_cli(port: u16, args: &[&str]) -> Option<String> {
-    let out = Command::new("redis-cli")
-        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+fn redis_cli(port: u16, password: Option<&str>, args: &[&str]) -> Option<String> {
+    let mut cmd = Command::new("redis-cli");
+    cmd.args(["-h", "127.0.0.1", "-p", &port.to_string()]);
+    if let Some(p) = password {
+        cmd.args(["-a", p, "--no-auth-warning"]);
+    }
+    let out = cmd
         .args(args)
         .stdin(Stdio::null())
         .stderr(Stdio::null())
@@ -28,6 +34,7 @@ fn redis_cli(port: u16, args: &[&str]) -> Option<String> {
 }
 
 fn spawn_redis(dir: &Path, port: u16, extra: &[&str]) -> Proc {
+    let password = requirepass(extra);
     std::fs::create_dir_all(dir).expect("redis dir");
     let child = Command::new("redis-server")
         .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
@@ -45,11 +52,18 @@ fn spawn_redis(dir: &Path, port: u16, extra: &[&str]) -> Proc {
         name: format!("redis:{port}"),
     };
     let end = Instant::now() + Duration::from_secs(10);
-    while redis_cli(port, &["ping"]).as_deref() != Some("PONG") {
+    while redis_cli(port, password, &["ping"]).as_deref() != Some("PONG") {
         assert!(Instant::now() < end, "redis on {port} did not answer PING");
         std::thread::sleep(Duration::from_millis(10));
     }
     proc
+}
+
+fn requirepass<'a>(extra: &[&'a str]) -> Option<&'a str> {
+    extra
+        .windows(2)
+        .find(|w| w[0] == "--requirepass")
+        .map(|w| w[1])
 }
 
 impl Redis {
@@ -62,6 +76,7 @@ impl Redis {
         Self {
             proc: spawn_redis(dir, port, extra),
             port,
+            password: requirepass(extra).map(str::to_owned),
         }
     }
 
@@ -71,7 +86,7 @@ impl Redis {
 
     /// Runs a redis-cli command; its output.
     pub fn cli(&self, args: &[&str]) -> String {
-        redis_cli(self.port, args).unwrap_or_default()
+        redis_cli(self.port, self.password.as_deref(), args).unwrap_or_default()
     }
 }
 

@@ -92,6 +92,7 @@ pub async fn load(docs: &Documents, app_id: &str, namespace: &str) -> Result<Loa
                     actor_store = Some(spec.name.clone());
                 }
                 report.push(describe(&spec, driver.features().names()));
+                announce(&spec);
                 state.add(Store {
                     name: spec.name.clone(),
                     driver,
@@ -101,6 +102,7 @@ pub async fn load(docs: &Documents, app_id: &str, namespace: &str) -> Result<Loa
             }
             Ok((Component::Secrets(driver), _)) => {
                 report.push(describe(&spec, driver.features()));
+                announce(&spec);
                 secrets.add(spec.name.clone(), driver);
             }
             Err(why) if spec.ignore_errors => {
@@ -123,6 +125,14 @@ fn fail(spec: &ComponentSpec, why: String) -> LoadError {
         type_name: spec.type_name.clone(),
         why,
     }
+}
+
+/// daprd's "Component loaded" line (name and type only: metadata may hold
+/// secrets).
+fn announce(spec: &ComponentSpec) {
+    tracing::info!(component = %spec.name, r#type = %spec.type_name,
+        version = if spec.version.is_empty() { "v1" } else { spec.version.as_str() },
+        "component loaded");
 }
 
 fn describe(spec: &ComponentSpec, capabilities: Vec<&'static str>) -> Value {
