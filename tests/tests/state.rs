@@ -1018,3 +1018,84 @@ async fn redis_outage_gives_errors_then_recovers() {
         r#""back""#
     );
 }
+
+/// `targets.components.<store>.outbound`: a store that went away is
+/// retried, then its breaker opens and calls fail at once; Dapr's
+/// component and resiliency metrics count it all.
+#[tokio::test]
+async fn redis_outbound_policy_retries_then_breaks_and_metrics_count() {
+    let w = World::new();
+    let mut r = Redis::start(&w.home.path().join("redis"));
+    w.component(
+        "resiliency.yaml",
+        "apiVersion: dapr.io/v1alpha1\nkind: Resiliency\nmetadata:\n  name: store-policy\nspec:\n  policies:\n    timeouts:\n      quick: 1s\n    retries:\n      twice:\n        policy: constant\n        duration: 50ms\n        maxRetries: 2\n    circuitBreakers:\n      cb:\n        maxRequests: 1\n        timeout: 60s\n        trip: consecutiveFailures >= 3\n  targets:\n    components:\n      red:\n        outbound:\n          timeout: quick\n          retry: twice\n          circuitBreaker: cb\n",
+    );
+    let s = sidecar_with(
+        &w,
+        "app",
+        &component(
+            "red",
+            "state.redis",
+            &[
+                ("redisHost", r.addr()),
+                ("dialTimeout", "300ms".into()),
+                ("readTimeout", "300ms".into()),
+            ],
+        ),
+    );
+    let c = http_client();
+    let url = format!("{}/v1.0/state/red", s.http());
+    assert_eq!(
+        call(&c, "POST", &url, r#"[{"key":"k","value":1}]"#)
+            .await
+            .status,
+        204
+    );
+    assert_eq!(call(&c, "GET", &format!("{url}/k"), "").await.text(), "1");
+    // A wrong ETag is the caller's mistake: not retried, not a breaker failure.
+    let wrong = call(&c, "POST", &url, r#"[{"key":"k","value":2,"etag":"999"}]"#).await;
+    assert_eq!(wrong.status, 409, "{}", wrong.text());
+    let m = s.scrape().await;
+    let series = |op: &str, ok: &str| {
+        format!(
+            "dapr_component_state_count{{app_id=\"app\",component=\"red\",namespace=\"default\",operation=\"{op}\",success=\"{ok}\"}}"
+        )
+    };
+    assert_eq!(sample(&m, &series("set", "true")), 1.0, "{m}");
+    assert_eq!(sample(&m, &series("set", "false")), 1.0, "{m}");
+    assert_eq!(sample(&m, &series("get", "true")), 1.0, "{m}");
+    assert!(
+        m.contains("dapr_component_state_latencies_bucket{app_id=\"app\",component=\"red\""),
+        "{m}"
+    );
+
+    r.proc.kill();
+    // Three attempts (one call and its two retries) trip the breaker.
+    let first = call(&c, "GET", &format!("{url}/k"), "").await;
+    assert_eq!(first.status, 500, "{}", first.text());
+    let t0 = Instant::now();
+    let open = call(&c, "GET", &format!("{url}/k"), "").await;
+    assert_eq!(open.status, 500);
+    assert!(
+        open.text().contains("circuit breaker cb is open"),
+        "{}",
+        open.text()
+    );
+    assert!(
+        t0.elapsed() < Duration::from_millis(250),
+        "an open breaker answers at once"
+    );
+    let m = s.scrape().await;
+    let res = |policy: &str| {
+        format!(
+            "dapr_resiliency_count{{app_id=\"app\",name=\"store-policy\",policy=\"{policy}\",namespace=\"default\",flow_direction=\"outbound\",target=\"Statestore_red\",status=\"\"}}"
+        )
+    };
+    assert!(sample(&m, &res("retry")) >= 2.0, "{m}");
+    assert!(sample(&m, &res("circuitbreaker")) >= 2.0, "{m}");
+    assert!(
+        m.contains("dapr_resiliency_activations_total{app_id=\"app\",name=\"store-policy\",policy=\"retry\""),
+        "{m}"
+    );
+    assert_eq!(sample(&m, &series("get", "false")), 2.0, "{m}");
+}

@@ -164,6 +164,61 @@ pub struct DaprApi {
     cx: Arc<GrpcContext>,
 }
 
+/// The requests of component calls, for their spans' `db.name`.
+trait StoreNamed {
+    fn store(&self) -> &str;
+}
+
+macro_rules! store_named {
+    ($($t:ty),*) => {$(
+        impl StoreNamed for $t {
+            fn store(&self) -> &str {
+                &self.store_name
+            }
+        }
+    )*};
+}
+
+store_named!(
+    pb::GetStateRequest,
+    pb::GetBulkStateRequest,
+    pb::SaveStateRequest,
+    pb::QueryStateRequest,
+    pb::DeleteStateRequest,
+    pb::DeleteBulkStateRequest,
+    pb::ExecuteStateTransactionRequest,
+    pb::GetSecretRequest,
+    pb::GetBulkSecretRequest
+);
+
+impl DaprApi {
+    /// Runs a component call in its span (see [`crate::blocks::traced`]);
+    /// the caller's metadata is copied only when spans are exported.
+    async fn traced<Q: StoreNamed, T, Fut>(
+        &self,
+        name: &'static str,
+        r: tonic::Request<Q>,
+        call: impl FnOnce(Q) -> Fut,
+    ) -> Result<T, tonic::Status>
+    where
+        Fut: Future<Output = Result<T, tonic::Status>>,
+    {
+        let tracer = &self.cx.invoker.tracer;
+        let headers = tracer
+            .exporting()
+            .then(|| r.metadata().clone().into_headers());
+        let q = r.into_inner();
+        let store = if headers.is_some() {
+            q.store().to_owned()
+        } else {
+            String::new()
+        };
+        let failed =
+            |o: &Result<T, tonic::Status>| o.as_ref().err().map(|s| s.message().to_owned());
+        crate::blocks::traced(tracer, headers.as_ref(), name, &store, call(q), failed).await
+    }
+}
+
 #[tonic::async_trait]
 impl Dapr for DaprApi {
     async fn invoke_service(
@@ -223,81 +278,99 @@ impl Dapr for DaprApi {
         &self,
         r: tonic::Request<pb::GetStateRequest>,
     ) -> Result<tonic::Response<pb::GetStateResponse>, tonic::Status> {
-        state::grpc::get_state(&self.cx.blocks.state, r.into_inner())
-            .await
-            .map(tonic::Response::new)
+        self.traced("GetState", r, |r| {
+            state::grpc::get_state(&self.cx.blocks.state, r)
+        })
+        .await
+        .map(tonic::Response::new)
     }
 
     async fn get_bulk_state(
         &self,
         r: tonic::Request<pb::GetBulkStateRequest>,
     ) -> Result<tonic::Response<pb::GetBulkStateResponse>, tonic::Status> {
-        state::grpc::get_bulk_state(&self.cx.blocks.state, r.into_inner())
-            .await
-            .map(tonic::Response::new)
+        self.traced("GetBulkState", r, |r| {
+            state::grpc::get_bulk_state(&self.cx.blocks.state, r)
+        })
+        .await
+        .map(tonic::Response::new)
     }
 
     async fn save_state(
         &self,
         r: tonic::Request<pb::SaveStateRequest>,
     ) -> Result<tonic::Response<Empty>, tonic::Status> {
-        state::grpc::save_state(&self.cx.blocks.state, r.into_inner())
-            .await
-            .map(|()| tonic::Response::new(Empty {}))
+        self.traced("SaveState", r, |r| {
+            state::grpc::save_state(&self.cx.blocks.state, r)
+        })
+        .await
+        .map(|()| tonic::Response::new(Empty {}))
     }
 
     async fn query_state_alpha1(
         &self,
         r: tonic::Request<pb::QueryStateRequest>,
     ) -> Result<tonic::Response<pb::QueryStateResponse>, tonic::Status> {
-        state::grpc::query_state(&self.cx.blocks.state, r.into_inner())
-            .await
-            .map(tonic::Response::new)
+        self.traced("QueryState", r, |r| {
+            state::grpc::query_state(&self.cx.blocks.state, r)
+        })
+        .await
+        .map(tonic::Response::new)
     }
 
     async fn delete_state(
         &self,
         r: tonic::Request<pb::DeleteStateRequest>,
     ) -> Result<tonic::Response<Empty>, tonic::Status> {
-        state::grpc::delete_state(&self.cx.blocks.state, r.into_inner())
-            .await
-            .map(|()| tonic::Response::new(Empty {}))
+        self.traced("DeleteState", r, |r| {
+            state::grpc::delete_state(&self.cx.blocks.state, r)
+        })
+        .await
+        .map(|()| tonic::Response::new(Empty {}))
     }
 
     async fn delete_bulk_state(
         &self,
         r: tonic::Request<pb::DeleteBulkStateRequest>,
     ) -> Result<tonic::Response<Empty>, tonic::Status> {
-        state::grpc::delete_bulk_state(&self.cx.blocks.state, r.into_inner())
-            .await
-            .map(|()| tonic::Response::new(Empty {}))
+        self.traced("DeleteBulkState", r, |r| {
+            state::grpc::delete_bulk_state(&self.cx.blocks.state, r)
+        })
+        .await
+        .map(|()| tonic::Response::new(Empty {}))
     }
 
     async fn execute_state_transaction(
         &self,
         r: tonic::Request<pb::ExecuteStateTransactionRequest>,
     ) -> Result<tonic::Response<Empty>, tonic::Status> {
-        state::grpc::execute_state_transaction(&self.cx.blocks.state, r.into_inner())
-            .await
-            .map(|()| tonic::Response::new(Empty {}))
+        self.traced("ExecuteStateTransaction", r, |r| {
+            state::grpc::execute_state_transaction(&self.cx.blocks.state, r)
+        })
+        .await
+        .map(|()| tonic::Response::new(Empty {}))
     }
 
     async fn get_secret(
         &self,
         r: tonic::Request<pb::GetSecretRequest>,
     ) -> Result<tonic::Response<pb::GetSecretResponse>, tonic::Status> {
-        secrets::grpc::get_secret(&self.cx.blocks.secrets, r.into_inner())
-            .await
-            .map(tonic::Response::new)
+        self.traced("GetSecret", r, |r| {
+            secrets::grpc::get_secret(&self.cx.blocks.secrets, r)
+        })
+        .await
+        .map(tonic::Response::new)
     }
 
     async fn get_bulk_secret(
         &self,
         r: tonic::Request<pb::GetBulkSecretRequest>,
     ) -> Result<tonic::Response<pb::GetBulkSecretResponse>, tonic::Status> {
-        secrets::grpc::get_bulk_secret(&self.cx.blocks.secrets, r.into_inner())
-            .await
-            .map(tonic::Response::new)
+        self.traced("GetBulkSecret", r, |r| {
+            secrets::grpc::get_bulk_secret(&self.cx.blocks.secrets, r)
+        })
+        .await
+        .map(tonic::Response::new)
     }
 }
 

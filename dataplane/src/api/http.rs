@@ -212,11 +212,31 @@ impl HttpApi {
         req: Request<SkiffBody>,
     ) -> Response<SkiffBody> {
         match block {
-            Block::State => {
-                return state::http::handle(&self.blocks.state, req, rest, self.door.max_body_size)
-                    .await;
+            Block::State | Block::Secrets => {
+                let tracer = &self.invoker.tracer;
+                let headers = tracer.exporting().then(|| req.headers().clone());
+                let (name, component) = span_name(block, req.method(), rest);
+                let call = async {
+                    if block == Block::State {
+                        state::http::handle(&self.blocks.state, req, rest, self.door.max_body_size)
+                            .await
+                    } else {
+                        secrets::http::handle(&self.blocks.secrets, req, rest).await
+                    }
+                };
+                let failed = |r: &Response<SkiffBody>| {
+                    (r.status().as_u16() >= 400).then(|| r.status().to_string())
+                };
+                return crate::blocks::traced(
+                    tracer,
+                    headers.as_ref(),
+                    name,
+                    component,
+                    call,
+                    failed,
+                )
+                .await;
             }
-            Block::Secrets => return secrets::http::handle(&self.blocks.secrets, req, rest).await,
             _ => {}
         }
         let name = rest.split('/').next().unwrap_or_default();
@@ -312,6 +332,23 @@ fn json(v: &serde_json::Value) -> Response<SkiffBody> {
         HeaderValue::from_static("application/json"),
     );
     r
+}
+
+/// The span of a state or secrets call: daprd's operation name and the
+/// component (the first path segment after the block's).
+fn span_name<'a>(block: Block, method: &http::Method, rest: &'a str) -> (&'static str, &'a str) {
+    let (component, tail) = rest.split_once('/').unwrap_or((rest, ""));
+    let name = match (block, tail, method.as_str()) {
+        (Block::Secrets, "bulk", _) => "GetBulkSecret",
+        (Block::Secrets, ..) => "GetSecret",
+        (_, "bulk", _) => "GetBulkState",
+        (_, "transaction", _) => "ExecuteStateTransaction",
+        (_, "query", _) => "QueryState",
+        (_, "", _) => "SaveState",
+        (_, _, "DELETE") => "DeleteState",
+        _ => "GetState",
+    };
+    (name, component)
 }
 
 #[cfg(test)]

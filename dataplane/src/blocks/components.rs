@@ -19,9 +19,12 @@ use skiff_components::registry::{self, Component};
 
 use super::Blocks;
 use super::secrets::SecretsBlock;
+use super::state::guarded::Guarded;
 use super::state::{StateBlock, Store, key_prefix};
 use crate::config::component::{ComponentSpec, MetaValue, secret_scopes};
 use crate::config::{ConfigError, Documents};
+use crate::policy::resiliency::Resiliency;
+use crate::telemetry::metrics;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -48,7 +51,14 @@ pub struct Loaded {
 }
 
 /// Loads the app's components.
-pub async fn load(docs: &Documents, app_id: &str, namespace: &str) -> Result<Loaded, LoadError> {
+/// State stores get their `targets.components` outbound policy from
+/// `resiliency` (taken once, at load).
+pub async fn load(
+    docs: &Documents,
+    app_id: &str,
+    namespace: &str,
+    resiliency: &Resiliency,
+) -> Result<Loaded, LoadError> {
     let mut specs = Vec::new();
     let mut names = HashSet::new();
     for d in docs.components_for(app_id) {
@@ -93,17 +103,20 @@ pub async fn load(docs: &Documents, app_id: &str, namespace: &str) -> Result<Loa
                 }
                 report.push(describe(&spec, driver.features().names()));
                 announce(&spec);
+                let policy = resiliency.component_outbound(&spec.name, "Statestore");
                 state.add(Store {
                     name: spec.name.clone(),
-                    driver,
+                    driver: Guarded::wrap(driver, policy),
                     prefix,
                     actor,
+                    ops: metrics::registry().state_component(&spec.name),
                 });
             }
             Ok((Component::Secrets(driver), _)) => {
                 report.push(describe(&spec, driver.features()));
                 announce(&spec);
-                secrets.add(spec.name.clone(), driver);
+                let ops = metrics::registry().secret_component(&spec.name);
+                secrets.add(spec.name.clone(), driver, ops);
             }
             Err(why) if spec.ignore_errors => {
                 tracing::warn!(component = %spec.name, r#type = %spec.type_name, file = %spec.source.display(),

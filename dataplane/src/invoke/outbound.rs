@@ -412,7 +412,7 @@ impl Plan {
                 (p.breaker.is_some(), PolicyKind::CircuitBreaker),
             ] {
                 if on {
-                    m.resiliency_executed(&p.document, &p.target, kind);
+                    m.resiliency_executed(&p.document, &p.label, kind);
                 }
             }
         }
@@ -480,7 +480,7 @@ impl Plan {
             };
         };
         if let (Err(InvokeError::Timeout { .. }), Some(m)) = (&tried.result, metrics::get()) {
-            m.resiliency_activated(&p.document, &p.target, PolicyKind::Timeout);
+            m.resiliency_activated(&p.document, &p.label, PolicyKind::Timeout);
         }
         let outcome = classify(&tried.result);
         if let Some((b, permit)) = permit {
@@ -546,7 +546,7 @@ impl Plan {
             Self::Policy(p) => {
                 p.retries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 if let Some(m) = metrics::get() {
-                    m.resiliency_activated(&p.document, &p.target, PolicyKind::Retry);
+                    m.resiliency_activated(&p.document, &p.label, PolicyKind::Retry);
                 }
             }
             Self::Builtin if connect_failed => {

@@ -1,6 +1,8 @@
 //! Dapr's `kind: Resiliency` documents: named timeouts, retries and circuit
-//! breakers, and which apps use them (`targets.apps.<appId>`), applied on
-//! the caller's side.
+//! breakers, and what uses them: apps (`targets.apps.<appId>`, applied on
+//! the caller's side) and components (`targets.components.<name>.outbound`
+//! for calls the sidecar makes to a component, `.inbound` for deliveries
+//! from one).
 //!
 //! Everything is validated when loaded; a mistake names the file, the field
 //! and what is wrong, and the sidecar does not start (or, on reload, keeps
@@ -88,6 +90,17 @@ struct BreakerYaml {
 struct Targets {
     #[serde(default)]
     apps: BTreeMap<String, TargetYaml>,
+    #[serde(default)]
+    components: BTreeMap<String, ComponentTargetYaml>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ComponentTargetYaml {
+    #[serde(default)]
+    outbound: Option<TargetYaml>,
+    #[serde(default)]
+    inbound: Option<TargetYaml>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -105,9 +118,11 @@ struct TargetYaml {
 #[derive(Debug)]
 pub struct AppPolicy {
     /// The Resiliency document that targets this app, and the app (the
-    /// `name` and `target` of Dapr's resiliency metrics).
+    /// `name` of Dapr's resiliency metrics, and the app id).
     pub document: Arc<str>,
     pub target: Arc<str>,
+    /// The metrics' `target` label: `app_<appId>`.
+    pub label: Arc<str>,
     pub timeout: Option<Duration>,
     pub retry: Option<RetrySpec>,
     pub breaker: Option<BreakerSpec>,
@@ -133,7 +148,7 @@ impl AppPolicy {
                     Arc::new(Breaker::for_target(
                         spec.clone(),
                         self.document.clone(),
-                        self.target.clone(),
+                        self.label.clone(),
                     ))
                 })
                 .clone(),
@@ -149,10 +164,44 @@ impl AppPolicy {
     }
 }
 
+/// The policies one direction of one component uses, as named.
+#[derive(Debug, Clone, Default)]
+pub struct PolicySet {
+    pub timeout: Option<Duration>,
+    pub retry: Option<RetrySpec>,
+    pub breaker: Option<BreakerSpec>,
+}
+
+impl PolicySet {
+    fn is_empty(&self) -> bool {
+        self.timeout.is_none() && self.retry.is_none() && self.breaker.is_none()
+    }
+}
+
+/// What applies to calls to (or deliveries from) one component, made
+/// when the component is loaded: one breaker for the component.
+#[derive(Debug)]
+pub struct ComponentPolicy {
+    pub document: Arc<str>,
+    /// The metrics' `target` label: `<Kind>_<name>` (`Statestore_cache`).
+    pub label: Arc<str>,
+    pub timeout: Option<Duration>,
+    pub retry: Option<RetrySpec>,
+    pub breaker: Option<Breaker>,
+}
+
+#[derive(Debug)]
+struct ComponentTargets {
+    document: Arc<str>,
+    outbound: PolicySet,
+    inbound: PolicySet,
+}
+
 /// Every app's policy; apps without one use the built-in default.
 #[derive(Debug, Default)]
 pub struct Resiliency {
     apps: HashMap<Box<str>, Arc<AppPolicy>>,
+    components: HashMap<Box<str>, ComponentTargets>,
     /// Document names, for metadata.
     pub names: Vec<String>,
 }
@@ -211,6 +260,19 @@ impl Resiliency {
                 (&**app, &*p.document, state.index())
             })
             .collect()
+    }
+
+    /// The outbound policy of component `name` (a `kind` such as
+    /// `Statestore` labels its metrics, as Dapr's do), if it has one.
+    pub fn component_outbound(&self, name: &str, kind: &str) -> Option<Arc<ComponentPolicy>> {
+        let t = self.components.get(name)?;
+        (!t.outbound.is_empty()).then(|| component_policy(&t.document, name, kind, &t.outbound))
+    }
+
+    /// The inbound policy of component `name` (deliveries to the app).
+    pub fn component_inbound(&self, name: &str, kind: &str) -> Option<Arc<ComponentPolicy>> {
+        let t = self.components.get(name)?;
+        (!t.inbound.is_empty()).then(|| component_policy(&t.document, name, kind, &t.inbound))
     }
 
     pub fn for_app(&self, app: &str) -> Option<&Arc<AppPolicy>> {
@@ -293,6 +355,7 @@ impl Resiliency {
                 let policy = AppPolicy {
                     document: Arc::from(d.metadata.name.as_str()),
                     target: Arc::from(app.as_str()),
+                    label: Arc::from(format!("app_{app}").as_str()),
                     timeout: t.timeout.as_deref().and_then(|n| timeouts.get(n).copied()),
                     retry: t.retry.as_deref().and_then(|n| retries.get(n).cloned()),
                     breaker: t
@@ -315,10 +378,86 @@ impl Resiliency {
                     ));
                 }
             }
+            for (name, t) in &spec.targets.components {
+                let set =
+                    |dir: &str, y: &Option<TargetYaml>| -> Result<PolicySet, ResiliencyError> {
+                        let Some(y) = y else {
+                            return Ok(PolicySet::default());
+                        };
+                        let field = |f: &str| format!("spec.targets.components.{name}.{dir}.{f}");
+                        let named = |kind: &str, n: &Option<String>, known: bool| match n {
+                            Some(n) if !known => {
+                                Err(err(field(kind), format!("no {kind} policy named {n:?}")))
+                            }
+                            _ => Ok(()),
+                        };
+                        named(
+                            "timeout",
+                            &y.timeout,
+                            y.timeout
+                                .as_deref()
+                                .is_none_or(|n| timeouts.contains_key(n)),
+                        )?;
+                        named(
+                            "retry",
+                            &y.retry,
+                            y.retry.as_deref().is_none_or(|n| retries.contains_key(n)),
+                        )?;
+                        named(
+                            "circuitBreaker",
+                            &y.circuit_breaker,
+                            y.circuit_breaker
+                                .as_deref()
+                                .is_none_or(|n| breakers.contains_key(n)),
+                        )?;
+                        Ok(PolicySet {
+                            timeout: y.timeout.as_deref().and_then(|n| timeouts.get(n).copied()),
+                            retry: y.retry.as_deref().and_then(|n| retries.get(n).cloned()),
+                            breaker: y
+                                .circuit_breaker
+                                .as_deref()
+                                .and_then(|n| breakers.get(n).cloned()),
+                        })
+                    };
+                let targets = ComponentTargets {
+                    document: Arc::from(d.metadata.name.as_str()),
+                    outbound: set("outbound", &t.outbound)?,
+                    inbound: set("inbound", &t.inbound)?,
+                };
+                if out
+                    .components
+                    .insert(name.as_str().into(), targets)
+                    .is_some()
+                {
+                    return Err(err(
+                        format!("spec.targets.components.{name}"),
+                        "targeted by more than one Resiliency document".into(),
+                    ));
+                }
+            }
             out.names.push(d.metadata.name.clone());
         }
         Ok(out)
     }
+}
+
+fn component_policy(
+    document: &Arc<str>,
+    name: &str,
+    kind: &str,
+    set: &PolicySet,
+) -> Arc<ComponentPolicy> {
+    let label: Arc<str> = Arc::from(format!("{kind}_{name}").as_str());
+    Arc::new(ComponentPolicy {
+        document: document.clone(),
+        breaker: set
+            .breaker
+            .clone()
+            .map(|b| Breaker::for_target(b, document.clone(), label.clone())),
+        label,
+        timeout: set.timeout,
+        retry: set.retry.clone(),
+    })
 }
 
 fn retry_spec(name: &str, r: &RetryYaml) -> Result<RetrySpec, (&'static str, String)> {

@@ -174,9 +174,14 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         tracer: tracer.clone(),
         app_id: settings.app_id.clone(),
     });
-    let loaded = components::load(&docs, &settings.app_id, &settings.namespace)
-        .await
-        .map_err(StartError::from)?;
+    let loaded = components::load(
+        &docs,
+        &settings.app_id,
+        &settings.namespace,
+        &policies.load().resiliency,
+    )
+    .await
+    .map_err(StartError::from)?;
     let parts = Parts {
         components: loaded.report,
         blocks: Arc::new(loaded.blocks),

@@ -119,6 +119,35 @@ pub struct ResiliencyTarget {
     transitions: [Counter; 3],
 }
 
+/// Dapr's state operations (the `operation` label), in
+/// [`ComponentOps`] index order.
+pub const STATE_OPS: [&str; 7] = [
+    "get",
+    "set",
+    "delete",
+    "bulk_get",
+    "bulk_delete",
+    "transaction",
+    "query",
+];
+/// Dapr's secret store operations.
+pub const SECRET_OPS: [&str; 2] = ["get", "bulk_get"];
+
+/// One component's calls: count and latency per operation and outcome
+/// (`success` true/false). Made when the component is loaded, so a call
+/// records without a lookup.
+#[derive(Default)]
+pub struct ComponentOps([[Timed; 2]; 7]);
+
+impl ComponentOps {
+    /// `op` indexes the block's operation list ([`STATE_OPS`], ...).
+    pub fn record(&self, op: usize, ok: bool, d: Duration) {
+        if let Some(o) = self.0.get(op) {
+            o[usize::from(ok)].record(d);
+        }
+    }
+}
+
 /// Every metric the sidecar records.
 pub struct Metrics {
     app_id: OnceLock<Box<str>>,
@@ -132,6 +161,8 @@ pub struct Metrics {
     invoke_in: Family<String, InvokeIn>,
     acl: Family<SpiffeId, AclCounts>,
     resiliency: Family<String, ResiliencyTarget>,
+    state_components: Family<String, Arc<ComponentOps>>,
+    secret_components: Family<String, Arc<ComponentOps>>,
     retry_budget_exhausted: Family<String, Counter>,
     mtls_init: Counter,
     cert_rotated: Counter,
@@ -196,6 +227,8 @@ impl Metrics {
                 SpiffeId::new("_other", "_other", "_other").unwrap_or_else(|_| unreachable!()),
             ),
             resiliency: Family::new(other()),
+            state_components: Family::new(other()),
+            secret_components: Family::new(other()),
             retry_budget_exhausted: Family::new(other()),
             mtls_init: Counter::default(),
             cert_rotated: Counter::default(),
@@ -239,6 +272,16 @@ impl Metrics {
     /// known (often only in the trailers).
     pub fn grpc_server(&self, method: &str) -> Arc<GrpcCodes> {
         self.grpc_server.with(method, Arc::clone)
+    }
+
+    /// The series of state store `name` (`dapr_component_state_*`).
+    pub fn state_component(&self, name: &str) -> Arc<ComponentOps> {
+        self.state_components.with(name, Arc::clone)
+    }
+
+    /// The series of secret store `name` (`dapr_component_secret_*`).
+    pub fn secret_component(&self, name: &str) -> Arc<ComponentOps> {
+        self.secret_components.with(name, Arc::clone)
     }
 
     /// The series of a gRPC app's method, as [`Metrics::grpc_server`].
@@ -291,7 +334,8 @@ impl Metrics {
     }
 
     /// A resiliency policy applied to a call to `target` (Dapr's
-    /// `resiliency_count`).
+    /// `resiliency_count`; `target` is the label value, `app_<appId>` or
+    /// `Statestore_<name>`, made once when the policy is loaded).
     pub fn resiliency_executed(&self, name: &str, target: &str, kind: PolicyKind) {
         self.resiliency.with(target, |t| {
             let _ = t.name.get_or_init(|| name.into());
@@ -362,6 +406,7 @@ impl Metrics {
         self.render_invocation(&mut e, app);
         self.render_acl(&mut e);
         self.render_resiliency(&mut e, app);
+        self.render_components(&mut e, app);
         self.render_security(&mut e, app);
         self.render_skiff(&mut e, app);
         if let Ok(cs) = self.collectors.lock() {
@@ -602,7 +647,7 @@ impl Metrics {
                 ("policy", POLICY_NAMES[policy]),
                 ("namespace", ns),
                 ("flow_direction", "outbound"),
-                ("target", &format!("app_{target}")),
+                ("target", target),
                 ("status", status),
             ])
         };
@@ -640,6 +685,56 @@ impl Metrics {
                 }
             }
         });
+    }
+
+    fn render_components(&self, e: &mut Encoder, app: &str) {
+        let ns = self.namespace.get().map_or("", |n| n);
+        for (kind, family, ops) in [
+            ("state", &self.state_components, &STATE_OPS[..]),
+            ("secret", &self.secret_components, &SECRET_OPS[..]),
+        ] {
+            let (count, lat) = (
+                format!("dapr_component_{kind}_count"),
+                format!("dapr_component_{kind}_latencies"),
+            );
+            let l = |component: &str, op: usize, ok: usize| {
+                labels(&[
+                    ("app_id", app),
+                    ("component", component),
+                    ("namespace", ns),
+                    ("operation", ops[op]),
+                    ("success", if ok == 1 { "true" } else { "false" }),
+                ])
+            };
+            e.header(
+                &count,
+                "counter",
+                "Operations the sidecar performed on the component.",
+            );
+            family.each(|c, s| {
+                for (op, o) in s.0.iter().enumerate().take(ops.len()) {
+                    for (ok, t) in o.iter().enumerate() {
+                        if t.count.get() > 0 {
+                            e.sample(&count, &l(c, op, ok), t.count.get());
+                        }
+                    }
+                }
+            });
+            e.header(
+                &lat,
+                "histogram",
+                "Latency of the component's answers, in milliseconds.",
+            );
+            family.each(|c, s| {
+                for (op, o) in s.0.iter().enumerate().take(ops.len()) {
+                    for (ok, t) in o.iter().enumerate() {
+                        if t.count.get() > 0 {
+                            e.histogram(&lat, &l(c, op, ok), &t.latency);
+                        }
+                    }
+                }
+            });
+        }
     }
 
     fn render_security(&self, e: &mut Encoder, app: &str) {

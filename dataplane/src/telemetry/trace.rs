@@ -125,6 +125,12 @@ impl Tracer {
         }
     }
 
+    /// Whether spans go anywhere (an exporter is configured): callers may
+    /// skip work that only feeds a span.
+    pub fn exporting(&self) -> bool {
+        self.queue.is_some()
+    }
+
     fn samples(&self, trace_id: &[u8; 16]) -> bool {
         if self.always {
             return true;

@@ -9,6 +9,7 @@ pub mod http;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::time::Instant;
 
 use ::http::StatusCode;
 use skiff_components::secrets::{Secret, SecretError, SecretStore};
@@ -16,11 +17,22 @@ use tonic::Code;
 
 use crate::config::component::SecretScope;
 use crate::errors::ApiError;
+use crate::telemetry::metrics::{self, ComponentOps};
 
 #[derive(Default)]
 pub struct SecretsBlock {
-    stores: HashMap<String, Arc<dyn SecretStore>>,
+    stores: HashMap<String, (Arc<dyn SecretStore>, Arc<ComponentOps>)>,
     scopes: Vec<SecretScope>,
+}
+
+/// `operation` label indexes ([`metrics::SECRET_OPS`]).
+const GET: usize = 0;
+const BULK_GET: usize = 1;
+
+fn record<T, E>(ops: &ComponentOps, op: usize, started: Instant, r: &Result<T, E>) {
+    if metrics::get().is_some() {
+        ops.record(op, r.is_ok(), started.elapsed());
+    }
 }
 
 impl SecretsBlock {
@@ -31,16 +43,16 @@ impl SecretsBlock {
         }
     }
 
-    pub fn add(&mut self, name: String, store: Arc<dyn SecretStore>) {
-        self.stores.insert(name, store);
+    pub fn add(&mut self, name: String, store: Arc<dyn SecretStore>, ops: Arc<ComponentOps>) {
+        self.stores.insert(name, (store, ops));
     }
 
     /// A loaded store, for `secretKeyRef`s of later components.
     pub fn driver(&self, name: &str) -> Option<&Arc<dyn SecretStore>> {
-        self.stores.get(name)
+        self.stores.get(name).map(|(s, _)| s)
     }
 
-    fn store(&self, name: &str) -> Result<&Arc<dyn SecretStore>, ApiError> {
+    fn store(&self, name: &str) -> Result<&(Arc<dyn SecretStore>, Arc<ComponentOps>), ApiError> {
         if self.stores.is_empty() {
             return Err(ApiError::new(
                 "ERR_SECRET_STORES_NOT_CONFIGURED",
@@ -68,7 +80,7 @@ impl SecretsBlock {
     }
 
     pub async fn get(&self, store: &str, name: &str) -> Result<Secret, ApiError> {
-        let s = self.store(store)?;
+        let (s, ops) = self.store(store)?;
         if !self.allowed(store, name) {
             return Err(ApiError::new(
                 "ERR_PERMISSION_DENIED",
@@ -77,12 +89,18 @@ impl SecretsBlock {
                 format!("access denied by policy to get \"{name}\" from \"{store}\""),
             ));
         }
-        s.get(name).await.map_err(|e| get_error(store, name, &e))
+        let t0 = Instant::now();
+        let r = s.get(name).await;
+        record(ops, GET, t0, &r);
+        r.map_err(|e| get_error(store, name, &e))
     }
 
     pub async fn bulk(&self, store: &str) -> Result<BTreeMap<String, Secret>, ApiError> {
-        let s = self.store(store)?;
-        let mut all = s.bulk_get().await.map_err(|e| get_error(store, "", &e))?;
+        let (s, ops) = self.store(store)?;
+        let t0 = Instant::now();
+        let r = s.bulk_get().await;
+        record(ops, BULK_GET, t0, &r);
+        let mut all = r.map_err(|e| get_error(store, "", &e))?;
         all.retain(|name, _| self.allowed(store, name));
         Ok(all)
     }

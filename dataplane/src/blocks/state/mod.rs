@@ -9,10 +9,12 @@
 
 pub mod gojson;
 pub mod grpc;
+pub mod guarded;
 pub mod http;
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Instant;
 
 use ::http::StatusCode;
 use bytes::Bytes;
@@ -24,6 +26,7 @@ use skiff_components::state::{
 use tonic::Code;
 
 use crate::errors::ApiError;
+use crate::telemetry::metrics::{self, ComponentOps};
 
 /// Dapr's separator between a key's prefix and the key.
 pub const SEPARATOR: &str = "||";
@@ -39,6 +42,18 @@ pub struct Store {
     pub prefix: String,
     /// `actorStateStore: true` (the actors block looks for it).
     pub actor: bool,
+    /// `dapr_component_state_*` of this store.
+    pub ops: Arc<ComponentOps>,
+}
+
+impl Store {
+    /// Records one API operation on this store, as daprd does: one per
+    /// call (a bulk save is one `set`), success meaning no error.
+    fn record<T, E>(&self, action: Action, started: Instant, r: &Result<T, E>) {
+        if metrics::get().is_some() {
+            self.ops.record(action.op(), r.is_ok(), started.elapsed());
+        }
+    }
 }
 
 /// The state stores this app may use.
@@ -86,6 +101,19 @@ pub enum Action {
 }
 
 impl Action {
+    /// The index of Dapr's `operation` label ([`metrics::STATE_OPS`]).
+    fn op(self) -> usize {
+        match self {
+            Self::Get => 0,
+            Self::Save => 1,
+            Self::Delete => 2,
+            Self::BulkGet => 3,
+            Self::BulkDelete => 4,
+            Self::Transaction => 5,
+            Self::Query => 6,
+        }
+    }
+
     fn code(self) -> &'static str {
         match self {
             Self::Save => "ERR_STATE_SAVE",
@@ -185,10 +213,10 @@ impl StateBlock {
     ) -> Result<Option<Item>, ApiError> {
         let s = self.store(store)?;
         let k = Self::key(s, key)?;
-        s.driver
-            .get(&k, consistency)
-            .await
-            .map_err(|e| store_error(Action::Get, store, key, &e))
+        let t0 = Instant::now();
+        let r = s.driver.get(&k, consistency).await;
+        s.record(Action::Get, t0, &r);
+        r.map_err(|e| store_error(Action::Get, store, key, &e))
     }
 
     /// Bulk get: one answer per key, in order; a key's own failure is its
@@ -203,7 +231,14 @@ impl StateBlock {
             .iter()
             .map(|k| Self::key(s, k))
             .collect::<Result<_, _>>()?;
+        let t0 = Instant::now();
         let got = s.driver.bulk_get(&full).await;
+        let all_failed = !got.is_empty() && got.iter().all(Result::is_err);
+        s.record(
+            Action::BulkGet,
+            t0,
+            &if all_failed { Err(()) } else { Ok(()) },
+        );
         Ok(got
             .into_iter()
             .map(|r| r.map_err(|e| e.to_string()))
@@ -219,6 +254,7 @@ impl StateBlock {
             .map(|i| set_request(s, i))
             .collect::<Result<_, _>>()?;
         let mut first = None;
+        let t0 = Instant::now();
         if reqs.len() == 1 {
             let r = reqs.into_iter().next().map(|r| s.driver.set(r));
             if let Some(f) = r {
@@ -232,10 +268,9 @@ impl StateBlock {
                 }
             }
         }
-        match first {
-            None => Ok(()),
-            Some(e) => Err(store_error(Action::Save, store, "", &e)),
-        }
+        let r = first.map_or(Ok(()), Err);
+        s.record(Action::Save, t0, &r);
+        r.map_err(|e| store_error(Action::Save, store, "", &e))
     }
 
     pub async fn delete(
@@ -247,10 +282,10 @@ impl StateBlock {
         let s = self.store(store)?;
         let key = item.key.clone();
         let req = delete_request(s, item)?;
-        s.driver
-            .delete(req)
-            .await
-            .map_err(|e| store_error(action, store, &key, &e))
+        let t0 = Instant::now();
+        let r = s.driver.delete(req).await;
+        s.record(action, t0, &r);
+        r.map_err(|e| store_error(action, store, &key, &e))
     }
 
     /// Runs the operations in order, as one; every store failure (an ETag
@@ -290,7 +325,10 @@ impl StateBlock {
                 TxOp::Delete(d) => delete_request(s, d).map(Op::Delete),
             })
             .collect::<Result<_, _>>()?;
-        tx.multi(ops).await.map_err(|e| {
+        let t0 = Instant::now();
+        let r = tx.multi(ops).await;
+        s.record(Action::Transaction, t0, &r);
+        r.map_err(|e| {
             ApiError::new(
                 Action::Transaction.code(),
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -319,10 +357,10 @@ impl StateBlock {
                 format!("failed to parse JSON query body: {e}"),
             )
         })?;
-        let mut a = q
-            .query(&s.prefix, parsed)
-            .await
-            .map_err(|e| store_error(Action::Query, store, "", &e))?;
+        let t0 = Instant::now();
+        let r = q.query(&s.prefix, parsed).await;
+        s.record(Action::Query, t0, &r);
+        let mut a = r.map_err(|e| store_error(Action::Query, store, "", &e))?;
         for (k, _) in &mut a.results {
             k.drain(..s.prefix.len().min(k.len()));
         }

@@ -1,0 +1,199 @@
+//! A component's outbound resiliency (`targets.components.<name>.outbound`)
+//! applied to one driver call: the breaker is asked first, each attempt
+//! runs under the timeout, and failures the policy counts are retried with
+//! its backoff. Failures that are the caller's (a wrong ETag, a bad
+//! request) are permanent: neither retried nor held against the breaker,
+//! as daprd treats them.
+
+use std::future::Future;
+use std::time::Duration;
+
+use crate::policy::resiliency::ComponentPolicy;
+use crate::telemetry::metrics::{self, PolicyKind};
+
+/// What the runner needs to know about a driver's error.
+pub trait OutboundError: Sized {
+    /// The caller's mistake: no retry, no breaker failure.
+    fn permanent(&self) -> bool;
+    /// The attempt ran out of its timeout.
+    fn timed_out(after: Duration) -> Self;
+    /// The breaker is open: the call was not made.
+    fn breaker_open(breaker: &str) -> Self;
+}
+
+/// Runs `attempt` under `p`; `attempt` is called once per try.
+pub async fn run<T, E, F, Fut>(p: &ComponentPolicy, mut attempt: F) -> Result<T, E>
+where
+    E: OutboundError,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    executed(p);
+    let mut retries = 0u32;
+    loop {
+        let permit = match &p.breaker {
+            Some(b) => match b.allow() {
+                Some(permit) => Some((b, permit)),
+                None => return Err(E::breaker_open(b.name())),
+            },
+            None => None,
+        };
+        let result = match p.timeout {
+            Some(t) => match tokio::time::timeout(t, attempt()).await {
+                Ok(r) => r,
+                Err(_) => {
+                    if let Some(m) = metrics::get() {
+                        m.resiliency_activated(&p.document, &p.label, PolicyKind::Timeout);
+                    }
+                    Err(E::timed_out(t))
+                }
+            },
+            None => attempt().await,
+        };
+        let failed = matches!(&result, Err(e) if !e.permanent());
+        if let Some((b, permit)) = permit {
+            b.record(permit, !failed);
+        }
+        match &p.retry {
+            Some(r) if failed && r.may_retry(retries) => {
+                tokio::time::sleep(r.delay(retries)).await;
+                retries += 1;
+                if let Some(m) = metrics::get() {
+                    m.resiliency_activated(&p.document, &p.label, PolicyKind::Retry);
+                }
+            }
+            _ => return result,
+        }
+    }
+}
+
+fn executed(p: &ComponentPolicy) {
+    let Some(m) = metrics::get() else { return };
+    for (on, kind) in [
+        (p.timeout.is_some(), PolicyKind::Timeout),
+        (p.retry.is_some(), PolicyKind::Retry),
+        (p.breaker.is_some(), PolicyKind::CircuitBreaker),
+    ] {
+        if on {
+            m.resiliency_executed(&p.document, &p.label, kind);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use super::*;
+    use crate::policy::breaker::{Breaker, BreakerSpec, Trip};
+    use crate::policy::retry::{Backoff, RetrySpec};
+
+    #[derive(Debug, PartialEq)]
+    enum E {
+        Down,
+        Caller,
+        Timeout,
+        Open,
+    }
+
+    impl OutboundError for E {
+        fn permanent(&self) -> bool {
+            *self == E::Caller
+        }
+        fn timed_out(_: Duration) -> Self {
+            E::Timeout
+        }
+        fn breaker_open(_: &str) -> Self {
+            E::Open
+        }
+    }
+
+    fn policy(
+        timeout: Option<Duration>,
+        retries: Option<u32>,
+        trip: Option<&str>,
+    ) -> ComponentPolicy {
+        ComponentPolicy {
+            document: Arc::from("r"),
+            label: Arc::from("Statestore_s"),
+            timeout,
+            retry: retries.map(|n| RetrySpec {
+                name: "r".into(),
+                backoff: Backoff::Constant(Duration::from_millis(10)),
+                max_retries: Some(n),
+                http_codes: Default::default(),
+                grpc_codes: Default::default(),
+            }),
+            breaker: trip.map(|t| {
+                Breaker::new(BreakerSpec {
+                    name: "cb".into(),
+                    max_requests: 1,
+                    interval: Duration::ZERO,
+                    timeout: Duration::from_secs(30),
+                    trip: Trip::parse(t).expect("trip"),
+                })
+            }),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retries_what_failed_and_not_the_callers_mistakes() {
+        let p = policy(None, Some(2), None);
+        let n = AtomicU32::new(0);
+        let r: Result<(), E> = run(&p, || async {
+            n.fetch_add(1, Ordering::Relaxed);
+            Err(E::Down)
+        })
+        .await;
+        assert_eq!((r, n.load(Ordering::Relaxed)), (Err(E::Down), 3));
+        let n = AtomicU32::new(0);
+        let r: Result<(), E> = run(&p, || async {
+            n.fetch_add(1, Ordering::Relaxed);
+            Err(E::Caller)
+        })
+        .await;
+        assert_eq!((r, n.load(Ordering::Relaxed)), (Err(E::Caller), 1));
+        let n = AtomicU32::new(0);
+        let r = run(&p, || async {
+            if n.fetch_add(1, Ordering::Relaxed) == 0 {
+                Err(E::Down)
+            } else {
+                Ok(7)
+            }
+        })
+        .await;
+        assert_eq!(r, Ok(7), "a retry that succeeds");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn each_attempt_has_the_timeout() {
+        let p = policy(Some(Duration::from_millis(100)), None, None);
+        let r: Result<(), E> = run(&p, || async {
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            Ok(())
+        })
+        .await;
+        assert_eq!(r, Err(E::Timeout));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_open_breaker_stops_calls() {
+        let p = policy(None, None, Some("consecutiveFailures >= 2"));
+        for _ in 0..2 {
+            let r: Result<(), E> = run(&p, || async { Err(E::Down) }).await;
+            assert_eq!(r, Err(E::Down));
+        }
+        let n = AtomicU32::new(0);
+        let r: Result<(), E> = run(&p, || async {
+            n.fetch_add(1, Ordering::Relaxed);
+            Ok(())
+        })
+        .await;
+        assert_eq!((r, n.load(Ordering::Relaxed)), (Err(E::Open), 0));
+        // Caller mistakes do not trip it.
+        let p = policy(None, None, Some("consecutiveFailures >= 1"));
+        let _: Result<(), E> = run(&p, || async { Err(E::Caller) }).await;
+        assert_eq!(run(&p, || async { Ok::<_, E>(1) }).await, Ok(1));
+    }
+}
