@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Skiff demo on embedded defaults: two sidecars — "web" in front of an HTTP
 # app and "rpc" in front of a gRPC app — that find each other through the
-# local registry (~/.skiff) and call each other, over HTTP and gRPC.
+# local registry (~/.skiff) and call each other, over HTTP and gRPC; then
+# "web" saves and reads state through the embedded SQLite state store.
 # Everything runs on 127.0.0.1 and stops when the demo ends.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -28,10 +29,28 @@ echo "==> starting an HTTP app (:8080) and a gRPC app (:8081)"
 $B/skiff-echo --http-port 8080 --name http-app 2>/dev/null & pids+=($!)
 $B/skiff-echo --grpc-port 8081 --name grpc-app 2>/dev/null & pids+=($!)
 
+# The embedded default state store: SQLite, a file under $SKIFF_HOME,
+# nothing to install.
+home=${SKIFF_HOME:-$HOME/.skiff}
+mkdir -p "$logs/components" "$home"
+cat >"$logs/components/statestore.yaml" <<YAML
+apiVersion: dapr.io/v1alpha1
+kind: Component
+metadata:
+  name: statestore
+spec:
+  type: state.sqlite
+  version: v1
+  metadata:
+  - name: connectionString
+    value: "$home/demo-state.db"
+YAML
+
 echo "==> starting sidecar 'web' (HTTP 3500, gRPC 50001) and sidecar 'rpc' (HTTP 3501, gRPC 50002)"
 echo "    with mTLS between them: each signs its own SPIFFE certificate with the embedded CA in ${SKIFF_HOME:-$HOME/.skiff}/sentry"
 echo "    (their logs: $logs)"
-$B/skiffd --app-id web --app-port 8080 --enable-mtls --log-level warn --metrics-port 9090 2>"$logs/web.log" & pids+=($!)
+$B/skiffd --app-id web --app-port 8080 --enable-mtls --log-level warn --metrics-port 9090 \
+  --resources-path "$logs/components" 2>"$logs/web.log" & pids+=($!)
 $B/skiffd --app-id rpc --app-port 8081 --app-protocol grpc --enable-mtls \
   --dapr-http-port 3501 --dapr-grpc-port 50002 --metrics-port 9091 --log-level warn 2>"$logs/rpc.log" & pids+=($!)
 wait_ready 3500; wait_ready 3501
@@ -64,6 +83,18 @@ show curl -s "http://127.0.0.1:3500/v1.0/metadata"
 
 echo "==> Prometheus metrics (Dapr's names): web's invocation counters"
 show sh -c "curl -s http://127.0.0.1:9090/metrics | grep -E '^dapr_(runtime_service_invocation_re[qs]_[a-z]+_total|http_server_request_count)'"
-echo "==> building blocks not configured yet answer as daprd does"
-show curl -s "http://127.0.0.1:3500/v1.0/state/statestore/order-1"
+echo "==> state: web saves two orders in the embedded SQLite store ($home/demo-state.db)"
+show curl -s -w '%{http_code}\n' -X POST "http://127.0.0.1:3500/v1.0/state/statestore" \
+  -H 'content-type: application/json' \
+  -d '[{"key":"order-1","value":{"item":"kayak","qty":1}},{"key":"order-2","value":{"item":"paddle","qty":2}}]'
+echo "==> state: read one back (its ETag in the header), then both in one bulk call"
+show curl -s -D - "http://127.0.0.1:3500/v1.0/state/statestore/order-1"
+show curl -s -X POST "http://127.0.0.1:3500/v1.0/state/statestore/bulk" -d '{"keys":["order-1","order-2","order-3"]}'
+echo "==> state: a transaction, then a query (the state query language)"
+show curl -s -w '%{http_code}\n' -X POST "http://127.0.0.1:3500/v1.0/state/statestore/transaction" \
+  -d '{"operations":[{"operation":"upsert","request":{"key":"order-3","value":{"item":"life vest","qty":1}}},{"operation":"delete","request":{"key":"order-2"}}]}'
+show curl -s -X POST "http://127.0.0.1:3500/v1.0-alpha1/state/statestore/query" \
+  -d '{"filter":{"EQ":{"qty":1}},"sort":[{"key":"item"}]}'
+echo "==> state calls are in Dapr's component metrics"
+show sh -c "curl -s http://127.0.0.1:9090/metrics | grep '^dapr_component_state_count'"
 echo "==> demo done; stopping (sidecar logs kept in $logs)"

@@ -11,3 +11,4 @@ pub mod plot;
 pub mod procfs;
 pub mod report;
 pub mod schedule;
+pub mod state;

@@ -32,6 +32,9 @@ enum Cmd {
     Load(LoadArgs),
     /// Run the side-by-side benchmark (direct, skiff, envoy, haproxy, nginx).
     Bench(skiff_perf::bench::BenchArgs),
+    /// The state API through one skiffd against Skiff's Redis driver called
+    /// directly (the floor), plus the SQLite default.
+    State(skiff_perf::state::StateArgs),
     /// Draw the percentile curves of a recorded `bench --json` file as SVG.
     Plot {
         json: PathBuf,
@@ -112,6 +115,11 @@ fn main() -> ExitCode {
         Cmd::Load(a) => on_task(&rt, load_cmd(a)),
         Cmd::Bench(a) => on_task(&rt, async move {
             skiff_perf::bench::run(a)
+                .await
+                .map_err(|e| format!("{e:#}"))
+        }),
+        Cmd::State(a) => on_task(&rt, async move {
+            skiff_perf::state::run(a)
                 .await
                 .map_err(|e| format!("{e:#}"))
         }),

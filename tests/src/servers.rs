@@ -157,6 +157,10 @@ pub struct Postgres {
     proc: Option<Proc>,
     pub port: u16,
     dir: std::path::PathBuf,
+    /// `-c ssl=on ...` when started with TLS.
+    extra: Vec<String>,
+    /// The CA that signed the server certificate (TLS only).
+    pub ca: Option<std::path::PathBuf>,
 }
 
 fn pg_bin(name: &str) -> std::path::PathBuf {
@@ -260,7 +264,49 @@ impl Postgres {
             proc: None,
             port: free_port(),
             dir,
+            extra: Vec::new(),
+            ca: None,
         };
+        pg.spawn();
+        pg
+    }
+
+    /// With TLS on: a CA and a server certificate for 127.0.0.1 made with
+    /// the openssl command (tests/system-packages installs it).
+    pub fn start_tls() -> Self {
+        let mut pg = Self::start();
+        pg.stop();
+        let d = pg.dir.join("data");
+        let sh = format!(
+            "set -e; cd {d}; \
+             openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=test-ca -keyout ca.key -out ca.pem; \
+             openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=127.0.0.1 -keyout server.key -out server.csr; \
+             printf 'subjectAltName=IP:127.0.0.1,DNS:localhost' > ext.cnf; \
+             openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -extfile ext.cnf -out server.crt; \
+             chmod 600 server.key",
+            d = d.display()
+        );
+        let out = Command::new("sh")
+            .args(["-c", &sh])
+            .output()
+            .expect("openssl");
+        assert!(
+            out.status.success(),
+            "making test certificates: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        chown_postgres(&d);
+        let ca = pg.dir.join("ca.pem");
+        std::fs::copy(d.join("ca.pem"), &ca).expect("copy ca");
+        pg.extra = [
+            "ssl=on",
+            "ssl_cert_file=server.crt",
+            "ssl_key_file=server.key",
+        ]
+        .iter()
+        .flat_map(|c| ["-c".to_owned(), (*c).to_owned()])
+        .collect();
+        pg.ca = Some(ca);
         pg.spawn();
         pg
     }
@@ -273,6 +319,7 @@ impl Postgres {
             .arg(self.dir.join("data"))
             .args(["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"])
             .args(["-p", &self.port.to_string()])
+            .args(&self.extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(crate::log_sink())
@@ -319,10 +366,15 @@ impl Postgres {
         self.spawn();
     }
 
-    /// A connection string for the `postgres` database.
+    /// A connection string for the `postgres` database, without TLS.
     pub fn url(&self) -> String {
+        self.url_with("sslmode=disable")
+    }
+
+    /// A connection string with `tls` settings (`sslmode=... sslrootcert=...`).
+    pub fn url_with(&self, tls: &str) -> String {
         format!(
-            "host=127.0.0.1 port={} user=postgres dbname=postgres sslmode=disable",
+            "host=127.0.0.1 port={} user=postgres dbname=postgres {tls}",
             self.port
         )
     }

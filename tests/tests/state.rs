@@ -766,6 +766,53 @@ async fn conformance_postgres() {
     );
 }
 
+/// TLS to PostgreSQL: verify-full against the CA works, `require`
+/// encrypts without verifying (libpq's meaning), a wrong CA is refused at
+/// start with one line naming the component.
+#[tokio::test]
+async fn postgres_over_tls() {
+    let pg = Postgres::start_tls();
+    let ca = pg.ca.clone().expect("ca").display().to_string();
+    for tls in [
+        format!("sslmode=verify-full sslrootcert={ca}"),
+        "sslmode=require".to_owned(),
+    ] {
+        let w = World::new();
+        let url = pg.url_with(&tls);
+        let y = component("pg", "state.postgresql", &[("connectionString", url)])
+            .replace("version: v1", "version: v2");
+        let s = sidecar_with(&w, "app", &y);
+        let c = http_client();
+        let u = format!("{}/v1.0/state/pg", s.http());
+        let r = call(&c, "POST", &u, r#"[{"key":"k","value":"tls"}]"#).await;
+        assert_eq!(r.status, 204, "{tls}: {}", r.text());
+        assert_eq!(
+            call(&c, "GET", &format!("{u}/k"), "").await.text(),
+            r#""tls""#
+        );
+        let encrypted = pg.psql(
+            "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) WHERE s.ssl AND a.application_name <> 'psql'",
+        );
+        assert_ne!(encrypted, "0", "{tls}: the sidecar's connections are TLS");
+    }
+    let w = World::new();
+    let bad = pg.url_with(&format!(
+        "sslmode=verify-full sslrootcert={}",
+        w.home.path().join("missing.pem").display()
+    ));
+    w.component(
+        "pg.yaml",
+        &component("pg", "state.postgresql", &[("connectionString", bad)])
+            .replace("version: v1", "version: v2"),
+    );
+    let err = w.skiffd_fails("app", &[]);
+    let last = err.lines().last().unwrap_or_default();
+    assert!(
+        last.contains("pg.yaml") && last.contains("sslrootcert"),
+        "{last}"
+    );
+}
+
 #[tokio::test]
 async fn postgres_restart_gives_errors_then_recovers() {
     let w = World::new();
