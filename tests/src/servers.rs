@@ -80,6 +80,71 @@ impl Redis {
         }
     }
 
+    /// TLS only (`--port 0 --tls-port`), clients not asked for certificates.
+    pub fn start_tls(dir: &Path, port: u16, cert: &str, key: &str, ca: &str) -> Self {
+        std::fs::create_dir_all(dir).expect("redis dir");
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                "0",
+                "--tls-port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+            ])
+            .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+            .args([
+                "--tls-cert-file",
+                cert,
+                "--tls-key-file",
+                key,
+                "--tls-ca-cert-file",
+                ca,
+            ])
+            .args(["--tls-auth-clients", "no"])
+            .arg("--dir")
+            .arg(dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn redis-server");
+        let proc = Proc {
+            child,
+            name: format!("redis-tls:{port}"),
+        };
+        let end = Instant::now() + Duration::from_secs(10);
+        loop {
+            let ok = Command::new("redis-cli")
+                .args([
+                    "--tls",
+                    "--insecure",
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &port.to_string(),
+                    "ping",
+                ])
+                .stdin(Stdio::null())
+                .stderr(Stdio::null())
+                .output()
+                .is_ok_and(|o| o.stdout.starts_with(b"PONG"));
+            if ok {
+                break;
+            }
+            assert!(
+                Instant::now() < end,
+                "redis over TLS on {port} did not answer PING"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self {
+            proc,
+            port,
+            password: None,
+        }
+    }
+
     pub fn addr(&self) -> String {
         format!("127.0.0.1:{}", self.port)
     }
@@ -206,6 +271,30 @@ fn chown_postgres(p: &Path) {
     }
 }
 
+/// A test CA (`ca.pem`) and a server certificate for 127.0.0.1 and
+/// localhost (`server.crt`, `server.key`, mode 0600) in `dir`, made with
+/// the openssl command (tests/system-packages installs it).
+pub fn make_certs(dir: &Path) {
+    let sh = format!(
+        "set -e; cd '{d}'; \
+         openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=test-ca -keyout ca.key -out ca.pem; \
+         openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=127.0.0.1 -keyout server.key -out server.csr; \
+         printf 'subjectAltName=IP:127.0.0.1,DNS:localhost' > ext.cnf; \
+         openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -extfile ext.cnf -out server.crt; \
+         chmod 600 server.key",
+        d = dir.display()
+    );
+    let out = Command::new("sh")
+        .args(["-c", &sh])
+        .output()
+        .expect("openssl");
+    assert!(
+        out.status.success(),
+        "making test certificates: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// The initdb'd cluster every server copies (made once, atomically).
 fn pg_template() -> std::path::PathBuf {
     use std::os::unix::fs::PermissionsExt;
@@ -271,30 +360,12 @@ impl Postgres {
         pg
     }
 
-    /// With TLS on: a CA and a server certificate for 127.0.0.1 made with
-    /// the openssl command (tests/system-packages installs it).
+    /// With TLS on, with a certificate from [`make_certs`].
     pub fn start_tls() -> Self {
         let mut pg = Self::start();
         pg.stop();
         let d = pg.dir.join("data");
-        let sh = format!(
-            "set -e; cd {d}; \
-             openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=test-ca -keyout ca.key -out ca.pem; \
-             openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=127.0.0.1 -keyout server.key -out server.csr; \
-             printf 'subjectAltName=IP:127.0.0.1,DNS:localhost' > ext.cnf; \
-             openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -extfile ext.cnf -out server.crt; \
-             chmod 600 server.key",
-            d = d.display()
-        );
-        let out = Command::new("sh")
-            .args(["-c", &sh])
-            .output()
-            .expect("openssl");
-        assert!(
-            out.status.success(),
-            "making test certificates: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        make_certs(&d);
         chown_postgres(&d);
         let ca = pg.dir.join("ca.pem");
         std::fs::copy(d.join("ca.pem"), &ca).expect("copy ca");

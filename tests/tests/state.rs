@@ -13,7 +13,7 @@ use skiff_proto::runtime::{
     DeleteBulkStateRequest, ExecuteStateTransactionRequest, GetBulkStateRequest, GetStateRequest,
     SaveStateRequest, TransactionalStateOperation,
 };
-use skiff_tests::servers::{Postgres, Redis, RedisCluster};
+use skiff_tests::servers::{Postgres, Redis, RedisCluster, make_certs};
 use skiff_tests::*;
 
 /// What a driver can do, where drivers legitimately differ.
@@ -810,6 +810,59 @@ async fn postgres_over_tls() {
     assert!(
         last.contains("pg.yaml") && last.contains("sslrootcert"),
         "{last}"
+    );
+}
+
+/// `enableTLS` to a Redis that only speaks TLS (with
+/// `insecureSkipTLSVerify`, as Dapr's metadata has no CA option: verified
+/// connections use the system's roots); without TLS the start is refused.
+#[tokio::test]
+async fn redis_over_tls() {
+    let w = World::new();
+    let dir = w.home.path().join("redis-tls");
+    std::fs::create_dir_all(&dir).expect("dir");
+    make_certs(&dir);
+    let port = free_port();
+    let f = |n: &str| dir.join(n).display().to_string();
+    let (cert, key, ca) = (f("server.crt"), f("server.key"), f("ca.pem"));
+    let _r = Redis::start_tls(&dir, port, &cert, &key, &ca);
+    let tls = component(
+        "red",
+        "state.redis",
+        &[
+            ("redisHost", format!("127.0.0.1:{port}")),
+            ("enableTLS", "true".into()),
+            ("insecureSkipTLSVerify", "true".into()),
+        ],
+    );
+    let s = sidecar_with(&w, "app", &tls);
+    let c = http_client();
+    let u = format!("{}/v1.0/state/red", s.http());
+    let r = call(&c, "POST", &u, r#"[{"key":"k","value":"over tls"}]"#).await;
+    assert_eq!(r.status, 204, "{}", r.text());
+    assert_eq!(
+        call(&c, "GET", &format!("{u}/k"), "").await.text(),
+        r#""over tls""#
+    );
+    drop(s);
+    let w2 = World::new();
+    w2.component(
+        "red.yaml",
+        &component(
+            "red",
+            "state.redis",
+            &[
+                ("redisHost", format!("127.0.0.1:{port}")),
+                ("dialTimeout", "500ms".into()),
+                ("readTimeout", "500ms".into()),
+            ],
+        )
+        .replace("  metadata:\n", "  initTimeout: 3s\n  metadata:\n"),
+    );
+    let err = w2.skiffd_fails("app", &[]);
+    assert!(
+        err.lines().last().unwrap_or_default().contains("red.yaml"),
+        "{err}"
     );
 }
 
