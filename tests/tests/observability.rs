@@ -765,3 +765,62 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+/// A state call is a span of the caller's trace (named as daprd names
+/// it, with the store as `db.name`), over HTTP and gRPC alike.
+#[tokio::test]
+async fn state_calls_are_spans_of_the_callers_trace() {
+    let (addr, rx) = grpc_collector().await;
+    let w = World::new();
+    w.component(
+        "mem.yaml",
+        "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: mem\nspec:\n  type: state.in-memory\n  version: v1\n  metadata: []\n",
+    );
+    let cfg = tracing_config(&w, "traced", "1", &addr.to_string(), "grpc");
+    let s = w.sidecar(
+        "app",
+        SidecarOpts {
+            args: vec!["--config".into(), cfg],
+            ..SidecarOpts::default()
+        },
+    );
+    let (trace, parent) = ("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7");
+    let traceparent = format!("00-{trace}-{parent}-01");
+    let c = http_client();
+    let mut save = request(
+        "POST",
+        &format!("{}/v1.0/state/mem", s.http()),
+        r#"[{"key":"k","value":1}]"#,
+    );
+    save.headers_mut()
+        .insert("traceparent", traceparent.parse().expect("header"));
+    assert_eq!(send(&c, save).await.status, 204);
+    let mut grpc = skiff_proto::runtime::dapr_client::DaprClient::new(s.grpc_channel().await);
+    let mut get = tonic::Request::new(skiff_proto::runtime::GetStateRequest {
+        store_name: "mem".into(),
+        key: "k".into(),
+        ..Default::default()
+    });
+    get.metadata_mut()
+        .insert("traceparent", traceparent.parse().expect("metadata"));
+    let got = grpc.get_state(get).await.expect("GetState").into_inner();
+    assert_eq!(&got.data[..], b"1");
+    let spans = rx.wait(&unhex(trace), 2).await;
+    let mut names: Vec<&str> = spans.iter().map(|s| s.name.as_str()).collect();
+    names.sort_unstable();
+    assert_eq!(names, ["GetState", "SaveState"]);
+    for sp in &spans {
+        assert_eq!(hex(&sp.parent_span_id), parent, "{}", sp.name);
+        let db = sp
+            .attributes
+            .iter()
+            .find(|a| a.key == "db.name")
+            .and_then(|a| a.value.as_ref())
+            .and_then(|v| v.value.as_ref());
+        assert!(
+            matches!(db, Some(opentelemetry_proto::tonic::common::v1::any_value::Value::StringValue(v)) if v == "mem"),
+            "{}: {db:?}",
+            sp.name
+        );
+    }
+}
