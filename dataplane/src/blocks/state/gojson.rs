@@ -45,24 +45,48 @@ fn write(v: &Value, out: &mut String) {
     }
 }
 
+/// A JSON string as Go's encoder writes it. Runs of characters that need
+/// no escape are copied whole (the common case: a value is one copy).
 fn string(s: &str, out: &mut String) {
+    out.reserve(s.len() + 2);
     out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            '<' => out.push_str("\\u003c"),
-            '>' => out.push_str("\\u003e"),
-            '&' => out.push_str("\\u0026"),
-            '\u{2028}' => out.push_str("\\u2028"),
-            '\u{2029}' => out.push_str("\\u2029"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
+    let b = s.as_bytes();
+    let mut run = 0;
+    let mut i = 0;
+    while i < b.len() {
+        let esc: Option<&str> = match b[i] {
+            b'"' => Some("\\\""),
+            b'\\' => Some("\\\\"),
+            b'\n' => Some("\\n"),
+            b'\r' => Some("\\r"),
+            b'\t' => Some("\\t"),
+            b'<' => Some("\\u003c"),
+            b'>' => Some("\\u003e"),
+            b'&' => Some("\\u0026"),
+            // U+2028 / U+2029 (E2 80 A8 / A9): Go escapes them for JavaScript.
+            0xE2 if b.get(i + 1) == Some(&0x80) && matches!(b.get(i + 2), Some(0xA8 | 0xA9)) => {
+                Some(if b[i + 2] == 0xA8 { "\\u2028" } else { "\\u2029" })
+            }
+            c if c < 0x20 => None,
+            _ => {
+                i += 1;
+                continue;
+            }
+        };
+        // Every break is at an ASCII byte or the start of U+2028/9: a
+        // char boundary.
+        out.push_str(&s[run..i]);
+        match esc {
+            Some(e) => out.push_str(e),
+            None => {
+                use std::fmt::Write;
+                let _ = write!(out, "\\u{:04x}", b[i]);
+            }
         }
+        i += if b[i] == 0xE2 { 3 } else { 1 };
+        run = i;
     }
+    out.push_str(&s[run..]);
     out.push('"');
 }
 
@@ -108,6 +132,11 @@ mod tests {
         assert_eq!(enc("1e21"), "1e+21");
         assert_eq!(enc("0.0000001"), "1e-07");
         assert_eq!(enc(r#""<a&b>""#), r#""\u003ca\u0026b\u003e""#);
+        assert_eq!(
+            enc(r#""é\u2028x\u2029\u0001\"q\\ \n\t✓""#),
+            r#""é\u2028x\u2029\u0001\"q\\ \n\t✓""#
+        );
+        assert_eq!(enc(r#""""#), r#""""#);
         assert_eq!(enc("-0.5"), "-0.5");
         assert_eq!(enc("100"), "100");
     }
