@@ -65,7 +65,11 @@ fn string(s: &str, out: &mut String) {
             b'&' => Some("\\u0026"),
             // U+2028 / U+2029 (E2 80 A8 / A9): Go escapes them for JavaScript.
             0xE2 if b.get(i + 1) == Some(&0x80) && matches!(b.get(i + 2), Some(0xA8 | 0xA9)) => {
-                Some(if b[i + 2] == 0xA8 { "\\u2028" } else { "\\u2029" })
+                Some(if b[i + 2] == 0xA8 {
+                    "\\u2028"
+                } else {
+                    "\\u2029"
+                })
             }
             c if c < 0x20 => None,
             _ => {
