@@ -68,15 +68,12 @@ where
 }
 
 fn executed(p: &ComponentPolicy) {
-    let Some(m) = metrics::get() else { return };
-    for (on, kind) in [
-        (p.timeout.is_some(), PolicyKind::Timeout),
-        (p.retry.is_some(), PolicyKind::Retry),
-        (p.breaker.is_some(), PolicyKind::CircuitBreaker),
-    ] {
-        if on {
-            m.resiliency_executed(&p.document, &p.label, kind);
-        }
+    if let Some(m) = metrics::get() {
+        m.policy_applied(
+            &p.document,
+            &p.label,
+            [p.timeout.is_some(), p.retry.is_some(), p.breaker.is_some()],
+        );
     }
 }
 

@@ -406,15 +406,11 @@ impl Plan {
         let Self::Policy(p) = self else { return };
         p.budget.deposit();
         if let Some(m) = metrics::get() {
-            for (on, kind) in [
-                (p.timeout.is_some(), PolicyKind::Timeout),
-                (p.retry.is_some(), PolicyKind::Retry),
-                (p.breaker.is_some(), PolicyKind::CircuitBreaker),
-            ] {
-                if on {
-                    m.resiliency_executed(&p.document, &p.label, kind);
-                }
-            }
+            m.policy_applied(
+                &p.document,
+                &p.label,
+                [p.timeout.is_some(), p.retry.is_some(), p.breaker.is_some()],
+            );
         }
     }
 

@@ -343,6 +343,20 @@ impl Metrics {
         });
     }
 
+    /// A call that a policy with these parts (timeout, retry, breaker)
+    /// applies to: one `resiliency_count` per part it has.
+    pub fn policy_applied(&self, name: &str, target: &str, parts: [bool; 3]) {
+        for (on, kind) in parts.into_iter().zip([
+            PolicyKind::Timeout,
+            PolicyKind::Retry,
+            PolicyKind::CircuitBreaker,
+        ]) {
+            if on {
+                self.resiliency_executed(name, target, kind);
+            }
+        }
+    }
+
     /// A timeout that fired or a retry that was sent.
     pub fn resiliency_activated(&self, name: &str, target: &str, kind: PolicyKind) {
         self.resiliency.with(target, |t| {
