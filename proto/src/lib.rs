@@ -53,6 +53,12 @@ pub mod paths {
     pub const INVOKE_SERVICE: &str = "/dapr.proto.runtime.v1.Dapr/InvokeService";
     pub const DAPR_SERVICE_PREFIX: &str = "/dapr.proto.runtime.v1.Dapr/";
     pub const ON_INVOKE: &str = "/dapr.proto.runtime.v1.AppCallback/OnInvoke";
+    pub const LIST_TOPIC_SUBSCRIPTIONS: &str =
+        "/dapr.proto.runtime.v1.AppCallback/ListTopicSubscriptions";
+    pub const ON_TOPIC_EVENT: &str = "/dapr.proto.runtime.v1.AppCallback/OnTopicEvent";
+    pub const ON_BULK_TOPIC_EVENT: &str = "/dapr.proto.runtime.v1.AppCallback/OnBulkTopicEvent";
+    pub const ON_BULK_TOPIC_EVENT_ALPHA1: &str =
+        "/dapr.proto.runtime.v1.AppCallbackAlpha/OnBulkTopicEventAlpha1";
     pub const SIGN_CERTIFICATE: &str = "/dapr.proto.sentry.v1.CA/SignCertificate";
     pub const APP_HEALTH_CHECK: &str = "/dapr.proto.runtime.v1.AppCallbackHealthCheck/HealthCheck";
 }

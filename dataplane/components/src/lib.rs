@@ -1,5 +1,6 @@
 //! Skiff's component drivers: one object-safe trait per building block
-//! ([`state::StateStore`], [`secrets::SecretStore`]), the drivers behind
+//! ([`state::StateStore`], [`secrets::SecretStore`], [`pubsub::PubSub`]),
+//! the drivers behind
 //! them, and the [`registry`] from Dapr's type names (`state.redis`,
 //! `secretstores.local.file`, ...) to constructors.
 //!
@@ -16,6 +17,9 @@
 //! value encoding, error codes) and call these traits with plain values.
 
 pub mod metadata;
+pub mod pubsub;
+#[cfg(any(feature = "state-redis", feature = "pubsub-redis"))]
+pub mod redisconn;
 pub mod registry;
 pub mod secrets;
 pub mod state;

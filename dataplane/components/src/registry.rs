@@ -7,6 +7,7 @@
 use std::sync::Arc;
 
 use crate::Properties;
+use crate::pubsub::PubSub;
 use crate::secrets::SecretStore;
 use crate::state::StateStore;
 
@@ -15,6 +16,7 @@ use crate::state::StateStore;
 pub enum Component {
     State(Arc<dyn StateStore>),
     Secrets(Arc<dyn SecretStore>),
+    PubSub(Arc<dyn PubSub>),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -82,6 +84,24 @@ const TABLE: &[Entry] = &[
         versions: &["v1"],
         feature: "secretstores-local",
         built: cfg!(feature = "secretstores-local"),
+    },
+    Entry {
+        type_name: "pubsub.in-memory",
+        versions: &["v1"],
+        feature: "pubsub-memory",
+        built: cfg!(feature = "pubsub-memory"),
+    },
+    Entry {
+        type_name: "pubsub.skiff.sqlite",
+        versions: &["v1"],
+        feature: "pubsub-sqlite",
+        built: cfg!(feature = "pubsub-sqlite"),
+    },
+    Entry {
+        type_name: "pubsub.redis",
+        versions: &["v1"],
+        feature: "pubsub-redis",
+        built: cfg!(feature = "pubsub-redis"),
     },
 ];
 
@@ -168,6 +188,27 @@ pub async fn open(
         "secretstores.local.env" => Ok(Component::Secrets(crate::secrets::local::EnvStore::open(
             meta,
         ))),
+        #[cfg(feature = "pubsub-memory")]
+        "pubsub.in-memory" => Ok(Component::PubSub(
+            crate::pubsub::memory::MemoryPubSub::open(meta),
+        )),
+        #[cfg(feature = "pubsub-sqlite")]
+        "pubsub.skiff.sqlite" => {
+            let meta = meta.clone();
+            let ps = tokio::task::spawn_blocking(move || {
+                crate::pubsub::sqlite::SqlitePubSub::open(&meta)
+            })
+            .await
+            .map_err(|e| driver(&e))?
+            .map_err(|e| driver(&e))?;
+            Ok(Component::PubSub(ps))
+        }
+        #[cfg(feature = "pubsub-redis")]
+        "pubsub.redis" => Ok(Component::PubSub(
+            crate::pubsub::redis::RedisPubSub::open(meta)
+                .await
+                .map_err(|e| driver(&e))?,
+        )),
         other => Err(OpenError::Unknown(other.to_owned())),
     }
 }
