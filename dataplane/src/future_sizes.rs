@@ -104,6 +104,7 @@ async fn per_call_futures_stay_small() {
         policies: policies.clone(),
         telemetry: serde_json::Value::Null,
         internal_address: addr,
+        subscriptions: crate::blocks::pubsub::deliver::Runner::new(invoker.tracer.clone()),
         extended: Default::default(),
     });
     let http = Arc::new(HttpApi {
@@ -127,6 +128,8 @@ async fn per_call_futures_stay_small() {
         invoker: invoker.clone(),
         door: door(),
         blocks: Default::default(),
+        runner: crate::blocks::pubsub::deliver::Runner::new(invoker.tracer.clone()),
+        grace: Duration::from_secs(1),
     }));
     at_most(
         "GrpcApi::handle",

@@ -252,6 +252,29 @@ struct Callback {
 
 #[tonic::async_trait]
 impl AppCallback for Callback {
+    // The echo app subscribes to nothing: Dapr reads Unimplemented as
+    // "no subscriptions" and as an ack.
+    async fn list_topic_subscriptions(
+        &self,
+        _: GrpcRequest<skiff_proto::google::protobuf::Empty>,
+    ) -> Result<GrpcResponse<skiff_proto::runtime::ListTopicSubscriptionsResponse>, Status> {
+        Err(Status::unimplemented("the echo app has no subscriptions"))
+    }
+
+    async fn on_topic_event(
+        &self,
+        _: GrpcRequest<skiff_proto::runtime::TopicEventRequest>,
+    ) -> Result<GrpcResponse<skiff_proto::runtime::TopicEventResponse>, Status> {
+        Err(Status::unimplemented("the echo app has no subscriptions"))
+    }
+
+    async fn on_bulk_topic_event(
+        &self,
+        _: GrpcRequest<skiff_proto::runtime::TopicEventBulkRequest>,
+    ) -> Result<GrpcResponse<skiff_proto::runtime::TopicEventBulkResponse>, Status> {
+        Err(Status::unimplemented("the echo app has no subscriptions"))
+    }
+
     async fn on_invoke(
         &self,
         req: GrpcRequest<InvokeRequest>,

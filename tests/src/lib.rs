@@ -4,6 +4,7 @@
 
 pub mod netns;
 pub mod servers;
+pub mod subscriber;
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
@@ -635,4 +636,18 @@ pub fn request(method: &str, url: &str, body: impl Into<Bytes>) -> http::Request
         .uri(url)
         .body(Full::new(body.into()))
         .expect("request")
+}
+
+/// A `kind: Component` document of type `ty` with plain metadata.
+pub fn component_yaml(name: &str, ty: &str, meta: &[(&str, String)]) -> String {
+    let mut y = format!(
+        "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: {name}\nspec:\n  type: {ty}\n  version: v1\n  metadata:\n"
+    );
+    for (k, v) in meta {
+        y.push_str(&format!("  - name: {k}\n    value: \"{v}\"\n"));
+    }
+    if meta.is_empty() {
+        y = y.replace("  metadata:\n", "  metadata: []\n");
+    }
+    y
 }

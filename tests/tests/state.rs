@@ -54,16 +54,7 @@ fn postgres_component(name: &str, pg: &Postgres, extra: &[(&str, String)]) -> St
 }
 
 fn component(name: &str, ty: &str, meta: &[(&str, String)]) -> String {
-    let mut y = format!(
-        "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: {name}\nspec:\n  type: {ty}\n  version: v1\n  metadata:\n"
-    );
-    for (k, v) in meta {
-        y.push_str(&format!("  - name: {k}\n    value: \"{v}\"\n"));
-    }
-    if meta.is_empty() {
-        y = y.replace("  metadata:\n", "  metadata: []\n");
-    }
-    y
+    component_yaml(name, ty, meta)
 }
 
 async fn call(c: &HttpClient, verb: &str, url: &str, body: impl Into<bytes::Bytes>) -> Resp {

@@ -14,7 +14,7 @@ use skiff_proto::runtime::dapr_server::{Dapr, DaprServer};
 use tonic::Code;
 use tonic::codegen::Service;
 
-use crate::blocks::{self, Blocks, Rpc, secrets, state};
+use crate::blocks::{self, Blocks, Rpc, pubsub, secrets, state};
 use crate::errors::{self, grpc_code_from_http};
 use crate::headers::{
     self, DAPR_APP_ID, GRPC_TIMEOUT, SKIFF_GRPC_MESSAGE, SKIFF_GRPC_STATUS, SKIFF_TYPE_URL,
@@ -31,6 +31,10 @@ use skiff_proto::runtime as pb;
 pub struct GrpcContext {
     pub invoker: Arc<Invoker>,
     pub blocks: Arc<Blocks>,
+    /// Streaming subscriptions run on the sidecar's subscription loops.
+    pub runner: Arc<crate::blocks::pubsub::deliver::Runner>,
+    /// `--dapr-graceful-shutdown-seconds`, for streaming subscriptions.
+    pub grace: Duration,
     pub door: super::Door,
 }
 
@@ -221,6 +225,51 @@ impl DaprApi {
 
 #[tonic::async_trait]
 impl Dapr for DaprApi {
+    type SubscribeTopicEventsAlpha1Stream = pubsub::grpc::EventStream;
+
+    async fn publish_event(
+        &self,
+        r: tonic::Request<pb::PublishEventRequest>,
+    ) -> Result<tonic::Response<Empty>, tonic::Status> {
+        let (md, _, msg) = r.into_parts();
+        let h = md.into_headers();
+        pubsub::grpc::publish(&self.cx.blocks.pubsub, &self.cx.invoker.tracer, &h, msg)
+            .await
+            .map(|()| tonic::Response::new(Empty {}))
+    }
+
+    async fn bulk_publish_event(
+        &self,
+        r: tonic::Request<pb::BulkPublishRequest>,
+    ) -> Result<tonic::Response<pb::BulkPublishResponse>, tonic::Status> {
+        let (md, _, msg) = r.into_parts();
+        let h = md.into_headers();
+        pubsub::grpc::publish_bulk(&self.cx.blocks.pubsub, &self.cx.invoker.tracer, &h, msg)
+            .await
+            .map(tonic::Response::new)
+    }
+
+    async fn bulk_publish_event_alpha1(
+        &self,
+        r: tonic::Request<pb::BulkPublishRequest>,
+    ) -> Result<tonic::Response<pb::BulkPublishResponse>, tonic::Status> {
+        self.bulk_publish_event(r).await
+    }
+
+    async fn subscribe_topic_events_alpha1(
+        &self,
+        r: tonic::Request<tonic::Streaming<pb::SubscribeTopicEventsRequestAlpha1>>,
+    ) -> Result<tonic::Response<Self::SubscribeTopicEventsAlpha1Stream>, tonic::Status> {
+        pubsub::grpc::subscribe_stream(
+            &self.cx.blocks.pubsub,
+            &self.cx.runner,
+            self.cx.grace,
+            r.into_inner(),
+        )
+        .await
+        .map(tonic::Response::new)
+    }
+
     async fn invoke_service(
         &self,
         request: tonic::Request<InvokeServiceRequest>,

@@ -237,6 +237,16 @@ impl HttpApi {
                 )
                 .await;
             }
+            Block::PubSub => {
+                return crate::blocks::pubsub::http::handle(
+                    &self.blocks.pubsub,
+                    &self.invoker.tracer,
+                    req,
+                    rest,
+                    self.door.max_body_size,
+                )
+                .await;
+            }
             _ => {}
         }
         let name = rest.split('/').next().unwrap_or_default();

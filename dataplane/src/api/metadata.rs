@@ -32,6 +32,8 @@ pub struct Metadata {
     /// What metrics and tracing are set to, built at start.
     pub telemetry: Value,
     pub internal_address: SocketAddr,
+    /// The subscription loops (`subscriptions[]`).
+    pub subscriptions: Arc<crate::blocks::pubsub::deliver::Runner>,
     /// Attributes set with `PUT /v1.0/metadata/{key}` (cold path).
     pub extended: Mutex<BTreeMap<String, String>>,
 }
@@ -54,7 +56,7 @@ impl Metadata {
             "enabledFeatures": [],
             "actors": [],
             "components": self.components,
-            "subscriptions": [],
+            "subscriptions": self.subscriptions.describe(),
             "httpEndpoints": [],
             "appConnectionProperties": self.app_properties.describe(self.app.as_deref()),
             "extended": extended,

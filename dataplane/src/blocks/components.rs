@@ -18,6 +18,7 @@ use skiff_components::Properties;
 use skiff_components::registry::{self, Component};
 
 use super::Blocks;
+use super::pubsub::{self, PubSubBlock};
 use super::secrets::SecretsBlock;
 use super::state::guarded::Guarded;
 use super::state::{StateBlock, Store, key_prefix};
@@ -41,7 +42,10 @@ pub enum LoadError {
 
 /// The blocks a component type belongs to that this skiffd serves.
 fn served(type_name: &str) -> bool {
-    matches!(registry::block_of(type_name), "state" | "secretstores")
+    matches!(
+        registry::block_of(type_name),
+        "state" | "secretstores" | "pubsub"
+    )
 }
 
 /// What was loaded, and the `components` list `/v1.0/metadata` reports.
@@ -58,6 +62,7 @@ pub async fn load(
     app_id: &str,
     namespace: &str,
     resiliency: &Resiliency,
+    home: &std::path::Path,
 ) -> Result<Loaded, LoadError> {
     let mut specs = Vec::new();
     let mut names = HashSet::new();
@@ -72,6 +77,7 @@ pub async fn load(
     specs.sort_by_key(|s| registry::block_of(&s.type_name) != "secretstores");
 
     let mut state = StateBlock::new(app_id);
+    let mut pubsub = PubSubBlock::new(app_id);
     let mut secrets = SecretsBlock::new(secret_scopes(docs.configuration.as_ref())?);
     let mut report = Vec::new();
     let mut actor_store: Option<String> = None;
@@ -82,7 +88,7 @@ pub async fn load(
                 registry::block_of(&spec.type_name));
             continue;
         }
-        match open(&spec, &secrets, app_id, namespace).await {
+        match open(&spec, &secrets, home).await {
             Ok((Component::State(driver), meta)) => {
                 let prefix = key_prefix(&meta, &spec.name, app_id, Some(namespace))
                     .map_err(|why| fail(&spec, why))?;
@@ -112,6 +118,13 @@ pub async fn load(
                     ops: metrics::registry().state_component(&spec.name),
                 });
             }
+            Ok((Component::PubSub(driver), meta)) => {
+                let c = pubsub_component(&spec, driver, &meta, app_id, namespace, resiliency)
+                    .map_err(|why| fail(&spec, why))?;
+                report.push(describe(&spec, c.features.names()));
+                announce(&spec);
+                pubsub.add(c);
+            }
             Ok((Component::Secrets(driver), _)) => {
                 report.push(describe(&spec, driver.features()));
                 announce(&spec);
@@ -126,7 +139,11 @@ pub async fn load(
         }
     }
     Ok(Loaded {
-        blocks: Blocks { state, secrets },
+        blocks: Blocks {
+            state,
+            secrets,
+            pubsub,
+        },
         report,
     })
 }
@@ -164,11 +181,19 @@ fn describe(spec: &ComponentSpec, capabilities: Vec<&'static str>) -> Value {
 async fn open(
     spec: &ComponentSpec,
     secrets: &SecretsBlock,
-    app_id: &str,
-    namespace: &str,
+    home: &std::path::Path,
 ) -> Result<(Component, Properties), String> {
-    let meta = resolve(spec, secrets).await?;
-    let _ = (app_id, namespace);
+    let mut meta = resolve(spec, secrets).await?;
+    // The embedded broker lives in $SKIFF_HOME unless told otherwise, so
+    // every sidecar of the machine finds the same file.
+    if spec.type_name == "pubsub.skiff.sqlite"
+        && meta.get_any(&["connectionString", "url"]).is_none()
+    {
+        meta.insert(
+            "connectionString",
+            home.join(PUBSUB_DB).display().to_string(),
+        );
+    }
     let opening = registry::open(&spec.type_name, &spec.version, &meta);
     match tokio::time::timeout(spec.init_timeout, opening).await {
         Ok(Ok(c)) => Ok((c, meta)),
@@ -178,6 +203,67 @@ async fn open(
             humanize(spec.init_timeout)
         )),
     }
+}
+
+/// The embedded broker's file in `$SKIFF_HOME`.
+pub const PUBSUB_DB: &str = "pubsub.db";
+
+/// A pub/sub driver with its Dapr semantics: scopes, consumer group,
+/// limits and policies.
+fn pubsub_component(
+    spec: &ComponentSpec,
+    driver: std::sync::Arc<dyn skiff_components::pubsub::PubSub>,
+    meta: &Properties,
+    app_id: &str,
+    namespace: &str,
+    resiliency: &Resiliency,
+) -> Result<pubsub::Component, String> {
+    let raw_id = meta.get("consumerID").unwrap_or(app_id);
+    let namespaced = raw_id.contains("{namespace}");
+    let consumer_id = raw_id
+        .replace("{appID}", app_id)
+        .replace("{namespace}", &format!("{namespace}.{app_id}"))
+        .replace(
+            "{podName}",
+            &std::env::var("POD_NAME").unwrap_or_else(|_| app_id.to_owned()),
+        )
+        .replace("{uuid}", &skiff_components::util::uuid_v4());
+    let concurrency = match meta.get("concurrency").map(str::trim) {
+        None | Some("") => pubsub::DEFAULT_CONCURRENCY,
+        Some(v) => v
+            .parse::<usize>()
+            .ok()
+            .filter(|n| *n > 0)
+            .ok_or_else(|| format!("metadata concurrency: {v:?} is not a positive number"))?,
+    };
+    let claim = match meta.get("processingTimeout").map(str::trim) {
+        None | Some("") => pubsub::DEFAULT_CLAIM,
+        Some(v) => match v.parse::<u64>() {
+            Ok(0) => pubsub::DEFAULT_CLAIM,
+            Ok(ms) => Duration::from_millis(ms),
+            Err(_) => skiff_components::util::parse_duration(v)
+                .ok_or_else(|| format!("metadata processingTimeout: {v:?} is not a duration"))?,
+        },
+    };
+    Ok(pubsub::Component {
+        name: spec.name.clone(),
+        app_id: app_id.to_owned(),
+        type_name: spec.type_name.clone(),
+        features: driver.features(),
+        driver,
+        scopes: pubsub::scopes::Scopes::from_metadata(meta, app_id),
+        consumer_id,
+        topic_prefix: if namespaced {
+            namespace.to_owned()
+        } else {
+            String::new()
+        },
+        concurrency,
+        claim,
+        outbound: resiliency.component_outbound(&spec.name, "Pubsub"),
+        inbound: resiliency.component_inbound(&spec.name, "Pubsub"),
+        series: metrics::registry().pubsub_component(&spec.name),
+    })
 }
 
 fn humanize(d: Duration) -> String {

@@ -4,7 +4,8 @@
 //! its thin HTTP and gRPC adapters; the drivers live in the components
 //! crate).
 //!
-//! State and secrets are served ([`Blocks`], loaded by [`components`]).
+//! State, secrets and pub/sub are served ([`Blocks`], loaded by
+//! [`components`]).
 //! Until the other blocks arrive, their APIs answer exactly what daprd
 //! answers when none is configured ([`Block::not_configured`]), on both
 //! front doors, and every other RPC of Dapr's runtime service that Skiff
@@ -12,6 +13,7 @@
 
 pub mod components;
 pub mod outbound;
+pub mod pubsub;
 pub mod secrets;
 pub mod state;
 
@@ -20,6 +22,7 @@ pub mod state;
 pub struct Blocks {
     pub state: state::StateBlock,
     pub secrets: secrets::SecretsBlock,
+    pub pubsub: pubsub::PubSubBlock,
 }
 
 use http::{HeaderMap, StatusCode};
@@ -167,10 +170,10 @@ const RPCS: &[(&str, Rpc)] = &[
     ("DeleteState", Rpc::Served),
     ("DeleteBulkState", Rpc::Served),
     ("ExecuteStateTransaction", Rpc::Served),
-    ("PublishEvent", Rpc::Block(Block::PubSub)),
-    ("BulkPublishEventAlpha1", Rpc::Block(Block::PubSub)),
-    ("BulkPublishEvent", Rpc::Block(Block::PubSub)),
-    ("SubscribeTopicEventsAlpha1", Rpc::Block(Block::PubSub)),
+    ("PublishEvent", Rpc::Served),
+    ("BulkPublishEventAlpha1", Rpc::Served),
+    ("BulkPublishEvent", Rpc::Served),
+    ("SubscribeTopicEventsAlpha1", Rpc::Served),
     ("InvokeBinding", Rpc::Block(Block::Bindings)),
     ("GetSecret", Rpc::Served),
     ("GetBulkSecret", Rpc::Served),

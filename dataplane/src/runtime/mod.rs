@@ -30,6 +30,8 @@ use crate::api::health::Health;
 use crate::api::http::HttpApi;
 use crate::api::metadata::Metadata;
 use crate::appchannel::{AppChannel, Properties, health};
+use crate::blocks::pubsub::deliver::{self, Runner};
+use crate::blocks::pubsub::subscriptions;
 use crate::blocks::{Blocks, components};
 use crate::config::{Documents, Mode, MtlsSettings, Settings, load_documents};
 use crate::identity::{self, Source, WorkloadIdentity};
@@ -77,6 +79,8 @@ pub enum StartError {
     Export(#[from] crate::telemetry::otlp::ExportError),
     #[error(transparent)]
     Components(#[from] crate::blocks::components::LoadError),
+    #[error("{0}")]
+    Subscription(String),
     #[error("app id or namespace is not a valid header value: {0}")]
     Header(#[source] http::header::InvalidHeaderValue),
 }
@@ -100,6 +104,7 @@ struct Listeners {
 struct Parts {
     components: Vec<serde_json::Value>,
     blocks: Arc<Blocks>,
+    runner: Arc<Runner>,
     app: Option<Arc<AppChannel>>,
     lifecycle: Arc<Lifecycle>,
     invoker: Arc<Invoker>,
@@ -131,6 +136,7 @@ fn contexts(s: &Settings, p: Parts) -> (Arc<HttpApi>, GrpcApi, Arc<Inbound>) {
         policies: p.policies.clone(),
         telemetry: p.telemetry,
         internal_address: p.internal_addr,
+        subscriptions: p.runner.clone(),
         extended: Default::default(),
     });
     let http_api = Arc::new(HttpApi {
@@ -148,6 +154,8 @@ fn contexts(s: &Settings, p: Parts) -> (Arc<HttpApi>, GrpcApi, Arc<Inbound>) {
     let grpc_api = GrpcApi::new(Arc::new(GrpcContext {
         invoker: p.invoker,
         blocks: p.blocks,
+        runner: p.runner,
+        grace: s.graceful_shutdown,
         door,
     }));
     let inbound = Arc::new(Inbound {
@@ -179,12 +187,17 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         &settings.app_id,
         &settings.namespace,
         &policies.load().resiliency,
+        &settings.skiff_home,
     )
     .await
     .map_err(StartError::from)?;
+    let declared = subscriptions::declarative(&docs.resources, &settings.app_id)
+        .map_err(|e| StartError::Subscription(e.0))?;
+    let runner = Runner::new(tracer.clone());
     let parts = Parts {
         components: loaded.report,
         blocks: Arc::new(loaded.blocks),
+        runner: runner.clone(),
         app: AppChannel::new(&settings).map(Arc::new),
         lifecycle: Arc::new(Lifecycle::new(identity.clone())),
         invoker,
@@ -201,6 +214,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         &parts.policies,
     );
     let (app, lifecycle) = (parts.app.clone(), parts.lifecycle.clone());
+    let blocks = parts.blocks.clone();
     let (http_api, grpc_api, inbound) = contexts(&settings, parts);
     let internal_addr = listeners.internal_addr;
     let drain = serve(&settings, listeners, &identity, http_api, grpc_api, inbound);
@@ -209,6 +223,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         _ => None,
     };
     register(&settings, &resolver, &identity, &lifecycle, internal_addr).await?;
+    start_subscriptions(&settings, &runner, &blocks, app.as_ref(), declared);
     tracing::info!(
         app_id = %settings.app_id,
         namespace = %settings.namespace,
@@ -224,8 +239,40 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     if let Some(p) = probe {
         p.abort();
     }
-    drain_and_stop(&resolver, drain, settings.graceful_shutdown).await;
+    // Deliveries and API calls drain together, each within the grace.
+    tokio::join!(
+        runner.shutdown(),
+        drain_and_stop(&resolver, drain, settings.graceful_shutdown)
+    );
     Ok(())
+}
+
+/// Subscriptions start once the app's port answers (in the background);
+/// without an app, declarative ones have nowhere to go.
+fn start_subscriptions(
+    s: &Settings,
+    runner: &Arc<Runner>,
+    blocks: &Arc<Blocks>,
+    app: Option<&Arc<AppChannel>>,
+    declared: Vec<subscriptions::Sub>,
+) {
+    if blocks.pubsub.components().is_empty() {
+        return;
+    }
+    let Some(app) = app else {
+        for d in &declared {
+            tracing::warn!(pubsub = %d.pubsub, topic = %d.topic,
+                "subscription left out: the sidecar has no app (--app-port) to deliver to");
+        }
+        return;
+    };
+    tokio::spawn(deliver::subscribe_app(
+        runner.clone(),
+        blocks.clone(),
+        app.clone(),
+        declared,
+        s.graceful_shutdown,
+    ));
 }
 
 /// Leaves the resolver, then lets the calls in flight finish, for up to

@@ -20,7 +20,7 @@ use std::time::Duration;
 use http::Method;
 use skiff_sentry::spiffe::SpiffeId;
 
-use super::registry::{Counter, Encoder, Family, Histogram, Timed, labels};
+use super::registry::{Counter, Encoder, Family, Gauge, Histogram, Timed, labels};
 
 /// A value computed at scrape time.
 pub type Collector = Box<dyn Fn(&mut Encoder) + Send + Sync>;
@@ -148,6 +148,41 @@ impl ComponentOps {
     }
 }
 
+/// Delivery outcomes (Dapr's `process_status` label), in
+/// [`PubSubTopic::ingress`] index order.
+pub const PUBSUB_OUTCOMES: [&str; 3] = ["success", "retry", "drop"];
+
+/// One topic of one pub/sub component: deliveries to the app by outcome
+/// (`dapr_component_pubsub_ingress_*`), publishes by success
+/// (`dapr_component_pubsub_egress_*`), and Skiff's gauges of messages
+/// being delivered and waiting to be retried.
+#[derive(Default)]
+pub struct PubSubTopic {
+    pub ingress: [Timed; 3],
+    pub egress: [Timed; 2],
+    pub in_flight: Gauge,
+    pub retry_wait: Gauge,
+}
+
+/// A pub/sub component's topics.
+pub struct PubSubComponent {
+    topics: Family<String, Arc<PubSubTopic>>,
+}
+
+impl Default for PubSubComponent {
+    fn default() -> Self {
+        Self {
+            topics: Family::new("_other".to_owned()),
+        }
+    }
+}
+
+impl PubSubComponent {
+    pub fn topic(&self, topic: &str) -> Arc<PubSubTopic> {
+        self.topics.with(topic, Arc::clone)
+    }
+}
+
 /// Every metric the sidecar records.
 pub struct Metrics {
     app_id: OnceLock<Box<str>>,
@@ -163,6 +198,7 @@ pub struct Metrics {
     resiliency: Family<String, ResiliencyTarget>,
     state_components: Family<String, Arc<ComponentOps>>,
     secret_components: Family<String, Arc<ComponentOps>>,
+    pubsub_components: Family<String, Arc<PubSubComponent>>,
     retry_budget_exhausted: Family<String, Counter>,
     mtls_init: Counter,
     cert_rotated: Counter,
@@ -229,6 +265,7 @@ impl Metrics {
             resiliency: Family::new(other()),
             state_components: Family::new(other()),
             secret_components: Family::new(other()),
+            pubsub_components: Family::new(other()),
             retry_budget_exhausted: Family::new(other()),
             mtls_init: Counter::default(),
             cert_rotated: Counter::default(),
@@ -282,6 +319,12 @@ impl Metrics {
     /// The series of secret store `name` (`dapr_component_secret_*`).
     pub fn secret_component(&self, name: &str) -> Arc<ComponentOps> {
         self.secret_components.with(name, Arc::clone)
+    }
+
+    /// The series of pub/sub component `name`
+    /// (`dapr_component_pubsub_*`).
+    pub fn pubsub_component(&self, name: &str) -> Arc<PubSubComponent> {
+        self.pubsub_components.with(name, Arc::clone)
     }
 
     /// The series of a gRPC app's method, as [`Metrics::grpc_server`].
@@ -421,6 +464,7 @@ impl Metrics {
         self.render_acl(&mut e);
         self.render_resiliency(&mut e, app);
         self.render_components(&mut e, app);
+        self.render_pubsub(&mut e, app);
         self.render_security(&mut e, app);
         self.render_skiff(&mut e, app);
         if let Ok(cs) = self.collectors.lock() {
@@ -749,6 +793,114 @@ impl Metrics {
                 }
             });
         }
+    }
+
+    fn render_pubsub(&self, e: &mut Encoder, app: &str) {
+        let ns = self.namespace.get().map_or("", |n| n);
+        let base = |c: &str, t: &str| {
+            labels(&[
+                ("app_id", app),
+                ("component", c),
+                ("namespace", ns),
+                ("topic", t),
+            ])
+        };
+        let ingress = |c: &str, t: &str, o: usize| {
+            labels(&[
+                ("app_id", app),
+                ("component", c),
+                ("namespace", ns),
+                ("process_status", PUBSUB_OUTCOMES[o]),
+                ("status", PUBSUB_OUTCOMES[o]),
+                ("topic", t),
+            ])
+        };
+        let egress = |c: &str, t: &str, ok: usize| {
+            labels(&[
+                ("app_id", app),
+                ("component", c),
+                ("namespace", ns),
+                ("success", if ok == 1 { "true" } else { "false" }),
+                ("topic", t),
+            ])
+        };
+        let each = |f: &mut dyn FnMut(&str, &str, &PubSubTopic)| {
+            self.pubsub_components.each(|c, comp| {
+                comp.topics.each(|t, s| f(c, t, s));
+            });
+        };
+        for (name, kind, help, hist) in [
+            (
+                "dapr_component_pubsub_ingress_count",
+                "counter",
+                "Messages delivered to the app, by outcome.",
+                false,
+            ),
+            (
+                "dapr_component_pubsub_ingress_latencies",
+                "histogram",
+                "Time from delivery to the app's answer, in milliseconds.",
+                true,
+            ),
+        ] {
+            e.header(name, kind, help);
+            each(&mut |c, t, s| {
+                for (o, timed) in s.ingress.iter().enumerate() {
+                    if timed.count.get() > 0 {
+                        if hist {
+                            e.histogram(name, &ingress(c, t, o), &timed.latency);
+                        } else {
+                            e.sample(name, &ingress(c, t, o), timed.count.get());
+                        }
+                    }
+                }
+            });
+        }
+        for (name, kind, help, hist) in [
+            (
+                "dapr_component_pubsub_egress_count",
+                "counter",
+                "Messages published to the broker.",
+                false,
+            ),
+            (
+                "dapr_component_pubsub_egress_latencies",
+                "histogram",
+                "Time the broker took to take a publish, in milliseconds.",
+                true,
+            ),
+        ] {
+            e.header(name, kind, help);
+            each(&mut |c, t, s| {
+                for (ok, timed) in s.egress.iter().enumerate() {
+                    if timed.count.get() > 0 {
+                        if hist {
+                            e.histogram(name, &egress(c, t, ok), &timed.latency);
+                        } else {
+                            e.sample(name, &egress(c, t, ok), timed.count.get());
+                        }
+                    }
+                }
+            });
+        }
+        e.header(
+            "skiff_pubsub_in_flight",
+            "gauge",
+            "Messages of a subscription being delivered to the app now.",
+        );
+        each(&mut |c, t, s| e.sample("skiff_pubsub_in_flight", &base(c, t), s.in_flight.get()));
+        e.header(
+            "skiff_pubsub_retry_waiting",
+            "gauge",
+            "Messages of a subscription held for a later retry (claimed, not in flight).",
+        );
+        each(&mut |c, t, s| {
+            e.sample(
+                "skiff_pubsub_retry_waiting",
+                &base(c, t),
+                s.retry_wait.get(),
+            )
+        });
     }
 
     fn render_security(&self, e: &mut Encoder, app: &str) {

@@ -56,6 +56,10 @@ impl Gauge {
     pub fn get(&self) -> i64 {
         self.0.load(Relaxed)
     }
+
+    pub fn add(&self, n: i64) {
+        self.0.fetch_add(n, Relaxed);
+    }
 }
 
 /// A latency histogram in milliseconds over [`LATENCY_MS`].

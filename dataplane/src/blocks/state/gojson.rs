@@ -47,7 +47,7 @@ fn write(v: &Value, out: &mut String) {
 
 /// A JSON string as Go's encoder writes it. Runs of characters that need
 /// no escape are copied whole (the common case: a value is one copy).
-fn string(s: &str, out: &mut String) {
+pub fn string(s: &str, out: &mut String) {
     out.reserve(s.len() + 2);
     out.push('"');
     let b = s.as_bytes();

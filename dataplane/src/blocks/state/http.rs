@@ -24,13 +24,13 @@ const MALFORMED: &str = "ERR_MALFORMED_REQUEST";
 
 /// The query string: `metadata.K=V` (first value wins) and the options.
 #[derive(Default)]
-struct QueryArgs {
-    metadata: BTreeMap<String, String>,
+pub(crate) struct QueryArgs {
+    pub(crate) metadata: BTreeMap<String, String>,
     consistency: String,
     concurrency: String,
 }
 
-fn query_args(q: Option<&str>) -> QueryArgs {
+pub(crate) fn query_args(q: Option<&str>) -> QueryArgs {
     let mut out = QueryArgs::default();
     for pair in q.unwrap_or_default().split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
@@ -125,7 +125,7 @@ fn decode(s: &str) -> String {
         .into_owned()
 }
 
-async fn body(req: Request<SkiffBody>, max: usize) -> Result<Bytes, ApiError> {
+pub(crate) async fn body(req: Request<SkiffBody>, max: usize) -> Result<Bytes, ApiError> {
     crate::body::collect_limited(req.into_body(), max)
         .await
         .map_err(|e| {
@@ -455,13 +455,13 @@ async fn query(
     }))
 }
 
-fn no_content() -> Response<SkiffBody> {
+pub(crate) fn no_content() -> Response<SkiffBody> {
     let mut r = Response::new(SkiffBody::Empty);
     *r.status_mut() = StatusCode::NO_CONTENT;
     r
 }
 
-fn json(v: &impl Serialize) -> Response<SkiffBody> {
+pub(crate) fn json(v: &impl Serialize) -> Response<SkiffBody> {
     let mut r = Response::new(SkiffBody::full(serde_json::to_vec(v).unwrap_or_default()));
     r.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -1,0 +1,396 @@
+//! Pub/sub: Dapr's publish API (single and bulk, CloudEvents envelope,
+//! scopes, raw payloads, TTL) over the components' [`PubSub`] drivers, and
+//! the subscriptions whose messages [`deliver`] hands to the app.
+//!
+//! The contract is `../shared/dapr-blocks-contract.md` §2; what Skiff
+//! guarantees beyond it (claims kept alive, bounded in-flight, drain on
+//! shutdown) is in [`deliver`]'s module doc. Errors map to Dapr's codes
+//! in one place ([`errors`]); the HTTP and gRPC adapters only decode and
+//! answer.
+
+pub mod app;
+pub mod deliver;
+pub mod envelope;
+pub mod grpc;
+pub mod http;
+pub mod scopes;
+pub mod subscriptions;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use skiff_components::pubsub::{Features, Outgoing, PubSub, PubSubError};
+
+use crate::blocks::outbound::{self, OutboundError};
+use crate::errors::ApiError;
+use crate::policy::resiliency::ComponentPolicy;
+use crate::telemetry::metrics::PubSubComponent;
+use scopes::Scopes;
+
+/// Messages in flight per subscription when the component sets no
+/// `concurrency` (Dapr's Redis default).
+pub const DEFAULT_CONCURRENCY: usize = 10;
+/// How long a fetched message stays claimed without renewal
+/// (`processingTimeout`, Dapr's Redis default).
+pub const DEFAULT_CLAIM: Duration = Duration::from_secs(60);
+
+impl OutboundError for PubSubError {
+    fn permanent(&self) -> bool {
+        matches!(self, Self::Invalid(_))
+    }
+
+    fn timed_out(after: Duration) -> Self {
+        Self::Broker(format!(
+            "timeout: no answer within {after:?} (resiliency policy)"
+        ))
+    }
+
+    fn breaker_open(breaker: &str) -> Self {
+        Self::Broker(format!("circuit breaker {breaker} is open"))
+    }
+}
+
+/// One loaded pub/sub component.
+pub struct Component {
+    pub name: String,
+    /// The app this sidecar serves (scope checks name it).
+    pub app_id: String,
+    pub type_name: String,
+    pub driver: Arc<dyn PubSub>,
+    pub features: Features,
+    pub scopes: Scopes,
+    /// The consumer group (`consumerID`, templates expanded).
+    pub consumer_id: String,
+    /// Topics on the broker are prefixed with this (`{namespace}` in
+    /// `consumerID` makes the component namespace-scoped).
+    pub topic_prefix: String,
+    pub concurrency: usize,
+    pub claim: Duration,
+    pub outbound: Option<Arc<ComponentPolicy>>,
+    pub inbound: Option<Arc<ComponentPolicy>>,
+    pub series: Arc<PubSubComponent>,
+}
+
+impl Component {
+    pub fn broker_topic(&self, topic: &str) -> String {
+        if self.topic_prefix.is_empty() {
+            topic.to_owned()
+        } else {
+            format!("{}{topic}", self.topic_prefix)
+        }
+    }
+
+    /// Publishes bytes already enveloped, under the outbound policy.
+    pub async fn send(&self, topic: &str, msg: Outgoing) -> Result<(), PubSubError> {
+        let broker_topic = self.broker_topic(topic);
+        let start = Instant::now();
+        let r = match &self.outbound {
+            None => self.driver.publish(&broker_topic, msg).await,
+            Some(p) => outbound::run(p, || self.driver.publish(&broker_topic, msg.clone())).await,
+        };
+        let series = self.series.topic(topic);
+        series.egress[usize::from(r.is_ok())].record(start.elapsed());
+        r
+    }
+}
+
+/// The pub/sub components of this app.
+#[derive(Default)]
+pub struct PubSubBlock {
+    pub app_id: String,
+    components: Vec<Arc<Component>>,
+}
+
+/// One publish, decoded by a front door.
+pub struct Publish<'a> {
+    pub pubsub: &'a str,
+    pub topic: &'a str,
+    pub data: Bytes,
+    pub content_type: &'a str,
+    pub metadata: Vec<(String, String)>,
+    pub traceparent: String,
+    pub tracestate: String,
+}
+
+/// One entry of a bulk publish.
+pub struct BulkEntry {
+    pub entry_id: String,
+    pub event: Bytes,
+    pub content_type: String,
+    pub metadata: Vec<(String, String)>,
+}
+
+impl PubSubBlock {
+    pub fn new(app_id: &str) -> Self {
+        Self {
+            app_id: app_id.to_owned(),
+            components: Vec::new(),
+        }
+    }
+
+    pub fn add(&mut self, c: Component) {
+        self.components.push(Arc::new(c));
+    }
+
+    pub fn components(&self) -> &[Arc<Component>] {
+        &self.components
+    }
+
+    /// The component `name`, or daprd's error for it.
+    pub fn get(&self, name: &str) -> Result<&Arc<Component>, ApiError> {
+        if self.components.is_empty() {
+            return Err(crate::blocks::Block::PubSub.not_configured(name, &self.app_id));
+        }
+        if name.is_empty() {
+            return Err(errors::name_empty());
+        }
+        self.components
+            .iter()
+            .find(|c| c.name == name)
+            .ok_or_else(|| errors::not_found(name))
+    }
+
+    /// The checks every publish makes: component, topic, scope.
+    fn target(&self, name: &str, topic: &str) -> Result<&Arc<Component>, ApiError> {
+        let c = self.get(name)?;
+        if topic.is_empty() {
+            return Err(errors::topic_empty(name));
+        }
+        if !c.scopes.may_publish(topic) {
+            return Err(errors::forbidden(name, topic, &self.app_id));
+        }
+        Ok(c)
+    }
+
+    /// A single publish: enveloped unless `rawPayload`, sent under the
+    /// component's outbound policy.
+    pub async fn publish(&self, p: Publish<'_>) -> Result<(), ApiError> {
+        let c = self.target(p.pubsub, p.topic)?;
+        let data = self.prepare(c, &p, &p.data, p.content_type, &p.metadata)?;
+        c.send(
+            p.topic,
+            Outgoing {
+                data,
+                metadata: p.metadata,
+            },
+        )
+        .await
+        .map_err(|e| errors::publish_failed(p.pubsub, p.topic, &e))
+    }
+
+    /// The bytes the broker gets for one message.
+    fn prepare(
+        &self,
+        c: &Component,
+        p: &Publish<'_>,
+        data: &Bytes,
+        content_type: &str,
+        metadata: &[(String, String)],
+    ) -> Result<Bytes, ApiError> {
+        let meta = |k: &str| {
+            metadata
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case(k))
+                .map(|(_, v)| v.as_str())
+        };
+        let raw = match meta("rawPayload") {
+            None | Some("") => false,
+            Some(v) => skiff_components::metadata::truthy(v).ok_or_else(|| {
+                errors::bad_metadata(
+                    p.pubsub,
+                    &format!("rawPayload value {v:?} is not a boolean"),
+                )
+            })?,
+        };
+        if raw {
+            return Ok(data.clone());
+        }
+        let ttl = match meta("ttlInSeconds").or(meta("ttl")) {
+            None | Some("") => None,
+            Some(v) => Some(Duration::from_secs(v.trim().parse::<u64>().map_err(
+                |_| {
+                    errors::bad_metadata(
+                        p.pubsub,
+                        &format!("ttlInSeconds value {v:?} is not a number of seconds"),
+                    )
+                },
+            )?)),
+        }
+        .filter(|_| !c.features.contains(Features::MESSAGE_TTL));
+        let overrides: Vec<(&str, &str)> = metadata
+            .iter()
+            .filter_map(|(k, v)| {
+                let (prefix, field) = (k.get(..11)?, k.get(11..)?);
+                prefix
+                    .eq_ignore_ascii_case("cloudevent.")
+                    .then_some((field, v.as_str()))
+            })
+            .collect();
+        envelope::build(&envelope::Input {
+            data,
+            content_type,
+            topic: p.topic,
+            pubsub: p.pubsub,
+            source: &self.app_id,
+            traceparent: &p.traceparent,
+            tracestate: &p.tracestate,
+            ttl,
+            overrides: &overrides,
+        })
+        .map_err(|_| errors::cloud_event(p.pubsub))
+    }
+
+    /// A bulk publish: each entry enveloped, all sent in one driver call.
+    /// Answers the entries that failed (with their error).
+    pub async fn publish_bulk(
+        &self,
+        p: Publish<'_>,
+        entries: Vec<BulkEntry>,
+    ) -> Result<Vec<(String, String)>, ApiError> {
+        let c = self.target(p.pubsub, p.topic)?;
+        let mut seen = std::collections::HashSet::with_capacity(entries.len());
+        for e in &entries {
+            if e.entry_id.is_empty() || !seen.insert(e.entry_id.as_str()) {
+                return Err(errors::bulk_entry_ids(p.pubsub, p.topic));
+            }
+        }
+        let mut msgs = Vec::with_capacity(entries.len());
+        for e in &entries {
+            // Entry metadata overrides the request's.
+            let mut meta = p.metadata.clone();
+            for (k, v) in &e.metadata {
+                meta.retain(|(n, _)| !n.eq_ignore_ascii_case(k));
+                meta.push((k.clone(), v.clone()));
+            }
+            let data = self.prepare(c, &p, &e.event, &e.content_type, &meta)?;
+            msgs.push(Outgoing {
+                data,
+                metadata: meta,
+            });
+        }
+        let topic = c.broker_topic(p.topic);
+        let start = Instant::now();
+        let results = c.driver.publish_many(&topic, msgs).await;
+        let series = c.series.topic(p.topic);
+        let mut failed = Vec::new();
+        for (e, r) in entries.into_iter().zip(results) {
+            series.egress[usize::from(r.is_ok())].record(start.elapsed());
+            if let Err(err) = r {
+                failed.push((e.entry_id, err.to_string()));
+            }
+        }
+        Ok(failed)
+    }
+}
+
+/// Dapr's pub/sub errors, in one place.
+pub mod errors {
+    use http::StatusCode;
+    use tonic::Code;
+
+    use crate::errors::ApiError;
+    use skiff_components::pubsub::PubSubError;
+
+    fn e(
+        code: &'static str,
+        http: StatusCode,
+        grpc: Code,
+        reason: &'static str,
+        msg: String,
+    ) -> ApiError {
+        ApiError::new(code, http, grpc, msg).with_info(reason, Vec::new())
+    }
+
+    pub fn name_empty() -> ApiError {
+        e(
+            "ERR_PUBSUB_EMPTY",
+            StatusCode::NOT_FOUND,
+            Code::InvalidArgument,
+            "DAPR_PUBSUB_NAME_EMPTY",
+            "pubsub name is empty".into(),
+        )
+    }
+
+    pub fn not_found(name: &str) -> ApiError {
+        e(
+            "ERR_PUBSUB_NOT_FOUND",
+            StatusCode::NOT_FOUND,
+            Code::InvalidArgument,
+            "DAPR_PUBSUB_NOT_FOUND",
+            format!("pubsub {name} is not found"),
+        )
+    }
+
+    pub fn topic_empty(name: &str) -> ApiError {
+        e(
+            "ERR_TOPIC_NAME_EMPTY",
+            StatusCode::NOT_FOUND,
+            Code::InvalidArgument,
+            "DAPR_PUBSUB_TOPIC_NAME_EMPTY",
+            format!("topic is empty in pubsub {name}"),
+        )
+    }
+
+    pub fn forbidden(_name: &str, topic: &str, app_id: &str) -> ApiError {
+        e(
+            "ERR_PUBSUB_FORBIDDEN",
+            StatusCode::FORBIDDEN,
+            Code::PermissionDenied,
+            "DAPR_PUBSUB_FORBIDDEN",
+            format!("topic {topic} is not allowed for app id {app_id}"),
+        )
+    }
+
+    pub fn publish_failed(name: &str, topic: &str, err: &PubSubError) -> ApiError {
+        e(
+            "ERR_PUBSUB_PUBLISH_MESSAGE",
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Code::Internal,
+            "DAPR_PUBSUB_PUBLISH_MESSAGE",
+            format!("error when publishing to topic {topic} in pubsub {name}: {err}"),
+        )
+    }
+
+    pub fn bad_metadata(_name: &str, why: &str) -> ApiError {
+        e(
+            "ERR_PUBSUB_REQUEST_METADATA",
+            StatusCode::BAD_REQUEST,
+            Code::InvalidArgument,
+            "DAPR_PUBSUB_METADATA_DESERIALIZATION",
+            format!("failed deserializing metadata. Error: {why}"),
+        )
+    }
+
+    pub fn cloud_event(_name: &str) -> ApiError {
+        e(
+            "ERR_PUBSUB_CLOUD_EVENTS_SER",
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Code::InvalidArgument,
+            "DAPR_PUBSUB_CLOUD_EVENT_CREATION",
+            "cannot create cloudevent".into(),
+        )
+    }
+
+    pub fn bulk_entry_ids(name: &str, topic: &str) -> ApiError {
+        e(
+            "ERR_PUBSUB_EVENTS_SER",
+            StatusCode::BAD_REQUEST,
+            Code::InvalidArgument,
+            "DAPR_PUBSUB_MARSHAL_EVENTS",
+            format!(
+                "error marshaling events to bytes for topic {topic} pubsub {name}. error: entryId is duplicated or empty"
+            ),
+        )
+    }
+
+    pub fn bad_events(name: &str, topic: &str, why: &str) -> ApiError {
+        e(
+            "ERR_PUBSUB_EVENTS_SER",
+            StatusCode::BAD_REQUEST,
+            Code::InvalidArgument,
+            "DAPR_PUBSUB_UNMARSHAL_EVENTS",
+            format!("error when unmarshaling the request for topic {topic} pubsub {name}: {why}"),
+        )
+    }
+}
