@@ -79,6 +79,22 @@ struct Log {
     overlaps: usize,
 }
 
+/// One delivery running in the app; it ends when dropped.
+struct Running {
+    log: Arc<Mutex<Log>>,
+    key: String,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let mut l = self.log.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = l.running.get_mut(&self.key) {
+            *n -= 1;
+        }
+        l.now_running -= 1;
+    }
+}
+
 /// What both apps share.
 #[derive(Clone)]
 pub struct Recorder {
@@ -122,17 +138,17 @@ impl Recorder {
             l.now_running += 1;
             l.max_running = l.max_running.max(l.now_running);
         }
+        // A delivery whose sidecar went away is cancelled (hyper drops the
+        // handler with its connection): it stops running then.
+        let guard = Running {
+            log: self.log.clone(),
+            key,
+        };
         if !reply.delay.is_zero() {
             tokio::time::sleep(reply.delay).await;
         }
-        {
-            let mut l = self.log.lock().expect("lock");
-            if let Some(n) = l.running.get_mut(&key) {
-                *n -= 1;
-            }
-            l.now_running -= 1;
-            l.got.push(d);
-        }
+        drop(guard);
+        self.log.lock().expect("lock").got.push(d);
         self.notify.notify_waiters();
         reply
     }
