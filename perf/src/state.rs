@@ -309,7 +309,7 @@ async fn direct(type_name: &str, k: &str, v: &str) -> anyhow::Result<Arc<dyn Sta
     p.insert(k, v);
     match registry::open(type_name, "v1", &p).await? {
         Component::State(s) => Ok(s),
-        Component::Secrets(_) => bail!("{type_name} is not a state store"),
+        _ => bail!("{type_name} is not a state store"),
     }
 }
 

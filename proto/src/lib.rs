@@ -15,6 +15,9 @@ pub mod dapr {
             }
         }
         pub mod runtime {
+            // Generated oneofs (SubscribeTopicEventsResponseAlpha1) hold a
+            // large message beside an empty one, as Dapr's proto has them.
+            #[allow(clippy::large_enum_variant)]
             pub mod v1 {
                 tonic::include_proto!("dapr.proto.runtime.v1");
             }
