@@ -40,3 +40,40 @@ async fn js_sdk_state_works_unmodified() {
     );
     assert!(stdout.contains(r#"{"done": "js"}"#), "{stdout}");
 }
+
+/// The JS SDK's HTTP server subscribes (`server.pubsub.subscribe`) and its
+/// client publishes, through the embedded broker.
+#[tokio::test]
+async fn js_sdk_pubsub_works_unmodified() {
+    let modules = js_modules();
+    let w = World::new();
+    w.component(
+        "ps.yaml",
+        &component_yaml(
+            "ps",
+            "pubsub.skiff.sqlite",
+            &[(
+                "connectionString",
+                w.home.path().join("ps.db").display().to_string(),
+            )],
+        ),
+    );
+    let app_port = free_port();
+    let s = w.sidecar("jssub", SidecarOpts::app(app_port));
+    let out = Command::new("node")
+        .arg(js_script("sdk_pubsub.js"))
+        .env("NODE_PATH", &modules)
+        .env("DAPR_HTTP_PORT", s.http_port.to_string())
+        .env("APP_PORT", app_port.to_string())
+        .env_remove("DAPR_API_TOKEN")
+        .output()
+        .expect("run node");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("{stdout}");
+    assert!(
+        out.status.success(),
+        "JS SDK pub/sub failed\n{stdout}\n{stderr}"
+    );
+    assert!(stdout.contains(r#"{"done":"js-pubsub"}"#), "{stdout}");
+}

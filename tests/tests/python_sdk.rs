@@ -123,3 +123,96 @@ async fn python_sdk_state_and_secrets() {
     );
     assert!(stdout.contains(r#"{"done": "state"}"#), "{stdout}");
 }
+
+/// The SDK's pub/sub: `publish_event`, `publish_events` and a streaming
+/// `subscribe` from a client without a port; a `dapr.ext.grpc.App`
+/// subscriber (with a routing rule) and a FastAPI app through
+/// `dapr.ext.fastapi`, each behind its own sidecar, all on the embedded
+/// broker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_sdk_pubsub() {
+    let py = python();
+    let w = World::new();
+    w.component(
+        "ps.yaml",
+        &component_yaml(
+            "ps",
+            "pubsub.skiff.sqlite",
+            &[(
+                "connectionString",
+                w.home.path().join("ps.db").display().to_string(),
+            )],
+        ),
+    );
+    let out = w.home.path().join("events.jsonl");
+    let start = |kind: &str, port: u16| Proc {
+        child: Command::new(&py)
+            .arg(python_script("sdk_pubsub_apps.py"))
+            .args([kind, &port.to_string()])
+            .arg(&out)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start a Python subscriber"),
+        name: format!("py-{kind}"),
+    };
+    let (gport, fport) = (free_port(), free_port());
+    let _g = start("grpc", gport);
+    let _f = start("fastapi", fport);
+    wait_for_port(gport);
+    wait_for_port(fport);
+    let _gs = w.sidecar("pygrpc", SidecarOpts::grpc_app(gport));
+    let _fs = w.sidecar("pyfast", SidecarOpts::app(fport));
+    let client = w.sidecar("pyclient", SidecarOpts::default());
+    // Both apps' subscriptions are in place before anything is published.
+    for s in [&_gs, &_fs] {
+        let end = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while get_json(&format!("{}/v1.0/metadata", s.http())).await["subscriptions"]
+            .as_array()
+            .is_none_or(Vec::is_empty)
+        {
+            assert!(
+                std::time::Instant::now() < end,
+                "{} never subscribed",
+                s.app_id
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+    let run = Command::new(&py)
+        .arg(python_script("sdk_pubsub.py"))
+        .env("DAPR_HTTP_PORT", client.http_port.to_string())
+        .env("DAPR_GRPC_PORT", client.grpc_port.to_string())
+        .env("DAPR_RUNTIME_HOST", "127.0.0.1")
+        .env_remove("DAPR_API_TOKEN")
+        .output()
+        .expect("run sdk_pubsub.py");
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    eprintln!("{stdout}");
+    assert!(
+        run.status.success(),
+        "SDK pub/sub client failed\n{stdout}\n{stderr}"
+    );
+    assert!(stdout.contains(r#"{"done": "pubsub"}"#), "{stdout}");
+    let want = [
+        r#"{"app": "grpc", "topic": "orders", "data": {"n": 1}}"#,
+        r#"{"app": "grpc", "topic": "orders", "data": {"n": 2}}"#,
+        r#"{"app": "grpc", "topic": "orders", "data": {"n": 3}}"#,
+        r#"{"app": "grpc", "topic": "routed-big", "data": "big one"}"#,
+        r#"{"app": "fastapi", "topic": "fast", "data": {"f": 1}}"#,
+    ];
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let got = std::fs::read_to_string(&out).unwrap_or_default();
+        if want.iter().all(|w| got.lines().any(|l| l == *w)) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < end,
+            "the Python apps got:\n{got}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
