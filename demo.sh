@@ -2,7 +2,8 @@
 # Skiff demo on embedded defaults: two sidecars — "web" in front of an HTTP
 # app and "rpc" in front of a gRPC app — that find each other through the
 # local registry (~/.skiff) and call each other, over HTTP and gRPC; then
-# "web" saves and reads state through the embedded SQLite state store.
+# "web" saves and reads state through the embedded SQLite state store, and
+# "rpc" publishes to web's app through the embedded durable broker.
 # Everything runs on 127.0.0.1 and stops when the demo ends.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -26,7 +27,7 @@ done
 wait_ready() { for _ in $(seq 200); do curl -fs -o /dev/null "http://127.0.0.1:$1/v1.0/healthz" && return; sleep 0.05; done; echo "sidecar on $1 did not start:" >&2; tail -n 5 "$logs"/*.log >&2; exit 1; }
 
 echo "==> starting an HTTP app (:8080) and a gRPC app (:8081)"
-$B/skiff-echo --http-port 8080 --name http-app 2>/dev/null & pids+=($!)
+$B/skiff-echo --http-port 8080 --name http-app --subscribe pubsub/orders 2>/dev/null & pids+=($!)
 $B/skiff-echo --grpc-port 8081 --name grpc-app 2>/dev/null & pids+=($!)
 
 # The embedded default state store: SQLite, a file under $SKIFF_HOME,
@@ -45,6 +46,20 @@ spec:
   - name: connectionString
     value: "$home/demo-state.db"
 YAML
+# The embedded durable broker: Skiff's own, one SQLite file under
+# $SKIFF_HOME that every sidecar on the machine shares.
+cat >"$logs/components/pubsub.yaml" <<YAML
+apiVersion: dapr.io/v1alpha1
+kind: Component
+metadata:
+  name: pubsub
+spec:
+  type: pubsub.skiff.sqlite
+  version: v1
+  metadata:
+  - name: connectionString
+    value: "$home/demo-pubsub.db"
+YAML
 
 echo "==> starting sidecar 'web' (HTTP 3500, gRPC 50001) and sidecar 'rpc' (HTTP 3501, gRPC 50002)"
 echo "    with mTLS between them: each signs its own SPIFFE certificate with the embedded CA in ${SKIFF_HOME:-$HOME/.skiff}/sentry"
@@ -52,7 +67,8 @@ echo "    (their logs: $logs)"
 $B/skiffd --app-id web --app-port 8080 --enable-mtls --log-level warn --metrics-port 9090 \
   --resources-path "$logs/components" 2>"$logs/web.log" & pids+=($!)
 $B/skiffd --app-id rpc --app-port 8081 --app-protocol grpc --enable-mtls \
-  --dapr-http-port 3501 --dapr-grpc-port 50002 --metrics-port 9091 --log-level warn 2>"$logs/rpc.log" & pids+=($!)
+  --dapr-http-port 3501 --dapr-grpc-port 50002 --metrics-port 9091 --log-level warn \
+  --resources-path "$logs/components" 2>"$logs/rpc.log" & pids+=($!)
 wait_ready 3500; wait_ready 3501
 
 show() { echo; echo "\$ $*"; "$@"; echo; }
@@ -97,4 +113,20 @@ show curl -s -X POST "http://127.0.0.1:3500/v1.0-alpha1/state/statestore/query" 
   -d '{"filter":{"EQ":{"qty":1}},"sort":[{"key":"item"}]}'
 echo "==> state calls are in Dapr's component metrics"
 show sh -c "curl -s http://127.0.0.1:9090/metrics | grep '^dapr_component_state_count'"
+echo "==> pub/sub: web's app subscribes to pubsub/orders (it lists it at /dapr/subscribe)"
+for _ in $(seq 100); do
+  curl -s http://127.0.0.1:3500/v1.0/metadata | grep -q '"topic":"orders"' && break; sleep 0.05
+done
+show sh -c "curl -s http://127.0.0.1:3500/v1.0/metadata | grep -o '\"subscriptions\":.*\"PROGRAMMATIC\"}'"
+echo "==> pub/sub: rpc's side publishes three orders (CloudEvents built by the sidecar), one of them in a bulk call"
+show curl -s -w '%{http_code}\n' -X POST "http://127.0.0.1:3501/v1.0/publish/pubsub/orders" \
+  -H 'content-type: application/json' -d '{"order":1,"item":"kayak"}'
+show curl -s -w '%{http_code}\n' -X POST "http://127.0.0.1:3501/v1.0-alpha1/publish/bulk/pubsub/orders" \
+  -d '[{"entryId":"a","event":{"order":2,"item":"paddle"},"contentType":"application/json"},{"entryId":"b","event":"order 3: a life vest","contentType":"text/plain"}]'
+for _ in $(seq 100); do
+  [ "$(curl -s http://127.0.0.1:8080/events | grep -o '"topic"' | wc -l)" -ge 3 ] && break; sleep 0.05
+done
+echo "==> pub/sub: what web's app received (each acknowledged only after the app answered)"
+show curl -s http://127.0.0.1:8080/events
+show sh -c "curl -s http://127.0.0.1:9090/metrics | grep '^dapr_component_pubsub_ingress_count'"
 echo "==> demo done; stopping (sidecar logs kept in $logs)"

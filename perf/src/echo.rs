@@ -80,6 +80,62 @@ pub async fn serve_http(listener: TcpListener, name: Arc<str>) {
     }
 }
 
+/// What `/dapr/subscribe` lists (`--subscribe`).
+static SUBSCRIPTIONS: std::sync::OnceLock<Vec<(String, String)>> = std::sync::OnceLock::new();
+/// The last events delivered to `/events/...`.
+static EVENTS: std::sync::LazyLock<
+    std::sync::Mutex<std::collections::VecDeque<serde_json::Value>>,
+> = std::sync::LazyLock::new(Default::default);
+const EVENTS_KEPT: usize = 100;
+
+/// Sets what the app subscribes to (pub/sub component, topic).
+pub fn set_subscriptions(s: Vec<(String, String)>) {
+    let _ = SUBSCRIPTIONS.set(s);
+}
+
+/// `/dapr/subscribe` (a 404 when the app subscribes to nothing, which
+/// Dapr reads as no subscriptions), `POST /events/...` (an event, kept),
+/// `GET /events` (the kept ones).
+async fn pubsub(path: &str, req: Request<Incoming>) -> Option<Response<EchoBody>> {
+    let subs = SUBSCRIPTIONS.get().filter(|s| !s.is_empty());
+    if path == "/dapr/subscribe" {
+        let Some(subs) = subs else {
+            let mut r = full("no subscriptions");
+            *r.status_mut() = StatusCode::NOT_FOUND;
+            return Some(r);
+        };
+        let list: Vec<serde_json::Value> = subs
+            .iter()
+            .map(|(p, t)| serde_json::json!({"pubsubname": p, "topic": t, "route": format!("/events/{p}/{t}")}))
+            .collect();
+        return Some(full(serde_json::Value::Array(list).to_string()));
+    }
+    if path == "/events" && req.method() == http::Method::GET {
+        let events: Vec<serde_json::Value> = EVENTS
+            .lock()
+            .map(|e| e.iter().cloned().collect())
+            .unwrap_or_default();
+        return Some(full(serde_json::Value::Array(events).to_string()));
+    }
+    if path.starts_with("/events/") && subs.is_some() {
+        let body = req
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        let ce: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        if let Ok(mut e) = EVENTS.lock() {
+            if e.len() == EVENTS_KEPT {
+                e.pop_front();
+            }
+            e.push_back(serde_json::json!({"topic": ce["topic"], "source": ce["source"], "data": ce["data"]}));
+        }
+        return Some(full(r#"{"status":"SUCCESS"}"#));
+    }
+    None
+}
+
 /// Requests served, for tests that count what reached the app.
 static HITS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 /// Calls per `/flaky/<key>`.
@@ -93,6 +149,14 @@ async fn handle_http(
     let path = req.uri().path().to_owned();
     if !matches!(path.as_str(), "/hits" | "/stats" | "/healthz") {
         HITS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    if SUBSCRIPTIONS.get().is_some_and(|s| !s.is_empty())
+        && (path == "/dapr/subscribe" || path.starts_with("/events"))
+    {
+        if let Some(r) = pubsub(&path, req).await {
+            return Ok(r);
+        }
+        return Ok(full("not found"));
     }
     let query = |key: &str| -> Option<u64> {
         req.uri()

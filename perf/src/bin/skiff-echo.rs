@@ -20,6 +20,10 @@ struct Args {
     name: String,
     #[arg(long, default_value = "127.0.0.1")]
     address: std::net::IpAddr,
+    /// Subscribe to PUBSUB/TOPIC (repeatable): listed at /dapr/subscribe,
+    /// events kept at GET /events.
+    #[arg(long, value_name = "PUBSUB/TOPIC")]
+    subscribe: Vec<String>,
 }
 
 #[tokio::main]
@@ -28,6 +32,15 @@ async fn main() -> anyhow::Result<()> {
     if args.http_port.is_none() && args.grpc_port.is_none() {
         anyhow::bail!("give --http-port, --grpc-port or both");
     }
+    let subs = args
+        .subscribe
+        .iter()
+        .map(|s| match s.split_once('/') {
+            Some((p, t)) if !p.is_empty() && !t.is_empty() => Ok((p.to_owned(), t.to_owned())),
+            _ => Err(anyhow::anyhow!("--subscribe {s:?}: expected PUBSUB/TOPIC")),
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    skiff_perf::echo::set_subscriptions(subs);
     let name: Arc<str> = args.name.into();
     let mut tasks = Vec::new();
     if let Some(p) = args.http_port {
