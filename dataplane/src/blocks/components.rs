@@ -7,7 +7,7 @@
 //! A component that fails stops the sidecar with one line naming the file,
 //! the component and the cause, unless `spec.ignoreErrors` is set (then it
 //! is logged and left out). Components of blocks this skiffd does not
-//! serve yet (pub/sub, bindings, ...) are logged and left out, so the
+//! serve yet (bindings, configuration, ...) are logged and left out, so the
 //! usual Dapr components folder does not stop the sidecar.
 
 use std::collections::HashSet;
