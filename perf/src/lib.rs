@@ -11,4 +11,5 @@ pub mod plot;
 pub mod procfs;
 pub mod report;
 pub mod schedule;
+pub mod pubsub;
 pub mod state;

@@ -35,6 +35,10 @@ enum Cmd {
     /// The state API through one skiffd against Skiff's Redis driver called
     /// directly (the floor), plus the SQLite default.
     State(skiff_perf::state::StateArgs),
+    /// Pub/sub through two skiffd (publish → delivery) against Skiff's
+    /// Redis Streams driver doing the same loop in-process, plus the
+    /// embedded SQLite broker.
+    Pubsub(skiff_perf::pubsub::PubSubArgs),
     /// Draw the percentile curves of a recorded `bench --json` file as SVG.
     Plot {
         json: PathBuf,
@@ -120,6 +124,11 @@ fn main() -> ExitCode {
         }),
         Cmd::State(a) => on_task(&rt, async move {
             skiff_perf::state::run(a)
+                .await
+                .map_err(|e| format!("{e:#}"))
+        }),
+        Cmd::Pubsub(a) => on_task(&rt, async move {
+            skiff_perf::pubsub::run(a)
                 .await
                 .map_err(|e| format!("{e:#}"))
         }),
