@@ -9,7 +9,7 @@ pub mod load;
 pub mod peers;
 pub mod plot;
 pub mod procfs;
+pub mod pubsub;
 pub mod report;
 pub mod schedule;
-pub mod pubsub;
 pub mod state;

@@ -123,19 +123,21 @@ async fn app(sink: Arc<Sink>) -> anyhow::Result<u16> {
             let _ = s.set_nodelay(true);
             let sink = sink.clone();
             tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                    let sink = sink.clone();
-                    async move {
-                        let body = if req.uri().path() == "/dapr/subscribe" {
-                            Bytes::from_static(br#"[{"pubsubname":"red","topic":"e2e","route":"/red"},{"pubsubname":"lite","topic":"e2e","route":"/lite"}]"#)
-                        } else {
-                            let b = req.into_body().collect().await?.to_bytes();
-                            sink.take(&b);
-                            Bytes::new()
-                        };
-                        Ok::<_, hyper::Error>(http::Response::new(Full::new(body)))
-                    }
-                });
+                let svc = hyper::service::service_fn(
+                    move |req: http::Request<hyper::body::Incoming>| {
+                        let sink = sink.clone();
+                        async move {
+                            let body = if req.uri().path() == "/dapr/subscribe" {
+                                Bytes::from_static(br#"[{"pubsubname":"red","topic":"e2e","route":"/red"},{"pubsubname":"lite","topic":"e2e","route":"/lite"}]"#)
+                            } else {
+                                let b = req.into_body().collect().await?.to_bytes();
+                                sink.take(&b);
+                                Bytes::new()
+                            };
+                            Ok::<_, hyper::Error>(http::Response::new(Full::new(body)))
+                        }
+                    },
+                );
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
                     .await;
@@ -178,14 +180,24 @@ fn start(bin: &Path, work: &Path, app_port: u16) -> anyhow::Result<World> {
     let conc = ("concurrency", IN_FLIGHT.to_string());
     std::fs::write(
         comps.join("red.yaml"),
-        component("red", "pubsub.redis", &[("redisHost", format!("127.0.0.1:{redis_port}")), conc.clone()]),
+        component(
+            "red",
+            "pubsub.redis",
+            &[
+                ("redisHost", format!("127.0.0.1:{redis_port}")),
+                conc.clone(),
+            ],
+        ),
     )?;
     std::fs::write(
         comps.join("lite.yaml"),
         component(
             "lite",
             "pubsub.skiff.sqlite",
-            &[("connectionString", work.join("ps.db").display().to_string()), conc],
+            &[
+                ("connectionString", work.join("ps.db").display().to_string()),
+                conc,
+            ],
         ),
     )?;
     let sidecar = |procs: &mut Procs, id: &str, app: Option<u16>| -> anyhow::Result<(u32, u16)> {
@@ -228,7 +240,15 @@ enum Publisher {
 impl Publisher {
     async fn one(&mut self, topic: &str, data: Bytes) -> anyhow::Result<()> {
         match self {
-            Self::Direct(d) => Ok(d.publish(topic, Outgoing { data, metadata: Vec::new() }).await?),
+            Self::Direct(d) => Ok(d
+                .publish(
+                    topic,
+                    Outgoing {
+                        data,
+                        metadata: Vec::new(),
+                    },
+                )
+                .await?),
             Self::Sidecar(c, ps) => {
                 c.publish_event(PublishEventRequest {
                     pubsub_name: (*ps).to_owned(),
@@ -246,7 +266,12 @@ impl Publisher {
     async fn bulk(&mut self, topic: &str, seq: u64) -> anyhow::Result<()> {
         match self {
             Self::Direct(d) => {
-                let msgs = (0..BULK as u64).map(|i| Outgoing { data: payload(seq + i), metadata: Vec::new() }).collect();
+                let msgs = (0..BULK as u64)
+                    .map(|i| Outgoing {
+                        data: payload(seq + i),
+                        metadata: Vec::new(),
+                    })
+                    .collect();
                 for r in d.publish_many(topic, msgs).await {
                     r?;
                 }
@@ -280,7 +305,11 @@ impl Publisher {
 }
 
 /// The floor's consumer: fetch, take, ack, as a subscriber sidecar does.
-async fn direct_consumer(d: Arc<dyn PubSub>, topic: &str, sink: Arc<Sink>) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+async fn direct_consumer(
+    d: Arc<dyn PubSub>,
+    topic: &str,
+    sink: Arc<Sink>,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let sub = d
         .subscribe(SubscribeOptions {
             topic: topic.to_owned(),
@@ -391,7 +420,13 @@ struct Figures {
 }
 
 /// One measured throughput run: publish for `secs`, wait for delivery.
-async fn throughput(p: &Publisher, topic: &str, sink: &Sink, secs: f64, bulk: bool) -> anyhow::Result<f64> {
+async fn throughput(
+    p: &Publisher,
+    topic: &str,
+    sink: &Sink,
+    secs: f64,
+    bulk: bool,
+) -> anyhow::Result<f64> {
     sink.reset();
     let t0 = Instant::now();
     let sent = flood(p, topic, secs, bulk).await?;
@@ -442,7 +477,10 @@ pub async fn run(a: PubSubArgs) -> anyhow::Result<()> {
         via_red.clone().one("e2e", payload(0)).await?;
         tokio::time::sleep(Duration::from_millis(100)).await;
         if t0.elapsed() > Duration::from_secs(20) {
-            bail!("the subscriber sidecar got nothing within 20s (logs in {})", work.display());
+            bail!(
+                "the subscriber sidecar got nothing within 20s (logs in {})",
+                work.display()
+            );
         }
     }
     paced(&direct, "direct", a.rate, 1.0).await?;
@@ -455,11 +493,17 @@ pub async fn run(a: PubSubArgs) -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (e2e_direct, _) = direct_sink.reset();
     sidecar_sink.reset();
-    let cpu0 = (procfs::cpu_seconds(world.pub_pid), procfs::cpu_seconds(world.sub_pid));
+    let cpu0 = (
+        procfs::cpu_seconds(world.pub_pid),
+        procfs::cpu_seconds(world.sub_pid),
+    );
     let t_cpu = Instant::now();
     let publish_skiff = paced(&via_red, "e2e", a.rate, lat_secs).await?;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let cpu1 = (procfs::cpu_seconds(world.pub_pid), procfs::cpu_seconds(world.sub_pid));
+    let cpu1 = (
+        procfs::cpu_seconds(world.pub_pid),
+        procfs::cpu_seconds(world.sub_pid),
+    );
     let elapsed = t_cpu.elapsed().as_secs_f64();
     let (e2e_skiff, _) = sidecar_sink.reset();
     let per = |a: Option<f64>, b: Option<f64>| match (a, b) {
@@ -506,7 +550,10 @@ pub async fn run(a: PubSubArgs) -> anyhow::Result<()> {
 fn print(f: &Figures) {
     let r = |a: u64, b: u64| if b == 0 { 0.0 } else { a as f64 / b as f64 };
     println!("pub/sub, 1 KiB payloads, Redis Streams; floor = Skiff's driver in-process\n");
-    println!("| at {} msg/s | direct p50 | skiff p50 | ratio | direct p99 | skiff p99 | ratio |", f.rate);
+    println!(
+        "| at {} msg/s | direct p50 | skiff p50 | ratio | direct p99 | skiff p99 | ratio |",
+        f.rate
+    );
     println!("|---|---|---|---|---|---|---|");
     for (name, d, s) in [
         ("end to end (µs)", &f.e2e_direct, &f.e2e_skiff),
@@ -514,22 +561,35 @@ fn print(f: &Figures) {
     ] {
         println!(
             "| {name} | {} | {} | {:.2}× | {} | {} | {:.2}× |",
-            d.p50_us, s.p50_us, r(s.p50_us, d.p50_us), d.p99_us, s.p99_us, r(s.p99_us, d.p99_us)
+            d.p50_us,
+            s.p50_us,
+            r(s.p50_us, d.p50_us),
+            d.p99_us,
+            s.p99_us,
+            r(s.p99_us, d.p99_us)
         );
     }
     println!(
         "\npublish added latency: p50 +{} µs, p90 +{} µs",
-        f.publish_skiff.p50_us.saturating_sub(f.publish_direct.p50_us),
-        f.publish_skiff.p90_us.saturating_sub(f.publish_direct.p90_us)
+        f.publish_skiff
+            .p50_us
+            .saturating_sub(f.publish_direct.p50_us),
+        f.publish_skiff
+            .p90_us
+            .saturating_sub(f.publish_direct.p90_us)
     );
     println!("\n| throughput (msg/s delivered) | direct | skiff | ratio |\n|---|---|---|---|");
     println!(
         "| single publish | {:.0} | {:.0} | {:.0}% |",
-        f.throughput_direct, f.throughput_skiff, 100.0 * f.throughput_skiff / f.throughput_direct.max(1.0)
+        f.throughput_direct,
+        f.throughput_skiff,
+        100.0 * f.throughput_skiff / f.throughput_direct.max(1.0)
     );
     println!(
         "| bulk publish ({BULK}) | {:.0} | {:.0} | {:.0}% |",
-        f.bulk_throughput_direct, f.bulk_throughput_skiff, 100.0 * f.bulk_throughput_skiff / f.bulk_throughput_direct.max(1.0)
+        f.bulk_throughput_direct,
+        f.bulk_throughput_skiff,
+        100.0 * f.bulk_throughput_skiff / f.bulk_throughput_direct.max(1.0)
     );
     println!(
         "\nembedded pubsub.skiff.sqlite end to end: {:.0} msg/s single publish, {:.0} msg/s bulk",
@@ -551,7 +611,10 @@ mod tests {
         assert_eq!(p.len(), PAYLOAD_BYTES);
         assert!(serde_json::from_slice::<serde_json::Value>(&p).is_ok());
         let t = sent_at(&p).expect("t");
-        let ce = format!(r#"{{"data":{},"id":"x"}}"#, std::str::from_utf8(&p).expect("utf8"));
+        let ce = format!(
+            r#"{{"data":{},"id":"x"}}"#,
+            std::str::from_utf8(&p).expect("utf8")
+        );
         assert_eq!(sent_at(ce.as_bytes()), Some(t));
     }
 }

@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use skiff_proto::runtime as pb;
 use skiff_proto::runtime::dapr_client::DaprClient;
 use skiff_tests::servers::Redis;
-use skiff_tests::subscriber::{Behave, GrpcSubscriber, HttpSubscriber, Reply, succeed};
+use skiff_tests::subscriber::{Behave, Delivery, GrpcSubscriber, HttpSubscriber, Reply, succeed};
 use skiff_tests::*;
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -1096,4 +1096,160 @@ async fn nothing_lost_redis() {
         &["--appendonly", "yes", "--appendfsync", "always"],
     );
     nothing_lost(Driver::Redis(r), Some(dir), 10_000).await;
+}
+
+/// Bulk subscribe: batches of at most `maxMessagesCount` in Dapr's bulk
+/// envelope, one status per entry; RETRY entries come again alone, DROP
+/// goes to the dead letter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_subscribe_delivers_batches_with_a_status_per_entry() {
+    let w = World::new();
+    w.component("ps.yaml", &Driver::Sqlite.yaml(&w, "ps", &[]));
+    let subs = json!([
+        {"pubsubname": "ps", "topic": "many", "route": "/many", "deadLetterTopic": "many-dead",
+         "bulkSubscribe": {"enabled": true, "maxMessagesCount": 5, "maxAwaitDurationMs": 300}},
+        {"pubsubname": "ps", "topic": "many-dead", "route": "/dead"},
+    ]);
+    let retried = Arc::new(std::sync::Mutex::new(
+        std::collections::HashSet::<String>::new(),
+    ));
+    let r2 = retried.clone();
+    let app = HttpSubscriber::start(
+        Some(subs),
+        Arc::new(move |path, ev| {
+            if path != "/many" {
+                return Reply::ok();
+            }
+            let statuses: Vec<Value> = ev["entries"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .iter()
+                .map(|e| {
+                    let data = e["event"]["data"].as_str().unwrap_or_default().to_owned();
+                    let status = if data == "drop" {
+                        "DROP"
+                    } else if data.ends_with('7') && r2.lock().expect("lock").insert(data.clone()) {
+                        "RETRY"
+                    } else {
+                        "SUCCESS"
+                    };
+                    json!({"entryId": e["entryId"], "status": status})
+                })
+                .collect();
+            Reply {
+                status: 200,
+                body: json!({"statuses": statuses}).to_string(),
+                delay: Duration::ZERO,
+            }
+        }),
+    )
+    .await;
+    let s = w.sidecar("bulk", SidecarOpts::app(app.port));
+    let c = http_client();
+    wait_subscribed(&c, &s, 2).await;
+    let mut entries: Vec<Value> = (0..12)
+        .map(|i| json!({"entryId": i.to_string(), "event": format!("m{i}"), "contentType": "text/plain"}))
+        .collect();
+    entries.push(json!({"entryId": "d", "event": "drop", "contentType": "text/plain"}));
+    let r = call(
+        &c,
+        "POST",
+        &format!("{}/v1.0-alpha1/publish/bulk/ps/many", s.http()),
+        Value::Array(entries).to_string(),
+    )
+    .await;
+    assert_eq!(r.status, 204, "{}", r.text());
+    let got = app
+        .rec
+        .wait_until(WAIT, "every entry settled", |g| {
+            let ok: std::collections::HashSet<String> = g
+                .iter()
+                .filter(|d| d.path == "/many")
+                .flat_map(|d| d.event["entries"].as_array().cloned().unwrap_or_default())
+                .filter_map(|e| e["event"]["data"].as_str().map(str::to_owned))
+                .collect();
+            (0..12).all(|i| ok.contains(&format!("m{i}"))) && g.iter().any(|d| d.path == "/dead")
+        })
+        .await;
+    let batches: Vec<&Delivery> = got.iter().filter(|d| d.path == "/many").collect();
+    assert!(
+        batches
+            .iter()
+            .all(|b| b.event["type"] == "com.dapr.event.sent.bulk")
+    );
+    assert!(batches.iter().all(|b| {
+        b.event["entries"]
+            .as_array()
+            .is_some_and(|e| !e.is_empty() && e.len() <= 5)
+    }));
+    assert!(
+        batches
+            .iter()
+            .all(|b| b.event["topic"] == "many" && b.event["pubsubname"] == "ps")
+    );
+    // m7 came twice (RETRY once); the others once.
+    let count = |d: &str| {
+        batches
+            .iter()
+            .flat_map(|b| b.event["entries"].as_array().cloned().unwrap_or_default())
+            .filter(|e| e["event"]["data"] == d)
+            .count()
+    };
+    assert_eq!(count("m7"), 2);
+    assert_eq!(count("m3"), 1);
+    let dead: Vec<&Delivery> = got.iter().filter(|d| d.path == "/dead").collect();
+    assert_eq!(dead[0].event["data"], "drop");
+}
+
+/// `targets.components.<pubsub>.inbound`: its retries run, then the
+/// message goes to the dead letter; its timeout cuts a hanging app.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inbound_resiliency_retries_then_dead_letters() {
+    let w = World::new();
+    w.component("ps.yaml", &Driver::Sqlite.yaml(&w, "ps", &[]));
+    w.component(
+        "resiliency.yaml",
+        "apiVersion: dapr.io/v1alpha1\nkind: Resiliency\nmetadata:\n  name: inbound\nspec:\n  policies:\n    timeouts:\n      quick: 300ms\n    retries:\n      twice:\n        policy: constant\n        duration: 50ms\n        maxRetries: 2\n  targets:\n    components:\n      ps:\n        inbound:\n          timeout: quick\n          retry: twice\n",
+    );
+    let subs = json!([
+        {"pubsubname": "ps", "topic": "bad", "route": "/bad", "deadLetterTopic": "bad-dead"},
+        {"pubsubname": "ps", "topic": "bad-dead", "route": "/dead"},
+    ]);
+    let app = HttpSubscriber::start(
+        Some(subs),
+        Arc::new(|path, ev| match (path, ev["data"].as_str()) {
+            ("/bad", Some("hang")) => Reply::ok().after(Duration::from_secs(3)),
+            ("/bad", _) => Reply::http(503),
+            _ => Reply::ok(),
+        }),
+    )
+    .await;
+    let s = w.sidecar("inbound", SidecarOpts::app(app.port));
+    let c = http_client();
+    wait_subscribed(&c, &s, 2).await;
+    publish(&c, &s, "ps/bad", None, "fails").await;
+    publish(&c, &s, "ps/bad", None, "hang").await;
+    let dead = app
+        .rec
+        .wait_until(WAIT, "both dead-lettered", |g| {
+            g.iter().filter(|d| d.path == "/dead").count() >= 2
+        })
+        .await;
+    // One try and two retries each, no more.
+    let tries = |d: &str| {
+        dead.iter()
+            .filter(|x| x.path == "/bad" && x.event["data"] == d)
+            .count()
+    };
+    assert_eq!(tries("fails"), 3);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        app.rec
+            .got()
+            .iter()
+            .filter(|x| x.path == "/bad" && x.event["data"] == "fails")
+            .count(),
+        3
+    );
 }

@@ -196,10 +196,10 @@ impl Runner {
 }
 
 /// What one subscription's handlers share.
-struct Ctx {
-    c: Arc<Component>,
-    sub: Arc<Sub>,
-    target: Target,
+pub(super) struct Ctx {
+    pub(super) c: Arc<Component>,
+    pub(super) sub: Arc<Sub>,
+    pub(super) target: Target,
     subscription: Arc<dyn Subscription>,
     /// Claimed by this loop: in flight or waiting to be retried.
     held: Mutex<HashSet<String>>,
@@ -273,6 +273,24 @@ async fn run(
         };
         if cx.stopping() {
             break;
+        }
+        if let Some(b) = cx.sub.bulk {
+            match gather(&cx, b).await {
+                Ok(batch) if batch.is_empty() => drop(first),
+                Ok(batch) => {
+                    for m in &batch {
+                        cx.held().insert(m.id.clone());
+                    }
+                    let cx = cx.clone();
+                    handlers.spawn(async move { handle_batch(&cx, batch, first).await });
+                }
+                Err(e) => {
+                    tracing::warn!(pubsub = %cx.c.name, topic = %cx.sub.topic, error = %e, "fetching from the broker failed");
+                    drop(first);
+                    tokio::time::sleep(BROKER_BACKOFF).await;
+                }
+            }
+            continue;
         }
         let free = 1 + cx.slots.available_permits();
         let got = tokio::select! {
@@ -372,7 +390,7 @@ async fn keep_alive(cx: Arc<Ctx>) {
 }
 
 /// What becomes of a message once delivery is over.
-enum Fate {
+pub(super) enum Fate {
     Ack,
     DeadLetter(String),
     Release,
@@ -380,10 +398,15 @@ enum Fate {
 
 async fn handle(cx: &Arc<Ctx>, msg: Received, permit: OwnedSemaphorePermit) {
     let fate = decide(cx, &msg, permit).await;
+    settle(cx, &msg, fate).await;
+}
+
+/// Acks, dead-letters or releases one message, and lets go of its claim.
+async fn settle(cx: &Ctx, msg: &Received, fate: Fate) {
     let id = std::slice::from_ref(&msg.id);
     let done = match fate {
         Fate::Ack => cx.subscription.ack(id).await,
-        Fate::DeadLetter(why) => match dead_letter(cx, &msg, &why).await {
+        Fate::DeadLetter(why) => match dead_letter(cx, msg, &why).await {
             true => cx.subscription.ack(id).await,
             false => cx.subscription.release(id).await,
         },
@@ -419,6 +442,10 @@ async fn dead_letter(cx: &Ctx, msg: &Received, why: &str) -> bool {
 }
 
 /// Ack, or dead letter when one is set (for messages with nowhere to go).
+pub(super) fn nowhere(cx: &Ctx, why: &str) -> Fate {
+    drop_or_dead_letter(cx, why.to_owned())
+}
+
 fn drop_or_dead_letter(cx: &Ctx, why: String) -> Fate {
     if cx.sub.dead_letter.is_some() {
         Fate::DeadLetter(why)
@@ -676,4 +703,87 @@ pub async fn subscribe_app(
             tracing::error!(%pubsub, %topic, error = %e, "subscription left out");
         }
     }
+}
+
+/// A bulk subscription's batch: up to `max_count` messages, gathered for
+/// at most `max_await_ms` after the first one.
+async fn gather(
+    cx: &Ctx,
+    b: super::subscriptions::Bulk,
+) -> Result<Vec<Received>, skiff_components::pubsub::PubSubError> {
+    let mut batch = cx.subscription.fetch(b.max_count, FETCH_WAIT).await?;
+    if batch.is_empty() {
+        return Ok(batch);
+    }
+    let end = tokio::time::Instant::now() + Duration::from_millis(b.max_await_ms);
+    while batch.len() < b.max_count && !cx.stopping() {
+        let left = end.saturating_duration_since(tokio::time::Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        batch.extend(
+            cx.subscription
+                .fetch(b.max_count - batch.len(), left)
+                .await?,
+        );
+    }
+    Ok(batch)
+}
+
+/// Delivers a batch in bulk calls (one per route), settling each message
+/// by its own status; failed entries are retried in place with backoff.
+async fn handle_batch(cx: &Arc<Ctx>, msgs: Vec<Received>, permit: OwnedSemaphorePermit) {
+    let (by_path, settled) = super::bulk::route(cx, msgs);
+    for (m, f) in settled {
+        settle(cx, &m, f).await;
+    }
+    for (path, mut entries) in by_path {
+        let mut attempt: u32 = 0;
+        loop {
+            let n = i64::try_from(entries.len()).unwrap_or(i64::MAX);
+            cx.series.in_flight.add(n);
+            let start = Instant::now();
+            let mut outcomes = super::bulk::deliver(cx, &path, &entries).await;
+            cx.series.in_flight.add(-n);
+            let mut retry = Vec::new();
+            for e in entries {
+                let o = outcomes
+                    .remove(&e.msg.id)
+                    .unwrap_or_else(|| Outcome::Retry("no status".into()));
+                cx.series.ingress[o.index()].record(start.elapsed());
+                match o {
+                    Outcome::Success => settle(cx, &e.msg, Fate::Ack).await,
+                    Outcome::Drop => {
+                        let f = if cx.sub.dead_letter.is_some() {
+                            Fate::DeadLetter("the app answered DROP".into())
+                        } else {
+                            Fate::Ack
+                        };
+                        settle(cx, &e.msg, f).await;
+                    }
+                    Outcome::Retry(_) => retry.push(e),
+                }
+            }
+            if retry.is_empty() {
+                break;
+            }
+            entries = retry;
+            attempt += 1;
+            let wait = RETRY_FIRST
+                .saturating_mul(1 << attempt.min(10).saturating_sub(1))
+                .min(RETRY_MAX);
+            let mut stop = cx.stop.clone();
+            let stopped = tokio::select! {
+                () = tokio::time::sleep(wait) => false,
+                _ = stop.wait_for(|s| *s) => true,
+            };
+            if stopped {
+                for e in &entries {
+                    settle(cx, &e.msg, Fate::Release).await;
+                }
+                break;
+            }
+        }
+    }
+    drop(permit);
 }

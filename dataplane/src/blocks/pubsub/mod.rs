@@ -9,6 +9,7 @@
 //! answer.
 
 pub mod app;
+mod bulk;
 pub mod deliver;
 pub mod envelope;
 pub mod grpc;

@@ -1,0 +1,300 @@
+//! Bulk subscribe (`bulkSubscribe.enabled`): the delivery loop hands a
+//! batch of up to `maxMessagesCount` messages, gathered for at most
+//! `maxAwaitDurationMs`, to the app in one call — HTTP `POST /<path>`
+//! with Dapr's bulk envelope, or gRPC `OnBulkTopicEvent` (then
+//! `AppCallbackAlpha/OnBulkTopicEventAlpha1`) — and reads one status per
+//! entry: SUCCESS acks, DROP dead-letters, RETRY (or a missing status)
+//! retries that entry. The claims and guarantees are the single path's:
+//! every message of a batch stays claimed until its own fate is settled.
+
+use std::collections::HashMap;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, Request, StatusCode};
+use serde_json::Value;
+use skiff_components::pubsub::Received;
+use skiff_proto::runtime as pb;
+use tonic::Code;
+
+use super::app::{self, Outcome};
+use super::deliver::{Ctx, Fate, Target};
+use super::envelope::{self, Head};
+use super::subscriptions::Route;
+use crate::appchannel::AppChannel;
+use crate::appchannel::grpc::{UnaryError, unary};
+use crate::skiff_body::SkiffBody;
+
+/// One message of a batch, ready to go.
+pub(super) struct Entry {
+    pub msg: Received,
+    /// The CloudEvent (or, raw, the synthetic one).
+    pub body: Bytes,
+}
+
+/// Sorts a batch by route; messages with nowhere to go get their fate now.
+pub(super) fn route(
+    cx: &Ctx,
+    msgs: Vec<Received>,
+) -> (HashMap<String, Vec<Entry>>, Vec<(Received, Fate)>) {
+    let mut by_path: HashMap<String, Vec<Entry>> = HashMap::new();
+    let mut settled = Vec::new();
+    for msg in msgs {
+        let (body, head) = if cx.sub.raw {
+            (
+                envelope::wrap_raw(&msg.data, &cx.sub.topic, &cx.c.name),
+                Head::default(),
+            )
+        } else {
+            match Head::read(&msg.data) {
+                Some(h) => (msg.data.clone(), h),
+                None => {
+                    settled.push((
+                        msg,
+                        super::deliver::nowhere(cx, "the message is not a JSON CloudEvent"),
+                    ));
+                    continue;
+                }
+            }
+        };
+        if head.expired() {
+            settled.push((
+                msg,
+                super::deliver::nowhere(cx, "the message expired (ttlInSeconds)"),
+            ));
+            continue;
+        }
+        let event: Option<Value> = cx
+            .sub
+            .needs_event()
+            .then(|| serde_json::from_slice(&body).ok())
+            .flatten();
+        match cx.sub.route(event.as_ref()) {
+            Route::Path(p) => by_path
+                .entry(p.to_owned())
+                .or_default()
+                .push(Entry { msg, body }),
+            Route::NoMatch => {
+                let f = if cx.sub.dead_letter.is_some() {
+                    Fate::DeadLetter("no routing rule matched".into())
+                } else {
+                    Fate::Ack
+                };
+                settled.push((msg, f));
+            }
+            Route::Failed(why) => settled.push((msg, super::deliver::nowhere(cx, &why))),
+        }
+    }
+    (by_path, settled)
+}
+
+/// One bulk call; the outcome per entry id.
+pub(super) async fn deliver(cx: &Ctx, path: &str, entries: &[Entry]) -> HashMap<String, Outcome> {
+    let all = |o: Outcome| {
+        entries
+            .iter()
+            .map(|e| (e.msg.id.clone(), o.clone()))
+            .collect()
+    };
+    match &cx.target {
+        Target::App(a) if a.speaks_grpc() => match to_grpc(a, cx, path, entries).await {
+            Ok(m) => m,
+            Err(o) => all(o),
+        },
+        Target::App(a) => match to_http(a, cx, path, entries).await {
+            Ok(m) => m,
+            Err(o) => all(o),
+        },
+        Target::Stream(_) => all(Outcome::Retry("bulk delivery to a stream".into())),
+    }
+}
+
+async fn to_http(
+    app: &AppChannel,
+    cx: &Ctx,
+    path: &str,
+    entries: &[Entry],
+) -> Result<HashMap<String, Outcome>, Outcome> {
+    let mut body =
+        String::with_capacity(entries.iter().map(|e| e.body.len() + 96).sum::<usize>() + 160);
+    body.push_str("{\"entries\":[");
+    for (i, e) in entries.iter().enumerate() {
+        if i > 0 {
+            body.push(',');
+        }
+        body.push_str("{\"contentType\":\"application/cloudevents+json\",\"entryId\":");
+        crate::blocks::state::gojson::string(&e.msg.id, &mut body);
+        body.push_str(",\"event\":");
+        body.push_str(std::str::from_utf8(&e.body).unwrap_or("null"));
+        body.push_str(",\"metadata\":{}}");
+    }
+    body.push_str("],\"id\":");
+    crate::blocks::state::gojson::string(&skiff_components::util::uuid_v4(), &mut body);
+    body.push_str(",\"metadata\":{},\"pubsubname\":");
+    crate::blocks::state::gojson::string(&cx.c.name, &mut body);
+    body.push_str(",\"topic\":");
+    crate::blocks::state::gojson::string(&cx.sub.topic, &mut body);
+    body.push_str(",\"type\":\"com.dapr.event.sent.bulk\"}");
+    let p = if path.starts_with('/') {
+        path.to_owned()
+    } else {
+        format!("/{path}")
+    };
+    let uri = http::Uri::try_from(p.as_str())
+        .map_err(|_| Outcome::Retry(format!("route {p:?} is not a valid path")))?;
+    let mut req = Request::new(SkiffBody::full(body));
+    *req.method_mut() = Method::POST;
+    *req.uri_mut() = uri;
+    req.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    let resp = app
+        .forward(req)
+        .await
+        .map_err(|e| Outcome::Retry(e.to_string()))?;
+    let status = resp.status();
+    if status == StatusCode::NOT_FOUND {
+        return Err(Outcome::Drop);
+    }
+    if !status.is_success() {
+        return Err(Outcome::Retry(format!(
+            "the app answered HTTP {}",
+            status.as_u16()
+        )));
+    }
+    let b = crate::body::collect_limited(resp.into_body(), app.max_body_size)
+        .await
+        .map_err(|e| Outcome::Retry(e.to_string()))?;
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct St {
+        #[serde(default)]
+        entry_id: String,
+        #[serde(default)]
+        status: String,
+    }
+    #[derive(serde::Deserialize)]
+    struct Reply {
+        #[serde(default)]
+        statuses: Vec<St>,
+    }
+    let r: Reply = serde_json::from_slice(&b)
+        .map_err(|e| Outcome::Retry(format!("the app's bulk reply is not JSON: {e}")))?;
+    let mut out = HashMap::with_capacity(entries.len());
+    for s in r.statuses {
+        let o = match s.status.as_str() {
+            "SUCCESS" => Outcome::Success,
+            "DROP" => Outcome::Drop,
+            other => Outcome::Retry(format!("the app answered {other:?} for the entry")),
+        };
+        out.insert(s.entry_id, o);
+    }
+    // An entry without a status is retried.
+    for e in entries {
+        out.entry(e.msg.id.clone())
+            .or_insert_with(|| Outcome::Retry("the app gave the entry no status".into()));
+    }
+    Ok(out)
+}
+
+async fn to_grpc(
+    app: &AppChannel,
+    cx: &Ctx,
+    path: &str,
+    entries: &[Entry],
+) -> Result<HashMap<String, Outcome>, Outcome> {
+    use pb::topic_event_bulk_request_entry::Event;
+    let mut list = Vec::with_capacity(entries.len());
+    for e in entries {
+        let event = if cx.sub.raw {
+            Event::Bytes(e.msg.data.clone())
+        } else {
+            let ce: serde_json::Map<String, Value> =
+                serde_json::from_slice(&e.body).map_err(|err| {
+                    Outcome::Retry(format!("the event is not a JSON CloudEvent: {err}"))
+                })?;
+            let ev = app::Event {
+                pubsub: &cx.c.name,
+                topic: &cx.sub.topic,
+                path,
+                body: Bytes::new(),
+                metadata: &[],
+                trace: HeaderMap::new(),
+            };
+            let t = app::topic_event(&ce, &ev);
+            Event::CloudEvent(pb::TopicEventCeRequest {
+                id: t.id,
+                source: t.source,
+                r#type: t.r#type,
+                spec_version: t.spec_version,
+                data_content_type: t.data_content_type,
+                data: t.data,
+                extensions: t.extensions,
+            })
+        };
+        list.push(pb::TopicEventBulkRequestEntry {
+            entry_id: e.msg.id.clone(),
+            event: Some(event),
+            content_type: if cx.sub.raw {
+                "application/octet-stream"
+            } else {
+                envelope::CE_JSON
+            }
+            .into(),
+            metadata: e.msg.metadata.iter().cloned().collect(),
+        });
+    }
+    let req = pb::TopicEventBulkRequest {
+        id: skiff_components::util::uuid_v4(),
+        entries: list,
+        metadata: Default::default(),
+        topic: cx.sub.topic.clone(),
+        pubsub_name: cx.c.name.clone(),
+        r#type: "com.dapr.event.sent.bulk".into(),
+        path: path.to_owned(),
+    };
+    let mut answer: Result<pb::TopicEventBulkResponse, UnaryError> = unary(
+        app,
+        skiff_proto::paths::ON_BULK_TOPIC_EVENT,
+        &req,
+        HeaderMap::new(),
+    )
+    .await;
+    if matches!(answer, Err(UnaryError::Status(Code::Unimplemented, _))) {
+        answer = unary(
+            app,
+            skiff_proto::paths::ON_BULK_TOPIC_EVENT_ALPHA1,
+            &req,
+            HeaderMap::new(),
+        )
+        .await;
+    }
+    use pb::topic_event_response::TopicEventResponseStatus as S;
+    match answer {
+        Ok(r) => {
+            let mut out: HashMap<String, Outcome> = r
+                .statuses
+                .into_iter()
+                .map(|s| {
+                    let o = match S::try_from(s.status) {
+                        Ok(S::Success) => Outcome::Success,
+                        Ok(S::Drop) => Outcome::Drop,
+                        _ => Outcome::Retry("the app answered RETRY for the entry".into()),
+                    };
+                    (s.entry_id, o)
+                })
+                .collect();
+            for e in entries {
+                out.entry(e.msg.id.clone())
+                    .or_insert_with(|| Outcome::Retry("the app gave the entry no status".into()));
+            }
+            Ok(out)
+        }
+        Err(UnaryError::Status(Code::Unimplemented, _)) => Err(Outcome::Success),
+        Err(UnaryError::Status(code, m)) => {
+            Err(Outcome::Retry(format!("the app answered {code:?}: {m}")))
+        }
+        Err(UnaryError::App(e)) => Err(Outcome::Retry(e.to_string())),
+        Err(UnaryError::Protocol(m)) => Err(Outcome::Retry(m)),
+    }
+}
