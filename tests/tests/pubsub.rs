@@ -14,7 +14,7 @@ use base64::Engine;
 use serde_json::{Value, json};
 use skiff_proto::runtime as pb;
 use skiff_proto::runtime::dapr_client::DaprClient;
-use skiff_tests::servers::Redis;
+use skiff_tests::servers::{NatsCluster, Redis};
 use skiff_tests::subscriber::{Behave, Delivery, GrpcSubscriber, HttpSubscriber, Reply, succeed};
 use skiff_tests::*;
 
@@ -25,6 +25,7 @@ enum Driver {
     Memory,
     Sqlite,
     Redis(Redis),
+    JetStream(NatsCluster),
 }
 
 impl Driver {
@@ -44,6 +45,10 @@ impl Driver {
                     ("redisHost", r.addr()),
                     ("redeliverInterval", "200ms".to_owned()),
                 ],
+            ),
+            Self::JetStream(n) => (
+                "pubsub.jetstream",
+                vec![("natsURL", n.urls()), ("replicas", "3".to_owned())],
             ),
         };
         meta.extend_from_slice(extra);
@@ -1003,6 +1008,10 @@ async fn nothing_lost(mut d: Driver, redis_dir: Option<std::path::PathBuf>, tota
     let _sub = w.sidecar("lossy", opts());
     // Restart the broker (Redis with AOF on).
     progress(total_us * 3 / 5).await;
+    // Or kill one JetStream node, and bring it back later.
+    if let Driver::JetStream(n) = &mut d {
+        n.kill(1);
+    }
     if let (Driver::Redis(r), Some(dir)) = (&mut d, &redis_dir) {
         let port = r.port;
         r.cli(&["bgrewriteaof"]);
@@ -1013,6 +1022,10 @@ async fn nothing_lost(mut d: Driver, redis_dir: Option<std::path::PathBuf>, tota
             port,
             &["--appendonly", "yes", "--appendfsync", "always"],
         );
+    }
+    if let Driver::JetStream(n) = &mut d {
+        progress(total_us * 4 / 5).await;
+        n.start_node(1);
     }
     publisher.await.expect("publisher");
     let acked: Vec<u64> = acked.lock().expect("lock").clone();
@@ -1252,4 +1265,33 @@ async fn inbound_resiliency_retries_then_dead_letters() {
             .count(),
         3
     );
+}
+
+fn nats(w: &World) -> NatsCluster {
+    NatsCluster::start(&w.home.path().join("nats"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_jetstream() {
+    let w = World::new();
+    conformance(Driver::JetStream(nats(&w))).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_handlers_keep_their_claim_jetstream() {
+    let w = World::new();
+    slow_handlers_and_backpressure(Driver::JetStream(nats(&w))).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_acks_finished_and_releases_the_rest_jetstream() {
+    let w = World::new();
+    graceful_shutdown(Driver::JetStream(nats(&w))).await;
+}
+
+/// A three-node JetStream cluster with one node SIGKILLed mid-run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_lost_jetstream() {
+    let w = World::new();
+    nothing_lost(Driver::JetStream(nats(&w)), None, 10_000).await;
 }

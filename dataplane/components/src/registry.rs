@@ -103,6 +103,12 @@ const TABLE: &[Entry] = &[
         feature: "pubsub-redis",
         built: cfg!(feature = "pubsub-redis"),
     },
+    Entry {
+        type_name: "pubsub.jetstream",
+        versions: &["v1"],
+        feature: "pubsub-jetstream",
+        built: cfg!(feature = "pubsub-jetstream"),
+    },
 ];
 
 /// The types this build serves.
@@ -206,6 +212,12 @@ pub async fn open(
         #[cfg(feature = "pubsub-redis")]
         "pubsub.redis" => Ok(Component::PubSub(
             crate::pubsub::redis::RedisPubSub::open(meta)
+                .await
+                .map_err(|e| driver(&e))?,
+        )),
+        #[cfg(feature = "pubsub-jetstream")]
+        "pubsub.jetstream" => Ok(Component::PubSub(
+            crate::pubsub::jetstream::JetStreamPubSub::open(meta)
                 .await
                 .map_err(|e| driver(&e))?,
         )),

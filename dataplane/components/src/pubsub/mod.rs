@@ -18,6 +18,8 @@
 //!   [`Subscription::ack`]; [`Subscription::release`] hands a message back
 //!   for redelivery now (shutdown, retry later) without counting it lost.
 
+#[cfg(feature = "pubsub-jetstream")]
+pub mod jetstream;
 #[cfg(feature = "pubsub-memory")]
 pub mod memory;
 #[cfg(feature = "pubsub-redis")]
