@@ -51,7 +51,9 @@ fn spawn_redis(dir: &Path, port: u16, extra: &[&str]) -> Proc {
         child,
         name: format!("redis:{port}"),
     };
-    let end = Instant::now() + Duration::from_secs(10);
+    // Generous: on a loaded 2-core machine a fresh redis-server can take
+    // a while to answer.
+    let end = Instant::now() + Duration::from_secs(30);
     while redis_cli(port, password, &["ping"]).as_deref() != Some("PONG") {
         assert!(Instant::now() < end, "redis on {port} did not answer PING");
         std::thread::sleep(Duration::from_millis(10));

@@ -24,6 +24,8 @@ use super::{Features, Outgoing, PubSub, PubSubError, Received, SubscribeOptions,
 use crate::{BoxFuture, MetadataError, Properties};
 
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Publishes tried while a topic's stream is being made.
+pub const PUBLISH_TRIES: u32 = 4;
 /// How long past its own expiry a pull may go unanswered.
 pub const PULL_GRACE: Duration = Duration::from_secs(2);
 /// How long a subscription waits for its stream's leader.
@@ -169,34 +171,30 @@ impl PubSub for JetStreamPubSub {
         msg: Outgoing,
     ) -> BoxFuture<'a, Result<(), PubSubError>> {
         Box::pin(async move {
-            let ack = if self.stream_name.is_none() {
-                // A topic's own stream is made on first publish.
-                let first = self
+            // A topic's own stream is made on the first publish that finds
+            // none; one just made (here or by a subscriber) may still be
+            // electing its leader, so a few tries, bounded.
+            let mut tries = 0;
+            loop {
+                let sent = self
                     .js
                     .publish_with_headers(topic.to_owned(), Self::headers(&msg), msg.data.clone())
                     .await
                     .map_err(|e| self.broker(e))?
                     .await;
-                match first {
-                    Ok(a) => Ok(a),
+                match sent {
+                    Ok(_) => return Ok(()),
+                    Err(e) if tries >= PUBLISH_TRIES => return Err(self.broker(e)),
+                    Err(e) if self.stream_name.is_some() && tries > 0 => return Err(self.broker(e)),
                     Err(_) => {
-                        let stream = self.ensure_stream(topic).await?;
-                        wait_for_leader(&stream).await;
-                        self.js
-                            .publish_with_headers(topic.to_owned(), Self::headers(&msg), msg.data)
-                            .await
-                            .map_err(|e| self.broker(e))?
-                            .await
+                        tries += 1;
+                        if let Ok(stream) = self.ensure_stream(topic).await {
+                            wait_for_leader(&stream).await;
+                        }
+                        tokio::time::sleep(Duration::from_millis(100) * tries).await;
                     }
                 }
-            } else {
-                self.js
-                    .publish_with_headers(topic.to_owned(), Self::headers(&msg), msg.data)
-                    .await
-                    .map_err(|e| self.broker(e))?
-                    .await
-            };
-            ack.map(drop).map_err(|e| self.broker(e))
+            }
         })
     }
 

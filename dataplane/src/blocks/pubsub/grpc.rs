@@ -138,6 +138,12 @@ pub async fn subscribe_stream(
 ) -> Result<EventStream, tonic::Status> {
     use pb::subscribe_topic_events_request_alpha1::SubscribeTopicEventsRequestType as In;
     use pb::subscribe_topic_events_response_alpha1::SubscribeTopicEventsResponseType as Out;
+    if block.components().is_empty() {
+        // daprd's answer with no pub/sub at all, before reading anything.
+        return Err(crate::blocks::Block::PubSub
+            .not_configured("", &block.app_id)
+            .to_status());
+    }
     let first = inbound.message().await?.ok_or_else(|| {
         tonic::Status::invalid_argument("the stream ended before its initial request")
     })?;
