@@ -795,6 +795,21 @@ async fn streaming_subscription_for_an_app_without_a_port() {
             .any(|x| x["type"] == "STREAMING"),
         "{m}"
     );
+    // The client goes away: its subscription leaves the metadata.
+    drop(tx);
+    drop(stream);
+    let end = Instant::now() + WAIT;
+    loop {
+        let m = get_json(&format!("{}/v1.0/metadata", s.http())).await;
+        if m["subscriptions"].as_array().is_some_and(Vec::is_empty) {
+            break;
+        }
+        assert!(
+            Instant::now() < end,
+            "the closed stream is still listed: {m}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

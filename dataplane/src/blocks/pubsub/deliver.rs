@@ -116,7 +116,10 @@ impl StreamTarget {
 pub struct Runner {
     stop: watch::Sender<bool>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
-    described: Mutex<Vec<Value>>,
+    /// `/v1.0/metadata`'s list, by loop number (a streaming loop's entry
+    /// goes when its stream ends).
+    described: Arc<Mutex<Vec<(u64, Value)>>>,
+    next: std::sync::atomic::AtomicU64,
     tracer: Arc<Tracer>,
 }
 
@@ -125,14 +128,18 @@ impl Runner {
         Arc::new(Self {
             stop: watch::channel(false).0,
             tasks: Mutex::default(),
-            described: Mutex::default(),
+            described: Arc::default(),
+            next: std::sync::atomic::AtomicU64::new(0),
             tracer,
         })
     }
 
     /// `/v1.0/metadata`'s `subscriptions[]`.
     pub fn describe(&self) -> Vec<Value> {
-        self.described.lock().map(|d| d.clone()).unwrap_or_default()
+        self.described
+            .lock()
+            .map(|d| d.iter().map(|(_, v)| v.clone()).collect())
+            .unwrap_or_default()
     }
 
     /// Starts delivering `sub` from `c` to `target`. Fails when the topic
@@ -150,14 +157,22 @@ impl Runner {
                 sub.topic, c.app_id
             ));
         }
+        let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if let Ok(mut d) = self.described.lock() {
-            d.push(sub.describe());
+            d.push((id, sub.describe()));
         }
+        let streaming = sub.kind == super::subscriptions::Kind::Streaming;
+        let described = self.described.clone();
         tracing::info!(pubsub = %c.name, topic = %sub.topic, kind = sub.kind.as_str(),
             routes = ?sub.rules, dead_letter = ?sub.dead_letter, "subscribed");
         let stop = self.stop.subscribe();
         let tracer = self.tracer.clone();
-        let h = tokio::spawn(run(c, Arc::new(sub), target, stop, grace, tracer));
+        let h = tokio::spawn(async move {
+            run(c, Arc::new(sub), target, stop, grace, tracer).await;
+            if streaming && let Ok(mut d) = described.lock() {
+                d.retain(|(i, _)| *i != id);
+            }
+        });
         Ok(h)
     }
 
