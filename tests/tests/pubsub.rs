@@ -1310,3 +1310,35 @@ async fn nothing_lost_jetstream() {
     let w = World::new();
     nothing_lost(Driver::JetStream(nats(&w)), None, 10_000).await;
 }
+
+/// `trimAcked: true` on Redis: once every group has acked, the stream is
+/// trimmed (Dapr's streams grow forever without `maxLenApprox`, which can
+/// drop undelivered entries).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_trim_acked_keeps_the_stream_short() {
+    let w = World::new();
+    let d = Driver::Redis(redis(&w));
+    w.component(
+        "ps.yaml",
+        &d.yaml(&w, "ps", &[("trimAcked", "true".into())]),
+    );
+    let subs = json!([{"pubsubname": "ps", "topic": "trimmed", "route": "/t"}]);
+    let app = HttpSubscriber::start(Some(subs), succeed()).await;
+    let s = w.sidecar("trim", SidecarOpts::app(app.port));
+    let c = http_client();
+    wait_subscribed(&c, &s, 1).await;
+    for i in 0..300 {
+        publish(&c, &s, "ps/trimmed", None, &format!("m{i}")).await;
+    }
+    app.rec.wait_for(300, "/t", WAIT).await;
+    let Driver::Redis(r) = &d else { unreachable!() };
+    let end = Instant::now() + WAIT;
+    loop {
+        let len: u64 = r.cli(&["xlen", "trimmed"]).parse().unwrap_or(u64::MAX);
+        if len <= 1 {
+            break;
+        }
+        assert!(Instant::now() < end, "the stream still holds {len} entries");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -15,7 +15,7 @@
 //! - a failed message is not `XACK`ed: it is released (`XCLAIM ... IDLE`)
 //!   and claimed again on the next pass, so nothing is lost;
 //! - `trimAcked: true` trims the stream up to the oldest entry some group
-//!   has not acked (`XTRIM MINID`), so a stream does not grow forever
+//!   has not acked (`XTRIM MINID`, exact), so a stream does not grow forever
 //!   without dropping undelivered entries as `maxLenApprox` can.
 //!
 //! Blocking reads run on a connection of their own per subscription;
@@ -326,7 +326,7 @@ impl RedisSubscription {
         }
     }
 
-    /// `XTRIM MINID ~` up to the oldest entry a group still needs.
+    /// `XTRIM MINID` up to the oldest entry a group still needs.
     async fn trim(&self) {
         let topic = &self.opts.topic;
         let mut conn = self.conn.clone();
@@ -351,11 +351,10 @@ impl RedisSubscription {
             }
         }
         if let Some((ms, seq)) = floor {
+            // Exact: an approximate trim keeps whole nodes (up to 100
+            // entries), so a small stream would never shrink.
             let mut c = redis::cmd("XTRIM");
-            c.arg(topic)
-                .arg("MINID")
-                .arg("~")
-                .arg(format!("{ms}-{seq}"));
+            c.arg(topic).arg("MINID").arg(format!("{ms}-{seq}"));
             let _ = conn.req_packed_command(&c).await;
         }
     }
