@@ -280,42 +280,26 @@ impl JetStreamSubscription {
     async fn pull(&self, max: usize, wait: Option<Duration>) -> Result<Vec<Received>, PubSubError> {
         let broker =
             |e: &dyn std::fmt::Display| PubSubError::Broker(format!("nats {}: {e}", self.url));
-        let mut out = Vec::new();
-        match wait {
-            None => {
-                let mut batch = self
-                    .consumer
-                    .fetch()
-                    .max_messages(max)
-                    .messages()
-                    .await
-                    .map_err(|e| broker(&e))?;
-                while let Some(m) = batch.next().await {
-                    match m {
-                        Ok(m) => out.extend(received(&m)),
-                        Err(e) if out.is_empty() => return Err(broker(&e)),
-                        Err(_) => break,
-                    }
-                }
-            }
+        let batch = match wait {
+            None => self.consumer.fetch().max_messages(max).messages().await,
             Some(w) => {
-                let mut batch = self
-                    .consumer
+                self.consumer
                     .batch()
                     .max_messages(max)
                     .expires(w.max(Duration::from_millis(10)))
                     .messages()
                     .await
-                    .map_err(|e| broker(&e))?;
-                while let Some(m) = batch.next().await {
-                    match m {
-                        Ok(m) => out.extend(received(&m)),
-                        // A batch that ends early (timeout, leader change)
-                        // keeps what it got.
-                        Err(e) if out.is_empty() => return Err(broker(&e)),
-                        Err(_) => break,
-                    }
-                }
+            }
+        };
+        let mut batch = batch.map_err(|e| broker(&e))?;
+        let mut out = Vec::new();
+        while let Some(m) = batch.next().await {
+            match m {
+                Ok(m) => out.extend(received(&m)),
+                // A batch that ends early (timeout, leader change) keeps
+                // what it got.
+                Err(e) if out.is_empty() => return Err(broker(&e)),
+                Err(_) => break,
             }
         }
         Ok(out)

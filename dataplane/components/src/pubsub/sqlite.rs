@@ -573,24 +573,31 @@ fn claims(
     op: ClaimOp,
     now: i64,
 ) -> rusqlite::Result<()> {
-    let (sql, until) = match op {
+    match op {
         // Whoever holds it now: the work is done either way.
-        ClaimOp::Ack => (
-            "DELETE FROM pubsub_claims WHERE topic = ?1 AND grp = ?2 AND seq = ?3 AND ?4 = ?4 AND ?5 = ?5",
-            0,
-        ),
-        ClaimOp::Release => (
-            "UPDATE pubsub_claims SET until_ms = ?5 WHERE topic = ?1 AND grp = ?2 AND seq = ?3 AND owner = ?4",
-            0,
-        ),
-        ClaimOp::Renew(ms) => (
-            "UPDATE pubsub_claims SET until_ms = ?5 WHERE topic = ?1 AND grp = ?2 AND seq = ?3 AND owner = ?4",
-            now.saturating_add(ms),
-        ),
-    };
-    let mut st = c.prepare_cached(sql)?;
-    for seq in seqs {
-        st.execute(params![topic, group, seq, owner, until])?;
+        ClaimOp::Ack => {
+            let mut st = c.prepare_cached(
+                "DELETE FROM pubsub_claims WHERE topic = ?1 AND grp = ?2 AND seq = ?3",
+            )?;
+            for seq in seqs {
+                st.execute(params![topic, group, seq])?;
+            }
+        }
+        // Only this owner's claims: one that lapsed and was taken over is
+        // the new owner's.
+        ClaimOp::Release | ClaimOp::Renew(_) => {
+            let until = match op {
+                ClaimOp::Renew(ms) => now.saturating_add(ms),
+                _ => 0,
+            };
+            let mut st = c.prepare_cached(
+                "UPDATE pubsub_claims SET until_ms = ?5
+                 WHERE topic = ?1 AND grp = ?2 AND seq = ?3 AND owner = ?4",
+            )?;
+            for seq in seqs {
+                st.execute(params![topic, group, seq, owner, until])?;
+            }
+        }
     }
     Ok(())
 }

@@ -17,9 +17,8 @@ use skiff_proto::runtime as pb;
 use tonic::Code;
 
 use super::app::{self, Outcome};
-use super::deliver::{Ctx, Fate, Target};
-use super::envelope::{self, Head};
-use super::subscriptions::Route;
+use super::deliver::{Ctx, Fate, Prepared, Target, prepare};
+use super::envelope;
 use crate::appchannel::AppChannel;
 use crate::appchannel::grpc::{UnaryError, unary};
 use crate::skiff_body::SkiffBody;
@@ -34,54 +33,21 @@ pub(super) struct Entry {
 /// A batch sorted: entries by route, and messages already settled.
 pub(super) type Routed = (HashMap<String, Vec<Entry>>, Vec<(Received, Fate)>);
 
-/// Sorts a batch by route; messages with nowhere to go get their fate now.
+/// Sorts a batch by route; messages with nowhere to go get their fate now
+/// (one whose routing rule failed goes back to the broker).
 pub(super) fn route(cx: &Ctx, msgs: Vec<Received>) -> Routed {
     let mut by_path: HashMap<String, Vec<Entry>> = HashMap::new();
     let mut settled = Vec::new();
     for msg in msgs {
-        let (body, head) = if cx.sub.raw {
-            (
-                envelope::wrap_raw(&msg.data, &cx.sub.topic, &cx.c.name),
-                Head::default(),
-            )
-        } else {
-            match Head::read(&msg.data) {
-                Some(h) => (msg.data.clone(), h),
-                None => {
-                    settled.push((
-                        msg,
-                        super::deliver::nowhere(cx, "the message is not a JSON CloudEvent"),
-                    ));
-                    continue;
-                }
+        match prepare(cx, &msg) {
+            Prepared::Deliver(body, _, path) => {
+                by_path.entry(path).or_default().push(Entry { msg, body })
             }
-        };
-        if head.expired() {
-            settled.push((
-                msg,
-                super::deliver::nowhere(cx, "the message expired (ttlInSeconds)"),
-            ));
-            continue;
-        }
-        let event: Option<Value> = cx
-            .sub
-            .needs_event()
-            .then(|| serde_json::from_slice(&body).ok())
-            .flatten();
-        match cx.sub.route(event.as_ref()) {
-            Route::Path(p) => by_path
-                .entry(p.to_owned())
-                .or_default()
-                .push(Entry { msg, body }),
-            Route::NoMatch => {
-                let f = if cx.sub.dead_letter.is_some() {
-                    Fate::DeadLetter("no routing rule matched".into())
-                } else {
-                    Fate::Ack
-                };
-                settled.push((msg, f));
+            Prepared::Settled(f) => settled.push((msg, f)),
+            Prepared::RetryLater(why) => {
+                tracing::warn!(pubsub = %cx.c.name, topic = %cx.sub.topic, why, "routing failed; the broker redelivers it");
+                settled.push((msg, Fate::Release));
             }
-            Route::Failed(why) => settled.push((msg, super::deliver::nowhere(cx, &why))),
         }
     }
     (by_path, settled)

@@ -144,7 +144,7 @@ impl Runner {
 
     /// Starts delivering `sub` from `c` to `target`. Fails when the topic
     /// is outside the app's subscription scope.
-    pub fn start(
+    fn start(
         &self,
         c: Arc<Component>,
         sub: Sub,
@@ -244,7 +244,7 @@ async fn run(
     tracer: Arc<Tracer>,
 ) {
     let opts = SubscribeOptions {
-        topic: c.broker_topic(&sub.topic),
+        topic: c.broker_topic(&sub.topic).into_owned(),
         group: c.consumer_id.clone(),
         claim: c.claim,
     };
@@ -457,11 +457,7 @@ async fn dead_letter(cx: &Ctx, msg: &Received, why: &str) -> bool {
 }
 
 /// Ack, or dead letter when one is set (for messages with nowhere to go).
-pub(super) fn nowhere(cx: &Ctx, why: &str) -> Fate {
-    drop_or_dead_letter(cx, why.to_owned())
-}
-
-fn drop_or_dead_letter(cx: &Ctx, why: String) -> Fate {
+fn nowhere(cx: &Ctx, why: String) -> Fate {
     if cx.sub.dead_letter.is_some() {
         Fate::DeadLetter(why)
     } else {
@@ -470,7 +466,20 @@ fn drop_or_dead_letter(cx: &Ctx, why: String) -> Fate {
     }
 }
 
-async fn decide(cx: &Arc<Ctx>, msg: &Received, permit: OwnedSemaphorePermit) -> Fate {
+/// One message read for delivery, by the rules the single and the bulk
+/// paths share.
+pub(super) enum Prepared {
+    /// The CloudEvent to deliver (for raw subscriptions, the synthetic
+    /// one), its head, and the route's path.
+    Deliver(Bytes, Head, String),
+    /// Nothing to deliver: this is its fate.
+    Settled(Fate),
+    /// A routing rule failed and there is no dead letter: retry later.
+    RetryLater(String),
+}
+
+/// Envelope, expiry and routing of one message.
+pub(super) fn prepare(cx: &Ctx, msg: &Received) -> Prepared {
     let (body, head) = if cx.sub.raw {
         (
             envelope::wrap_raw(&msg.data, &cx.sub.topic, &cx.c.name),
@@ -479,36 +488,51 @@ async fn decide(cx: &Arc<Ctx>, msg: &Received, permit: OwnedSemaphorePermit) -> 
     } else {
         match Head::read(&msg.data) {
             Some(h) => (msg.data.clone(), h),
-            None => return drop_or_dead_letter(cx, "the message is not a JSON CloudEvent".into()),
+            None => {
+                return Prepared::Settled(nowhere(
+                    cx,
+                    "the message is not a JSON CloudEvent".into(),
+                ));
+            }
         }
     };
     if head.expired() {
-        return drop_or_dead_letter(cx, "the message expired (ttlInSeconds)".into());
+        return Prepared::Settled(nowhere(cx, "the message expired (ttlInSeconds)".into()));
     }
     let event: Option<Value> = if cx.sub.needs_event() {
         serde_json::from_slice(&body).ok()
     } else {
         None
     };
-    let path = match cx.sub.route(event.as_ref()) {
-        Route::Path(p) => p.to_owned(),
-        Route::NoMatch => {
-            return if cx.sub.dead_letter.is_some() {
-                Fate::DeadLetter("no routing rule matched".into())
-            } else {
-                Fate::Ack
-            };
+    match cx.sub.route(event.as_ref()) {
+        Route::Path(p) => {
+            let p = p.to_owned();
+            Prepared::Deliver(body, head, p)
         }
-        Route::Failed(why) => {
-            if cx.sub.dead_letter.is_some() {
-                return Fate::DeadLetter(why);
-            }
+        Route::NoMatch => Prepared::Settled(if cx.sub.dead_letter.is_some() {
+            Fate::DeadLetter("no routing rule matched".into())
+        } else {
+            Fate::Ack
+        }),
+        Route::Failed(why) if cx.sub.dead_letter.is_some() => {
+            Prepared::Settled(Fate::DeadLetter(why))
+        }
+        Route::Failed(why) => Prepared::RetryLater(why),
+    }
+}
+
+async fn decide(cx: &Arc<Ctx>, msg: &Received, permit: OwnedSemaphorePermit) -> Fate {
+    match prepare(cx, msg) {
+        Prepared::Deliver(body, head, path) => {
+            deliver_with_retries(cx, msg, body, &head, &path, permit).await
+        }
+        Prepared::Settled(f) => f,
+        Prepared::RetryLater(why) => {
             tracing::warn!(pubsub = %cx.c.name, topic = %cx.sub.topic, why, "routing failed; retrying");
             let _ = retry_later(cx, permit, msg.deliveries).await;
-            return Fate::Release;
+            Fate::Release
         }
-    };
-    deliver_with_retries(cx, msg, body, &head, &path, permit).await
+    }
 }
 
 /// Waits before the next attempt, keeping the claim (it is in `held`).

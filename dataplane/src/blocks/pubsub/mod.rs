@@ -74,11 +74,12 @@ pub struct Component {
 }
 
 impl Component {
-    pub fn broker_topic(&self, topic: &str) -> String {
+    /// The topic's name on the broker (no copy unless prefixed).
+    pub fn broker_topic<'a>(&self, topic: &'a str) -> std::borrow::Cow<'a, str> {
         if self.topic_prefix.is_empty() {
-            topic.to_owned()
+            topic.into()
         } else {
-            format!("{}{topic}", self.topic_prefix)
+            format!("{}{topic}", self.topic_prefix).into()
         }
     }
 

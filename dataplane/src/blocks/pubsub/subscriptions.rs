@@ -94,6 +94,8 @@ impl Sub {
 
     /// The first rule whose condition holds (`event` is the CloudEvent).
     pub fn route(&self, event: Option<&Value>) -> Route<'_> {
+        // The event is bound once, for every rule that needs it.
+        let mut cx: Option<cel::Context<'_, '_>> = None;
         for r in &self.rules {
             let Some(p) = &r.program else {
                 return Route::Path(&r.path);
@@ -101,7 +103,14 @@ impl Sub {
             let Some(event) = event else {
                 return Route::Failed(format!("rule {:?}: the event is not JSON", r.source));
             };
-            match eval(p, event) {
+            let cx = match &mut cx {
+                Some(c) => c,
+                None => match bind(event) {
+                    Ok(c) => cx.insert(c),
+                    Err(e) => return Route::Failed(format!("rule {:?}: {e}", r.source)),
+                },
+            };
+            match eval(p, cx) {
                 Ok(true) => return Route::Path(&r.path),
                 Ok(false) => {}
                 Err(e) => return Route::Failed(format!("rule {:?}: {e}", r.source)),
@@ -137,11 +146,21 @@ impl Sub {
     }
 }
 
-fn eval(p: &cel::Program, event: &Value) -> Result<bool, String> {
-    let mut cx = cel::Context::default();
+/// CEL's standard library, built once (a context made with
+/// `Context::default()` builds it again each time).
+static CEL_ENV: std::sync::LazyLock<Arc<cel::Env>> =
+    std::sync::LazyLock::new(|| Arc::new(cel::Env::stdlib()));
+
+/// A context with `event` bound.
+fn bind(event: &Value) -> Result<cel::Context<'static, 'static>, String> {
+    let mut cx = cel::Context::with_env(CEL_ENV.clone());
     cx.add_variable("event", event.clone())
         .map_err(|e| e.to_string())?;
-    match p.execute(&cx) {
+    Ok(cx)
+}
+
+fn eval(p: &cel::Program, cx: &cel::Context<'_, '_>) -> Result<bool, String> {
+    match p.execute(cx) {
         Ok(cel::Value::Bool(b)) => Ok(b),
         Ok(other) => Err(format!("evaluated to {other:?}, not a bool")),
         Err(e) => Err(e.to_string()),
