@@ -22,6 +22,8 @@ pub struct Reply {
     pub status: u16,
     pub body: String,
     pub delay: Duration,
+    /// Held (after `delay`) until this reads `true`.
+    pub gate: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 impl Reply {
@@ -30,6 +32,7 @@ impl Reply {
             status: 200,
             body: String::new(),
             delay: Duration::ZERO,
+            gate: None,
         }
     }
 
@@ -38,6 +41,7 @@ impl Reply {
             status: 200,
             body: format!(r#"{{"status":"{s}"}}"#),
             delay: Duration::ZERO,
+            gate: None,
         }
     }
 
@@ -46,11 +50,18 @@ impl Reply {
             status: code,
             body: String::new(),
             delay: Duration::ZERO,
+            gate: None,
         }
     }
 
     pub fn after(mut self, d: Duration) -> Self {
         self.delay = d;
+        self
+    }
+
+    /// Answers only once `gate` reads `true` (or its sender is gone).
+    pub fn when_open(mut self, gate: tokio::sync::watch::Receiver<bool>) -> Self {
+        self.gate = Some(gate);
         self
     }
 }
@@ -146,6 +157,9 @@ impl Recorder {
         };
         if !reply.delay.is_zero() {
             tokio::time::sleep(reply.delay).await;
+        }
+        if let Some(mut g) = reply.gate.clone() {
+            let _ = g.wait_for(|open| *open).await;
         }
         drop(guard);
         self.log.lock().expect("lock").got.push(d);

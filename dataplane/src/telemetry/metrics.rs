@@ -13,7 +13,7 @@
 //! except through `spec.metrics.http.pathMatching` patterns; app ids and
 //! gRPC method names are bounded per family (see [`registry::MAX_SERIES`]).
 
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering::Relaxed};
 use std::sync::{Arc, LazyLock, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -155,13 +155,36 @@ pub const PUBSUB_OUTCOMES: [&str; 3] = ["success", "retry", "drop"];
 /// One topic of one pub/sub component: deliveries to the app by outcome
 /// (`dapr_component_pubsub_ingress_*`), publishes by success
 /// (`dapr_component_pubsub_egress_*`), and Skiff's gauges of messages
-/// being delivered and waiting to be retried.
+/// being delivered, waiting to be retried, and not fetched yet.
 #[derive(Default)]
 pub struct PubSubTopic {
     pub ingress: [Timed; 3],
     pub egress: [Timed; 2],
     pub in_flight: Gauge,
     pub retry_wait: Gauge,
+    pub backlog: Backlog,
+}
+
+/// Messages the broker holds for a subscription that it has not fetched
+/// yet, as last sampled; unknown (and not rendered) until a subscription
+/// samples it, when it ends, and when the broker cannot tell.
+pub struct Backlog(AtomicI64);
+
+impl Default for Backlog {
+    fn default() -> Self {
+        Self(AtomicI64::new(-1))
+    }
+}
+
+impl Backlog {
+    pub fn set(&self, n: Option<u64>) {
+        let v = n.map_or(-1, |n| i64::try_from(n).unwrap_or(i64::MAX));
+        self.0.store(v, Relaxed);
+    }
+
+    pub fn get(&self) -> Option<u64> {
+        u64::try_from(self.0.load(Relaxed)).ok()
+    }
 }
 
 /// A pub/sub component's topics.
@@ -900,6 +923,16 @@ impl Metrics {
                 &base(c, t),
                 s.retry_wait.get(),
             )
+        });
+        e.header(
+            "skiff_pubsub_backlog",
+            "gauge",
+            "Messages the broker holds for a subscription that it has not fetched yet (sampled).",
+        );
+        each(&mut |c, t, s| {
+            if let Some(n) = s.backlog.get() {
+                e.sample("skiff_pubsub_backlog", &base(c, t), n);
+            }
         });
     }
 

@@ -376,4 +376,17 @@ impl Subscription for JetStreamSubscription {
     fn keep_alive<'a>(&'a self, ids: &'a [String]) -> BoxFuture<'a, Result<(), PubSubError>> {
         Box::pin(self.reply(ids, b"+WPI"))
     }
+
+    fn backlog(&self) -> BoxFuture<'_, Result<Option<u64>, PubSubError>> {
+        Box::pin(async move {
+            // `num_pending`: matching messages the consumer has not
+            // delivered yet.
+            let info = self
+                .consumer
+                .get_info()
+                .await
+                .map_err(|e| PubSubError::Broker(format!("nats {}: {e}", self.url)))?;
+            Ok(Some(info.num_pending))
+        })
+    }
 }

@@ -264,6 +264,15 @@ impl Subscription for MemorySubscription {
         });
         Box::pin(std::future::ready(Ok(())))
     }
+
+    fn backlog(&self) -> BoxFuture<'_, Result<Option<u64>, PubSubError>> {
+        let topics = self.inner.topics();
+        let n = topics.get(&self.opts.topic).map_or(0, |t| {
+            let cursor = t.groups.get(&self.opts.group).map_or(t.end(), |g| g.cursor);
+            t.end() - cursor.max(t.base).min(t.end())
+        });
+        Box::pin(std::future::ready(Ok(Some(n))))
+    }
 }
 
 #[cfg(test)]
@@ -306,6 +315,27 @@ mod tests {
         b.ack(&[again[0].id.clone()]).await.expect("ack");
         let none = a.fetch(10, Duration::from_secs(3)).await.expect("fetch");
         assert!(none.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn backlog_counts_what_the_group_has_not_fetched() {
+        let ps = MemoryPubSub::open(&Properties::new());
+        let a = ps.subscribe(opts("a", 5000)).await.expect("sub");
+        let b = ps.subscribe(opts("b", 5000)).await.expect("sub");
+        for m in ["1", "2", "3", "4"] {
+            ps.publish("t", msg(m)).await.expect("pub");
+        }
+        let got = a.fetch(3, Duration::ZERO).await.expect("fetch");
+        assert_eq!(a.backlog().await.expect("backlog"), Some(1));
+        assert_eq!(b.backlog().await.expect("backlog"), Some(4));
+        // Released ones are claimed, not backlog; acking trims the log.
+        a.release(&[got[0].id.clone()]).await.expect("release");
+        assert_eq!(a.backlog().await.expect("backlog"), Some(1));
+        let rest = b.fetch(10, Duration::ZERO).await.expect("fetch");
+        let ids: Vec<String> = rest.iter().map(|r| r.id.clone()).collect();
+        b.ack(&ids).await.expect("ack");
+        assert_eq!(b.backlog().await.expect("backlog"), Some(0));
+        assert_eq!(a.backlog().await.expect("backlog"), Some(1));
     }
 
     #[tokio::test(start_paused = true)]

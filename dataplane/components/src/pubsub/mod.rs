@@ -130,6 +130,11 @@ pub trait Subscription: Send + Sync {
 
     /// Renews the claim on messages still being handled.
     fn keep_alive<'a>(&'a self, ids: &'a [String]) -> BoxFuture<'a, Result<(), PubSubError>>;
+
+    /// How many messages of the topic no member of the group has fetched
+    /// yet (the broker's lag for the group; claimed and released ones are
+    /// not counted). `None` when the broker cannot tell just now.
+    fn backlog(&self) -> BoxFuture<'_, Result<Option<u64>, PubSubError>>;
 }
 
 /// A pub/sub component.

@@ -438,6 +438,20 @@ impl Subscription for RedisSubscription {
     fn keep_alive<'a>(&'a self, ids: &'a [String]) -> BoxFuture<'a, Result<(), PubSubError>> {
         Box::pin(self.claim(ids, None))
     }
+
+    fn backlog(&self) -> BoxFuture<'_, Result<Option<u64>, PubSubError>> {
+        Box::pin(async move {
+            let mut info = redis::cmd("XINFO");
+            info.arg("GROUPS").arg(&self.opts.topic);
+            match self.conn.clone().req_packed_command(&info).await {
+                Ok(v) => Ok(group_lag(&v, &self.opts.group)),
+                // The stream is gone (a Redis without persistence
+                // restarted); the next read makes it again.
+                Err(e) if e.code() == Some("ERR") => Ok(Some(0)),
+                Err(e) => Err(self.err(&e)),
+            }
+        })
+    }
 }
 
 /// Stream entries `[[id, [field, value, ...]], ...]` (nil entries, which
@@ -491,17 +505,37 @@ fn text(v: &Value) -> Option<String> {
 }
 
 /// A field of an `XINFO GROUPS` entry (a flat array or a map).
-fn field(g: &Value, name: &str) -> Option<String> {
+fn field_value<'v>(g: &'v Value, name: &str) -> Option<&'v Value> {
     match g {
         Value::Array(kv) => kv
             .chunks(2)
             .find(|p| text(&p[0]).as_deref() == Some(name))
-            .and_then(|p| p.get(1).and_then(text)),
+            .and_then(|p| p.get(1)),
         Value::Map(kv) => kv
             .iter()
             .find(|(k, _)| text(k).as_deref() == Some(name))
-            .and_then(|(_, v)| text(v)),
+            .map(|(_, v)| v),
         _ => None,
+    }
+}
+
+fn field(g: &Value, name: &str) -> Option<String> {
+    field_value(g, name).and_then(text)
+}
+
+/// The `lag` of group `name` in an `XINFO GROUPS` answer: Redis 7 gives
+/// it, as nil when it cannot tell (entries deleted with XDEL); older
+/// servers do not.
+fn group_lag(groups: &Value, name: &str) -> Option<u64> {
+    let Value::Array(groups) = groups else {
+        return None;
+    };
+    let g = groups
+        .iter()
+        .find(|g| field(g, "name").as_deref() == Some(name))?;
+    match field_value(g, "lag")? {
+        Value::Int(n) => u64::try_from(*n).ok(),
+        v => text(v)?.parse().ok(),
     }
 }
 
@@ -565,5 +599,21 @@ mod tests {
         assert_eq!((r[0].id.as_str(), &r[0].data[..]), ("1-0", &b"{}"[..]));
         assert_eq!(r[0].metadata, vec![("a".to_owned(), "b".to_owned())]);
         assert_eq!(parse_id("5-3"), Some((5, 3)));
+    }
+
+    #[test]
+    fn lag_is_read_per_group_and_nil_is_unknown() {
+        let group = |name: &str, lag: Value| {
+            Value::Array(vec![
+                Value::BulkString(b"name".to_vec()),
+                Value::BulkString(name.as_bytes().to_vec()),
+                Value::BulkString(b"lag".to_vec()),
+                lag,
+            ])
+        };
+        let v = Value::Array(vec![group("a", Value::Int(7)), group("b", Value::Nil)]);
+        assert_eq!(group_lag(&v, "a"), Some(7));
+        assert_eq!(group_lag(&v, "b"), None);
+        assert_eq!(group_lag(&v, "c"), None);
     }
 }

@@ -20,9 +20,11 @@
 //! while one commit ran go into the next transaction, and their callers
 //! hear back only after it is durable. Another sidecar's publish is seen
 //! by polling (a read that finds nothing takes no write lock); a publish
-//! in this sidecar wakes its own subscriptions at once.
+//! in this sidecar wakes its own subscriptions at once. The backlog gauge
+//! counts on a read connection of its own (WAL readers do not block the
+//! writer), on a blocking-pool thread.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -94,6 +96,47 @@ pub struct SqlitePubSub {
     /// Woken by this sidecar's publishes.
     published: Arc<Notify>,
     timeout: Duration,
+    counter: Arc<Counter>,
+}
+
+/// A read-only connection for counting backlogs, opened on first use and
+/// again after an error.
+struct Counter {
+    path: String,
+    busy: Duration,
+    conn: Mutex<Option<Connection>>,
+}
+
+impl Counter {
+    fn backlog(&self, topic: &str, group: &str) -> Result<Option<u64>, PubSubError> {
+        let broker = |e: rusqlite::Error| PubSubError::Broker(format!("sqlite: {e}"));
+        let mut slot = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.is_none() {
+            let c = Connection::open_with_flags(
+                &self.path,
+                OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )
+            .map_err(broker)?;
+            c.busy_timeout(self.busy).map_err(broker)?;
+            *slot = Some(c);
+        }
+        let Some(c) = slot.as_ref() else {
+            return Ok(None);
+        };
+        let n: Result<i64, _> = c
+            .prepare_cached(
+                "SELECT COUNT(*) FROM pubsub_messages WHERE topic = ?1 AND seq >=
+                     (SELECT cursor FROM pubsub_groups WHERE topic = ?1 AND grp = ?2)",
+            )
+            .and_then(|mut q| q.query_row(params![topic, group], |r| r.get(0)));
+        match n {
+            Ok(n) => Ok(Some(u64::try_from(n).unwrap_or(0))),
+            Err(e) => {
+                *slot = None;
+                Err(broker(e))
+            }
+        }
+    }
 }
 
 impl SqlitePubSub {
@@ -144,6 +187,11 @@ impl SqlitePubSub {
             jobs: tx,
             published: Arc::new(Notify::new()),
             timeout,
+            counter: Arc::new(Counter {
+                path,
+                busy,
+                conn: Mutex::new(None),
+            }),
         });
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             let jobs = me.jobs.clone();
@@ -232,6 +280,7 @@ impl PubSub for SqlitePubSub {
                 jobs: self.jobs.clone(),
                 published: self.published.clone(),
                 timeout: self.timeout,
+                counter: self.counter.clone(),
                 owner: crate::util::uuid_v4(),
                 claim_ms: i64::try_from(opts.claim.as_millis()).unwrap_or(i64::MAX),
                 opts,
@@ -245,6 +294,7 @@ struct SqliteSubscription {
     jobs: Sender<Job>,
     published: Arc<Notify>,
     timeout: Duration,
+    counter: Arc<Counter>,
     owner: String,
     claim_ms: i64,
     opts: SubscribeOptions,
@@ -322,6 +372,16 @@ impl Subscription for SqliteSubscription {
 
     fn keep_alive<'a>(&'a self, ids: &'a [String]) -> BoxFuture<'a, Result<(), PubSubError>> {
         self.claims(ids, ClaimOp::Renew(self.claim_ms))
+    }
+
+    fn backlog(&self) -> BoxFuture<'_, Result<Option<u64>, PubSubError>> {
+        let counter = self.counter.clone();
+        let (topic, group) = (self.opts.topic.clone(), self.opts.group.clone());
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || counter.backlog(&topic, &group))
+                .await
+                .map_err(|e| PubSubError::Broker(format!("sqlite: {e}")))?
+        })
     }
 }
 
@@ -720,6 +780,28 @@ mod tests {
             .expect("fetch");
         assert_eq!(stolen.len(), 1);
         assert_eq!(stolen[0].data, "b");
+    }
+
+    #[tokio::test]
+    async fn backlog_counts_past_the_group_cursor() {
+        let dir = tempdir();
+        let ps = open(&dir);
+        let a = ps.subscribe(opts("a", 60_000)).await.expect("sub");
+        let b = ps.subscribe(opts("b", 60_000)).await.expect("sub");
+        assert_eq!(a.backlog().await.expect("backlog"), Some(0));
+        ps.publish_many("t", (0..5).map(|i| msg(&i.to_string())).collect())
+            .await
+            .into_iter()
+            .collect::<Result<Vec<_>, _>>()
+            .expect("pub");
+        let got = a.fetch(2, Duration::from_millis(100)).await.expect("fetch");
+        assert_eq!(got.len(), 2);
+        assert_eq!(a.backlog().await.expect("backlog"), Some(3));
+        assert_eq!(b.backlog().await.expect("backlog"), Some(5));
+        // Released: claimed again later, not backlog.
+        let ids: Vec<String> = got.iter().map(|r| r.id.clone()).collect();
+        a.release(&ids).await.expect("release");
+        assert_eq!(a.backlog().await.expect("backlog"), Some(3));
     }
 
     #[tokio::test]

@@ -53,6 +53,9 @@ pub const RETRY_FIRST: Duration = Duration::from_millis(100);
 pub const RETRY_MAX: Duration = Duration::from_secs(10);
 /// Pause after the broker failed a fetch.
 pub const BROKER_BACKOFF: Duration = Duration::from_millis(500);
+/// How often a subscription asks its broker for its backlog
+/// (`skiff_pubsub_backlog`): one cheap broker call, never per message.
+pub const BACKLOG_EVERY: Duration = Duration::from_secs(2);
 
 /// Where a subscription's messages go.
 #[derive(Clone)]
@@ -274,6 +277,7 @@ async fn run(
         slots: Arc::new(Semaphore::new(limit)),
     });
     let keeper = tokio::spawn(keep_alive(cx.clone()));
+    let sampler = tokio::spawn(sample_backlog(cx.clone()));
     let mut handlers = JoinSet::new();
     loop {
         while handlers.try_join_next().is_some() {}
@@ -353,8 +357,28 @@ async fn run(
             });
         }
     }
+    sampler.abort();
+    cx.series.backlog.set(None);
     drain(&cx, handlers, grace).await;
     keeper.abort();
+}
+
+/// Keeps `skiff_pubsub_backlog` current for this subscription.
+async fn sample_backlog(cx: Arc<Ctx>) {
+    let mut tick = tokio::time::interval(BACKLOG_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match cx.subscription.backlog().await {
+            Ok(n) => cx.series.backlog.set(n),
+            Err(e) => {
+                // Fetch failures are logged by the loop; this one only
+                // stops claiming to know.
+                tracing::debug!(pubsub = %cx.c.name, topic = %cx.sub.topic, error = %e, "reading the backlog failed");
+                cx.series.backlog.set(None);
+            }
+        }
+    }
 }
 
 /// Shutdown: the running handlers get `grace` to finish; the rest of
