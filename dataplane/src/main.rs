@@ -58,8 +58,13 @@ fn init_logging(level: &str, json: bool, api_logging: bool) {
             filter = filter.add_directive(d);
         }
     }
+    // Colour only on a terminal: piped into a file or a supervisor
+    // (`skiff run`), escape codes are noise.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     if json {
         builder.json().init();
