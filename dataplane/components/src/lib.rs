@@ -22,6 +22,8 @@ pub mod pubsub;
 pub mod redisconn;
 pub mod registry;
 pub mod secrets;
+#[cfg(any(feature = "state-sqlite", feature = "pubsub-sqlite"))]
+mod sqliteopen;
 pub mod state;
 pub mod util;
 

@@ -172,11 +172,12 @@ impl SqlitePubSub {
         )
         .map_err(err)?;
         conn.busy_timeout(busy).map_err(err)?;
-        conn.pragma_update(None, "journal_mode", "WAL")
+        // Every sidecar of the machine may be creating this file now.
+        crate::sqliteopen::retry_busy(busy, || conn.pragma_update(None, "journal_mode", "WAL"))
             .map_err(err)?;
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(err)?;
-        migrate(&conn).map_err(err)?;
+        crate::sqliteopen::retry_busy(busy, || migrate(&conn)).map_err(err)?;
         let (tx, rx) = crossbeam_channel::unbounded();
         let retention_ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
         std::thread::Builder::new()

@@ -120,7 +120,10 @@ impl SqliteStore {
             source,
         };
         let writer = connect(&cfg, false).map_err(sqlite_err)?;
-        migrate(&writer, &cfg.table, &metadata_table).map_err(sqlite_err)?;
+        crate::sqliteopen::retry_busy(cfg.busy_timeout, || {
+            migrate(&writer, &cfg.table, &metadata_table)
+        })
+        .map_err(sqlite_err)?;
 
         let (wtx, wrx) = crossbeam_channel::unbounded();
         let cfg_w = cfg.clone();
@@ -266,7 +269,10 @@ fn connect(cfg: &Config, read_only: bool) -> rusqlite::Result<Connection> {
     conn.busy_timeout(cfg.busy_timeout)?;
     if !read_only {
         if cfg.wal {
-            conn.pragma_update(None, "journal_mode", "WAL")?;
+            // Every sidecar of the machine may be creating this file now.
+            crate::sqliteopen::retry_busy(cfg.busy_timeout, || {
+                conn.pragma_update(None, "journal_mode", "WAL")
+            })?;
         }
         conn.pragma_update(None, "synchronous", "NORMAL")?;
     }
