@@ -83,4 +83,14 @@ impl Http {
         }
         serde_json::from_slice(&a.body).with_context(|| format!("{url}: not JSON"))
     }
+
+    /// A local sidecar's `/v1.0/metadata`, if it answers within a second.
+    pub async fn metadata(&self, http_port: u16) -> Option<serde_json::Value> {
+        self.get_json(
+            &format!("http://127.0.0.1:{http_port}/v1.0/metadata"),
+            Duration::from_secs(1),
+        )
+        .await
+        .ok()
+    }
 }

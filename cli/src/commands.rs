@@ -31,13 +31,7 @@ pub async fn rows(home: &Home) -> Vec<Value> {
     let http = Http::new();
     let mut out = Vec::new();
     for r in records::live(home) {
-        let meta = http
-            .get_json(
-                &format!("http://127.0.0.1:{}/v1.0/metadata", r.http_port),
-                Duration::from_secs(2),
-            )
-            .await
-            .ok();
+        let meta = http.metadata(r.http_port).await;
         let expiry = meta
             .as_ref()
             .and_then(|m| m["skiff"]["mtls"]["certificateExpiry"].as_u64());

@@ -9,6 +9,7 @@
 
 mod client;
 mod commands;
+mod dashboard;
 mod home;
 mod init;
 mod output;
@@ -107,6 +108,11 @@ enum Cmd {
         app_id: Option<String>,
         #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
         output: Format,
+    },
+    /// A live page of the running apps, calls, pub/sub backlogs and errors.
+    Dashboard {
+        #[arg(short = 'p', long = "port", default_value_t = 8080)]
+        port: u16,
     },
     /// This CLI's and the runtime's versions.
     Version,
@@ -332,6 +338,7 @@ async fn dispatch(cmd: Cmd) -> Result<i32> {
         Cmd::Components { app_id, output } => {
             commands::components(&home, app_id.as_deref(), output).await?;
         }
+        Cmd::Dashboard { port } => dashboard::serve(&home, port).await?,
         Cmd::Version => commands::version(run::find_skiffd(None).ok().as_deref()),
     }
     Ok(0)

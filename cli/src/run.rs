@@ -63,6 +63,9 @@ pub async fn run(home: &Home, specs: Vec<AppSpec>, skiffd: &Path) -> Result<i32>
     let mut int = signal(SignalKind::interrupt())?;
     let mut term = signal(SignalKind::terminate())?;
     let mut usr1 = signal(SignalKind::user_defined1())?;
+    // The terminal went away (its window closed): stop as for Ctrl-C
+    // rather than die and leave the sidecars running.
+    let mut hup = signal(SignalKind::hangup())?;
 
     let mut sidecars = Vec::new();
     for (s, p) in &planned {
@@ -90,6 +93,7 @@ pub async fn run(home: &Home, specs: Vec<AppSpec>, skiffd: &Path) -> Result<i32>
             },
             _ = int.recv() => { failed = Some((usize::MAX, anyhow::anyhow!("interrupted"))); break; }
             _ = term.recv() => { failed = Some((usize::MAX, anyhow::anyhow!("terminated"))); break; }
+            _ = hup.recv() => { failed = Some((usize::MAX, anyhow::anyhow!("hung up"))); break; }
         }
     }
     if let Some((i, e)) = failed {
@@ -180,6 +184,7 @@ pub async fn run(home: &Home, specs: Vec<AppSpec>, skiffd: &Path) -> Result<i32>
             },
             _ = int.recv() => { console.info("stopping (Ctrl-C)"); let _ = stop_tx.send(true); }
             _ = term.recv() => { console.info("stopping (SIGTERM)"); let _ = stop_tx.send(true); }
+            _ = hup.recv() => { console.info("stopping (the terminal hung up)"); let _ = stop_tx.send(true); }
             _ = usr1.recv() => {
                 for (id, tx) in &stoppers {
                     let f = stop_file(home, id);

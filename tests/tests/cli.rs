@@ -557,6 +557,17 @@ fn newcomer_errors_say_what_to_do() {
     drop(l);
 }
 
+/// `script` and what runs in its terminal: killing `script` closes the
+/// terminal, and `skiff run` stops its apps on the hang-up.
+struct Pty(Child);
+
+impl Drop for Pty {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 #[test]
 fn an_interactive_run_shows_prefixed_output_and_stops_on_ctrl_c() {
     let e = Env::new();
@@ -576,9 +587,9 @@ fn an_interactive_run_shows_prefixed_output_and_stops_on_ctrl_c() {
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::null());
-    let mut child = c.spawn().expect("script");
-    let mut stdin = child.stdin.take().expect("stdin");
-    let stdout = child.stdout.take().expect("stdout");
+    let mut child = Pty(c.spawn().expect("script"));
+    let mut stdin = child.0.stdin.take().expect("stdin");
+    let stdout = child.0.stdout.take().expect("stdout");
     let (tx, rx) = std::sync::mpsc::channel::<String>();
     std::thread::spawn(move || {
         use std::io::Read;
@@ -608,7 +619,7 @@ fn an_interactive_run_shows_prefixed_output_and_stops_on_ctrl_c() {
     stdin.write_all(b"\x03").expect("ctrl-c");
     stdin.flush().expect("flush");
     let end = Instant::now() + WAIT;
-    while child.try_wait().expect("wait").is_none() {
+    while child.0.try_wait().expect("wait").is_none() {
         assert!(
             Instant::now() < end,
             "skiff did not stop on Ctrl-C:\n{seen}"
@@ -622,4 +633,127 @@ fn an_interactive_run_shows_prefixed_output_and_stops_on_ctrl_c() {
     }
     assert!(seen.contains("stopping (Ctrl-C)"), "{seen}");
     wait_dead(&[sidecar, app]);
+}
+
+/// A blocking `GET` of a loopback URL path; the body.
+fn get(port: u16, path: &str) -> String {
+    use std::io::Read;
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return String::new();
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    let _ = write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default()
+}
+
+/// The page as headless Chromium renders it (scripts run, fetches done).
+fn chromium(args: &[&str], url: &str) -> String {
+    let o = Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--virtual-time-budget=3000",
+        ])
+        .args(args)
+        .arg(url)
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .expect("chromium (apt-get install -y chromium)");
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[test]
+fn dashboard_in_chromium_lists_apps_calls_backlogs_and_updates_when_one_stops() {
+    let e = Env::new();
+    e.init();
+    let dir = e.root().join("proj");
+    sample_run_file(&dir, Some(free_port()));
+    let run = e.start(&["run", "-f", dir.to_str().expect("utf8")]);
+    run.wait_output("orders placed, reserved, stored and shipped");
+    e.wait_listed(&["checkout", "echo", "inventory"]);
+    let port = free_port();
+    let _dash = e.start(&["dashboard", "-p", &port.to_string()]);
+    let url = format!("http://127.0.0.1:{port}/");
+    // The sampler has read every sidecar once it lists three apps.
+    let end = Instant::now() + WAIT;
+    loop {
+        let v: Value = serde_json::from_str(&get(port, "/api/overview")).unwrap_or(Value::Null);
+        if v["apps"].as_array().is_some_and(|a| a.len() == 3)
+            && !v["calls"].as_array().is_none_or(Vec::is_empty)
+        {
+            break;
+        }
+        assert!(Instant::now() < end, "dashboard never saw the apps: {v}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let dom = chromium(&["--dump-dom"], &url);
+    for want in [
+        r#"data-app="checkout""#,
+        r#"data-app="inventory""#,
+        r#"data-app="echo""#,
+        r#"data-pair="checkout:inventory""#,
+        r#"data-pair="inventory:checkout""#,
+        r#"data-topic="pubsub/orders""#,
+        r#"data-topic="pubsub/shipments""#,
+        "pubsub.skiff.sqlite",
+    ] {
+        assert!(dom.contains(want), "no {want} in the page:\n{dom}");
+    }
+    // A screenshot for the test artefacts.
+    let shots = bin("skiff").parent().expect("dir").join("test-artifacts");
+    std::fs::create_dir_all(&shots).expect("mkdir");
+    let png = shots.join("dashboard.png");
+    chromium(
+        &[
+            "--window-size=1280,900",
+            &format!("--screenshot={}", png.display()),
+        ],
+        &url,
+    );
+    assert!(
+        std::fs::metadata(&png).is_ok_and(|m| m.len() > 10_000),
+        "no screenshot at {}",
+        png.display()
+    );
+
+    e.ok(&["stop", "-a", "echo"]);
+    let end = Instant::now() + WAIT;
+    loop {
+        let dom = chromium(&["--dump-dom"], &url);
+        if !dom.contains(r#"data-app="echo""#) && dom.contains(r#"data-app="checkout""#) {
+            assert!(dom.contains(r#"id="app-count">2<"#), "{dom}");
+            break;
+        }
+        assert!(
+            Instant::now() < end,
+            "echo still shown after it stopped:\n{dom}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+#[test]
+fn closing_the_terminal_stops_the_app_and_its_sidecar() {
+    let e = Env::new();
+    e.init();
+    let line = format!("{} run -a hup -- sleep 300", bin("skiff").display());
+    let mut c = Command::new("script");
+    c.args(["-qfec", &line, "/dev/null"])
+        .env("HOME", e.root())
+        .env("SKIFF_HOME", e.skiff_home())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let pty = Pty(c.spawn().expect("script"));
+    let rows = e.wait_listed(&["hup"]);
+    let [cli, sidecar, app] = pids(&rows[0]);
+    // The terminal's side goes away: skiff gets SIGHUP.
+    drop(pty);
+    wait_dead(&[cli, sidecar, app]);
 }
