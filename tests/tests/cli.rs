@@ -248,6 +248,13 @@ fn init_is_idempotent_force_rotates_the_ca_and_uninstall_cleans_up() {
     let comps: Vec<Value> = serde_json::from_str(&comps).expect("json");
     assert_eq!(comps.len(), 2, "{comps:?}");
 
+    let v = e.ok(&["version"]);
+    assert!(
+        v.contains(&format!("CLI version: {}", env!("CARGO_PKG_VERSION")))
+            && v.contains(&format!("Runtime version: {}", env!("CARGO_PKG_VERSION"))),
+        "{v}"
+    );
+
     e.ok(&["uninstall"]);
     assert!(!h.join("components").exists() && !h.join("config.yaml").exists());
     assert!(
