@@ -6,6 +6,7 @@ pub mod bench;
 pub mod echo;
 pub mod hist;
 pub mod load;
+pub mod lock;
 pub mod peers;
 pub mod plot;
 pub mod procfs;

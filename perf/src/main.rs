@@ -39,6 +39,9 @@ enum Cmd {
     /// Redis Streams driver doing the same loop in-process, plus the
     /// embedded SQLite broker.
     Pubsub(skiff_perf::pubsub::PubSubArgs),
+    /// TryLock through one skiffd against Skiff's Redis lock driver called
+    /// directly (the floor), plus the in-memory lock.
+    Lock(skiff_perf::lock::LockArgs),
     /// Draw the percentile curves of a recorded `bench --json` file as SVG.
     Plot {
         json: PathBuf,
@@ -131,6 +134,9 @@ fn main() -> ExitCode {
             skiff_perf::pubsub::run(a)
                 .await
                 .map_err(|e| format!("{e:#}"))
+        }),
+        Cmd::Lock(a) => on_task(&rt, async move {
+            skiff_perf::lock::run(a).await.map_err(|e| format!("{e:#}"))
         }),
         Cmd::Plot { json, out } => plot(&json, &out),
     };

@@ -124,6 +124,37 @@ async fn python_sdk_state_and_secrets() {
     assert!(stdout.contains(r#"{"done": "state"}"#), "{stdout}");
 }
 
+/// The SDK's `try_lock` / `unlock` (and its context manager) against the
+/// embedded `lock.in-memory` (the conformance suite in `lock.rs` covers
+/// `lock.redis`).
+#[tokio::test]
+async fn python_sdk_lock() {
+    let py = python();
+    let w = World::new();
+    w.component(
+        "lock.yaml",
+        &component_yaml("lockstore", "lock.in-memory", &[]),
+    );
+    let s = w.sidecar("pylock", SidecarOpts::default());
+    let out = Command::new(&py)
+        .arg(python_script("sdk_lock.py"))
+        .env("DAPR_HTTP_PORT", s.http_port.to_string())
+        .env("DAPR_GRPC_PORT", s.grpc_port.to_string())
+        .env("DAPR_RUNTIME_HOST", "127.0.0.1")
+        .env("STORE", "lockstore")
+        .env_remove("DAPR_API_TOKEN")
+        .output()
+        .expect("run sdk_lock.py");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("{stdout}");
+    assert!(
+        out.status.success(),
+        "SDK lock client failed\n{stdout}\n{stderr}"
+    );
+    assert!(stdout.contains(r#"{"done": "lock"}"#), "{stdout}");
+}
+
 /// The SDK's pub/sub: `publish_event`, `publish_events` and a streaming
 /// `subscribe` from a client without a port; a `dapr.ext.grpc.App`
 /// subscriber (with a routing rule) and a FastAPI app through

@@ -16,9 +16,14 @@
 //! blocks in `skiff-dataplane` hold Dapr's API semantics (key prefixes,
 //! value encoding, error codes) and call these traits with plain values.
 
+pub mod lock;
 pub mod metadata;
 pub mod pubsub;
-#[cfg(any(feature = "state-redis", feature = "pubsub-redis"))]
+#[cfg(any(
+    feature = "state-redis",
+    feature = "pubsub-redis",
+    feature = "lock-redis"
+))]
 pub mod redisconn;
 pub mod registry;
 pub mod secrets;

@@ -7,6 +7,7 @@
 use std::sync::Arc;
 
 use crate::Properties;
+use crate::lock::LockStore;
 use crate::pubsub::PubSub;
 use crate::secrets::SecretStore;
 use crate::state::StateStore;
@@ -17,6 +18,7 @@ pub enum Component {
     State(Arc<dyn StateStore>),
     Secrets(Arc<dyn SecretStore>),
     PubSub(Arc<dyn PubSub>),
+    Lock(Arc<dyn LockStore>),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -108,6 +110,18 @@ const TABLE: &[Entry] = &[
         versions: &["v1"],
         feature: "pubsub-jetstream",
         built: cfg!(feature = "pubsub-jetstream"),
+    },
+    Entry {
+        type_name: "lock.in-memory",
+        versions: &["v1"],
+        feature: "lock-memory",
+        built: cfg!(feature = "lock-memory"),
+    },
+    Entry {
+        type_name: "lock.redis",
+        versions: &["v1"],
+        feature: "lock-redis",
+        built: cfg!(feature = "lock-redis"),
     },
 ];
 
@@ -218,6 +232,14 @@ pub async fn open(
         #[cfg(feature = "pubsub-jetstream")]
         "pubsub.jetstream" => Ok(Component::PubSub(
             crate::pubsub::jetstream::JetStreamPubSub::open(meta)
+                .await
+                .map_err(|e| driver(&e))?,
+        )),
+        #[cfg(feature = "lock-memory")]
+        "lock.in-memory" => Ok(Component::Lock(crate::lock::memory::MemoryLock::open(meta))),
+        #[cfg(feature = "lock-redis")]
+        "lock.redis" => Ok(Component::Lock(
+            crate::lock::redis::RedisLock::open(meta)
                 .await
                 .map_err(|e| driver(&e))?,
         )),

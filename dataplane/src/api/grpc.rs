@@ -14,7 +14,7 @@ use skiff_proto::runtime::dapr_server::{Dapr, DaprServer};
 use tonic::Code;
 use tonic::codegen::Service;
 
-use crate::blocks::{self, Blocks, Rpc, pubsub, secrets, state};
+use crate::blocks::{self, Blocks, Rpc, lock, pubsub, secrets, state};
 use crate::errors::{self, grpc_code_from_http};
 use crate::headers::{
     self, DAPR_APP_ID, GRPC_TIMEOUT, SKIFF_GRPC_MESSAGE, SKIFF_GRPC_STATUS, SKIFF_TYPE_URL,
@@ -192,7 +192,9 @@ store_named!(
     pb::DeleteBulkStateRequest,
     pb::ExecuteStateTransactionRequest,
     pb::GetSecretRequest,
-    pb::GetBulkSecretRequest
+    pb::GetBulkSecretRequest,
+    pb::TryLockRequest,
+    pb::UnlockRequest
 );
 
 impl DaprApi {
@@ -417,6 +419,28 @@ impl Dapr for DaprApi {
     ) -> Result<tonic::Response<pb::GetBulkSecretResponse>, tonic::Status> {
         self.traced("GetBulkSecret", r, |r| {
             secrets::grpc::get_bulk_secret(&self.cx.blocks.secrets, r)
+        })
+        .await
+        .map(tonic::Response::new)
+    }
+
+    async fn try_lock_alpha1(
+        &self,
+        r: tonic::Request<pb::TryLockRequest>,
+    ) -> Result<tonic::Response<pb::TryLockResponse>, tonic::Status> {
+        self.traced("TryLockAlpha1", r, |r| {
+            lock::grpc::try_lock(&self.cx.blocks.lock, r)
+        })
+        .await
+        .map(tonic::Response::new)
+    }
+
+    async fn unlock_alpha1(
+        &self,
+        r: tonic::Request<pb::UnlockRequest>,
+    ) -> Result<tonic::Response<pb::UnlockResponse>, tonic::Status> {
+        self.traced("UnlockAlpha1", r, |r| {
+            lock::grpc::unlock(&self.cx.blocks.lock, r)
         })
         .await
         .map(tonic::Response::new)

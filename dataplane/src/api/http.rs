@@ -202,9 +202,9 @@ impl HttpApi {
         Routed::Invoke(target, method, Request::from_parts(parts, body))
     }
 
-    /// A building block's API (`rest`: the path after its segment). State
-    /// and secrets are served; the others answer daprd's error for a block
-    /// with nothing configured.
+    /// A building block's API (`rest`: the path after its segment). State,
+    /// secrets, pub/sub and lock are served; the others answer daprd's
+    /// error for a block with nothing configured.
     async fn block(
         &self,
         block: Block,
@@ -237,6 +237,15 @@ impl HttpApi {
                 )
                 .await;
             }
+            Block::Lock => {
+                return crate::blocks::lock::http::handle(
+                    &self.blocks.lock,
+                    req,
+                    rest,
+                    self.door.max_body_size,
+                )
+                .await;
+            }
             Block::PubSub => {
                 return crate::blocks::pubsub::http::handle(
                     &self.blocks.pubsub,
@@ -250,19 +259,6 @@ impl HttpApi {
             _ => {}
         }
         let name = rest.split('/').next().unwrap_or_default();
-        if block == Block::Lock && req.uri().path().starts_with("/v1.0-alpha1/lock/") {
-            // daprd checks the expiry before it looks for a lock store.
-            let body = crate::body::collect_limited(req.into_body(), self.door.max_body_size).await;
-            if let Ok(b) = body
-                && expiry_not_positive(&b)
-            {
-                return http_error(
-                    StatusCode::BAD_REQUEST,
-                    code::MALFORMED_REQUEST,
-                    &format!("ExpiryInSeconds is not positive in lock store {name}"),
-                );
-            }
-        }
         block.not_configured(name, &self.door.app_id).to_http()
     }
 
@@ -288,18 +284,6 @@ impl HttpApi {
             _ => not_found(req.method(), req.uri().path()),
         }
     }
-}
-
-/// A TryLock body whose `expiryInSeconds` (or `expiry_in_seconds`) is
-/// missing or not above zero.
-fn expiry_not_positive(body: &[u8]) -> bool {
-    let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) else {
-        return false;
-    };
-    let e = v
-        .get("expiryInSeconds")
-        .or_else(|| v.get("expiry_in_seconds"));
-    e.and_then(serde_json::Value::as_i64).is_none_or(|n| n <= 0)
 }
 
 /// `<app>/method/<method...>` → (app, method).
@@ -404,17 +388,5 @@ mod tests {
         h.insert(DAPR_APP_ID, HeaderValue::from_static("b"));
         assert_eq!(route("/orders", &h), Route::InvokeByHeader);
         assert_eq!(route("/v1.0/state/s", &h), Route::Block(Block::State, "s"));
-    }
-
-    #[test]
-    fn lock_expiry_is_checked_as_daprd_does() {
-        assert!(expiry_not_positive(
-            br#"{"resourceId":"r","lockOwner":"o","expiryInSeconds":0}"#
-        ));
-        assert!(expiry_not_positive(
-            br#"{"resourceId":"r","lockOwner":"o"}"#
-        ));
-        assert!(!expiry_not_positive(br#"{"expiry_in_seconds":5}"#));
-        assert!(!expiry_not_positive(b"not json"));
     }
 }

@@ -7,7 +7,7 @@
 //! A component that fails stops the sidecar with one line naming the file,
 //! the component and the cause, unless `spec.ignoreErrors` is set (then it
 //! is logged and left out). Components of blocks this skiffd does not
-//! serve yet (bindings, configuration, ...) are logged and left out, so the
+//! serve yet (bindings, configuration, actors) are logged and left out, so the
 //! usual Dapr components folder does not stop the sidecar.
 
 use std::collections::HashSet;
@@ -18,6 +18,7 @@ use skiff_components::Properties;
 use skiff_components::registry::{self, Component};
 
 use super::Blocks;
+use super::lock::{self, LockBlock};
 use super::pubsub::{self, PubSubBlock};
 use super::secrets::SecretsBlock;
 use super::state::guarded::Guarded;
@@ -44,7 +45,7 @@ pub enum LoadError {
 fn served(type_name: &str) -> bool {
     matches!(
         registry::block_of(type_name),
-        "state" | "secretstores" | "pubsub"
+        "state" | "secretstores" | "pubsub" | "lock"
     )
 }
 
@@ -79,6 +80,7 @@ pub async fn load(
     let mut state = StateBlock::new(app_id);
     let mut pubsub = PubSubBlock::new(app_id);
     let mut secrets = SecretsBlock::new(secret_scopes(docs.configuration.as_ref())?);
+    let mut lock = LockBlock::new(app_id);
     let mut report = Vec::new();
     let mut actor_store: Option<String> = None;
     for spec in specs {
@@ -125,6 +127,18 @@ pub async fn load(
                 announce(&spec);
                 pubsub.add(c);
             }
+            Ok((Component::Lock(driver), meta)) => {
+                let prefix = lock::Prefix::from_meta(&meta).map_err(|why| fail(&spec, why))?;
+                report.push(describe(&spec, Vec::new()));
+                announce(&spec);
+                lock.add(lock::Store {
+                    name: spec.name.clone(),
+                    driver,
+                    prefix,
+                    policy: resiliency.component_outbound(&spec.name, "Lock"),
+                    ops: metrics::registry().lock_component(&spec.name),
+                });
+            }
             Ok((Component::Secrets(driver), _)) => {
                 report.push(describe(&spec, driver.features()));
                 announce(&spec);
@@ -143,6 +157,7 @@ pub async fn load(
             state,
             secrets,
             pubsub,
+            lock,
         },
         report,
     })

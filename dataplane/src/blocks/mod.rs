@@ -4,7 +4,7 @@
 //! its thin HTTP and gRPC adapters; the drivers live in the components
 //! crate).
 //!
-//! State, secrets and pub/sub are served ([`Blocks`], loaded by
+//! State, secrets, pub/sub and lock are served ([`Blocks`], loaded by
 //! [`components`]).
 //! Until the other blocks arrive, their APIs answer exactly what daprd
 //! answers when none is configured ([`Block::not_configured`]), on both
@@ -12,6 +12,7 @@
 //! does not serve says so by name ([`rpc`]).
 
 pub mod components;
+pub mod lock;
 pub mod outbound;
 pub mod pubsub;
 pub mod secrets;
@@ -23,6 +24,7 @@ pub struct Blocks {
     pub state: state::StateBlock,
     pub secrets: secrets::SecretsBlock,
     pub pubsub: pubsub::PubSubBlock,
+    pub lock: lock::LockBlock,
 }
 
 use http::{HeaderMap, StatusCode};
@@ -68,6 +70,8 @@ pub async fn traced<O>(
 fn block_system(name: &str) -> &'static str {
     if name.contains("Secret") {
         "secrets"
+    } else if name.contains("Lock") {
+        "lock"
     } else {
         "state"
     }
@@ -202,8 +206,8 @@ const RPCS: &[(&str, Rpc)] = &[
         Rpc::Block(Block::Configuration),
     ),
     ("UnsubscribeConfiguration", Rpc::Block(Block::Configuration)),
-    ("TryLockAlpha1", Rpc::Block(Block::Lock)),
-    ("UnlockAlpha1", Rpc::Block(Block::Lock)),
+    ("TryLockAlpha1", Rpc::Served),
+    ("UnlockAlpha1", Rpc::Served),
     ("EncryptAlpha1", Rpc::NotYet),
     ("DecryptAlpha1", Rpc::NotYet),
     ("GetMetadata", Rpc::NotYet),
@@ -295,7 +299,8 @@ mod tests {
     fn rpcs_map_to_their_blocks() {
         assert_eq!(rpc("InvokeService"), Rpc::Served);
         assert_eq!(rpc("GetState"), Rpc::Served);
-        assert_eq!(rpc("TryLockAlpha1"), Rpc::Block(Block::Lock));
+        assert_eq!(rpc("TryLockAlpha1"), Rpc::Served);
+        assert_eq!(rpc("GetConfiguration"), Rpc::Block(Block::Configuration));
         assert_eq!(rpc("GetMetadata"), Rpc::NotYet);
         assert_eq!(rpc("Nope"), Rpc::Unknown);
         let names: std::collections::HashSet<_> = RPCS.iter().map(|(n, _)| n).collect();

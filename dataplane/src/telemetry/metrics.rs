@@ -132,6 +132,8 @@ pub const STATE_OPS: [&str; 7] = [
 ];
 /// Dapr's secret store operations.
 pub const SECRET_OPS: [&str; 2] = ["get", "bulk_get"];
+/// Lock store operations (`dapr_component_lock_*`).
+pub const LOCK_OPS: [&str; 2] = ["try_lock", "unlock"];
 
 /// One component's calls: count and latency per operation and outcome
 /// (`success` true/false). Made when the component is loaded, so a call
@@ -221,6 +223,7 @@ pub struct Metrics {
     resiliency: Family<String, ResiliencyTarget>,
     state_components: Family<String, Arc<ComponentOps>>,
     secret_components: Family<String, Arc<ComponentOps>>,
+    lock_components: Family<String, Arc<ComponentOps>>,
     pubsub_components: Family<String, Arc<PubSubComponent>>,
     retry_budget_exhausted: Family<String, Counter>,
     mtls_init: Counter,
@@ -288,6 +291,7 @@ impl Metrics {
             resiliency: Family::new(other()),
             state_components: Family::new(other()),
             secret_components: Family::new(other()),
+            lock_components: Family::new(other()),
             pubsub_components: Family::new(other()),
             retry_budget_exhausted: Family::new(other()),
             mtls_init: Counter::default(),
@@ -342,6 +346,11 @@ impl Metrics {
     /// The series of secret store `name` (`dapr_component_secret_*`).
     pub fn secret_component(&self, name: &str) -> Arc<ComponentOps> {
         self.secret_components.with(name, Arc::clone)
+    }
+
+    /// The series of lock store `name` (`dapr_component_lock_*`).
+    pub fn lock_component(&self, name: &str) -> Arc<ComponentOps> {
+        self.lock_components.with(name, Arc::clone)
     }
 
     /// The series of pub/sub component `name`
@@ -773,6 +782,7 @@ impl Metrics {
         for (kind, family, ops) in [
             ("state", &self.state_components, &STATE_OPS[..]),
             ("secret", &self.secret_components, &SECRET_OPS[..]),
+            ("lock", &self.lock_components, &LOCK_OPS[..]),
         ] {
             let (count, lat) = (
                 format!("dapr_component_{kind}_count"),
