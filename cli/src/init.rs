@@ -2,7 +2,9 @@
 //! engine. Init makes the local CA (root + issuer) the sidecars sign their
 //! SPIFFE certificates with, a default Configuration, and `components/`
 //! with the embedded state store and durable broker under the names Dapr's
-//! quickstarts use (`statestore`, `pubsub`), or Redis ones with `--redis`.
+//! quickstarts use (`statestore`, `pubsub`), or Redis ones with `--redis`,
+//! plus a lock store (`lockstore`: in memory, or Redis) and a local secret
+//! store (`localsecretstore`, reading `$SKIFF_HOME/secrets.json`).
 //! It is idempotent: what exists is kept (the CA too, unless `--force`).
 
 use std::fs;
@@ -54,15 +56,47 @@ pub fn init(home: &Home, o: &InitOptions) -> Result<()> {
     } else {
         done(&format!("kept {}", home.config().display()));
     }
-    let (state, pubsub) = match &o.redis {
-        Some(addr) => (redis_state(addr), redis_pubsub(addr)),
-        None => (sqlite_state(root), sqlite_pubsub(root)),
+    let (state, pubsub, lock) = match &o.redis {
+        Some(addr) => (
+            component("statestore", "state.redis", &[("redisHost", addr.clone())]),
+            component("pubsub", "pubsub.redis", &[("redisHost", addr.clone())]),
+            component("lockstore", "lock.redis", &[("redisHost", addr.clone())]),
+        ),
+        None => (
+            sqlite_state(root),
+            sqlite_pubsub(root),
+            component("lockstore", "lock.in-memory", &[]),
+        ),
     };
+    let secrets_file = root.join("secrets.json");
+    if !secrets_file.exists() {
+        ca::write_file(&secrets_file, "{}\n", 0o600).context("writing secrets.json")?;
+    }
+    let secrets = component(
+        "localsecretstore",
+        "secretstores.local.file",
+        &[
+            ("secretsFile", secrets_file.display().to_string()),
+            ("nestedSeparator", ":".to_owned()),
+        ],
+    );
     // --redis replaces the embedded defaults: that is what it asks for.
     let replace = o.redis.is_some();
-    for (file, yaml, what) in [
-        ("statestore.yaml", state, "state store `statestore`"),
-        ("pubsub.yaml", pubsub, "pub/sub `pubsub`"),
+    for (file, yaml, what, replace) in [
+        (
+            "statestore.yaml",
+            state,
+            "state store `statestore`",
+            replace,
+        ),
+        ("pubsub.yaml", pubsub, "pub/sub `pubsub`", replace),
+        ("lockstore.yaml", lock, "lock store `lockstore`", replace),
+        (
+            "secretstore.yaml",
+            secrets,
+            "secret store `localsecretstore`",
+            false,
+        ),
     ] {
         let path = home.components().join(file);
         if write_new(&path, &yaml, replace)? {
@@ -152,6 +186,9 @@ fn component(name: &str, ty: &str, meta: &[(&str, String)]) -> String {
     for (k, v) in meta {
         y.push_str(&format!("  - name: {k}\n    value: \"{v}\"\n"));
     }
+    if meta.is_empty() {
+        y = y.replace("  metadata:\n", "  metadata: []\n");
+    }
     y
 }
 
@@ -175,18 +212,6 @@ fn sqlite_pubsub(root: &Path) -> String {
             root.join("pubsub.db").display().to_string(),
         )],
     )
-}
-
-fn redis_state(addr: &str) -> String {
-    component(
-        "statestore",
-        "state.redis",
-        &[("redisHost", addr.to_owned())],
-    )
-}
-
-fn redis_pubsub(addr: &str) -> String {
-    component("pubsub", "pubsub.redis", &[("redisHost", addr.to_owned())])
 }
 
 pub struct UninstallOptions {

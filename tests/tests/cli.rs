@@ -220,6 +220,22 @@ fn init_is_idempotent_force_rotates_the_ca_and_uninstall_cleans_up() {
     );
     let pubsub = std::fs::read_to_string(h.join("components/pubsub.yaml")).expect("yaml");
     assert!(pubsub.contains("pubsub.skiff.sqlite") && pubsub.contains("name: pubsub"));
+    let lock = std::fs::read_to_string(h.join("components/lockstore.yaml")).expect("yaml");
+    assert!(
+        lock.contains("lock.in-memory") && lock.contains("name: lockstore"),
+        "{lock}"
+    );
+    let sec = std::fs::read_to_string(h.join("components/secretstore.yaml")).expect("yaml");
+    assert!(
+        sec.contains("secretstores.local.file") && sec.contains("secrets.json"),
+        "{sec}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(h.join("secrets.json"))
+            .expect("secrets")
+            .trim(),
+        "{}"
+    );
 
     let second = e.ok(&["init"]);
     assert!(second.contains("kept the local CA"), "{second}");
@@ -246,7 +262,9 @@ fn init_is_idempotent_force_rotates_the_ca_and_uninstall_cleans_up() {
 
     let comps = e.ok(&["components", "-o", "json"]);
     let comps: Vec<Value> = serde_json::from_str(&comps).expect("json");
-    assert_eq!(comps.len(), 2, "{comps:?}");
+    assert_eq!(comps.len(), 4, "{comps:?}");
+    let lock = std::fs::read_to_string(h.join("components/lockstore.yaml")).expect("yaml");
+    assert!(lock.contains("lock.redis"), "{lock}");
 
     let v = e.ok(&["version"]);
     assert!(

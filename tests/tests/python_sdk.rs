@@ -155,6 +155,48 @@ async fn python_sdk_lock() {
     assert!(stdout.contains(r#"{"done": "lock"}"#), "{stdout}");
 }
 
+/// The SDK's `get_configuration`, `subscribe_configuration` and
+/// `unsubscribe_configuration` on `configuration.redis`.
+#[tokio::test]
+async fn python_sdk_configuration_on_redis() {
+    let py = python();
+    let w = World::new();
+    let redis = skiff_tests::servers::Redis::start_with(
+        &w.home.path().join("redis"),
+        free_port(),
+        &["--notify-keyspace-events", "KA"],
+    );
+    w.component(
+        "cfg.yaml",
+        &component_yaml("cfg", "configuration.redis", &[("redisHost", redis.addr())]),
+    );
+    let s = w.sidecar("pycfg", SidecarOpts::default());
+    let port = redis
+        .addr()
+        .rsplit(':')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    let out = Command::new(&py)
+        .arg(python_script("sdk_configuration.py"))
+        .env("DAPR_HTTP_PORT", s.http_port.to_string())
+        .env("DAPR_GRPC_PORT", s.grpc_port.to_string())
+        .env("DAPR_RUNTIME_HOST", "127.0.0.1")
+        .env("STORE", "cfg")
+        .env("REDIS_PORT", port)
+        .env_remove("DAPR_API_TOKEN")
+        .output()
+        .expect("run sdk_configuration.py");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("{stdout}");
+    assert!(
+        out.status.success(),
+        "SDK configuration client failed\n{stdout}\n{stderr}"
+    );
+    assert!(stdout.contains(r#"{"done": "configuration"}"#), "{stdout}");
+}
+
 /// The SDK's pub/sub: `publish_event`, `publish_events` and a streaming
 /// `subscribe` from a client without a port; a `dapr.ext.grpc.App`
 /// subscriber (with a routing rule) and a FastAPI app through

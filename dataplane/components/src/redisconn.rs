@@ -71,6 +71,9 @@ impl ConnectionLike for Conn {
 /// A connection, and what errors name it by.
 pub struct Connected {
     pub conn: Conn,
+    /// The client of a standalone node, for connections of its own
+    /// (pub/sub); `None` for a cluster.
+    pub client: Option<redis::Client>,
     /// The host list, never credentials.
     pub addr: String,
     pub cluster: bool,
@@ -155,6 +158,7 @@ pub async fn connect(
         })
         .collect::<Result<_, _>>()
         .map_err(connect_err)?;
+    let mut node_client = None;
     let conn = if cluster {
         let mut b = redis::cluster::ClusterClient::builder(infos)
             .connection_timeout(dial)
@@ -181,6 +185,7 @@ pub async fn connect(
             why: "names no host".into(),
         })?;
         let client = redis::Client::open(info).map_err(connect_err)?;
+        node_client = Some(client.clone());
         let cfg = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(dial))
             .set_response_timeout(Some(read))
@@ -199,6 +204,7 @@ pub async fn connect(
         .map_err(connect_err)?;
     Ok(Connected {
         conn,
+        client: node_client,
         addr,
         cluster,
     })

@@ -7,6 +7,7 @@
 use std::sync::Arc;
 
 use crate::Properties;
+use crate::configuration::ConfigurationStore;
 use crate::lock::LockStore;
 use crate::pubsub::PubSub;
 use crate::secrets::SecretStore;
@@ -19,6 +20,7 @@ pub enum Component {
     Secrets(Arc<dyn SecretStore>),
     PubSub(Arc<dyn PubSub>),
     Lock(Arc<dyn LockStore>),
+    Configuration(Arc<dyn ConfigurationStore>),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -122,6 +124,12 @@ const TABLE: &[Entry] = &[
         versions: &["v1"],
         feature: "lock-redis",
         built: cfg!(feature = "lock-redis"),
+    },
+    Entry {
+        type_name: "configuration.redis",
+        versions: &["v1"],
+        feature: "configuration-redis",
+        built: cfg!(feature = "configuration-redis"),
     },
 ];
 
@@ -240,6 +248,12 @@ pub async fn open(
         #[cfg(feature = "lock-redis")]
         "lock.redis" => Ok(Component::Lock(
             crate::lock::redis::RedisLock::open(meta)
+                .await
+                .map_err(|e| driver(&e))?,
+        )),
+        #[cfg(feature = "configuration-redis")]
+        "configuration.redis" => Ok(Component::Configuration(
+            crate::configuration::redis::RedisConfiguration::open(meta)
                 .await
                 .map_err(|e| driver(&e))?,
         )),

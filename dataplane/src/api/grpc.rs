@@ -14,7 +14,7 @@ use skiff_proto::runtime::dapr_server::{Dapr, DaprServer};
 use tonic::Code;
 use tonic::codegen::Service;
 
-use crate::blocks::{self, Blocks, Rpc, lock, pubsub, secrets, state};
+use crate::blocks::{self, Blocks, Rpc, configuration, lock, pubsub, secrets, state};
 use crate::errors::{self, grpc_code_from_http};
 use crate::headers::{
     self, DAPR_APP_ID, GRPC_TIMEOUT, SKIFF_GRPC_MESSAGE, SKIFF_GRPC_STATUS, SKIFF_TYPE_URL,
@@ -194,7 +194,10 @@ store_named!(
     pb::GetSecretRequest,
     pb::GetBulkSecretRequest,
     pb::TryLockRequest,
-    pb::UnlockRequest
+    pb::UnlockRequest,
+    pb::GetConfigurationRequest,
+    pb::SubscribeConfigurationRequest,
+    pb::UnsubscribeConfigurationRequest
 );
 
 impl DaprApi {
@@ -228,6 +231,8 @@ impl DaprApi {
 #[tonic::async_trait]
 impl Dapr for DaprApi {
     type SubscribeTopicEventsAlpha1Stream = pubsub::grpc::EventStream;
+    type SubscribeConfigurationAlpha1Stream = configuration::grpc::ConfigStream;
+    type SubscribeConfigurationStream = configuration::grpc::ConfigStream;
 
     async fn publish_event(
         &self,
@@ -422,6 +427,55 @@ impl Dapr for DaprApi {
         })
         .await
         .map(tonic::Response::new)
+    }
+
+    async fn get_configuration(
+        &self,
+        r: tonic::Request<pb::GetConfigurationRequest>,
+    ) -> Result<tonic::Response<pb::GetConfigurationResponse>, tonic::Status> {
+        self.traced("GetConfiguration", r, |r| {
+            configuration::grpc::get(&self.cx.blocks.configuration, r)
+        })
+        .await
+        .map(tonic::Response::new)
+    }
+
+    async fn get_configuration_alpha1(
+        &self,
+        r: tonic::Request<pb::GetConfigurationRequest>,
+    ) -> Result<tonic::Response<pb::GetConfigurationResponse>, tonic::Status> {
+        self.get_configuration(r).await
+    }
+
+    async fn subscribe_configuration(
+        &self,
+        r: tonic::Request<pb::SubscribeConfigurationRequest>,
+    ) -> Result<tonic::Response<Self::SubscribeConfigurationStream>, tonic::Status> {
+        configuration::grpc::subscribe(&self.cx.blocks.configuration, r.into_inner())
+            .await
+            .map(tonic::Response::new)
+    }
+
+    async fn subscribe_configuration_alpha1(
+        &self,
+        r: tonic::Request<pb::SubscribeConfigurationRequest>,
+    ) -> Result<tonic::Response<Self::SubscribeConfigurationAlpha1Stream>, tonic::Status> {
+        self.subscribe_configuration(r).await
+    }
+
+    async fn unsubscribe_configuration(
+        &self,
+        r: tonic::Request<pb::UnsubscribeConfigurationRequest>,
+    ) -> Result<tonic::Response<pb::UnsubscribeConfigurationResponse>, tonic::Status> {
+        configuration::grpc::unsubscribe(&self.cx.blocks.configuration, r.into_inner())
+            .map(tonic::Response::new)
+    }
+
+    async fn unsubscribe_configuration_alpha1(
+        &self,
+        r: tonic::Request<pb::UnsubscribeConfigurationRequest>,
+    ) -> Result<tonic::Response<pb::UnsubscribeConfigurationResponse>, tonic::Status> {
+        self.unsubscribe_configuration(r).await
     }
 
     async fn try_lock_alpha1(

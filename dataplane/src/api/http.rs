@@ -203,8 +203,8 @@ impl HttpApi {
     }
 
     /// A building block's API (`rest`: the path after its segment). State,
-    /// secrets, pub/sub and lock are served; the others answer daprd's
-    /// error for a block with nothing configured.
+    /// secrets, pub/sub, lock and configuration are served; the others
+    /// answer daprd's error for a block with nothing configured.
     async fn block(
         &self,
         block: Block,
@@ -234,6 +234,14 @@ impl HttpApi {
                     component,
                     call,
                     failed,
+                )
+                .await;
+            }
+            Block::Configuration => {
+                return crate::blocks::configuration::http::handle(
+                    &self.blocks.configuration,
+                    req,
+                    rest,
                 )
                 .await;
             }

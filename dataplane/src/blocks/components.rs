@@ -7,7 +7,7 @@
 //! A component that fails stops the sidecar with one line naming the file,
 //! the component and the cause, unless `spec.ignoreErrors` is set (then it
 //! is logged and left out). Components of blocks this skiffd does not
-//! serve yet (bindings, configuration, actors) are logged and left out, so the
+//! serve yet (bindings, actors) are logged and left out, so the
 //! usual Dapr components folder does not stop the sidecar.
 
 use std::collections::HashSet;
@@ -18,6 +18,7 @@ use skiff_components::Properties;
 use skiff_components::registry::{self, Component};
 
 use super::Blocks;
+use super::configuration::{self, ConfigurationBlock};
 use super::lock::{self, LockBlock};
 use super::pubsub::{self, PubSubBlock};
 use super::secrets::SecretsBlock;
@@ -45,7 +46,7 @@ pub enum LoadError {
 fn served(type_name: &str) -> bool {
     matches!(
         registry::block_of(type_name),
-        "state" | "secretstores" | "pubsub" | "lock"
+        "state" | "secretstores" | "pubsub" | "lock" | "configuration"
     )
 }
 
@@ -81,6 +82,7 @@ pub async fn load(
     let mut pubsub = PubSubBlock::new(app_id);
     let mut secrets = SecretsBlock::new(secret_scopes(docs.configuration.as_ref())?);
     let mut lock = LockBlock::new(app_id);
+    let mut configuration = ConfigurationBlock::new(app_id);
     let mut report = Vec::new();
     let mut actor_store: Option<String> = None;
     for spec in specs {
@@ -139,6 +141,15 @@ pub async fn load(
                     ops: metrics::registry().lock_component(&spec.name),
                 });
             }
+            Ok((Component::Configuration(driver), _)) => {
+                report.push(describe(&spec, Vec::new()));
+                announce(&spec);
+                configuration.add(configuration::Store {
+                    name: spec.name.clone(),
+                    driver,
+                    ops: metrics::registry().configuration_component(&spec.name),
+                });
+            }
             Ok((Component::Secrets(driver), _)) => {
                 report.push(describe(&spec, driver.features()));
                 announce(&spec);
@@ -158,6 +169,7 @@ pub async fn load(
             secrets,
             pubsub,
             lock,
+            configuration,
         },
         report,
     })

@@ -4,7 +4,7 @@
 //! its thin HTTP and gRPC adapters; the drivers live in the components
 //! crate).
 //!
-//! State, secrets, pub/sub and lock are served ([`Blocks`], loaded by
+//! State, secrets, pub/sub, lock and configuration are served ([`Blocks`], loaded by
 //! [`components`]).
 //! Until the other blocks arrive, their APIs answer exactly what daprd
 //! answers when none is configured ([`Block::not_configured`]), on both
@@ -12,6 +12,7 @@
 //! does not serve says so by name ([`rpc`]).
 
 pub mod components;
+pub mod configuration;
 pub mod lock;
 pub mod outbound;
 pub mod pubsub;
@@ -25,6 +26,7 @@ pub struct Blocks {
     pub secrets: secrets::SecretsBlock,
     pub pubsub: pubsub::PubSubBlock,
     pub lock: lock::LockBlock,
+    pub configuration: configuration::ConfigurationBlock,
 }
 
 use http::{HeaderMap, StatusCode};
@@ -194,18 +196,12 @@ const RPCS: &[(&str, Rpc)] = &[
     ("ExecuteActorStateTransaction", Rpc::Block(Block::Actors)),
     ("InvokeActor", Rpc::Block(Block::Actors)),
     ("SubscribeActorEventsAlpha1", Rpc::Block(Block::Actors)),
-    ("GetConfigurationAlpha1", Rpc::Block(Block::Configuration)),
-    ("GetConfiguration", Rpc::Block(Block::Configuration)),
-    (
-        "SubscribeConfigurationAlpha1",
-        Rpc::Block(Block::Configuration),
-    ),
-    ("SubscribeConfiguration", Rpc::Block(Block::Configuration)),
-    (
-        "UnsubscribeConfigurationAlpha1",
-        Rpc::Block(Block::Configuration),
-    ),
-    ("UnsubscribeConfiguration", Rpc::Block(Block::Configuration)),
+    ("GetConfigurationAlpha1", Rpc::Served),
+    ("GetConfiguration", Rpc::Served),
+    ("SubscribeConfigurationAlpha1", Rpc::Served),
+    ("SubscribeConfiguration", Rpc::Served),
+    ("UnsubscribeConfigurationAlpha1", Rpc::Served),
+    ("UnsubscribeConfiguration", Rpc::Served),
     ("TryLockAlpha1", Rpc::Served),
     ("UnlockAlpha1", Rpc::Served),
     ("EncryptAlpha1", Rpc::NotYet),
@@ -300,7 +296,8 @@ mod tests {
         assert_eq!(rpc("InvokeService"), Rpc::Served);
         assert_eq!(rpc("GetState"), Rpc::Served);
         assert_eq!(rpc("TryLockAlpha1"), Rpc::Served);
-        assert_eq!(rpc("GetConfiguration"), Rpc::Block(Block::Configuration));
+        assert_eq!(rpc("GetConfiguration"), Rpc::Served);
+        assert_eq!(rpc("InvokeBinding"), Rpc::Block(Block::Bindings));
         assert_eq!(rpc("GetMetadata"), Rpc::NotYet);
         assert_eq!(rpc("Nope"), Rpc::Unknown);
         let names: std::collections::HashSet<_> = RPCS.iter().map(|(n, _)| n).collect();

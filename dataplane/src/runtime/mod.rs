@@ -215,6 +215,10 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     );
     let (app, lifecycle) = (parts.app.clone(), parts.lifecycle.clone());
     let blocks = parts.blocks.clone();
+    // Configuration subscriptions of HTTP apps post their changes to it.
+    if let Some(a) = &app {
+        blocks.configuration.set_app(a.clone());
+    }
     let (http_api, grpc_api, inbound) = contexts(&settings, parts);
     let internal_addr = listeners.internal_addr;
     let drain = serve(&settings, listeners, &identity, http_api, grpc_api, inbound);

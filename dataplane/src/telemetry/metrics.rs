@@ -134,6 +134,8 @@ pub const STATE_OPS: [&str; 7] = [
 pub const SECRET_OPS: [&str; 2] = ["get", "bulk_get"];
 /// Lock store operations (`dapr_component_lock_*`).
 pub const LOCK_OPS: [&str; 2] = ["try_lock", "unlock"];
+/// Configuration store operations (`dapr_component_configuration_*`).
+pub const CONFIGURATION_OPS: [&str; 2] = ["get", "subscribe"];
 
 /// One component's calls: count and latency per operation and outcome
 /// (`success` true/false). Made when the component is loaded, so a call
@@ -224,6 +226,7 @@ pub struct Metrics {
     state_components: Family<String, Arc<ComponentOps>>,
     secret_components: Family<String, Arc<ComponentOps>>,
     lock_components: Family<String, Arc<ComponentOps>>,
+    configuration_components: Family<String, Arc<ComponentOps>>,
     pubsub_components: Family<String, Arc<PubSubComponent>>,
     retry_budget_exhausted: Family<String, Counter>,
     mtls_init: Counter,
@@ -292,6 +295,7 @@ impl Metrics {
             state_components: Family::new(other()),
             secret_components: Family::new(other()),
             lock_components: Family::new(other()),
+            configuration_components: Family::new(other()),
             pubsub_components: Family::new(other()),
             retry_budget_exhausted: Family::new(other()),
             mtls_init: Counter::default(),
@@ -351,6 +355,12 @@ impl Metrics {
     /// The series of lock store `name` (`dapr_component_lock_*`).
     pub fn lock_component(&self, name: &str) -> Arc<ComponentOps> {
         self.lock_components.with(name, Arc::clone)
+    }
+
+    /// The series of configuration store `name`
+    /// (`dapr_component_configuration_*`).
+    pub fn configuration_component(&self, name: &str) -> Arc<ComponentOps> {
+        self.configuration_components.with(name, Arc::clone)
     }
 
     /// The series of pub/sub component `name`
@@ -783,6 +793,11 @@ impl Metrics {
             ("state", &self.state_components, &STATE_OPS[..]),
             ("secret", &self.secret_components, &SECRET_OPS[..]),
             ("lock", &self.lock_components, &LOCK_OPS[..]),
+            (
+                "configuration",
+                &self.configuration_components,
+                &CONFIGURATION_OPS[..],
+            ),
         ] {
             let (count, lat) = (
                 format!("dapr_component_{kind}_count"),

@@ -92,6 +92,7 @@ impl RedisStore {
             conn,
             addr,
             cluster,
+            ..
         } = connect(meta, None).await?;
         let store = Self {
             conn,

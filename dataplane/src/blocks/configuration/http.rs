@@ -1,0 +1,90 @@
+//! `GET /v1.0/configuration/{store}?key=a&key=b` → a bare map
+//! `{"a": {"value", "version", "metadata"}}` (204 when nothing matched),
+//! `GET .../{store}/subscribe?key=...` → `{"id"}`, and
+//! `GET .../{store}/{id}/unsubscribe` → `{"ok": true}` or 500
+//! `{"ok": false, "message"}`; also under `/v1.0-alpha1`.
+
+use ::http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use serde_json::{Value, json};
+
+use super::{ConfigurationBlock, items_json};
+use crate::errors::ApiError;
+use crate::skiff_body::SkiffBody;
+
+fn keys(query: Option<&str>) -> Vec<String> {
+    query
+        .unwrap_or_default()
+        .split('&')
+        .filter_map(|p| p.split_once('='))
+        .filter(|(k, _)| *k == "key")
+        .map(|(_, v)| {
+            percent_encoding::percent_decode_str(&v.replace('+', " "))
+                .decode_utf8_lossy()
+                .into_owned()
+        })
+        .filter(|k| !k.is_empty())
+        .collect()
+}
+
+fn json_response(status: StatusCode, v: &Value) -> Response<SkiffBody> {
+    let mut r = Response::new(SkiffBody::full(v.to_string()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+/// Serves one configuration call; `tail` is the path after `configuration/`.
+pub async fn handle(
+    block: &ConfigurationBlock,
+    req: Request<SkiffBody>,
+    tail: &str,
+) -> Response<SkiffBody> {
+    let parts: Vec<&str> = tail.split('/').collect();
+    let dec = |s: &str| {
+        percent_encoding::percent_decode_str(s)
+            .decode_utf8_lossy()
+            .into_owned()
+    };
+    let keys = keys(req.uri().query());
+    let r = match (req.method(), parts.as_slice()) {
+        (&Method::GET, [store]) if !store.is_empty() => match block.get(&dec(store), &keys).await {
+            Ok(items) if items.is_empty() => {
+                let mut r = Response::new(SkiffBody::Empty);
+                *r.status_mut() = StatusCode::NO_CONTENT;
+                return r;
+            }
+            Ok(items) => Ok(json_response(StatusCode::OK, &items_json(&items))),
+            Err(e) => Err(e),
+        },
+        (&Method::GET, [store, "subscribe"]) => block
+            .subscribe_app(&dec(store), &keys)
+            .await
+            .map(|id| json_response(StatusCode::OK, &json!({"id": id}))),
+        (&Method::GET, [store, id, "unsubscribe"]) => {
+            if let Err(e) = block.check(&dec(store)) {
+                return e.to_http();
+            }
+            return match block.unsubscribe(&dec(store), &dec(id)) {
+                Ok(()) => json_response(StatusCode::OK, &json!({"ok": true})),
+                Err(m) => json_response(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    &json!({"ok": false, "message": m}),
+                ),
+            };
+        }
+        _ => Err(ApiError::new(
+            "ERR_NOT_FOUND",
+            StatusCode::NOT_FOUND,
+            tonic::Code::NotFound,
+            format!(
+                "{} {} is not a route of the configuration API",
+                req.method(),
+                req.uri().path()
+            ),
+        )),
+    };
+    r.unwrap_or_else(|e| e.to_http())
+}
