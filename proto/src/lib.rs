@@ -59,6 +59,8 @@ pub mod paths {
     pub const LIST_TOPIC_SUBSCRIPTIONS: &str =
         "/dapr.proto.runtime.v1.AppCallback/ListTopicSubscriptions";
     pub const ON_TOPIC_EVENT: &str = "/dapr.proto.runtime.v1.AppCallback/OnTopicEvent";
+    pub const LIST_INPUT_BINDINGS: &str = "/dapr.proto.runtime.v1.AppCallback/ListInputBindings";
+    pub const ON_BINDING_EVENT: &str = "/dapr.proto.runtime.v1.AppCallback/OnBindingEvent";
     pub const ON_BULK_TOPIC_EVENT: &str = "/dapr.proto.runtime.v1.AppCallback/OnBulkTopicEvent";
     pub const ON_BULK_TOPIC_EVENT_ALPHA1: &str =
         "/dapr.proto.runtime.v1.AppCallbackAlpha/OnBulkTopicEventAlpha1";

@@ -197,6 +197,89 @@ async fn python_sdk_configuration_on_redis() {
     assert!(stdout.contains(r#"{"done": "configuration"}"#), "{stdout}");
 }
 
+/// The SDK's bindings: `invoke_binding` on `bindings.localstorage`, and a
+/// `dapr.ext.grpc.App` reading the input binding it lists (`ticks`, a
+/// cron) — and not one it does not list.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_sdk_bindings() {
+    let py = python();
+    let w = World::new();
+    let root = w.home.path().join("files");
+    w.component(
+        "files.yaml",
+        &component_yaml(
+            "files",
+            "bindings.localstorage",
+            &[("rootPath", root.display().to_string())],
+        ),
+    );
+    w.component(
+        "ticks.yaml",
+        &component_yaml(
+            "ticks",
+            "bindings.cron",
+            &[("schedule", "@every 300ms".into())],
+        ),
+    );
+    w.component(
+        "other.yaml",
+        &component_yaml(
+            "other",
+            "bindings.cron",
+            &[("schedule", "@every 300ms".into())],
+        ),
+    );
+    let py_port = free_port();
+    let log = w.home.path().join("pyapp.out");
+    let child = Command::new(&py)
+        .arg(python_script("sdk_binding_app.py"))
+        .arg(py_port.to_string())
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&log).expect("log"))
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start the binding app");
+    let _app = Proc {
+        child,
+        name: "pybind".into(),
+    };
+    wait_for_port(py_port);
+    let s = w.sidecar("pybind", SidecarOpts::grpc_app(py_port));
+    let out = Command::new(&py)
+        .arg(python_script("sdk_bindings.py"))
+        .env("DAPR_HTTP_PORT", s.http_port.to_string())
+        .env("DAPR_GRPC_PORT", s.grpc_port.to_string())
+        .env("DAPR_RUNTIME_HOST", "127.0.0.1")
+        .env("BINDING", "files")
+        .env_remove("DAPR_API_TOKEN")
+        .output()
+        .expect("run sdk_bindings.py");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "SDK bindings client failed\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains(r#"{"done": "bindings"}"#), "{stdout}");
+    assert_eq!(
+        std::fs::read(root.join("py.txt")).expect("file"),
+        b"from python"
+    );
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.matches("tick ").count() >= 2 {
+            assert!(text.contains("readTimeUTC"), "{text}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < end,
+            "the app got no ticks:\n{text}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
 /// The SDK's pub/sub: `publish_event`, `publish_events` and a streaming
 /// `subscribe` from a client without a port; a `dapr.ext.grpc.App`
 /// subscriber (with a routing rule) and a FastAPI app through

@@ -16,6 +16,7 @@
 //! blocks in `skiff-dataplane` hold Dapr's API semantics (key prefixes,
 //! value encoding, error codes) and call these traits with plain values.
 
+pub mod bindings;
 pub mod configuration;
 pub mod lock;
 pub mod metadata;

@@ -7,6 +7,7 @@
 use std::sync::Arc;
 
 use crate::Properties;
+use crate::bindings::{InputBinding, OutputBinding};
 use crate::configuration::ConfigurationStore;
 use crate::lock::LockStore;
 use crate::pubsub::PubSub;
@@ -21,6 +22,11 @@ pub enum Component {
     PubSub(Arc<dyn PubSub>),
     Lock(Arc<dyn LockStore>),
     Configuration(Arc<dyn ConfigurationStore>),
+    /// A binding: input, output or both.
+    Binding {
+        input: Option<Arc<dyn InputBinding>>,
+        output: Option<Arc<dyn OutputBinding>>,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -130,6 +136,30 @@ const TABLE: &[Entry] = &[
         versions: &["v1"],
         feature: "configuration-redis",
         built: cfg!(feature = "configuration-redis"),
+    },
+    Entry {
+        type_name: "bindings.cron",
+        versions: &["v1"],
+        feature: "bindings-cron",
+        built: cfg!(feature = "bindings-cron"),
+    },
+    Entry {
+        type_name: "bindings.localstorage",
+        versions: &["v1"],
+        feature: "bindings-localstorage",
+        built: cfg!(feature = "bindings-localstorage"),
+    },
+    Entry {
+        type_name: "bindings.redis",
+        versions: &["v1"],
+        feature: "bindings-redis",
+        built: cfg!(feature = "bindings-redis"),
+    },
+    Entry {
+        type_name: "bindings.http",
+        versions: &["v1"],
+        feature: "bindings-http",
+        built: cfg!(feature = "bindings-http"),
     },
 ];
 
@@ -257,6 +287,32 @@ pub async fn open(
                 .await
                 .map_err(|e| driver(&e))?,
         )),
+        #[cfg(feature = "bindings-cron")]
+        "bindings.cron" => Ok(Component::Binding {
+            input: Some(crate::bindings::cron::CronBinding::open(meta).map_err(|e| driver(&e))?),
+            output: None,
+        }),
+        #[cfg(feature = "bindings-localstorage")]
+        "bindings.localstorage" => Ok(Component::Binding {
+            input: None,
+            output: Some(
+                crate::bindings::localstorage::LocalStorage::open(meta).map_err(|e| driver(&e))?,
+            ),
+        }),
+        #[cfg(feature = "bindings-redis")]
+        "bindings.redis" => Ok(Component::Binding {
+            input: None,
+            output: Some(
+                crate::bindings::redis::RedisBinding::open(meta)
+                    .await
+                    .map_err(|e| driver(&e))?,
+            ),
+        }),
+        #[cfg(feature = "bindings-http")]
+        "bindings.http" => Ok(Component::Binding {
+            input: None,
+            output: Some(crate::bindings::http::HttpBinding::open(meta).map_err(|e| driver(&e))?),
+        }),
         other => Err(OpenError::Unknown(other.to_owned())),
     }
 }

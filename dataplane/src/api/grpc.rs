@@ -14,7 +14,7 @@ use skiff_proto::runtime::dapr_server::{Dapr, DaprServer};
 use tonic::Code;
 use tonic::codegen::Service;
 
-use crate::blocks::{self, Blocks, Rpc, configuration, lock, pubsub, secrets, state};
+use crate::blocks::{self, Blocks, Rpc, bindings, configuration, lock, pubsub, secrets, state};
 use crate::errors::{self, grpc_code_from_http};
 use crate::headers::{
     self, DAPR_APP_ID, GRPC_TIMEOUT, SKIFF_GRPC_MESSAGE, SKIFF_GRPC_STATUS, SKIFF_TYPE_URL,
@@ -427,6 +427,16 @@ impl Dapr for DaprApi {
         })
         .await
         .map(tonic::Response::new)
+    }
+
+    async fn invoke_binding(
+        &self,
+        r: tonic::Request<pb::InvokeBindingRequest>,
+    ) -> Result<tonic::Response<pb::InvokeBindingResponse>, tonic::Status> {
+        let headers = r.metadata().clone().into_headers();
+        bindings::grpc::invoke(&self.cx.blocks.bindings, &headers, r.into_inner())
+            .await
+            .map(tonic::Response::new)
     }
 
     async fn get_configuration(

@@ -202,9 +202,9 @@ impl HttpApi {
         Routed::Invoke(target, method, Request::from_parts(parts, body))
     }
 
-    /// A building block's API (`rest`: the path after its segment). State,
-    /// secrets, pub/sub, lock and configuration are served; the others
-    /// answer daprd's error for a block with nothing configured.
+    /// A building block's API (`rest`: the path after its segment). Actors
+    /// answer daprd's error for a block with nothing configured; the rest
+    /// are served.
     async fn block(
         &self,
         block: Block,
@@ -234,6 +234,15 @@ impl HttpApi {
                     component,
                     call,
                     failed,
+                )
+                .await;
+            }
+            Block::Bindings => {
+                return crate::blocks::bindings::http::handle(
+                    &self.blocks.bindings,
+                    req,
+                    rest,
+                    self.door.max_body_size,
                 )
                 .await;
             }

@@ -7,7 +7,7 @@
 //! A component that fails stops the sidecar with one line naming the file,
 //! the component and the cause, unless `spec.ignoreErrors` is set (then it
 //! is logged and left out). Components of blocks this skiffd does not
-//! serve yet (bindings, actors) are logged and left out, so the
+//! serve yet (actors) are logged and left out, so the
 //! usual Dapr components folder does not stop the sidecar.
 
 use std::collections::HashSet;
@@ -18,6 +18,7 @@ use skiff_components::Properties;
 use skiff_components::registry::{self, Component};
 
 use super::Blocks;
+use super::bindings::{self, BindingsBlock};
 use super::configuration::{self, ConfigurationBlock};
 use super::lock::{self, LockBlock};
 use super::pubsub::{self, PubSubBlock};
@@ -46,7 +47,7 @@ pub enum LoadError {
 fn served(type_name: &str) -> bool {
     matches!(
         registry::block_of(type_name),
-        "state" | "secretstores" | "pubsub" | "lock" | "configuration"
+        "state" | "secretstores" | "pubsub" | "lock" | "configuration" | "bindings"
     )
 }
 
@@ -83,6 +84,7 @@ pub async fn load(
     let mut secrets = SecretsBlock::new(secret_scopes(docs.configuration.as_ref())?);
     let mut lock = LockBlock::new(app_id);
     let mut configuration = ConfigurationBlock::new(app_id);
+    let mut bindings = BindingsBlock::default();
     let mut report = Vec::new();
     let mut actor_store: Option<String> = None;
     for spec in specs {
@@ -150,6 +152,38 @@ pub async fn load(
                     ops: metrics::registry().configuration_component(&spec.name),
                 });
             }
+            Ok((Component::Binding { input, output }, meta)) => {
+                let direction = meta.get("direction").map(str::to_ascii_lowercase);
+                let wants = |d: &str| {
+                    direction
+                        .as_deref()
+                        .is_none_or(|v| v.split(',').any(|x| x.trim() == d))
+                };
+                let mut caps = Vec::new();
+                if let Some(i) = input.filter(|_| wants("input")) {
+                    caps.push("INPUT_BINDING");
+                    bindings.add_input(bindings::Input {
+                        name: spec.name.clone(),
+                        driver: i,
+                        route: meta.get("route").unwrap_or(&spec.name).to_owned(),
+                        declared_input: direction
+                            .as_deref()
+                            .is_some_and(|v| v.split(',').any(|x| x.trim() == "input")),
+                    });
+                }
+                if let Some(o) = output.filter(|_| wants("output")) {
+                    caps.push("OUTPUT_BINDING");
+                    bindings.add_output(
+                        spec.name.clone(),
+                        bindings::Output {
+                            driver: o,
+                            policy: resiliency.component_outbound(&spec.name, "Binding"),
+                        },
+                    );
+                }
+                report.push(describe(&spec, caps));
+                announce(&spec);
+            }
             Ok((Component::Secrets(driver), _)) => {
                 report.push(describe(&spec, driver.features()));
                 announce(&spec);
@@ -170,6 +204,7 @@ pub async fn load(
             pubsub,
             lock,
             configuration,
+            bindings: std::sync::Arc::new(bindings),
         },
         report,
     })

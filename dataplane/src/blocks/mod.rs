@@ -4,13 +4,14 @@
 //! its thin HTTP and gRPC adapters; the drivers live in the components
 //! crate).
 //!
-//! State, secrets, pub/sub, lock and configuration are served ([`Blocks`], loaded by
+//! State, secrets, pub/sub, bindings, lock and configuration are served ([`Blocks`], loaded by
 //! [`components`]).
 //! Until the other blocks arrive, their APIs answer exactly what daprd
 //! answers when none is configured ([`Block::not_configured`]), on both
 //! front doors, and every other RPC of Dapr's runtime service that Skiff
 //! does not serve says so by name ([`rpc`]).
 
+pub mod bindings;
 pub mod components;
 pub mod configuration;
 pub mod lock;
@@ -27,7 +28,10 @@ pub struct Blocks {
     pub pubsub: pubsub::PubSubBlock,
     pub lock: lock::LockBlock,
     pub configuration: configuration::ConfigurationBlock,
+    pub bindings: Arc<bindings::BindingsBlock>,
 }
+
+use std::sync::Arc;
 
 use http::{HeaderMap, StatusCode};
 use tonic::Code;
@@ -180,7 +184,7 @@ const RPCS: &[(&str, Rpc)] = &[
     ("BulkPublishEventAlpha1", Rpc::Served),
     ("BulkPublishEvent", Rpc::Served),
     ("SubscribeTopicEventsAlpha1", Rpc::Served),
-    ("InvokeBinding", Rpc::Block(Block::Bindings)),
+    ("InvokeBinding", Rpc::Served),
     ("GetSecret", Rpc::Served),
     ("GetBulkSecret", Rpc::Served),
     ("RegisterActorTimer", Rpc::Block(Block::Actors)),
@@ -297,7 +301,8 @@ mod tests {
         assert_eq!(rpc("GetState"), Rpc::Served);
         assert_eq!(rpc("TryLockAlpha1"), Rpc::Served);
         assert_eq!(rpc("GetConfiguration"), Rpc::Served);
-        assert_eq!(rpc("InvokeBinding"), Rpc::Block(Block::Bindings));
+        assert_eq!(rpc("InvokeBinding"), Rpc::Served);
+        assert_eq!(rpc("InvokeActor"), Rpc::Block(Block::Actors));
         assert_eq!(rpc("GetMetadata"), Rpc::NotYet);
         assert_eq!(rpc("Nope"), Rpc::Unknown);
         let names: std::collections::HashSet<_> = RPCS.iter().map(|(n, _)| n).collect();

@@ -215,9 +215,15 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     );
     let (app, lifecycle) = (parts.app.clone(), parts.lifecycle.clone());
     let blocks = parts.blocks.clone();
-    // Configuration subscriptions of HTTP apps post their changes to it.
+    // Configuration subscriptions of HTTP apps post their changes to it;
+    // input bindings are read into it once its port answers.
     if let Some(a) = &app {
         blocks.configuration.set_app(a.clone());
+        blocks.bindings.start(a.clone(), runner.stopping());
+    } else if blocks.bindings.has_inputs() {
+        tracing::warn!(
+            "input bindings left out: the sidecar has no app (--app-port) to deliver to"
+        );
     }
     let (http_api, grpc_api, inbound) = contexts(&settings, parts);
     let internal_addr = listeners.internal_addr;

@@ -1,0 +1,447 @@
+//! Bindings through real sidecars: output bindings over HTTP and gRPC
+//! (`bindings.localstorage` confined to its root, `bindings.redis` on a
+//! real Redis, `bindings.http` against a real HTTP server), Dapr's error
+//! answers, and input bindings (`bindings.cron`) read into an HTTP app
+//! after daprd's OPTIONS probe — and not read when the probe says no.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use serde_json::{Value, json};
+use skiff_proto::runtime as pb;
+use skiff_proto::runtime::dapr_client::DaprClient;
+use skiff_tests::servers::Redis;
+use skiff_tests::*;
+
+async fn invoke(c: &HttpClient, s: &Sidecar, name: &str, body: Value) -> Resp {
+    send(
+        c,
+        request(
+            "POST",
+            &format!("{}/v1.0/bindings/{name}", s.http()),
+            body.to_string(),
+        ),
+    )
+    .await
+}
+
+fn code(r: &Resp) -> String {
+    serde_json::from_slice::<Value>(&r.body).unwrap_or(Value::Null)["errorCode"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn localstorage_over_http_and_grpc_stays_in_its_root() {
+    let w = World::new();
+    let root = w.home.path().join("files");
+    w.component(
+        "ls.yaml",
+        &component_yaml(
+            "files",
+            "bindings.localstorage",
+            &[("rootPath", root.display().to_string())],
+        ),
+    );
+    let s = w.sidecar("binder", SidecarOpts::default());
+    let c = http_client();
+    let b64 = base64::engine::general_purpose::STANDARD.encode("hello file");
+    let r = invoke(
+        &c,
+        &s,
+        "files",
+        json!({"operation": "create", "data": b64, "metadata": {"fileName": "a.txt"}}),
+    )
+    .await;
+    assert_eq!(r.status.as_u16(), 200, "{}", r.text());
+    assert_eq!(
+        serde_json::from_slice::<Value>(&r.body).expect("json"),
+        json!({"fileName": "a.txt"})
+    );
+    assert_eq!(
+        std::fs::read(root.join("a.txt")).expect("file"),
+        b"hello file"
+    );
+    // data is JSON-encoded on the way: an object arrives as its JSON.
+    invoke(
+        &c,
+        &s,
+        "files",
+        json!({"operation": "create", "data": {"n": 1}, "metadata": {"fileName": "b.json"}}),
+    )
+    .await;
+    assert_eq!(
+        std::fs::read_to_string(root.join("b.json")).expect("file"),
+        r#"{"n":1}"#
+    );
+    let r = invoke(
+        &c,
+        &s,
+        "files",
+        json!({"operation": "get", "metadata": {"fileName": "a.txt"}}),
+    )
+    .await;
+    assert_eq!((r.status.as_u16(), &r.body[..]), (200, &b"hello file"[..]));
+    let r = invoke(&c, &s, "files", json!({"operation": "list"})).await;
+    let list: Vec<String> = serde_json::from_slice(&r.body).expect("list");
+    assert_eq!(list.len(), 2, "{list:?}");
+    let r = invoke(
+        &c,
+        &s,
+        "files",
+        json!({"operation": "delete", "metadata": {"fileName": "a.txt"}}),
+    )
+    .await;
+    assert_eq!(r.status.as_u16(), 204);
+    assert!(!root.join("a.txt").exists());
+    // No escape from the root.
+    for bad in ["../outside.txt", "/tmp/x", "sub/../../x"] {
+        let r = invoke(
+            &c,
+            &s,
+            "files",
+            json!({"operation": "create", "data": "x", "metadata": {"fileName": bad}}),
+        )
+        .await;
+        assert_eq!(
+            (r.status.as_u16(), code(&r).as_str()),
+            (500, "ERR_INVOKE_OUTPUT_BINDING"),
+            "{bad}"
+        );
+    }
+    assert!(!w.home.path().join("outside.txt").exists());
+    // Dapr's errors.
+    let r = invoke(&c, &s, "nope", json!({"operation": "create"})).await;
+    assert_eq!(code(&r), "ERR_INVOKE_OUTPUT_BINDING");
+    assert!(
+        r.text().contains("couldn't find output binding nope"),
+        "{}",
+        r.text()
+    );
+    let r = invoke(&c, &s, "files", json!({"operation": "explode"})).await;
+    assert!(
+        r.text().contains("does not support operation explode"),
+        "{}",
+        r.text()
+    );
+    let r = send(
+        &c,
+        request(
+            "POST",
+            &format!("{}/v1.0/bindings/files", s.http()),
+            "not json",
+        ),
+    )
+    .await;
+    assert_eq!(
+        (r.status.as_u16(), code(&r).as_str()),
+        (400, "ERR_MALFORMED_REQUEST")
+    );
+    // gRPC: data verbatim.
+    let mut g = DaprClient::new(s.grpc_channel().await);
+    g.invoke_binding(pb::InvokeBindingRequest {
+        name: "files".into(),
+        data: Bytes::from_static(b"raw bytes"),
+        metadata: [("fileName".to_owned(), "c.bin".to_owned())].into(),
+        operation: "create".into(),
+    })
+    .await
+    .expect("create");
+    let got = g
+        .invoke_binding(pb::InvokeBindingRequest {
+            name: "files".into(),
+            metadata: [("fileName".to_owned(), "c.bin".to_owned())].into(),
+            operation: "get".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("get")
+        .into_inner();
+    assert_eq!(&got.data[..], b"raw bytes");
+    let e = g
+        .invoke_binding(pb::InvokeBindingRequest {
+            name: "nope".into(),
+            operation: "get".into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("unknown");
+    assert_eq!(e.code(), tonic::Code::Internal);
+    // Metadata lists the binding with its direction.
+    let m = get_json(&format!("{}/v1.0/metadata", s.http())).await;
+    let comp = m["components"]
+        .as_array()
+        .and_then(|a| a.iter().find(|c| c["name"] == "files"))
+        .cloned();
+    assert_eq!(
+        comp.map(|c| c["capabilities"].clone()),
+        Some(json!(["OUTPUT_BINDING"])),
+        "{m}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_output_binding_sets_gets_expires_and_counts() {
+    let w = World::new();
+    let r = Redis::start(&w.home.path().join("redis"));
+    w.component(
+        "rb.yaml",
+        &component_yaml("cache", "bindings.redis", &[("redisHost", r.addr())]),
+    );
+    let s = w.sidecar("binder", SidecarOpts::default());
+    let c = http_client();
+    let ok = invoke(&c, &s, "cache", json!({"operation": "create", "data": "x", "metadata": {"key": "k1", "ttlInSeconds": "100"}})).await;
+    assert_eq!(ok.status.as_u16(), 204, "{}", ok.text());
+    // The string "x" arrives JSON-encoded: 3 bytes.
+    assert_eq!(r.cli(&["GET", "k1"]).trim(), "\"x\"");
+    let ttl: i64 = r.cli(&["TTL", "k1"]).trim().parse().expect("ttl");
+    assert!((1..=100).contains(&ttl), "{ttl}");
+    let got = invoke(
+        &c,
+        &s,
+        "cache",
+        json!({"operation": "get", "metadata": {"key": "k1"}}),
+    )
+    .await;
+    assert_eq!((got.status.as_u16(), &got.body[..]), (200, &b"\"x\""[..]));
+    r.cli(&["SET", "n", "41"]);
+    invoke(
+        &c,
+        &s,
+        "cache",
+        json!({"operation": "increment", "metadata": {"key": "n"}}),
+    )
+    .await;
+    assert_eq!(r.cli(&["GET", "n"]).trim(), "42");
+    let got = invoke(
+        &c,
+        &s,
+        "cache",
+        json!({"operation": "get", "metadata": {"key": "k1", "delete": "true"}}),
+    )
+    .await;
+    assert_eq!(&got.body[..], b"\"x\"");
+    assert_eq!(r.cli(&["EXISTS", "k1"]).trim(), "0", "GETDEL removed it");
+    let missing = invoke(&c, &s, "cache", json!({"operation": "get"})).await;
+    assert!(
+        missing.text().contains("metadata.key is required"),
+        "{}",
+        missing.text()
+    );
+}
+
+/// What the recorder saw of one request: method, path, headers, body.
+type Seen = Arc<Mutex<Vec<(String, String, http::HeaderMap, Bytes)>>>;
+
+/// An HTTP server that records method, path and headers, and answers
+/// `status` (404 for OPTIONS on paths starting with `/closed`).
+struct Recorder {
+    port: u16,
+    seen: Seen,
+    _task: tokio::task::JoinHandle<()>,
+}
+
+async fn recorder(status: u16) -> Recorder {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    let seen: Seen = Arc::default();
+    let s2 = seen.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((sock, _)) = l.accept().await else {
+                return;
+            };
+            let seen = s2.clone();
+            tokio::spawn(async move {
+                let svc =
+                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let seen = seen.clone();
+                        async move {
+                            let (p, body) = req.into_parts();
+                            let body = body.collect().await?.to_bytes();
+                            let path = p.uri.path().to_owned();
+                            let st = if p.method == http::Method::OPTIONS
+                                && path.starts_with("/closed")
+                            {
+                                404
+                            } else {
+                                status
+                            };
+                            seen.lock().expect("lock").push((
+                                p.method.to_string(),
+                                path,
+                                p.headers,
+                                body,
+                            ));
+                            let mut resp = http::Response::new(Full::new(Bytes::from_static(
+                                b"{\"answer\":true}",
+                            )));
+                            *resp.status_mut() = http::StatusCode::from_u16(st).expect("status");
+                            resp.headers_mut()
+                                .insert("x-from-server", http::HeaderValue::from_static("yes"));
+                            Ok::<_, hyper::Error>(resp)
+                        }
+                    });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(sock), svc)
+                    .await;
+            });
+        }
+    });
+    Recorder {
+        port,
+        seen,
+        _task: task,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_output_binding_sends_uppercase_metadata_as_headers() {
+    let w = World::new();
+    let ok = recorder(200).await;
+    let failing = recorder(503).await;
+    w.component(
+        "h.yaml",
+        &component_yaml(
+            "web",
+            "bindings.http",
+            &[("url", format!("http://127.0.0.1:{}/api", ok.port))],
+        ),
+    );
+    w.component(
+        "f.yaml",
+        &component_yaml(
+            "down",
+            "bindings.http",
+            &[("url", format!("http://127.0.0.1:{}", failing.port))],
+        ),
+    );
+    let s = w.sidecar("binder", SidecarOpts::default());
+    let c = http_client();
+    let r = invoke(&c, &s, "web", json!({"operation": "create", "data": {"order": 7}, "metadata": {"path": "/orders", "X-Trace-Me": "1", "lowercase": "no"}})).await;
+    assert_eq!(r.status.as_u16(), 200, "{}", r.text());
+    assert_eq!(&r.body[..], b"{\"answer\":true}");
+    assert_eq!(
+        r.headers
+            .get("metadata.statusCode")
+            .and_then(|v| v.to_str().ok()),
+        Some("200")
+    );
+    assert_eq!(
+        r.headers
+            .get("metadata.x-from-server")
+            .and_then(|v| v.to_str().ok()),
+        Some("yes")
+    );
+    let seen = ok.seen.lock().expect("lock").clone();
+    let (method, path, headers, body) = &seen[0];
+    assert_eq!((method.as_str(), path.as_str()), ("POST", "/api/orders"));
+    assert_eq!(
+        headers.get("x-trace-me").and_then(|v| v.to_str().ok()),
+        Some("1")
+    );
+    assert!(
+        headers.get("lowercase").is_none(),
+        "lowercase metadata is not a header"
+    );
+    assert!(
+        headers
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/json"))
+    );
+    assert_eq!(&body[..], br#"{"order":7}"#);
+    let r = invoke(
+        &c,
+        &s,
+        "web",
+        json!({"operation": "get", "metadata": {"path": "status"}}),
+    )
+    .await;
+    assert_eq!(r.status.as_u16(), 200);
+    assert_eq!(ok.seen.lock().expect("lock")[1].1, "/api/status");
+    let r = invoke(&c, &s, "down", json!({"operation": "post"})).await;
+    assert_eq!(code(&r), "ERR_INVOKE_OUTPUT_BINDING");
+    assert!(r.text().contains("503"), "{}", r.text());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cron_input_binding_is_probed_then_posted_to_the_app() {
+    let w = World::new();
+    let app = recorder(200).await;
+    w.component(
+        "tick.yaml",
+        &component_yaml(
+            "tick",
+            "bindings.cron",
+            &[("schedule", "@every 300ms".into())],
+        ),
+    );
+    // The app says no to this one's probe: it is never read.
+    w.component(
+        "closed.yaml",
+        &component_yaml(
+            "closed",
+            "bindings.cron",
+            &[
+                ("schedule", "@every 300ms".into()),
+                ("route", "/closed".into()),
+            ],
+        ),
+    );
+    let s = w.sidecar("cronapp", SidecarOpts::app(app.port));
+    let end = Instant::now() + Duration::from_secs(20);
+    loop {
+        let posts = app
+            .seen
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter(|(m, p, ..)| m == "POST" && p == "/tick")
+            .count();
+        if posts >= 3 {
+            break;
+        }
+        assert!(Instant::now() < end, "{posts} ticks");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let seen = app.seen.lock().expect("lock").clone();
+    let first_tick = seen
+        .iter()
+        .position(|(m, p, ..)| m == "POST" && p == "/tick")
+        .expect("tick");
+    let probe = seen
+        .iter()
+        .position(|(m, p, ..)| m == "OPTIONS" && p == "/tick")
+        .expect("probed");
+    assert!(probe < first_tick, "probed before the first event");
+    let (_, _, headers, body) = &seen[first_tick];
+    assert!(body.is_empty());
+    assert!(
+        headers.contains_key("readtimeutc") && headers.contains_key("timezone"),
+        "{headers:?}"
+    );
+    assert!(
+        seen.iter()
+            .any(|(m, p, ..)| m == "OPTIONS" && p == "/closed")
+    );
+    assert!(
+        !seen.iter().any(|(m, p, ..)| m == "POST" && p == "/closed"),
+        "read although the probe said no"
+    );
+    let m = get_json(&format!("{}/v1.0/metadata", s.http())).await;
+    let comp = m["components"]
+        .as_array()
+        .and_then(|a| a.iter().find(|c| c["name"] == "tick"))
+        .cloned();
+    assert_eq!(
+        comp.map(|c| c["capabilities"].clone()),
+        Some(json!(["INPUT_BINDING"]))
+    );
+}
