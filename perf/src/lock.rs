@@ -1,13 +1,15 @@
-//! `skiff-perf lock`: TryLock through one skiffd against the floor, side
-//! by side in one run.
+//! `skiff-perf lock`: TryLock and an output binding call through one
+//! skiffd against the floor, side by side in one run.
 //!
-//! The floor is Skiff's own `lock.redis` driver called in this process:
-//! the same `SET NX EX` on the same redis-rs connection to the same Redis —
-//! everything but the sidecar. Each call takes a free lock (a new resource
-//! each time, so every TryLock succeeds and writes) and is then unlocked,
-//! untimed. Serial latency, median of the rounds, for the floor, the
-//! sidecar's gRPC API (`TryLockAlpha1`, what the SDKs call) and its HTTP
-//! API; the same for `lock.in-memory` through the sidecar.
+//! The floors are Skiff's own `lock.redis` and `bindings.redis` drivers
+//! called in this process: the same commands on the same redis-rs
+//! connection to the same Redis — everything but the sidecar. Each
+//! TryLock takes a free lock (a new resource each time, so every call
+//! succeeds and writes) and is then unlocked, untimed; each binding call
+//! is a `create` (`SET`) of a small value. Serial latency, median of the
+//! rounds, for the floor, the sidecar's gRPC API (`TryLockAlpha1`,
+//! `InvokeBinding`: what the SDKs call) and its HTTP API; TryLock on
+//! `lock.in-memory` through the sidecar too.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -23,10 +25,11 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde::Serialize;
 use skiff_components::Properties;
+use skiff_components::bindings::{OutputBinding, Request as BindingRequest};
 use skiff_components::lock::LockStore;
 use skiff_components::registry::{self, Component};
 use skiff_proto::runtime::dapr_client::DaprClient;
-use skiff_proto::runtime::{TryLockRequest, UnlockRequest};
+use skiff_proto::runtime::{InvokeBindingRequest, TryLockRequest, UnlockRequest};
 use tonic::transport::Channel;
 
 use crate::bench::{Procs, free_port, wait_port};
@@ -57,14 +60,18 @@ enum Caller {
     Direct(Arc<dyn LockStore>),
     Grpc(DaprClient<Channel>, String),
     Http(Client<HttpConnector, Full<Bytes>>, String, String),
+    /// Output binding `create` calls.
+    BindingDirect(Arc<dyn OutputBinding>),
+    BindingGrpc(DaprClient<Channel>, String),
+    BindingHttp(Client<HttpConnector, Full<Bytes>>, String),
 }
 
 impl Caller {
     fn name(&self) -> &'static str {
         match self {
-            Self::Direct(..) => "direct",
-            Self::Grpc(..) => "skiff-grpc",
-            Self::Http(..) => "skiff-http",
+            Self::Direct(..) | Self::BindingDirect(..) => "direct",
+            Self::Grpc(..) | Self::BindingGrpc(..) => "skiff-grpc",
+            Self::Http(..) | Self::BindingHttp(..) => "skiff-http",
         }
     }
 
@@ -106,6 +113,44 @@ impl Caller {
                 })
                 .await?;
             }
+            Self::BindingDirect(b) => {
+                let mut metadata = skiff_components::bindings::Metadata::new();
+                metadata.insert("key".into(), id.to_owned());
+                b.invoke(BindingRequest {
+                    operation: "create".into(),
+                    data: Bytes::from_static(b"\"v\""),
+                    metadata,
+                })
+                .await?;
+                took = t0.elapsed();
+            }
+            Self::BindingGrpc(c, name) => {
+                c.invoke_binding(InvokeBindingRequest {
+                    name: name.clone(),
+                    data: Bytes::from_static(b"\"v\""),
+                    metadata: [("key".to_owned(), id.to_owned())].into(),
+                    operation: "create".into(),
+                })
+                .await?;
+                took = t0.elapsed();
+            }
+            Self::BindingHttp(c, url) => {
+                let body =
+                    format!(r#"{{"operation":"create","data":"v","metadata":{{"key":"{id}"}}}}"#);
+                let r = c
+                    .request(
+                        http::Request::post(url.as_str())
+                            .header("content-type", "application/json")
+                            .body(Full::new(Bytes::from(body)))?,
+                    )
+                    .await?;
+                let status = r.status();
+                r.into_body().collect().await?;
+                took = t0.elapsed();
+                if !status.is_success() {
+                    bail!("http binding: {status}");
+                }
+            }
             Self::Http(c, lock_url, unlock_url) => {
                 let body = format!(
                     r#"{{"resourceId":"{id}","lockOwner":"perf","expiryInSeconds":{EXPIRY_SECS}}}"#
@@ -141,6 +186,7 @@ impl Caller {
 
 #[derive(Clone, Debug, Serialize)]
 struct Row {
+    /// What was called: `redis` / `in-memory` TryLock, or `binding`.
     store: &'static str,
     caller: &'static str,
     try_lock: Percentiles,
@@ -199,6 +245,12 @@ pub async fn run(a: LockArgs) -> anyhow::Result<()> {
         ),
     )?;
     std::fs::write(
+        work.join("components/bind.yaml"),
+        format!(
+            "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: cache\nspec:\n  type: bindings.redis\n  version: v1\n  metadata:\n  - name: redisHost\n    value: \"{redis}\"\n"
+        ),
+    )?;
+    std::fs::write(
         work.join("components/mem.yaml"),
         "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: mem\nspec:\n  type: lock.in-memory\n  version: v1\n  metadata: []\n",
     )?;
@@ -226,12 +278,18 @@ pub async fn run(a: LockArgs) -> anyhow::Result<()> {
     let Component::Lock(direct) = registry::open("lock.redis", "v1", &p).await? else {
         bail!("lock.redis is not a lock store");
     };
+    let Component::Binding {
+        output: Some(bind), ..
+    } = registry::open("bindings.redis", "v1", &p).await?
+    else {
+        bail!("bindings.redis is not an output binding");
+    };
     let channel = Channel::from_shared(format!("http://127.0.0.1:{grpc}"))?
         .connect()
         .await?;
     let hc: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
     let url = |op: &str, s: &str| format!("http://127.0.0.1:{http}/v1.0-alpha1/{op}/{s}");
-    let sets: [(&'static str, Vec<Caller>); 2] = [
+    let sets: [(&'static str, Vec<Caller>); 3] = [
         (
             "redis",
             vec![
@@ -245,6 +303,17 @@ pub async fn run(a: LockArgs) -> anyhow::Result<()> {
             vec![
                 Caller::Grpc(DaprClient::new(channel.clone()), "mem".into()),
                 Caller::Http(hc.clone(), url("lock", "mem"), url("unlock", "mem")),
+            ],
+        ),
+        (
+            "binding",
+            vec![
+                Caller::BindingDirect(bind),
+                Caller::BindingGrpc(DaprClient::new(channel.clone()), "cache".into()),
+                Caller::BindingHttp(
+                    hc.clone(),
+                    format!("http://127.0.0.1:{http}/v1.0/bindings/cache"),
+                ),
             ],
         ),
     ];
@@ -267,20 +336,21 @@ pub async fn run(a: LockArgs) -> anyhow::Result<()> {
         }
         procs.check_alive()?;
     }
-    let floor = rows
-        .iter()
-        .find(|r| r.store == "redis" && r.caller == "direct")
-        .map(|r| r.try_lock.clone())
-        .unwrap_or_default();
+    let floor = |store: &str| {
+        rows.iter()
+            .find(|r| r.store == store && r.caller == "direct")
+            .map(|r| r.try_lock.clone())
+    };
     println!(
         "{:<10} {:<11} {:>8} {:>8} {:>8} {:>12}",
-        "store", "caller", "p50 µs", "p90 µs", "p99 µs", "+p50 µs"
+        "call", "caller", "p50 µs", "p90 µs", "p99 µs", "+p50 µs"
     );
     for r in &rows {
-        let added = if r.store == "redis" && r.caller != "direct" {
-            format!("{:+}", r.try_lock.p50_us as i64 - floor.p50_us as i64)
-        } else {
-            String::new()
+        let added = match floor(r.store) {
+            Some(f) if r.caller != "direct" => {
+                format!("{:+}", r.try_lock.p50_us as i64 - f.p50_us as i64)
+            }
+            _ => String::new(),
         };
         println!(
             "{:<10} {:<11} {:>8} {:>8} {:>8} {:>12}",
