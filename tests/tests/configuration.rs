@@ -304,3 +304,85 @@ async fn an_http_app_gets_a_post_per_changed_key_until_it_unsubscribes() {
     assert_eq!(resp.status.as_u16(), 500);
     assert_eq!(json_of(&resp)["ok"], false);
 }
+
+/// `configuration.postgresql`: rows of a table, and changes notified by a
+/// trigger written as Dapr's docs write it, on the channel the
+/// subscription names (`pgNotifyChannel`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgresql_reads_rows_and_streams_notified_changes() {
+    let pg = skiff_tests::servers::Postgres::start();
+    let setup = r#"
+CREATE TABLE IF NOT EXISTS configtable (KEY VARCHAR NOT NULL, VALUE VARCHAR NOT NULL, VERSION VARCHAR NOT NULL, METADATA JSON);
+CREATE OR REPLACE FUNCTION notify_event() RETURNS TRIGGER AS $$
+    DECLARE data json; notification json;
+    BEGIN
+        IF (TG_OP = 'DELETE') THEN data = row_to_json(OLD); ELSE data = row_to_json(NEW); END IF;
+        notification = json_build_object('table', TG_TABLE_NAME, 'action', TG_OP, 'data', data);
+        PERFORM pg_notify('config', notification::text);
+        RETURN NULL;
+    END;
+$$ LANGUAGE plpgsql;
+CREATE TRIGGER config AFTER INSERT OR UPDATE OR DELETE ON configtable FOR EACH ROW EXECUTE PROCEDURE notify_event();
+INSERT INTO configtable VALUES ('size', 'xl', '1', '{"unit":"eu"}');
+"#;
+    pg.psql(setup);
+    assert_eq!(pg.psql("SELECT count(*) FROM configtable"), "1", "setup");
+    let w = World::new();
+    w.component(
+        "cfg.yaml",
+        &component_yaml(
+            "cfg",
+            "configuration.postgresql",
+            &[
+                ("connectionString", pg.url()),
+                ("table", "configtable".into()),
+            ],
+        ),
+    );
+    let s = w.sidecar("pgcfg", SidecarOpts::default());
+    let c = http_client();
+    let (status, v) = get(&c, &s, "?key=size").await;
+    assert_eq!(
+        (status, v),
+        (
+            200,
+            json!({"size": {"value": "xl", "version": "1", "metadata": {"unit": "eu"}}})
+        )
+    );
+    let mut g = DaprClient::new(s.grpc_channel().await);
+    // Without the channel the subscription cannot start.
+    let e = g
+        .subscribe_configuration(pb::SubscribeConfigurationRequest {
+            store_name: "cfg".into(),
+            keys: vec!["size".into()],
+            metadata: Default::default(),
+        })
+        .await
+        .expect_err("no channel");
+    assert!(e.message().contains("pgNotifyChannel"), "{e:?}");
+    let mut st = g
+        .subscribe_configuration(pb::SubscribeConfigurationRequest {
+            store_name: "cfg".into(),
+            keys: vec!["size".into()],
+            metadata: [("pgNotifyChannel".to_owned(), "config".to_owned())].into(),
+        })
+        .await
+        .expect("subscribe")
+        .into_inner();
+    assert!(next(&mut st).await.items.is_empty(), "the id first");
+    pg.psql("INSERT INTO configtable VALUES ('color', 'red', '1', NULL)");
+    pg.psql("UPDATE configtable SET VALUE = 'xxl', VERSION = '2' WHERE KEY = 'size'");
+    let m = next(&mut st).await;
+    assert_eq!(
+        m.items.keys().collect::<Vec<_>>(),
+        ["size"],
+        "a key it did not ask for"
+    );
+    assert_eq!(
+        (
+            m.items["size"].value.as_str(),
+            m.items["size"].version.as_str()
+        ),
+        ("xxl", "2")
+    );
+}

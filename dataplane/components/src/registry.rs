@@ -138,6 +138,12 @@ const TABLE: &[Entry] = &[
         built: cfg!(feature = "configuration-redis"),
     },
     Entry {
+        type_name: "configuration.postgresql",
+        versions: &["v1"],
+        feature: "configuration-postgresql",
+        built: cfg!(feature = "configuration-postgresql"),
+    },
+    Entry {
         type_name: "bindings.cron",
         versions: &["v1"],
         feature: "bindings-cron",
@@ -284,6 +290,12 @@ pub async fn open(
         #[cfg(feature = "configuration-redis")]
         "configuration.redis" => Ok(Component::Configuration(
             crate::configuration::redis::RedisConfiguration::open(meta)
+                .await
+                .map_err(|e| driver(&e))?,
+        )),
+        #[cfg(feature = "configuration-postgresql")]
+        "configuration.postgresql" => Ok(Component::Configuration(
+            crate::configuration::postgres::PostgresConfiguration::open(meta)
                 .await
                 .map_err(|e| driver(&e))?,
         )),

@@ -3,6 +3,8 @@
 //! version and metadata; a deleted key is reported as an empty item, as
 //! Dapr's drivers report it.
 
+#[cfg(feature = "configuration-postgresql")]
+pub mod postgres;
 #[cfg(feature = "configuration-redis")]
 pub mod redis;
 
@@ -32,14 +34,22 @@ pub enum ConfigError {
     Backend(String),
 }
 
+/// The request metadata (`metadata.K` query parameters, gRPC `metadata`).
+pub type Metadata = BTreeMap<String, String>;
+
 pub trait ConfigurationStore: Send + Sync {
     /// The items of `keys` that exist (all items when `keys` is empty).
-    fn get<'a>(&'a self, keys: &'a [String]) -> BoxFuture<'a, Result<Items, ConfigError>>;
+    fn get<'a>(
+        &'a self,
+        keys: &'a [String],
+        metadata: &'a Metadata,
+    ) -> BoxFuture<'a, Result<Items, ConfigError>>;
 
     /// Changes to `keys` (to any key when empty), one batch per change,
     /// until the receiver is dropped.
     fn subscribe<'a>(
         &'a self,
         keys: &'a [String],
+        metadata: &'a Metadata,
     ) -> BoxFuture<'a, Result<mpsc::Receiver<Items>, ConfigError>>;
 }

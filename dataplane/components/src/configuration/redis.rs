@@ -15,7 +15,7 @@ use redis::Value;
 use redis::aio::ConnectionLike;
 use tokio::sync::mpsc;
 
-use super::{ConfigError, ConfigurationStore, Item, Items, WATCH_BUFFER};
+use super::{ConfigError, ConfigurationStore, Item, Items, Metadata, WATCH_BUFFER};
 use crate::redisconn::{Conn, OpenError, connect};
 use crate::{BoxFuture, MetadataError, Properties};
 
@@ -125,13 +125,18 @@ fn text(v: &Value) -> Option<String> {
 }
 
 impl ConfigurationStore for RedisConfiguration {
-    fn get<'a>(&'a self, keys: &'a [String]) -> BoxFuture<'a, Result<Items, ConfigError>> {
+    fn get<'a>(
+        &'a self,
+        keys: &'a [String],
+        _metadata: &'a Metadata,
+    ) -> BoxFuture<'a, Result<Items, ConfigError>> {
         Box::pin(self.read(keys))
     }
 
     fn subscribe<'a>(
         &'a self,
         keys: &'a [String],
+        _metadata: &'a Metadata,
     ) -> BoxFuture<'a, Result<mpsc::Receiver<Items>, ConfigError>> {
         Box::pin(async move {
             self.check_notifications().await;

@@ -141,7 +141,7 @@ fn describe(cfg: &tokio_postgres::Config) -> String {
 /// knows `disable`/`prefer`/`require`, libpq also `verify-ca` and
 /// `verify-full`, and `sslrootcert` names the CA file to verify with.
 /// Returns the string tokio-postgres parses, the mode and the CA file.
-fn split_tls(conn: &str) -> (String, String, Option<String>) {
+pub(crate) fn split_tls(conn: &str) -> (String, String, Option<String>) {
     let mut mode = "prefer".to_owned();
     let mut root = None;
     if conn.starts_with("postgres://") || conn.starts_with("postgresql://") {
@@ -596,7 +596,7 @@ impl Querier for PostgresStore {
 }
 
 /// TLS for the pool: libpq's modes on rustls.
-mod tls {
+pub(crate) mod tls {
     use std::sync::Arc;
 
     use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};

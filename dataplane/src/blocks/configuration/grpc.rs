@@ -37,7 +37,7 @@ pub async fn get(
     r: pb::GetConfigurationRequest,
 ) -> Result<pb::GetConfigurationResponse, Status> {
     let items = block
-        .get(&r.store_name, &r.keys)
+        .get(&r.store_name, &r.keys, &r.metadata.into_iter().collect())
         .await
         .map_err(|e| e.to_status())?;
     Ok(pb::GetConfigurationResponse {
@@ -50,7 +50,11 @@ pub async fn subscribe(
     r: pb::SubscribeConfigurationRequest,
 ) -> Result<ConfigStream, Status> {
     let (id, mut changes) = block
-        .watch(&r.store_name, &r.keys)
+        .watch(
+            &r.store_name,
+            &r.keys,
+            &r.metadata.clone().into_iter().collect(),
+        )
         .await
         .map_err(|e| e.to_status())?;
     let (tx, rx) = mpsc::channel::<Result<pb::SubscribeConfigurationResponse, Status>>(16);

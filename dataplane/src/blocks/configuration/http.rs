@@ -7,23 +7,36 @@
 use ::http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use serde_json::{Value, json};
 
+use skiff_components::configuration::Metadata;
+
 use super::{ConfigurationBlock, items_json};
 use crate::errors::ApiError;
 use crate::skiff_body::SkiffBody;
 
-fn keys(query: Option<&str>) -> Vec<String> {
-    query
+/// `key=` values, and `metadata.K=V` (the first value of each).
+fn query(q: Option<&str>) -> (Vec<String>, Metadata) {
+    let dec = |s: &str| {
+        percent_encoding::percent_decode_str(&s.replace('+', " "))
+            .decode_utf8_lossy()
+            .into_owned()
+    };
+    let mut keys = Vec::new();
+    let mut md = Metadata::new();
+    for (k, v) in q
         .unwrap_or_default()
         .split('&')
         .filter_map(|p| p.split_once('='))
-        .filter(|(k, _)| *k == "key")
-        .map(|(_, v)| {
-            percent_encoding::percent_decode_str(&v.replace('+', " "))
-                .decode_utf8_lossy()
-                .into_owned()
-        })
-        .filter(|k| !k.is_empty())
-        .collect()
+    {
+        if k == "key" {
+            let v = dec(v);
+            if !v.is_empty() {
+                keys.push(v);
+            }
+        } else if let Some(m) = k.strip_prefix("metadata.") {
+            md.entry(dec(m)).or_insert_with(|| dec(v));
+        }
+    }
+    (keys, md)
 }
 
 fn json_response(status: StatusCode, v: &Value) -> Response<SkiffBody> {
@@ -48,19 +61,21 @@ pub async fn handle(
             .decode_utf8_lossy()
             .into_owned()
     };
-    let keys = keys(req.uri().query());
+    let (keys, md) = query(req.uri().query());
     let r = match (req.method(), parts.as_slice()) {
-        (&Method::GET, [store]) if !store.is_empty() => match block.get(&dec(store), &keys).await {
-            Ok(items) if items.is_empty() => {
-                let mut r = Response::new(SkiffBody::Empty);
-                *r.status_mut() = StatusCode::NO_CONTENT;
-                return r;
+        (&Method::GET, [store]) if !store.is_empty() => {
+            match block.get(&dec(store), &keys, &md).await {
+                Ok(items) if items.is_empty() => {
+                    let mut r = Response::new(SkiffBody::Empty);
+                    *r.status_mut() = StatusCode::NO_CONTENT;
+                    return r;
+                }
+                Ok(items) => Ok(json_response(StatusCode::OK, &items_json(&items))),
+                Err(e) => Err(e),
             }
-            Ok(items) => Ok(json_response(StatusCode::OK, &items_json(&items))),
-            Err(e) => Err(e),
-        },
+        }
         (&Method::GET, [store, "subscribe"]) => block
-            .subscribe_app(&dec(store), &keys)
+            .subscribe_app(&dec(store), &keys, &md)
             .await
             .map(|id| json_response(StatusCode::OK, &json!({"id": id}))),
         (&Method::GET, [store, id, "unsubscribe"]) => {

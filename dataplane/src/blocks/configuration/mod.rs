@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use ::http::StatusCode;
 use serde_json::{Value, json};
-use skiff_components::configuration::{ConfigurationStore, Item, Items};
+use skiff_components::configuration::{ConfigurationStore, Item, Items, Metadata};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tonic::Code;
@@ -95,10 +95,15 @@ impl ConfigurationBlock {
         self.store(store).map(|_| ())
     }
 
-    pub async fn get(&self, store: &str, keys: &[String]) -> Result<Items, ApiError> {
+    pub async fn get(
+        &self,
+        store: &str,
+        keys: &[String],
+        md: &Metadata,
+    ) -> Result<Items, ApiError> {
         let s = self.store(store)?;
         let t0 = Instant::now();
-        let r = s.driver.get(keys).await;
+        let r = s.driver.get(keys, md).await;
         record(&s.ops, GET, t0, r.is_ok());
         r.map_err(|e| {
             ApiError::new(
@@ -115,10 +120,11 @@ impl ConfigurationBlock {
         &self,
         store: &str,
         keys: &[String],
+        md: &Metadata,
     ) -> Result<(String, mpsc::Receiver<Items>), ApiError> {
         let s = self.store(store)?;
         let t0 = Instant::now();
-        let r = s.driver.subscribe(keys).await;
+        let r = s.driver.subscribe(keys, md).await;
         record(&s.ops, SUBSCRIBE, t0, r.is_ok());
         let rx = r.map_err(|e| subscribe_failed(store, keys, &e.to_string()))?;
         Ok((skiff_components::util::uuid_v4(), rx))
@@ -132,7 +138,12 @@ impl ConfigurationBlock {
     }
 
     /// An HTTP app's subscription: changes are POSTed to the app.
-    pub async fn subscribe_app(&self, store: &str, keys: &[String]) -> Result<String, ApiError> {
+    pub async fn subscribe_app(
+        &self,
+        store: &str,
+        keys: &[String],
+        md: &Metadata,
+    ) -> Result<String, ApiError> {
         self.store(store)?;
         let Some(app) = self.app.get().cloned() else {
             return Err(ApiError::new(
@@ -142,7 +153,7 @@ impl ConfigurationBlock {
                 "app channel is not initialized".into(),
             ));
         };
-        let (id, mut rx) = self.watch(store, keys).await?;
+        let (id, mut rx) = self.watch(store, keys, md).await?;
         let (sid, sname) = (id.clone(), store.to_owned());
         let task = tokio::spawn(async move {
             while let Some(items) = rx.recv().await {
