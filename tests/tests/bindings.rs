@@ -445,3 +445,78 @@ async fn cron_input_binding_is_probed_then_posted_to_the_app() {
         Some(json!(["INPUT_BINDING"]))
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgresql_output_binding_execs_queries_and_closes() {
+    let pg = skiff_tests::servers::Postgres::start();
+    let w = World::new();
+    w.component(
+        "pg.yaml",
+        &component_yaml(
+            "db",
+            "bindings.postgresql",
+            &[("connectionString", pg.url())],
+        ),
+    );
+    let s = w.sidecar("binder", SidecarOpts::default());
+    let c = http_client();
+    let exec = |sql: &str, params: Option<&str>| {
+        let mut md = json!({"sql": sql});
+        if let Some(p) = params {
+            md["params"] = json!(p);
+        }
+        json!({"operation": "exec", "metadata": md})
+    };
+    let r = invoke(&c, &s, "db", exec("CREATE TABLE items (id INT PRIMARY KEY, name TEXT, price FLOAT8, live BOOL, extra JSONB)", None)).await;
+    assert_eq!(r.status.as_u16(), 204, "{}", r.text());
+    let r = invoke(
+        &c,
+        &s,
+        "db",
+        exec(
+            "INSERT INTO items VALUES ($1, $2, $3, $4, $5::text::jsonb), ($6, $7, $8, $9, NULL)",
+            Some(r#"[1, "kayak", 499.5, true, "{\"color\":\"red\"}", 2, "paddle", 39, false]"#),
+        ),
+    )
+    .await;
+    assert_eq!(r.status.as_u16(), 204, "{}", r.text());
+    assert_eq!(
+        r.headers
+            .get("metadata.rows-affected")
+            .and_then(|v| v.to_str().ok()),
+        Some("2")
+    );
+    let q = json!({"operation": "query", "metadata": {"sql": "SELECT id, name, price, live, extra FROM items WHERE id >= $1 ORDER BY id", "params": "[1]"}});
+    let r = invoke(&c, &s, "db", q.clone()).await;
+    assert_eq!(r.status.as_u16(), 200, "{}", r.text());
+    assert_eq!(
+        serde_json::from_slice::<Value>(&r.body).expect("json"),
+        json!([[1, "kayak", 499.5, true, {"color": "red"}], [2, "paddle", 39.0, false, null]])
+    );
+    assert_eq!(pg.psql("SELECT name FROM items WHERE id = 2"), "paddle");
+    // close: the next call connects again.
+    assert_eq!(
+        invoke(&c, &s, "db", json!({"operation": "close"}))
+            .await
+            .status
+            .as_u16(),
+        204
+    );
+    assert_eq!(invoke(&c, &s, "db", q).await.status.as_u16(), 200);
+    // The server's error comes back in Dapr's answer.
+    let r = invoke(
+        &c,
+        &s,
+        "db",
+        json!({"operation": "query", "metadata": {"sql": "SELECT * FROM nothere"}}),
+    )
+    .await;
+    assert_eq!(code(&r), "ERR_INVOKE_OUTPUT_BINDING");
+    assert!(r.text().contains("nothere"), "{}", r.text());
+    let r = invoke(&c, &s, "db", json!({"operation": "exec"})).await;
+    assert!(
+        r.text().contains("metadata.sql is required"),
+        "{}",
+        r.text()
+    );
+}

@@ -20,6 +20,8 @@ pub mod bindings;
 pub mod configuration;
 pub mod lock;
 pub mod metadata;
+#[cfg(feature = "state-postgresql")]
+mod pgconn;
 pub mod pubsub;
 #[cfg(any(
     feature = "state-redis",

@@ -162,6 +162,12 @@ const TABLE: &[Entry] = &[
         built: cfg!(feature = "bindings-redis"),
     },
     Entry {
+        type_name: "bindings.postgresql",
+        versions: &["v1"],
+        feature: "bindings-postgresql",
+        built: cfg!(feature = "bindings-postgresql"),
+    },
+    Entry {
         type_name: "bindings.http",
         versions: &["v1"],
         feature: "bindings-http",
@@ -318,6 +324,13 @@ pub async fn open(
                 crate::bindings::redis::RedisBinding::open(meta)
                     .await
                     .map_err(|e| driver(&e))?,
+            ),
+        }),
+        #[cfg(feature = "bindings-postgresql")]
+        "bindings.postgresql" => Ok(Component::Binding {
+            input: None,
+            output: Some(
+                crate::bindings::postgres::PostgresBinding::open(meta).map_err(|e| driver(&e))?,
             ),
         }),
         #[cfg(feature = "bindings-http")]

@@ -10,18 +10,15 @@
 
 use std::sync::Arc;
 
-use futures_util::StreamExt;
 use serde_json::Value;
 use tokio::sync::{Mutex, mpsc};
-use tokio_postgres::AsyncMessage;
 
 use super::{ConfigError, ConfigurationStore, Item, Items, Metadata, WATCH_BUFFER};
-use crate::state::postgres::{split_tls, tls};
+use crate::pgconn::PgTarget;
 use crate::{BoxFuture, MetadataError, Properties};
 
 pub struct PostgresConfiguration {
-    cfg: tokio_postgres::Config,
-    tls: Option<tokio_postgres_rustls::MakeRustlsConnect>,
+    target: PgTarget,
     table: String,
     client: Mutex<Option<tokio_postgres::Client>>,
 }
@@ -32,14 +29,13 @@ fn valid_ident(s: &str) -> bool {
             .all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
 }
 
+fn backend(e: &tokio_postgres::Error) -> ConfigError {
+    ConfigError::Backend(format!("postgresql: {e}"))
+}
+
 impl PostgresConfiguration {
     pub async fn open(meta: &Properties) -> Result<Arc<Self>, MetadataError> {
-        let (conn, mode, root) = split_tls(meta.required("connectionString")?);
-        let mut cfg: tokio_postgres::Config = conn.parse().map_err(|_| MetadataError {
-            field: "connectionString".into(),
-            why: "is not a PostgreSQL connection string (key=value pairs or a postgres:// URL)"
-                .into(),
-        })?;
+        let target = PgTarget::parse(meta.required("connectionString")?)?;
         let table = meta.required("table")?.to_owned();
         if !valid_ident(&table) {
             return Err(MetadataError {
@@ -47,21 +43,8 @@ impl PostgresConfiguration {
                 why: "must be letters, digits and underscores, with an optional schema.".into(),
             });
         }
-        let tls = match mode.as_str() {
-            "disable" | "allow" | "prefer" => {
-                cfg.ssl_mode(tokio_postgres::config::SslMode::Disable);
-                None
-            }
-            m => Some(
-                tls::connector(m, root.as_deref()).map_err(|why| MetadataError {
-                    field: "connectionString".into(),
-                    why,
-                })?,
-            ),
-        };
         let me = Arc::new(Self {
-            cfg,
-            tls,
+            target,
             table,
             client: Mutex::new(None),
         });
@@ -73,54 +56,12 @@ impl PostgresConfiguration {
         Ok(me)
     }
 
-    /// A connection; its messages (notifications) go to `notify` when
-    /// given.
-    async fn connect(
-        &self,
-        notify: Option<mpsc::UnboundedSender<String>>,
-    ) -> Result<tokio_postgres::Client, ConfigError> {
-        let err = |e: tokio_postgres::Error| ConfigError::Backend(format!("postgresql: {e}"));
-        macro_rules! drive {
-            ($conn:expr) => {{
-                let mut conn = $conn;
-                tokio::spawn(async move {
-                    let mut msgs = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
-                    while let Some(m) = msgs.next().await {
-                        match m {
-                            Ok(AsyncMessage::Notification(n)) => {
-                                if let Some(tx) = &notify
-                                    && tx.send(n.payload().to_owned()).is_err()
-                                {
-                                    return;
-                                }
-                            }
-                            Ok(_) => {}
-                            Err(_) => return,
-                        }
-                    }
-                });
-            }};
-        }
-        match &self.tls {
-            None => {
-                let (client, conn) = self.cfg.connect(tokio_postgres::NoTls).await.map_err(err)?;
-                drive!(conn);
-                Ok(client)
-            }
-            Some(t) => {
-                let (client, conn) = self.cfg.connect(t.clone()).await.map_err(err)?;
-                drive!(conn);
-                Ok(client)
-            }
-        }
-    }
-
     async fn client(
         &self,
     ) -> Result<tokio::sync::MutexGuard<'_, Option<tokio_postgres::Client>>, ConfigError> {
         let mut g = self.client.lock().await;
         if g.as_ref().is_none_or(tokio_postgres::Client::is_closed) {
-            *g = Some(self.connect(None).await?);
+            *g = Some(self.target.connect(None).await.map_err(|e| backend(&e))?);
         }
         Ok(g)
     }
@@ -144,7 +85,7 @@ impl PostgresConfiguration {
         } else {
             c.query(&sql, &[&keys]).await
         }
-        .map_err(|e| ConfigError::Backend(format!("postgresql: {e}")))?;
+        .map_err(|e| backend(&e))?;
         let mut out = Items::new();
         for r in rows {
             let key: String = r.try_get(0).unwrap_or_default();
@@ -231,11 +172,15 @@ impl ConfigurationStore for PostgresConfiguration {
                     )
                 })?;
             let (ntx, mut nrx) = mpsc::unbounded_channel();
-            let client = self.connect(Some(ntx)).await?;
+            let client = self
+                .target
+                .connect(Some(ntx))
+                .await
+                .map_err(|e| backend(&e))?;
             client
                 .batch_execute(&format!("LISTEN {channel}"))
                 .await
-                .map_err(|e| ConfigError::Backend(format!("postgresql: {e}")))?;
+                .map_err(|e| backend(&e))?;
             let (tx, rx) = mpsc::channel(WATCH_BUFFER);
             let keys = keys.to_vec();
             tokio::spawn(async move {

@@ -178,12 +178,7 @@ impl PostgresStore {
     pub async fn open(meta: &Properties) -> Result<Arc<Self>, OpenError> {
         let conn = meta.required("connectionString")?;
         let (conn, mode, root) = split_tls(conn);
-        let mut cfg: tokio_postgres::Config = conn.parse().map_err(|_| MetadataError {
-            field: "connectionString".into(),
-            // tokio-postgres' parse error may quote the string: say less.
-            why: "is not a PostgreSQL connection string (key=value pairs or a postgres:// URL)"
-                .into(),
-        })?;
+        let mut cfg = crate::pgconn::parse_config(&conn)?;
         let prefix = meta.string_or("tablePrefix", "");
         let metadata_table = meta.string_or("metadataTableName", DEFAULT_METADATA_TABLE);
         let table = format!("{prefix}state");

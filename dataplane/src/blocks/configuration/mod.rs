@@ -244,7 +244,10 @@ mod tests {
     async fn errors_follow_daprd() {
         let b = ConfigurationBlock::new("a");
         assert_eq!(
-            b.get("s", &[], &Metadata::new()).await.expect_err("none").code,
+            b.get("s", &[], &Metadata::new())
+                .await
+                .expect_err("none")
+                .code,
             "ERR_CONFIGURATION_STORE_NOT_CONFIGURED"
         );
         assert!(b.unsubscribe("s", "nope").is_err());
