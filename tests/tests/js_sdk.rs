@@ -77,3 +77,65 @@ async fn js_sdk_pubsub_works_unmodified() {
     );
     assert!(stdout.contains(r#"{"done":"js-pubsub"}"#), "{stdout}");
 }
+
+/// The JS SDK's bindings (output and a cron input received by its
+/// server), lock and configuration (gRPC) calls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn js_sdk_bindings_lock_and_configuration_on_redis() {
+    let modules = js_modules();
+    let w = World::new();
+    let redis = skiff_tests::servers::Redis::start_with(
+        &w.home.path().join("redis"),
+        free_port(),
+        &["--notify-keyspace-events", "KA"],
+    );
+    redis.cli(&["SET", "greeting", "hi||1"]);
+    let root = w.home.path().join("files");
+    w.component(
+        "files.yaml",
+        &component_yaml(
+            "files",
+            "bindings.localstorage",
+            &[("rootPath", root.display().to_string())],
+        ),
+    );
+    w.component(
+        "cron.yaml",
+        &component_yaml(
+            "jscron",
+            "bindings.cron",
+            &[("schedule", "@every 300ms".into())],
+        ),
+    );
+    w.component(
+        "lock.yaml",
+        &component_yaml("lockstore", "lock.in-memory", &[]),
+    );
+    w.component(
+        "cfg.yaml",
+        &component_yaml("cfg", "configuration.redis", &[("redisHost", redis.addr())]),
+    );
+    let app_port = free_port();
+    let s = w.sidecar("jsblocks", SidecarOpts::app(app_port));
+    let out = Command::new("node")
+        .arg(js_script("sdk_blocks.js"))
+        .env("NODE_PATH", &modules)
+        .env("DAPR_HTTP_PORT", s.http_port.to_string())
+        .env("DAPR_GRPC_PORT", s.grpc_port.to_string())
+        .env("APP_PORT", app_port.to_string())
+        .env_remove("DAPR_API_TOKEN")
+        .output()
+        .expect("run node");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("{stdout}");
+    assert!(
+        out.status.success(),
+        "JS SDK blocks failed\n{stdout}\n{stderr}"
+    );
+    assert!(stdout.contains(r#"{"done":"js-blocks"}"#), "{stdout}");
+    assert_eq!(
+        std::fs::read(root.join("js.txt")).expect("file"),
+        b"from js"
+    );
+}

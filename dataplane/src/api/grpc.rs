@@ -36,6 +36,8 @@ pub struct GrpcContext {
     /// `--dapr-graceful-shutdown-seconds`, for streaming subscriptions.
     pub grace: Duration,
     pub door: super::Door,
+    /// `GetMetadata` reports what `/v1.0/metadata` does.
+    pub metadata: Arc<super::metadata::Metadata>,
 }
 
 /// The gRPC front door of one sidecar.
@@ -427,6 +429,24 @@ impl Dapr for DaprApi {
         })
         .await
         .map(tonic::Response::new)
+    }
+
+    async fn get_metadata(
+        &self,
+        _: tonic::Request<pb::GetMetadataRequest>,
+    ) -> Result<tonic::Response<pb::GetMetadataResponse>, tonic::Status> {
+        Ok(tonic::Response::new(super::metadata::to_grpc(
+            &self.cx.metadata.report(),
+        )))
+    }
+
+    async fn set_metadata(
+        &self,
+        r: tonic::Request<pb::SetMetadataRequest>,
+    ) -> Result<tonic::Response<Empty>, tonic::Status> {
+        let r = r.into_inner();
+        self.cx.metadata.put(r.key, r.value);
+        Ok(tonic::Response::new(Empty {}))
     }
 
     async fn invoke_binding(

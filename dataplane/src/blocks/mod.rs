@@ -210,8 +210,8 @@ const RPCS: &[(&str, Rpc)] = &[
     ("UnlockAlpha1", Rpc::Served),
     ("EncryptAlpha1", Rpc::NotYet),
     ("DecryptAlpha1", Rpc::NotYet),
-    ("GetMetadata", Rpc::NotYet),
-    ("SetMetadata", Rpc::NotYet),
+    ("GetMetadata", Rpc::Served),
+    ("SetMetadata", Rpc::Served),
     ("SubtleGetKeyAlpha1", Rpc::NotYet),
     ("SubtleEncryptAlpha1", Rpc::NotYet),
     ("SubtleDecryptAlpha1", Rpc::NotYet),
@@ -303,7 +303,8 @@ mod tests {
         assert_eq!(rpc("GetConfiguration"), Rpc::Served);
         assert_eq!(rpc("InvokeBinding"), Rpc::Served);
         assert_eq!(rpc("InvokeActor"), Rpc::Block(Block::Actors));
-        assert_eq!(rpc("GetMetadata"), Rpc::NotYet);
+        assert_eq!(rpc("GetMetadata"), Rpc::Served);
+        assert_eq!(rpc("Shutdown"), Rpc::NotYet);
         assert_eq!(rpc("Nope"), Rpc::Unknown);
         let names: std::collections::HashSet<_> = RPCS.iter().map(|(n, _)| n).collect();
         assert_eq!(names.len(), RPCS.len(), "each RPC once");

@@ -146,7 +146,7 @@ fn contexts(s: &Settings, p: Parts) -> (Arc<HttpApi>, GrpcApi, Arc<Inbound>) {
             lifecycle: p.lifecycle.clone(),
             checked_app: p.app.clone().filter(|_| s.app_health.is_some()),
         },
-        metadata,
+        metadata: metadata.clone(),
         lifecycle: p.lifecycle,
         blocks: p.blocks.clone(),
         door: door.clone(),
@@ -157,6 +157,7 @@ fn contexts(s: &Settings, p: Parts) -> (Arc<HttpApi>, GrpcApi, Arc<Inbound>) {
         runner: p.runner,
         grace: s.graceful_shutdown,
         door,
+        metadata,
     }));
     let inbound = Arc::new(Inbound {
         callee: Callee::new(&s.app_id, &s.namespace, s.advertise_ip),
