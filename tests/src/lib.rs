@@ -354,6 +354,11 @@ impl World {
     }
 }
 
+/// [`wait_port_of`] for the servers module.
+pub(crate) fn wait_port_of_pub(proc: &mut Proc, port: u16) {
+    wait_port_of(proc, port);
+}
+
 /// Like [`wait_port`], failing at once with the exit status if `proc` dies.
 fn wait_port_of(proc: &mut Proc, port: u16) {
     let end = Instant::now() + Duration::from_secs(10);

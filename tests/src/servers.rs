@@ -1,6 +1,6 @@
 //! Real component servers the tests start on loopback and stop by PID
 //! (kill on drop): Redis standalone, a three-master Redis Cluster,
-//! PostgreSQL and a three-node NATS JetStream cluster.
+//! PostgreSQL, a three-node NATS JetStream cluster and Mosquitto.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -612,5 +612,42 @@ impl NatsCluster {
             .map(|p| format!("nats://127.0.0.1:{}", p.0))
             .collect::<Vec<_>>()
             .join(",")
+    }
+}
+
+/// A `mosquitto` MQTT broker on 127.0.0.1 (anonymous, no persistence).
+pub struct Mosquitto {
+    pub proc: Proc,
+    pub port: u16,
+}
+
+impl Mosquitto {
+    pub fn start(dir: &Path) -> Self {
+        std::fs::create_dir_all(dir).expect("mosquitto dir");
+        let port = free_port();
+        let conf = dir.join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"),
+        )
+        .expect("mosquitto.conf");
+        let child = Command::new("mosquitto")
+            .arg("-c")
+            .arg(&conf)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn mosquitto (tests/system-packages --install installs it)");
+        let mut proc = Proc {
+            child,
+            name: format!("mosquitto:{port}"),
+        };
+        crate::wait_port_of_pub(&mut proc, port);
+        Self { proc, port }
+    }
+
+    pub fn url(&self) -> String {
+        format!("tcp://127.0.0.1:{}", self.port)
     }
 }

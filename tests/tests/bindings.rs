@@ -520,3 +520,125 @@ async fn postgresql_output_binding_execs_queries_and_closes() {
         r.text()
     );
 }
+
+/// `bindings.mqtt3` on a real Mosquitto: the output binding publishes, the
+/// input binding of the same component delivers to the app (with the
+/// topic in the metadata), and each message once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt3_binding_publishes_and_delivers_through_mosquitto() {
+    let w = World::new();
+    let broker = skiff_tests::servers::Mosquitto::start(&w.home.path().join("mqtt"));
+    let app = recorder(200).await;
+    w.component(
+        "mq.yaml",
+        &component_yaml(
+            "mq",
+            "bindings.mqtt3",
+            &[
+                ("url", broker.url()),
+                ("topic", "orders".into()),
+                ("consumerID", "skiff-test".into()),
+            ],
+        ),
+    );
+    let s = w.sidecar("mqapp", SidecarOpts::app(app.port));
+    let c = http_client();
+    // The input side subscribes once the app answers its probe.
+    let end = Instant::now() + Duration::from_secs(20);
+    while !app
+        .seen
+        .lock()
+        .expect("lock")
+        .iter()
+        .any(|(m, p, ..)| m == "OPTIONS" && p == "/mq")
+    {
+        assert!(Instant::now() < end, "never probed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut n = 0;
+    loop {
+        // Publish until one arrives (the subscription may still be on its way).
+        n += 1;
+        let r = invoke(
+            &c,
+            &s,
+            "mq",
+            json!({"operation": "create", "data": {"n": n}}),
+        )
+        .await;
+        assert_eq!(r.status.as_u16(), 204, "{}", r.text());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if app
+            .seen
+            .lock()
+            .expect("lock")
+            .iter()
+            .any(|(m, p, ..)| m == "POST" && p == "/mq")
+        {
+            break;
+        }
+        assert!(Instant::now() < end, "nothing delivered");
+    }
+    let posts: Vec<_> = app
+        .seen
+        .lock()
+        .expect("lock")
+        .iter()
+        .filter(|(m, ..)| m == "POST")
+        .cloned()
+        .collect();
+    let (_, _, headers, body) = posts.last().expect("a post");
+    assert_eq!(
+        headers.get("topic").and_then(|v| v.to_str().ok()),
+        Some("orders")
+    );
+    assert_eq!(
+        serde_json::from_slice::<Value>(body).expect("json"),
+        json!({"n": n})
+    );
+    let last = n;
+    let r = invoke(
+        &c,
+        &s,
+        "mq",
+        json!({"operation": "create", "data": {"n": last + 1}}),
+    )
+    .await;
+    assert_eq!(r.status.as_u16(), 204);
+    let end = Instant::now() + Duration::from_secs(20);
+    loop {
+        let bodies: Vec<Value> = app
+            .seen
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter(|(m, ..)| m == "POST")
+            .map(|(_, _, _, b)| serde_json::from_slice(b).unwrap_or(Value::Null))
+            .collect();
+        if bodies.contains(&json!({"n": last + 1})) {
+            assert_eq!(
+                bodies
+                    .iter()
+                    .filter(|b| **b == json!({"n": last + 1}))
+                    .count(),
+                1,
+                "delivered twice: {bodies:?}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < end,
+            "the second message never came: {bodies:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let m = get_json(&format!("{}/v1.0/metadata", s.http())).await;
+    let comp = m["components"]
+        .as_array()
+        .and_then(|a| a.iter().find(|c| c["name"] == "mq"))
+        .cloned();
+    assert_eq!(
+        comp.map(|c| c["capabilities"].clone()),
+        Some(json!(["INPUT_BINDING", "OUTPUT_BINDING"]))
+    );
+}

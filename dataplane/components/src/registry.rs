@@ -168,6 +168,12 @@ const TABLE: &[Entry] = &[
         built: cfg!(feature = "bindings-postgresql"),
     },
     Entry {
+        type_name: "bindings.mqtt3",
+        versions: &["v1"],
+        feature: "bindings-mqtt3",
+        built: cfg!(feature = "bindings-mqtt3"),
+    },
+    Entry {
         type_name: "bindings.http",
         versions: &["v1"],
         feature: "bindings-http",
@@ -333,6 +339,14 @@ pub async fn open(
                 crate::bindings::postgres::PostgresBinding::open(meta).map_err(|e| driver(&e))?,
             ),
         }),
+        #[cfg(feature = "bindings-mqtt3")]
+        "bindings.mqtt3" => {
+            let b = crate::bindings::mqtt::MqttBinding::open(meta).map_err(|e| driver(&e))?;
+            Ok(Component::Binding {
+                input: Some(b.clone()),
+                output: Some(b),
+            })
+        }
         #[cfg(feature = "bindings-http")]
         "bindings.http" => Ok(Component::Binding {
             input: None,

@@ -10,6 +10,8 @@ pub mod cron;
 pub mod http;
 #[cfg(feature = "bindings-localstorage")]
 pub mod localstorage;
+#[cfg(feature = "bindings-mqtt3")]
+pub mod mqtt;
 #[cfg(feature = "bindings-postgresql")]
 pub mod postgres;
 #[cfg(feature = "bindings-redis")]
