@@ -27,7 +27,7 @@ const KEEP_ALIVE: Duration = Duration::from_secs(10);
 struct Settings {
     host: String,
     port: u16,
-    login: Option<(String, String)>,
+    login: Login,
     topic: String,
     client_id: String,
     qos: QoS,
@@ -35,7 +35,10 @@ struct Settings {
     clean: bool,
 }
 
-fn parse_url(url: &str) -> Result<(String, u16, Option<(String, String)>), MetadataError> {
+/// User and password from the URL.
+type Login = Option<(String, String)>;
+
+fn parse_url(url: &str) -> Result<(String, u16, Login), MetadataError> {
     let bad = |why: &str| MetadataError {
         field: "url".into(),
         why: why.into(),
