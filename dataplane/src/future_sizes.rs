@@ -114,7 +114,7 @@ async fn per_call_futures_stay_small() {
             lifecycle: lifecycle.clone(),
             checked_app: None,
         },
-        metadata,
+        metadata: metadata.clone(),
         lifecycle,
         door: door(),
         blocks: Default::default(),
@@ -130,6 +130,7 @@ async fn per_call_futures_stay_small() {
         blocks: Default::default(),
         runner: crate::blocks::pubsub::deliver::Runner::new(invoker.tracer.clone()),
         grace: Duration::from_secs(1),
+        metadata,
     }));
     at_most(
         "GrpcApi::handle",
