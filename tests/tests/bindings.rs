@@ -642,3 +642,101 @@ async fn mqtt3_binding_publishes_and_delivers_through_mosquitto() {
         Some(json!(["INPUT_BINDING", "OUTPUT_BINDING"]))
     );
 }
+
+/// `targets.components.<binding>.inbound`: a tick the app refuses is
+/// retried by the policy (three deliveries for one tick), then counted
+/// as a failed input event; output calls are counted by operation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn input_bindings_retry_under_the_inbound_policy_and_both_directions_are_counted() {
+    let w = World::new();
+    let app = recorder(500).await;
+    w.component(
+        "tick.yaml",
+        &component_yaml(
+            "tick",
+            "bindings.cron",
+            &[
+                ("schedule", "@every 2s".into()),
+                ("direction", "input".into()),
+            ],
+        ),
+    );
+    w.component(
+        "res.yaml",
+        "apiVersion: dapr.io/v1alpha1\nkind: Resiliency\nmetadata:\n  name: inbound\nspec:\n  policies:\n    retries:\n      twice:\n        policy: constant\n        duration: 50ms\n        maxRetries: 2\n  targets:\n    components:\n      tick:\n        inbound:\n          retry: twice\n",
+    );
+    let root = w.home.path().join("files");
+    w.component(
+        "ls.yaml",
+        &component_yaml(
+            "files",
+            "bindings.localstorage",
+            &[("rootPath", root.display().to_string())],
+        ),
+    );
+    let s = w.sidecar("retrier", SidecarOpts::app(app.port));
+    let posts = || {
+        app.seen
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter(|(m, p, ..)| m == "POST" && p == "/tick")
+            .count()
+    };
+    let end = Instant::now() + Duration::from_secs(20);
+    while posts() == 0 {
+        assert!(Instant::now() < end, "no tick");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // One tick: the first try and two retries, then nothing until the next.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(posts(), 3, "one tick and its two retries");
+    assert!(
+        !app.seen
+            .lock()
+            .expect("lock")
+            .iter()
+            .any(|(m, ..)| m == "OPTIONS"),
+        "direction: input skips the probe"
+    );
+    let c = http_client();
+    invoke(
+        &c,
+        &s,
+        "files",
+        json!({"operation": "create", "data": "x", "metadata": {"fileName": "a"}}),
+    )
+    .await;
+    invoke(
+        &c,
+        &s,
+        "files",
+        json!({"operation": "get", "metadata": {"fileName": "nope"}}),
+    )
+    .await;
+    let scrape = s.scrape().await;
+    assert_eq!(
+        sample(
+            &scrape,
+            r#"dapr_component_input_binding_count{app_id="retrier",component="tick",namespace="default",success="false"}"#
+        ),
+        1.0,
+        "{scrape}"
+    );
+    assert_eq!(
+        sample(
+            &scrape,
+            r#"dapr_component_output_binding_count{app_id="retrier",component="files",namespace="default",operation="create",success="true"}"#
+        ),
+        1.0,
+        "{scrape}"
+    );
+    assert_eq!(
+        sample(
+            &scrape,
+            r#"dapr_component_output_binding_count{app_id="retrier",component="files",namespace="default",operation="get",success="false"}"#
+        ),
+        1.0,
+        "{scrape}"
+    );
+}

@@ -160,6 +160,7 @@ pub async fn load(
                         .is_none_or(|v| v.split(',').any(|x| x.trim() == d))
                 };
                 let mut caps = Vec::new();
+                let series = metrics::registry().binding_component(&spec.name);
                 if let Some(i) = input.filter(|_| wants("input")) {
                     caps.push("INPUT_BINDING");
                     bindings.add_input(bindings::Input {
@@ -169,6 +170,8 @@ pub async fn load(
                         declared_input: direction
                             .as_deref()
                             .is_some_and(|v| v.split(',').any(|x| x.trim() == "input")),
+                        policy: resiliency.component_inbound(&spec.name, "Binding"),
+                        series: series.clone(),
                     });
                 }
                 if let Some(o) = output.filter(|_| wants("output")) {
@@ -178,6 +181,7 @@ pub async fn load(
                         bindings::Output {
                             driver: o,
                             policy: resiliency.component_outbound(&spec.name, "Binding"),
+                            series,
                         },
                     );
                 }

@@ -191,6 +191,30 @@ impl Backlog {
     }
 }
 
+/// One binding: output calls by operation and outcome
+/// (`dapr_component_output_binding_*`), input events by outcome
+/// (`dapr_component_input_binding_*`); index 1 is success.
+pub struct BindingComponent {
+    output: Family<String, Arc<[Timed; 2]>>,
+    pub input: [Timed; 2],
+}
+
+impl Default for BindingComponent {
+    fn default() -> Self {
+        Self {
+            output: Family::new("_other".to_owned()),
+            input: Default::default(),
+        }
+    }
+}
+
+impl BindingComponent {
+    pub fn output(&self, operation: &str, ok: bool, d: Duration) {
+        self.output
+            .with(operation, |t| t[usize::from(ok)].record(d));
+    }
+}
+
 /// A pub/sub component's topics.
 pub struct PubSubComponent {
     topics: Family<String, Arc<PubSubTopic>>,
@@ -228,6 +252,7 @@ pub struct Metrics {
     lock_components: Family<String, Arc<ComponentOps>>,
     configuration_components: Family<String, Arc<ComponentOps>>,
     pubsub_components: Family<String, Arc<PubSubComponent>>,
+    binding_components: Family<String, Arc<BindingComponent>>,
     retry_budget_exhausted: Family<String, Counter>,
     mtls_init: Counter,
     cert_rotated: Counter,
@@ -297,6 +322,7 @@ impl Metrics {
             lock_components: Family::new(other()),
             configuration_components: Family::new(other()),
             pubsub_components: Family::new(other()),
+            binding_components: Family::new(other()),
             retry_budget_exhausted: Family::new(other()),
             mtls_init: Counter::default(),
             cert_rotated: Counter::default(),
@@ -361,6 +387,11 @@ impl Metrics {
     /// (`dapr_component_configuration_*`).
     pub fn configuration_component(&self, name: &str) -> Arc<ComponentOps> {
         self.configuration_components.with(name, Arc::clone)
+    }
+
+    /// The series of binding `name` (`dapr_component_*_binding_*`).
+    pub fn binding_component(&self, name: &str) -> Arc<BindingComponent> {
+        self.binding_components.with(name, Arc::clone)
     }
 
     /// The series of pub/sub component `name`
@@ -507,6 +538,7 @@ impl Metrics {
         self.render_resiliency(&mut e, app);
         self.render_components(&mut e, app);
         self.render_pubsub(&mut e, app);
+        self.render_bindings(&mut e, app);
         self.render_security(&mut e, app);
         self.render_skiff(&mut e, app);
         if let Ok(cs) = self.collectors.lock() {
@@ -837,6 +869,72 @@ impl Metrics {
                         if t.count.get() > 0 {
                             e.histogram(&lat, &l(c, op, ok), &t.latency);
                         }
+                    }
+                }
+            });
+        }
+    }
+
+    fn render_bindings(&self, e: &mut Encoder, app: &str) {
+        let ns = self.namespace.get().map_or("", |n| n);
+        let ok = |i: usize| if i == 1 { "true" } else { "false" };
+        for hist in [false, true] {
+            let name = if hist {
+                "dapr_component_output_binding_latencies"
+            } else {
+                "dapr_component_output_binding_count"
+            };
+            e.header(
+                name,
+                if hist { "histogram" } else { "counter" },
+                "Output binding calls, by operation and success.",
+            );
+            self.binding_components.each(|c, b| {
+                b.output.each(|op, t| {
+                    for (i, timed) in t.iter().enumerate() {
+                        if timed.count.get() == 0 {
+                            continue;
+                        }
+                        let l = labels(&[
+                            ("app_id", app),
+                            ("component", c),
+                            ("namespace", ns),
+                            ("operation", op),
+                            ("success", ok(i)),
+                        ]);
+                        if hist {
+                            e.histogram(name, &l, &timed.latency);
+                        } else {
+                            e.sample(name, &l, timed.count.get());
+                        }
+                    }
+                });
+            });
+            let name = if hist {
+                "dapr_component_input_binding_latencies"
+            } else {
+                "dapr_component_input_binding_count"
+            };
+            e.header(
+                name,
+                if hist { "histogram" } else { "counter" },
+                "Input binding events delivered to the app, by success.",
+            );
+            self.binding_components.each(|c, b| {
+                for (i, timed) in b.input.iter().enumerate() {
+                    if timed.count.get() == 0 {
+                        continue;
+                    }
+                    let l = labels(&[
+                        ("app_id", app),
+                        ("component", c),
+                        ("namespace", ns),
+                        ("success", ok(i)),
+                    ]);
+                    if hist {
+                        e.histogram(name, &l, &timed.latency);
+                    } else {
+                        e.sample(name, &l, timed.count.get());
                     }
                 }
             });

@@ -6,7 +6,9 @@
 //! unless `direction` says input), gRPC apps `OnBindingEvent` for the
 //! bindings `ListInputBindings` names, whose reply's `to` bindings get a
 //! `create` with the reply's `data`. An event waits for the app's answer
-//! before the binding reads on.
+//! before the binding reads on; a delivery the app fails is retried under
+//! `targets.components.<name>.inbound`. Both directions are counted in
+//! Dapr's `dapr_component_{output,input}_binding_*`.
 
 pub mod grpc;
 pub mod http;
@@ -32,6 +34,7 @@ use crate::blocks::outbound::{self, OutboundError};
 use crate::errors::ApiError;
 use crate::policy::resiliency::ComponentPolicy;
 use crate::skiff_body::SkiffBody;
+use crate::telemetry::metrics::BindingComponent;
 
 /// Events buffered between an input binding and its delivery loop.
 const EVENT_BUFFER: usize = 1;
@@ -57,6 +60,7 @@ impl OutboundError for BindingError {
 pub struct Output {
     pub driver: Arc<dyn OutputBinding>,
     pub policy: Option<Arc<ComponentPolicy>>,
+    pub series: Arc<BindingComponent>,
 }
 
 pub struct Input {
@@ -66,6 +70,29 @@ pub struct Input {
     pub route: String,
     /// `direction` names input: no OPTIONS probe.
     pub declared_input: bool,
+    /// `targets.components.<name>.inbound`: retries of a delivery the app
+    /// failed, before the driver hears of the failure.
+    pub policy: Option<Arc<ComponentPolicy>>,
+    pub series: Arc<BindingComponent>,
+}
+
+/// A delivery the app did not take.
+struct Refused(String);
+
+impl OutboundError for Refused {
+    fn permanent(&self) -> bool {
+        false
+    }
+
+    fn timed_out(after: Duration) -> Self {
+        Self(format!(
+            "timeout: no answer within {after:?} (resiliency policy)"
+        ))
+    }
+
+    fn breaker_open(breaker: &str) -> Self {
+        Self(format!("circuit breaker {breaker} is open"))
+    }
 }
 
 #[derive(Default)]
@@ -120,10 +147,14 @@ impl BindingsBlock {
                 ),
             ));
         }
+        let (op, t0) = (req.operation.clone(), std::time::Instant::now());
         let r = match &o.policy {
             Some(p) => outbound::run(p, || o.driver.invoke(req.clone())).await,
             None => o.driver.invoke(req).await,
         };
+        if crate::telemetry::metrics::get().is_some() {
+            o.series.output(&op, r.is_ok(), t0.elapsed());
+        }
         r.map_err(|e| output_error(name, &e.to_string()))
     }
 
@@ -248,11 +279,30 @@ async fn read(
             e = rx.recv() => match e { Some(e) => e, None => break },
             _ = stop.changed() => break,
         };
-        let r = if app.speaks_grpc() {
-            deliver_grpc(&block, &app, &input.name, ev.data, ev.metadata).await
-        } else {
-            deliver_http(&app, &input.route, ev.data, &ev.metadata).await
+        let t0 = std::time::Instant::now();
+        let once = || async {
+            let r = if app.speaks_grpc() {
+                deliver_grpc(
+                    &block,
+                    &app,
+                    &input.name,
+                    ev.data.clone(),
+                    ev.metadata.clone(),
+                )
+                .await
+            } else {
+                deliver_http(&app, &input.route, ev.data.clone(), &ev.metadata).await
+            };
+            r.map_err(Refused)
         };
+        let r = match &input.policy {
+            Some(p) => outbound::run(p, once).await,
+            None => once().await,
+        }
+        .map_err(|Refused(e)| e);
+        if crate::telemetry::metrics::get().is_some() {
+            input.series.input[usize::from(r.is_ok())].record(t0.elapsed());
+        }
         if let Err(e) = &r {
             tracing::warn!(binding = %input.name, error = %e, "the app did not take an input binding event");
         }
