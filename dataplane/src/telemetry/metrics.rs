@@ -877,65 +877,50 @@ impl Metrics {
 
     fn render_bindings(&self, e: &mut Encoder, app: &str) {
         let ns = self.namespace.get().map_or("", |n| n);
-        let ok = |i: usize| if i == 1 { "true" } else { "false" };
-        for hist in [false, true] {
-            let name = if hist {
-                "dapr_component_output_binding_latencies"
+        // One sample (or histogram) of a binding series, when it has any.
+        let emit = |e: &mut Encoder,
+                    name: &str,
+                    hist: bool,
+                    op: Option<&str>,
+                    c: &str,
+                    i: usize,
+                    t: &Timed| {
+            if t.count.get() == 0 {
+                return;
+            }
+            let ok = if i == 1 { "true" } else { "false" };
+            let mut l = vec![("app_id", app), ("component", c), ("namespace", ns)];
+            if let Some(op) = op {
+                l.push(("operation", op));
+            }
+            l.push(("success", ok));
+            let l = labels(&l);
+            if hist {
+                e.histogram(name, &l, &t.latency);
             } else {
-                "dapr_component_output_binding_count"
-            };
-            e.header(
-                name,
-                if hist { "histogram" } else { "counter" },
-                "Output binding calls, by operation and success.",
-            );
+                e.sample(name, &l, t.count.get());
+            }
+        };
+        for (hist, kind) in [(false, "count"), (true, "latencies")] {
+            let ty = if hist { "histogram" } else { "counter" };
+            let name = format!("dapr_component_output_binding_{kind}");
+            e.header(&name, ty, "Output binding calls, by operation and success.");
             self.binding_components.each(|c, b| {
                 b.output.each(|op, t| {
                     for (i, timed) in t.iter().enumerate() {
-                        if timed.count.get() == 0 {
-                            continue;
-                        }
-                        let l = labels(&[
-                            ("app_id", app),
-                            ("component", c),
-                            ("namespace", ns),
-                            ("operation", op),
-                            ("success", ok(i)),
-                        ]);
-                        if hist {
-                            e.histogram(name, &l, &timed.latency);
-                        } else {
-                            e.sample(name, &l, timed.count.get());
-                        }
+                        emit(e, &name, hist, Some(op), c, i, timed);
                     }
                 });
             });
-            let name = if hist {
-                "dapr_component_input_binding_latencies"
-            } else {
-                "dapr_component_input_binding_count"
-            };
+            let name = format!("dapr_component_input_binding_{kind}");
             e.header(
-                name,
-                if hist { "histogram" } else { "counter" },
+                &name,
+                ty,
                 "Input binding events delivered to the app, by success.",
             );
             self.binding_components.each(|c, b| {
                 for (i, timed) in b.input.iter().enumerate() {
-                    if timed.count.get() == 0 {
-                        continue;
-                    }
-                    let l = labels(&[
-                        ("app_id", app),
-                        ("component", c),
-                        ("namespace", ns),
-                        ("success", ok(i)),
-                    ]);
-                    if hist {
-                        e.histogram(name, &l, &timed.latency);
-                    } else {
-                        e.sample(name, &l, timed.count.get());
-                    }
+                    emit(e, &name, hist, None, c, i, timed);
                 }
             });
         }
