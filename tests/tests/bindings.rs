@@ -740,3 +740,139 @@ async fn input_bindings_retry_under_the_inbound_policy_and_both_directions_are_c
         "{scrape}"
     );
 }
+
+/// `bindings.http` over HTTPS with mutual TLS: the server (rustls, a test
+/// CA) requires a client certificate; the binding trusts `MTLSRootCA` and
+/// presents `MTLSClientCert` / `MTLSClientKey`. Without the client
+/// certificate, or without the CA, the call fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_output_binding_speaks_mutual_tls() {
+    use rustls_pki_types::pem::PemObject;
+    let w = World::new();
+    let certs = w.home.path().join("certs");
+    std::fs::create_dir_all(&certs).expect("mkdir");
+    skiff_tests::servers::make_certs(&certs);
+    let sh = format!(
+        "set -e; cd '{}'; openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=client -keyout client.key -out client.csr; \
+         printf 'extendedKeyUsage=clientAuth' > client.cnf; \
+         openssl x509 -req -in client.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -extfile client.cnf -out client.crt",
+        certs.display()
+    );
+    assert!(
+        std::process::Command::new("sh")
+            .args(["-c", &sh])
+            .output()
+            .expect("openssl")
+            .status
+            .success()
+    );
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pki_types::CertificateDer::pem_file_iter(certs.join("ca.pem")).expect("ca") {
+        roots.add(c.expect("ca")).expect("root");
+    }
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .expect("verifier");
+    let chain: Vec<_> = rustls_pki_types::CertificateDer::pem_file_iter(certs.join("server.crt"))
+        .expect("crt")
+        .map(|c| c.expect("crt"))
+        .collect();
+    let key =
+        rustls_pki_types::PrivateKeyDer::from_pem_file(certs.join("server.key")).expect("key");
+    let cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .expect("server config");
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    let served = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let s2 = served.clone();
+    let _server = tokio::spawn(async move {
+        loop {
+            let Ok((sock, _)) = l.accept().await else {
+                return;
+            };
+            let (acceptor, served) = (acceptor.clone(), s2.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(sock).await else {
+                    return;
+                };
+                let svc = hyper::service::service_fn(
+                    move |_req: http::Request<hyper::body::Incoming>| {
+                        served.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        async {
+                            Ok::<_, hyper::Error>(http::Response::new(Full::new(
+                                Bytes::from_static(b"secure hello"),
+                            )))
+                        }
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
+                    .await;
+            });
+        }
+    });
+    let url = format!("https://127.0.0.1:{port}");
+    let path = |f: &str| certs.join(f).display().to_string();
+    // The CA as a path, the client pair as PEM text: both forms are read.
+    let client_crt = std::fs::read_to_string(certs.join("client.crt")).expect("crt");
+    let client_key = std::fs::read_to_string(certs.join("client.key")).expect("key");
+    w.component(
+        "m.yaml",
+        &component_yaml(
+            "mtls",
+            "bindings.http",
+            &[
+                ("url", url.clone()),
+                ("MTLSRootCA", path("ca.pem")),
+                ("MTLSClientCert", client_crt.replace('\n', "\\n")),
+                ("MTLSClientKey", client_key.replace('\n', "\\n")),
+            ],
+        ),
+    );
+    w.component(
+        "n.yaml",
+        &component_yaml(
+            "nocert",
+            "bindings.http",
+            &[("url", url.clone()), ("MTLSRootCA", path("ca.pem"))],
+        ),
+    );
+    w.component(
+        "u.yaml",
+        &component_yaml("untrusted", "bindings.http", &[("url", url)]),
+    );
+    let s = w.sidecar("tlsbinder", SidecarOpts::default());
+    let c = http_client();
+    let r = invoke(&c, &s, "mtls", json!({"operation": "get"})).await;
+    assert_eq!(
+        (r.status.as_u16(), &r.body[..]),
+        (200, &b"secure hello"[..]),
+        "{}",
+        r.text()
+    );
+    for name in ["nocert", "untrusted"] {
+        let r = invoke(&c, &s, name, json!({"operation": "get"})).await;
+        assert_eq!(
+            code(&r),
+            "ERR_INVOKE_OUTPUT_BINDING",
+            "{name}: {}",
+            r.text()
+        );
+    }
+    assert_eq!(
+        served.load(std::sync::atomic::Ordering::Relaxed),
+        1,
+        "only the mTLS call was served"
+    );
+}

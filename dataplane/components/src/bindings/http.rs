@@ -4,8 +4,9 @@
 //! key starts with an uppercase letter becomes a request header (Dapr's
 //! rule); `Content-Type` and `Accept` default to JSON. The response
 //! metadata holds `statusCode`, `status` and every response header; a
-//! non-2xx answer is an error unless `errorIfNot2XX` is false. Plain
-//! `http://` URLs only in this build.
+//! non-2xx answer is an error unless `errorIfNot2XX` is false. `https://`
+//! URLs verify the server against `MTLSRootCA` (else the system's roots)
+//! and present `MTLSClientCert` / `MTLSClientKey` when given.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,9 +24,27 @@ pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_MAX_RESPONSE_BODY: usize = 100 << 20;
 const JSON: &str = "application/json; charset=utf-8";
 
+/// The client for the URL's scheme.
+enum Clients {
+    Plain(Client<HttpConnector, Full<Bytes>>),
+    Tls(Client<super::tls::Https, Full<Bytes>>),
+}
+
+impl Clients {
+    async fn request(
+        &self,
+        r: http::Request<Full<Bytes>>,
+    ) -> Result<http::Response<hyper::body::Incoming>, hyper_util::client::legacy::Error> {
+        match self {
+            Self::Plain(c) => c.request(r).await,
+            Self::Tls(c) => c.request(r).await,
+        }
+    }
+}
+
 pub struct HttpBinding {
     url: String,
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Clients,
     timeout: Duration,
     max_body: usize,
     error_if_not_2xx: bool,
@@ -35,12 +54,17 @@ pub struct HttpBinding {
 impl HttpBinding {
     pub fn open(meta: &Properties) -> Result<Arc<Self>, MetadataError> {
         let url = meta.required("url")?.trim_end_matches('/').to_owned();
-        if !url.starts_with("http://") {
+        let client = if url.starts_with("https://") {
+            let tls = super::tls::config(meta)?;
+            Clients::Tls(Client::builder(TokioExecutor::new()).build(super::tls::Https { tls }))
+        } else if url.starts_with("http://") {
+            Clients::Plain(Client::builder(TokioExecutor::new()).build(HttpConnector::new()))
+        } else {
             return Err(MetadataError {
                 field: "url".into(),
-                why: "must be an http:// URL (https is not supported by this build's bindings.http yet)".into(),
+                why: "must be an http:// or https:// URL".into(),
             });
-        }
+        };
         let token = match (meta.get("securityToken"), meta.get("securityTokenHeader")) {
             (Some(t), Some(h)) => Some((h.to_owned(), t.to_owned())),
             (None, None) => None,
@@ -53,7 +77,7 @@ impl HttpBinding {
         };
         Ok(Arc::new(Self {
             url,
-            client: Client::builder(TokioExecutor::new()).build(HttpConnector::new()),
+            client,
             timeout: meta.duration_or("responseTimeout", DEFAULT_RESPONSE_TIMEOUT)?,
             max_body: meta.int_or("maxResponseBodySize", DEFAULT_MAX_RESPONSE_BODY)?,
             error_if_not_2xx: meta.bool_or("errorIfNot2XX", true)?,
