@@ -385,6 +385,21 @@ impl AppCallback for Callback {
             }
         }
     }
+
+    async fn list_input_bindings(
+        &self,
+        _: tonic::Request<skiff_proto::google::protobuf::Empty>,
+    ) -> Result<tonic::Response<skiff_proto::runtime::ListInputBindingsResponse>, tonic::Status>
+    {
+        Err(tonic::Status::unimplemented("no input bindings"))
+    }
+
+    async fn on_binding_event(
+        &self,
+        _: tonic::Request<skiff_proto::runtime::BindingEventRequest>,
+    ) -> Result<tonic::Response<skiff_proto::runtime::BindingEventResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("no input bindings"))
+    }
 }
 
 #[tonic::async_trait]

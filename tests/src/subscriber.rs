@@ -381,6 +381,21 @@ impl pb::app_callback_server::AppCallback for Callback {
     ) -> Result<tonic::Response<pb::TopicEventBulkResponse>, tonic::Status> {
         Err(tonic::Status::unimplemented("no bulk"))
     }
+
+    async fn list_input_bindings(
+        &self,
+        _: tonic::Request<skiff_proto::google::protobuf::Empty>,
+    ) -> Result<tonic::Response<skiff_proto::runtime::ListInputBindingsResponse>, tonic::Status>
+    {
+        Err(tonic::Status::unimplemented("no input bindings"))
+    }
+
+    async fn on_binding_event(
+        &self,
+        _: tonic::Request<skiff_proto::runtime::BindingEventRequest>,
+    ) -> Result<tonic::Response<skiff_proto::runtime::BindingEventResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("no input bindings"))
+    }
 }
 
 impl GrpcSubscriber {

@@ -876,3 +876,122 @@ async fn http_output_binding_speaks_mutual_tls() {
         "only the mTLS call was served"
     );
 }
+
+/// A gRPC app reading an input binding: the sidecar asks
+/// `ListInputBindings`, delivers `OnBindingEvent` for the binding listed
+/// (never for one that is not), and runs a `create` on each binding the
+/// reply names in `to`, with the reply's `data`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grpc_app_reads_its_listed_bindings_and_its_reply_goes_to_output_bindings() {
+    use skiff_proto::runtime::app_callback_server::{AppCallback, AppCallbackServer};
+    #[derive(Clone, Default)]
+    struct App(Arc<Mutex<Vec<String>>>);
+    #[tonic::async_trait]
+    impl AppCallback for App {
+        async fn on_invoke(
+            &self,
+            _: tonic::Request<skiff_proto::common::InvokeRequest>,
+        ) -> Result<tonic::Response<skiff_proto::common::InvokeResponse>, tonic::Status> {
+            Err(tonic::Status::unimplemented("no methods"))
+        }
+        async fn list_topic_subscriptions(
+            &self,
+            _: tonic::Request<skiff_proto::google::protobuf::Empty>,
+        ) -> Result<tonic::Response<pb::ListTopicSubscriptionsResponse>, tonic::Status> {
+            Err(tonic::Status::unimplemented("none"))
+        }
+        async fn on_topic_event(
+            &self,
+            _: tonic::Request<pb::TopicEventRequest>,
+        ) -> Result<tonic::Response<pb::TopicEventResponse>, tonic::Status> {
+            Err(tonic::Status::unimplemented("none"))
+        }
+        async fn on_bulk_topic_event(
+            &self,
+            _: tonic::Request<pb::TopicEventBulkRequest>,
+        ) -> Result<tonic::Response<pb::TopicEventBulkResponse>, tonic::Status> {
+            Err(tonic::Status::unimplemented("none"))
+        }
+        async fn list_input_bindings(
+            &self,
+            _: tonic::Request<skiff_proto::google::protobuf::Empty>,
+        ) -> Result<tonic::Response<pb::ListInputBindingsResponse>, tonic::Status> {
+            Ok(tonic::Response::new(pb::ListInputBindingsResponse {
+                bindings: vec!["tick".into()],
+            }))
+        }
+        async fn on_binding_event(
+            &self,
+            r: tonic::Request<pb::BindingEventRequest>,
+        ) -> Result<tonic::Response<pb::BindingEventResponse>, tonic::Status> {
+            let r = r.into_inner();
+            self.0.lock().expect("lock").push(r.name.clone());
+            Ok(tonic::Response::new(pb::BindingEventResponse {
+                to: vec!["files".into()],
+                data: Bytes::from(format!("from the grpc app after {}", r.name)),
+                concurrency: pb::binding_event_response::BindingEventConcurrency::Parallel as i32,
+                ..Default::default()
+            }))
+        }
+    }
+    let w = World::new();
+    let root = w.home.path().join("files");
+    w.component(
+        "ls.yaml",
+        &component_yaml(
+            "files",
+            "bindings.localstorage",
+            &[("rootPath", root.display().to_string())],
+        ),
+    );
+    w.component(
+        "tick.yaml",
+        &component_yaml(
+            "tick",
+            "bindings.cron",
+            &[("schedule", "@every 300ms".into())],
+        ),
+    );
+    w.component(
+        "unlisted.yaml",
+        &component_yaml(
+            "unlisted",
+            "bindings.cron",
+            &[("schedule", "@every 300ms".into())],
+        ),
+    );
+    let app = App::default();
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    let svc = AppCallbackServer::new(app.clone());
+    let _server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(svc)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(l)),
+    );
+    let _s = w.sidecar("grpcbinder", SidecarOpts::grpc_app(port));
+    let end = Instant::now() + Duration::from_secs(20);
+    loop {
+        let files: Vec<_> = std::fs::read_dir(&root)
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        if files.len() >= 2 {
+            let text = std::fs::read_to_string(&files[0]).expect("file");
+            assert_eq!(text, "from the grpc app after tick");
+            break;
+        }
+        assert!(
+            Instant::now() < end,
+            "the reply's `to` made {} files",
+            files.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let names = app.0.lock().expect("lock").clone();
+    assert!(
+        names.iter().all(|n| n == "tick"),
+        "an unlisted binding was delivered: {names:?}"
+    );
+}

@@ -153,6 +153,21 @@ impl AppCallback for Inventory {
     ) -> Result<Response<TopicEventBulkResponse>, Status> {
         Err(Status::unimplemented("no bulk subscriptions"))
     }
+
+    async fn list_input_bindings(
+        &self,
+        _: tonic::Request<skiff_proto::google::protobuf::Empty>,
+    ) -> Result<tonic::Response<skiff_proto::runtime::ListInputBindingsResponse>, tonic::Status>
+    {
+        Err(tonic::Status::unimplemented("no input bindings"))
+    }
+
+    async fn on_binding_event(
+        &self,
+        _: tonic::Request<skiff_proto::runtime::BindingEventRequest>,
+    ) -> Result<tonic::Response<skiff_proto::runtime::BindingEventResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("no input bindings"))
+    }
 }
 
 #[tokio::main(flavor = "current_thread")]
