@@ -386,3 +386,50 @@ INSERT INTO configtable VALUES ('size', 'xl', '1', '{"unit":"eu"}');
         ("xxl", "2")
     );
 }
+
+/// Redis restarts under a subscription: the stream stays open, the
+/// sidecar reconnects, and the next change arrives — no restart, no
+/// resubscribe by the app.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_survives_a_redis_restart() {
+    let w = World::new();
+    let port = free_port();
+    let dir = w.home.path().join("redis");
+    let mut r = Redis::start_with(&dir, port, &["--notify-keyspace-events", "KA"]);
+    w.component("cfg.yaml", &store_yaml(&r));
+    let s = w.sidecar("cfgrestart", SidecarOpts::default());
+    let mut g = DaprClient::new(s.grpc_channel().await);
+    let mut st = g
+        .subscribe_configuration(pb::SubscribeConfigurationRequest {
+            store_name: "cfg".into(),
+            keys: vec!["mode".into()],
+            metadata: Default::default(),
+        })
+        .await
+        .expect("subscribe")
+        .into_inner();
+    assert!(next(&mut st).await.items.is_empty(), "the id first");
+    r.cli(&["SET", "mode", "a||1"]);
+    assert_eq!(next(&mut st).await.items["mode"].value, "a");
+    r.proc.kill();
+    let r2 = Redis::start_with(&dir, port, &["--notify-keyspace-events", "KA"]);
+    // Changes until one arrives: the reconnect takes a moment.
+    let end = Instant::now() + WAIT;
+    let mut n = 0;
+    loop {
+        n += 1;
+        r2.cli(&["SET", "mode", &format!("b{n}||2")]);
+        match tokio::time::timeout(Duration::from_millis(500), st.next()).await {
+            Ok(Some(Ok(m)))
+                if m.items
+                    .get("mode")
+                    .is_some_and(|i| i.value.starts_with('b')) =>
+            {
+                break;
+            }
+            Ok(Some(Ok(_))) | Err(_) => {}
+            Ok(other) => panic!("the stream ended: {other:?}"),
+        }
+        assert!(Instant::now() < end, "no change after the restart");
+    }
+}

@@ -6,7 +6,8 @@
 //! so the server needs `notify-keyspace-events` to include `K` and the
 //! string (`$`) and generic (`g`) events — `KA` does; the driver warns at
 //! subscribe when it does not. A changed key is read again and sent; a
-//! deleted or expired one is sent as an empty item.
+//! deleted or expired one is sent as an empty item. A subscription whose
+//! connection is lost reconnects with backoff and reads its keys again.
 
 use std::sync::Arc;
 
@@ -20,6 +21,10 @@ use crate::redisconn::{Conn, OpenError, connect};
 use crate::{BoxFuture, MetadataError, Properties};
 
 const SEPARATOR: &str = "||";
+/// Backoff between reconnects of a subscription: from this...
+const RECONNECT_MIN: std::time::Duration = std::time::Duration::from_millis(100);
+/// ...to this.
+const RECONNECT_MAX: std::time::Duration = std::time::Duration::from_secs(5);
 
 pub struct RedisConfiguration {
     conn: Conn,
@@ -140,23 +145,9 @@ impl ConfigurationStore for RedisConfiguration {
     ) -> BoxFuture<'a, Result<mpsc::Receiver<Items>, ConfigError>> {
         Box::pin(async move {
             self.check_notifications().await;
-            let mut ps = self
-                .client
-                .get_async_pubsub()
-                .await
-                .map_err(|e| self.err(&e))?;
-            let prefix = format!("__keyspace@{}__:", self.db);
-            if keys.is_empty() {
-                ps.psubscribe(format!("{prefix}*"))
-                    .await
-                    .map_err(|e| self.err(&e))?;
-            } else {
-                for k in keys {
-                    ps.subscribe(format!("{prefix}{k}"))
-                        .await
-                        .map_err(|e| self.err(&e))?;
-                }
-            }
+            // The first connection is made here, so a bad address fails the
+            // subscribe call; later ones by the watcher, after a loss.
+            let ps = self.listen(keys).await?;
             let (tx, rx) = mpsc::channel(WATCH_BUFFER);
             let me = Self {
                 conn: self.conn.clone(),
@@ -164,40 +155,103 @@ impl ConfigurationStore for RedisConfiguration {
                 addr: self.addr.clone(),
                 db: self.db,
             };
-            tokio::spawn(async move {
-                let mut stream = ps.on_message();
-                loop {
-                    let msg = tokio::select! {
-                        m = stream.next() => m,
-                        () = tx.closed() => return,
-                    };
-                    let Some(msg) = msg else {
-                        tracing::warn!(redis = %me.addr, "configuration.redis: the notification connection closed; the subscription ends");
-                        return;
-                    };
-                    let Some(key) = msg
-                        .get_channel_name()
-                        .strip_prefix(&prefix)
-                        .map(str::to_owned)
-                    else {
-                        continue;
-                    };
-                    let item = match me.read(std::slice::from_ref(&key)).await {
-                        Ok(mut got) => got.remove(&key).unwrap_or_default(),
-                        Err(e) => {
-                            tracing::warn!(error = %e, "configuration.redis: reading a changed key failed");
-                            continue;
-                        }
-                    };
-                    let mut items = Items::new();
-                    items.insert(key, item);
-                    if tx.send(items).await.is_err() {
-                        return;
-                    }
-                }
-            });
+            tokio::spawn(me.watch(ps, keys.to_vec(), tx));
             Ok(rx)
         })
+    }
+}
+
+impl RedisConfiguration {
+    /// A pub/sub connection subscribed to the keyspace channels of `keys`.
+    async fn listen(&self, keys: &[String]) -> Result<redis::aio::PubSub, ConfigError> {
+        let mut ps = self
+            .client
+            .get_async_pubsub()
+            .await
+            .map_err(|e| self.err(&e))?;
+        let prefix = self.prefix();
+        if keys.is_empty() {
+            ps.psubscribe(format!("{prefix}*"))
+                .await
+                .map_err(|e| self.err(&e))?;
+        } else {
+            for k in keys {
+                ps.subscribe(format!("{prefix}{k}"))
+                    .await
+                    .map_err(|e| self.err(&e))?;
+            }
+        }
+        Ok(ps)
+    }
+
+    fn prefix(&self) -> String {
+        format!("__keyspace@{}__:", self.db)
+    }
+
+    /// Forwards changes until the subscriber goes away. A lost connection
+    /// (Redis restarted) is made again, with backoff, and the keys read
+    /// once more so a change made meanwhile is not missed.
+    async fn watch(self, first: redis::aio::PubSub, keys: Vec<String>, tx: mpsc::Sender<Items>) {
+        let prefix = self.prefix();
+        let mut ps = Some(first);
+        let mut wait = RECONNECT_MIN;
+        loop {
+            let mut conn = match ps.take() {
+                Some(c) => c,
+                None => {
+                    tokio::select! {
+                        () = tokio::time::sleep(wait) => {}
+                        () = tx.closed() => return,
+                    }
+                    wait = (wait * 2).min(RECONNECT_MAX);
+                    match self.listen(&keys).await {
+                        Ok(c) => {
+                            tracing::info!(redis = %self.addr, "configuration.redis: notifications back");
+                            // What changed while it was away.
+                            if let Ok(now) = self.read(&keys).await
+                                && !now.is_empty()
+                                && tx.send(now).await.is_err()
+                            {
+                                return;
+                            }
+                            c
+                        }
+                        Err(_) => continue,
+                    }
+                }
+            };
+            let mut stream = conn.on_message();
+            loop {
+                let msg = tokio::select! {
+                    m = stream.next() => m,
+                    () = tx.closed() => return,
+                };
+                let Some(msg) = msg else {
+                    tracing::warn!(redis = %self.addr, "configuration.redis: the notification connection closed; reconnecting");
+                    break;
+                };
+                wait = RECONNECT_MIN;
+                let Some(key) = msg
+                    .get_channel_name()
+                    .strip_prefix(&prefix)
+                    .map(str::to_owned)
+                else {
+                    continue;
+                };
+                let item = match self.read(std::slice::from_ref(&key)).await {
+                    Ok(mut got) => got.remove(&key).unwrap_or_default(),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "configuration.redis: reading a changed key failed");
+                        continue;
+                    }
+                };
+                let mut items = Items::new();
+                items.insert(key, item);
+                if tx.send(items).await.is_err() {
+                    return;
+                }
+            }
+        }
     }
 }
 
