@@ -169,3 +169,44 @@ mod tests {
         assert_eq!(h[X_FORWARDED_HOST], "localhost:3500");
     }
 }
+
+/// Properties of the header rewriting, over arbitrary header sets.
+#[cfg(test)]
+mod props {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn name() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("dapr-api-token".to_owned()),
+            Just("dapr-app-id".to_owned()),
+            Just("connection".to_owned()),
+            Just("host".to_owned()),
+            "skiff-[a-z-]{0,10}",
+            "x-[a-z]{1,8}",
+            "[a-z]{1,10}",
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn no_internal_header_or_token_travels(names in prop::collection::vec(name(), 0..16)) {
+            let mut h = HeaderMap::new();
+            for n in &names {
+                if let Ok(n) = HeaderName::from_bytes(n.as_bytes()) {
+                    h.append(n, HeaderValue::from_static("v"));
+                }
+            }
+            let mut out = h.clone();
+            prepare_outbound(&mut out);
+            for k in out.keys() {
+                prop_assert!(!k.as_str().starts_with(SKIFF_PREFIX), "{k} left the app");
+                prop_assert!(*k != DAPR_API_TOKEN && *k != DAPR_APP_ID, "{k} left the app");
+                prop_assert!(*k != header::CONNECTION && *k != header::HOST, "{k} left the app");
+            }
+            strip_internal(&mut h);
+            prop_assert!(h.keys().all(|k| !k.as_str().starts_with(SKIFF_PREFIX)));
+        }
+    }
+}

@@ -183,3 +183,50 @@ mod tests {
         assert_eq!(method_from_path(p.path()).as_deref(), Ok("café/x y"));
     }
 }
+
+/// Properties of the method cleaning, over arbitrary methods.
+#[cfg(test)]
+mod props {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Segments a hostile caller would try: climbs (plain and encoded),
+    /// dots, empties, encoded slashes and ordinary names.
+    fn segment() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("..".to_owned()),
+            Just("%2e%2e".to_owned()),
+            Just("%2E.".to_owned()),
+            Just(".".to_owned()),
+            Just(String::new()),
+            Just("%2f".to_owned()),
+            "[a-zA-Z0-9_~-]{1,8}",
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn a_cleaned_method_never_climbs_above_the_root(segs in prop::collection::vec(segment(), 0..12)) {
+            let raw = segs.join("/");
+            if let Ok(p) = app_path(&raw, None) {
+                let path = p.path();
+                prop_assert!(path.starts_with('/'), "{path}");
+                let decoded = method_from_path(path).expect("decodes");
+                for s in decoded.split('/') {
+                    prop_assert!(s != ".." && s != ".", "{raw} -> {path}");
+                }
+                prop_assert!(!path.contains("//"), "{raw} -> {path}");
+            }
+        }
+
+        #[test]
+        fn one_segment_round_trips_through_encoding(s in "[^/#?\\x00-\\x1f\\x7f]{1,24}") {
+            // Control characters (C0 and C1) are refused by design.
+            prop_assume!(s != "." && s != ".." && !s.chars().any(char::is_control));
+            let encoded: String = percent_encoding::utf8_percent_encode(&s, percent_encoding::NON_ALPHANUMERIC).to_string();
+            let p = app_path(&encoded, None).expect("a clean segment is allowed");
+            prop_assert_eq!(method_from_path(p.path()).expect("decodes"), s);
+        }
+    }
+}

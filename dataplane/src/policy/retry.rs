@@ -276,3 +276,31 @@ mod tests {
         assert_eq!(n, BUDGET_MIN_PER_SEC);
     }
 }
+
+/// The budget never lets more retries through than it was given.
+#[cfg(test)]
+mod props {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #[test]
+        fn retries_never_exceed_what_the_budget_holds(ops in prop::collection::vec(any::<bool>(), 0..400)) {
+            // All within a few milliseconds: no time-based refill.
+            let b = Budget::default();
+            let (mut deposits, mut granted) = (0u64, 0u64);
+            for deposit in ops {
+                if deposit {
+                    b.deposit();
+                    deposits += 1;
+                } else if b.withdraw() {
+                    granted += 1;
+                }
+            }
+            let allowed = BUDGET_MIN_PER_SEC as f64 + deposits as f64 * BUDGET_RATIO;
+            prop_assert!(granted as f64 <= allowed.floor() + f64::EPSILON,
+                "{granted} retries from {deposits} calls (allowed {allowed})");
+        }
+    }
+}
