@@ -32,6 +32,8 @@ pub mod config;
 pub mod errors;
 #[cfg(test)]
 mod future_sizes;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod headers;
 pub mod http1;
 pub mod http2;

@@ -18,6 +18,7 @@ fn main() -> ExitCode {
         Ok(s) => s,
         Err(e) => return fail(&anyhow::Error::new(e)),
     };
+    raise_open_files(settings.limits.max_connections);
     let rt = match runtime(flags.worker_threads) {
         Ok(rt) => rt,
         Err(e) => return fail(&anyhow::Error::new(e).context("starting the tokio runtime")),
@@ -25,6 +26,30 @@ fn main() -> ExitCode {
     match rt.block_on(skiff_dataplane::runtime::run(settings)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(&e),
+    }
+}
+
+/// Raises the soft open-file limit to the hard one, as Go programs (daprd
+/// among them) do at start: the default soft limit (often 1024) is far
+/// below what `--max-connections` lets clients open. Says so when even the
+/// hard limit is short of it.
+fn raise_open_files(max_connections: usize) {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return;
+    };
+    if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_err() {
+        tracing::warn!(soft, hard, "could not raise the open-file limit");
+        return;
+    }
+    // Three front doors, app and peer connections, files: a margin.
+    let want = (max_connections as u64).saturating_add(256);
+    if hard < want {
+        tracing::info!(
+            limit = hard,
+            max_connections,
+            "the open-file limit is below --max-connections: past it, accepts fail (ulimit -n)"
+        );
     }
 }
 

@@ -17,6 +17,7 @@ use http::{Request, Response};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
+use crate::config::ConnectionLimits;
 use crate::pool::{
     DEFAULT_CONN_WINDOW, DEFAULT_KEEPALIVE_INTERVAL, DEFAULT_KEEPALIVE_TIMEOUT, DEFAULT_MAX_FRAME,
     DEFAULT_STREAM_WINDOW,
@@ -24,12 +25,6 @@ use crate::pool::{
 use crate::skiff_body::SkiffBody;
 use crate::transport::{Acceptor, Io, PeerInfo};
 use crate::{http1, http2};
-
-/// Concurrent streams a client may open on one HTTP/2 connection.
-pub const MAX_CONCURRENT_STREAMS: u32 = 1024;
-/// A client that sends no complete request head within this time is dropped
-/// (slowloris protection on HTTP/1.1).
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Which protocols a listener speaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -101,20 +96,21 @@ impl Watch {
 pub struct ListenerConfig {
     pub protocols: Protocols,
     pub max_header_bytes: usize,
+    pub limits: ConnectionLimits,
 }
 
 impl ListenerConfig {
     fn h1(&self) -> http1::server::Settings {
         http1::server::Settings {
             max_head_bytes: self.max_header_bytes,
-            header_timeout: HEADER_READ_TIMEOUT,
-            idle_timeout: http1::server::DEFAULT_IDLE_TIMEOUT,
+            header_timeout: self.limits.header_timeout,
+            idle_timeout: self.limits.idle_timeout,
         }
     }
 
     fn h2(&self) -> http2::server::Settings {
         http2::server::Settings {
-            max_concurrent_streams: MAX_CONCURRENT_STREAMS,
+            max_concurrent_streams: self.limits.max_concurrent_streams,
             max_header_list_size: u32::try_from(self.max_header_bytes).unwrap_or(u32::MAX),
             stream_window: DEFAULT_STREAM_WINDOW,
             conn_window: DEFAULT_CONN_WINDOW,
@@ -137,6 +133,12 @@ pub async fn serve<H, F>(
     F: Future<Output = Response<SkiffBody>> + Send + 'static,
 {
     let cfg = Arc::new(cfg);
+    // A permit per open connection: past the limit a new connection is
+    // closed at once, so a flood cannot take the memory and descriptors
+    // the kept connections need (nor sit in the kernel's backlog).
+    let permits = Arc::new(tokio::sync::Semaphore::new(cfg.limits.max_connections));
+    let mut refused_since_warn = 0u64;
+    let mut last_warn: Option<tokio::time::Instant> = None;
     loop {
         let (tcp, addr) = tokio::select! {
             r = listener.accept() => match r {
@@ -150,7 +152,26 @@ pub async fn serve<H, F>(
             },
             () = watch.signaled() => return,
         };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            drop(tcp);
+            refused_since_warn += 1;
+            // One line every ten seconds at most, however hard the flood.
+            let now = tokio::time::Instant::now();
+            if last_warn.is_none_or(|t| now.duration_since(t) >= REFUSED_WARN_EVERY) {
+                tracing::warn!(
+                    %addr,
+                    limit = cfg.limits.max_connections,
+                    refused = refused_since_warn,
+                    "connection refused: --max-connections reached"
+                );
+                refused_since_warn = 0;
+                last_warn = Some(now);
+            }
+            crate::telemetry::metrics::registry().connection_refused();
+            continue;
+        };
         tokio::spawn(serve_conn(
+            permit,
             tcp,
             addr,
             cfg.clone(),
@@ -162,6 +183,7 @@ pub async fn serve<H, F>(
 }
 
 async fn serve_conn<H, F>(
+    _permit: tokio::sync::OwnedSemaphorePermit,
     tcp: tokio::net::TcpStream,
     addr: SocketAddr,
     cfg: Arc<ListenerConfig>,
@@ -181,13 +203,15 @@ async fn serve_conn<H, F>(
     };
     let h2 = match (&io, cfg.protocols) {
         (_, Protocols::H2Only) => true,
-        (Io::Plain(tcp), Protocols::Http1AndH2) => match starts_with_h2_preface(tcp).await {
-            Ok(h2) => h2,
-            Err(e) => {
-                tracing::debug!(%addr, error = %e, "no request");
-                return;
+        (Io::Plain(tcp), Protocols::Http1AndH2) => {
+            match starts_with_h2_preface(tcp, cfg.limits.header_timeout).await {
+                Ok(h2) => h2,
+                Err(e) => {
+                    tracing::debug!(%addr, error = %e, "no request");
+                    return;
+                }
             }
-        },
+        }
         // TLS on a mixed listener would need ALPN; none is configured so.
         (Io::Tls(_), Protocols::Http1AndH2) => false,
     };
@@ -213,13 +237,19 @@ async fn serve_conn<H, F>(
     }
 }
 
+/// How often a listener past `--max-connections` says so in the log.
+const REFUSED_WARN_EVERY: Duration = Duration::from_secs(10);
+
 /// What an HTTP/2 client sends first, prior knowledge (RFC 9113 §3.4).
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Tells h2c from HTTP/1.1 by peeking at the first bytes, leaving them in
 /// the socket for whichever codec takes the connection.
-async fn starts_with_h2_preface(tcp: &tokio::net::TcpStream) -> std::io::Result<bool> {
-    let deadline = tokio::time::Instant::now() + HEADER_READ_TIMEOUT;
+async fn starts_with_h2_preface(
+    tcp: &tokio::net::TcpStream,
+    within: Duration,
+) -> std::io::Result<bool> {
+    let deadline = tokio::time::Instant::now() + within;
     let mut buf = [0u8; H2_PREFACE.len()];
     loop {
         let n = tokio::time::timeout_at(deadline, tcp.peek(&mut buf))

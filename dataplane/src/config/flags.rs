@@ -207,6 +207,36 @@ pub struct Flags {
         hide = true
     )]
     pub worker_threads: usize,
+    /// Open connections each listener takes; past it new ones are closed
+    /// at once (the kept ones go on).
+    #[arg(
+        long = "max-connections",
+        env = "SKIFF_MAX_CONNECTIONS",
+        default_value_t = super::DEFAULT_MAX_CONNECTIONS
+    )]
+    pub max_connections: usize,
+    /// Concurrent streams a client may open on one HTTP/2 connection.
+    #[arg(
+        long = "max-concurrent-streams",
+        env = "SKIFF_MAX_CONCURRENT_STREAMS",
+        default_value_t = super::DEFAULT_MAX_CONCURRENT_STREAMS
+    )]
+    pub max_concurrent_streams: u32,
+    /// A request head (or the HTTP/2 preface) must arrive whole within
+    /// this (e.g. 10s, 500ms).
+    #[arg(
+        long = "header-timeout",
+        env = "SKIFF_HEADER_TIMEOUT",
+        default_value = "10s"
+    )]
+    pub header_timeout: String,
+    /// An HTTP/1.1 connection idle this long is closed.
+    #[arg(
+        long = "idle-timeout",
+        env = "SKIFF_IDLE_TIMEOUT",
+        default_value = "300s"
+    )]
+    pub idle_timeout: String,
     /// Home of the embedded registry (default ~/.skiff).
     #[arg(env = "SKIFF_HOME", long = "skiff-home", hide = true)]
     pub skiff_home: Option<PathBuf>,
@@ -265,6 +295,7 @@ impl Flags {
         let max_header_bytes = parse_quantity(&self.read_buffer_size, 1 << 10)
             .map_err(|e| flag_err("read-buffer-size", e))?
             .max(MIN_HEADER_BUFFER);
+        let limits = self.limits()?;
         let internal_ip = self.internal_listen_address.unwrap_or(match self.mode {
             Mode::Standalone => IpAddr::V4(Ipv4Addr::LOCALHOST),
             Mode::Kubernetes => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
@@ -305,6 +336,7 @@ impl Flags {
                 max_body_size
             },
             max_header_bytes,
+            limits,
             graceful_shutdown: Duration::from_secs(self.graceful_shutdown_seconds),
             app_health,
             skiff_home: home.clone(),
@@ -398,16 +430,35 @@ fn parse_ttl(s: &str) -> Result<Duration, String> {
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let n: u64 = s[..split]
         .parse()
-        .map_err(|_| format!("{s:?} is not a duration such as 24h, 30m or 10s"))?;
-    let unit = match &s[split..] {
-        "h" => 3600,
-        "m" => 60,
-        "s" => 1,
-        u => return Err(format!("{s:?}: unknown unit {u:?} (h, m, s)")),
+        .map_err(|_| format!("{s:?} is not a duration such as 24h, 30m, 10s or 500ms"))?;
+    let unit_ms = match &s[split..] {
+        "h" => 3_600_000,
+        "m" => 60_000,
+        "s" => 1000,
+        "ms" => 1,
+        u => return Err(format!("{s:?}: unknown unit {u:?} (h, m, s, ms)")),
     };
-    match n.checked_mul(unit) {
+    match n.checked_mul(unit_ms) {
         Some(0) | None => Err(format!("{s:?} is out of range")),
-        Some(secs) => Ok(Duration::from_secs(secs)),
+        Some(ms) => Ok(Duration::from_millis(ms)),
+    }
+}
+
+impl Flags {
+    fn limits(&self) -> Result<super::ConnectionLimits, FlagError> {
+        if self.max_connections == 0 {
+            return Err(flag_err("max-connections", "must be at least 1"));
+        }
+        if self.max_concurrent_streams == 0 {
+            return Err(flag_err("max-concurrent-streams", "must be at least 1"));
+        }
+        Ok(super::ConnectionLimits {
+            max_connections: self.max_connections,
+            max_concurrent_streams: self.max_concurrent_streams,
+            header_timeout: parse_ttl(&self.header_timeout)
+                .map_err(|e| flag_err("header-timeout", e))?,
+            idle_timeout: parse_ttl(&self.idle_timeout).map_err(|e| flag_err("idle-timeout", e))?,
+        })
     }
 }
 

@@ -6,7 +6,7 @@ mod flags;
 mod yaml;
 
 pub use flags::{AppProtocol, Flags, Mode, parse_quantity};
-pub use yaml::{ConfigError, Document, Documents, load_documents};
+pub use yaml::{ConfigError, Document, Documents, load_documents, parse_documents};
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -41,6 +41,8 @@ pub struct Settings {
     pub advertise_ip: IpAddr,
     pub max_body_size: usize,
     pub max_header_bytes: usize,
+    /// What one client may hold of the front doors.
+    pub limits: ConnectionLimits,
     pub graceful_shutdown: Duration,
     pub app_health: Option<AppHealthSettings>,
     pub skiff_home: PathBuf,
@@ -57,6 +59,40 @@ pub struct Settings {
     pub api_token: Option<String>,
     #[serde(skip)]
     pub app_api_token: Option<String>,
+}
+
+/// Open connections a listener takes before it closes new ones at once
+/// (`--max-connections`): about 16 KiB of sidecar memory each when idle.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 16_384;
+/// Concurrent streams a client may open on one HTTP/2 connection.
+pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 1024;
+/// A started request head (or the HTTP/2 preface) must be complete within
+/// this (`--header-timeout`): slowloris protection.
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// An HTTP/1.1 connection with no request for this long is closed
+/// (`--idle-timeout`).
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Limits on what clients hold of the listeners (the API ports and the
+/// internal one), so floods and slow clients cannot starve the others.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct ConnectionLimits {
+    /// Per listener.
+    pub max_connections: usize,
+    pub max_concurrent_streams: u32,
+    pub header_timeout: Duration,
+    pub idle_timeout: Duration,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_concurrent_streams: DEFAULT_MAX_CONCURRENT_STREAMS,
+            header_timeout: DEFAULT_HEADER_TIMEOUT,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+        }
+    }
 }
 
 /// Mutual TLS between sidecars (`--enable-mtls`).

@@ -142,7 +142,8 @@ fn read_file(p: &Path) -> Result<Vec<Document>, ConfigError> {
     parse_documents(&text, p)
 }
 
-fn parse_documents(text: &str, p: &Path) -> Result<Vec<Document>, ConfigError> {
+/// The documents of one YAML text; `p` names it in errors.
+pub fn parse_documents(text: &str, p: &Path) -> Result<Vec<Document>, ConfigError> {
     let mut docs = Vec::new();
     for de in yaml_serde::Deserializer::from_str(text) {
         let value = serde_json::Value::deserialize(de).map_err(|e| ConfigError::Yaml {

@@ -49,8 +49,6 @@ use super::{
 use crate::body::OutBody;
 use crate::transport::PeerInfo;
 
-/// A keep-alive connection that sends no request for this long is closed.
-pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 /// A body up to this size is copied behind the answer's head so both leave
 /// in one write.
 const MERGE_BODY_BYTES: usize = 16 << 10;

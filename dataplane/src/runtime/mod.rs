@@ -437,6 +437,7 @@ fn serve(
     let http_cfg = ListenerConfig {
         protocols: Protocols::Http1AndH2,
         max_header_bytes: s.max_header_bytes,
+        limits: s.limits,
     };
     let h2_cfg = ListenerConfig {
         protocols: Protocols::H2Only,

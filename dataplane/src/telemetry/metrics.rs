@@ -258,6 +258,7 @@ pub struct Metrics {
     cert_rotated: Counter,
     cert_rotate_failed: Family<String, Counter>,
     resolver_errors: Counter,
+    connections_refused: Counter,
     spans_exported: Counter,
     spans_dropped: [Counter; 2],
     collectors: Mutex<Vec<Collector>>,
@@ -328,6 +329,7 @@ impl Metrics {
             cert_rotated: Counter::default(),
             cert_rotate_failed: Family::new(other()),
             resolver_errors: Counter::default(),
+            connections_refused: Counter::default(),
             spans_exported: Counter::default(),
             spans_dropped: Default::default(),
             collectors: Mutex::default(),
@@ -510,6 +512,11 @@ impl Metrics {
 
     pub fn resolver_error(&self) {
         self.resolver_errors.inc();
+    }
+
+    /// A connection closed at accept: `--max-connections` was reached.
+    pub fn connection_refused(&self) {
+        self.connections_refused.inc();
     }
 
     pub fn spans_exported(&self, n: u64) {
@@ -1097,6 +1104,16 @@ impl Metrics {
             "skiff_resolver_errors_total",
             &a,
             self.resolver_errors.get(),
+        );
+        e.header(
+            "skiff_connections_refused_total",
+            "counter",
+            "Connections closed at accept because a listener had --max-connections open.",
+        );
+        e.sample(
+            "skiff_connections_refused_total",
+            &a,
+            self.connections_refused.get(),
         );
         e.header(
             "skiff_trace_spans_exported_total",

@@ -175,17 +175,37 @@ fn passthrough(i: &Input<'_>) -> Result<Bytes, EnvelopeError> {
     Ok(Bytes::from(gojson::encode(&Value::Object(m))))
 }
 
-/// The fields delivery needs, read without decoding `data`.
+/// The fields delivery needs, read without decoding `data`. A publisher's
+/// own CloudEvent passes through as it was sent, so these are read
+/// leniently: a field of another JSON type is taken as absent (an `id`
+/// number as its text) rather than failing the whole event, which would
+/// drop a message its publish had accepted (found by the `cloudevent`
+/// fuzz target).
 #[derive(Debug, Default, Deserialize)]
 pub struct Head {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "id_text")]
     pub id: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "string_or_none")]
     pub expiration: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "string_or_none")]
     pub traceparent: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "string_or_none")]
     pub tracestate: Option<String>,
+}
+
+fn string_or_none<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    Ok(match Value::deserialize(d)? {
+        Value::String(s) => Some(s),
+        _ => None,
+    })
+}
+
+fn id_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    Ok(match Value::deserialize(d)? {
+        Value::String(s) => s,
+        Value::Number(n) => n.to_string(),
+        _ => String::new(),
+    })
 }
 
 impl Head {
@@ -349,6 +369,22 @@ mod tests {
         assert!(!h.expired());
         let old = br#"{"id":"1","expiration":"2001-01-01T00:00:00Z"}"#;
         assert!(Head::read(old).expect("head").expired());
+    }
+
+    /// A passed-through CloudEvent whose fields have other JSON types is
+    /// still delivered (it was dropped as "not a JSON CloudEvent").
+    #[test]
+    fn head_reads_fields_of_other_types() {
+        let b = build(&input(
+            br#"{"id":7,"expiration":5,"traceparent":3,"tracestate":null,"data":1}"#,
+            CE_JSON,
+        ))
+        .expect("env");
+        let h = Head::read(&b).expect("head");
+        assert_eq!(h.id, "7");
+        assert!(!h.expired());
+        let h = Head::read(br#"{"id":{"a":1},"traceparent":"t"}"#).expect("head");
+        assert_eq!((h.id.as_str(), h.traceparent.as_deref()), ("", Some("t")));
     }
 
     #[test]

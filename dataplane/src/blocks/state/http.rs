@@ -24,13 +24,13 @@ const MALFORMED: &str = "ERR_MALFORMED_REQUEST";
 
 /// The query string: `metadata.K=V` (first value wins) and the options.
 #[derive(Default)]
-pub(crate) struct QueryArgs {
+pub struct QueryArgs {
     pub(crate) metadata: BTreeMap<String, String>,
     consistency: String,
     concurrency: String,
 }
 
-pub(crate) fn query_args(q: Option<&str>) -> QueryArgs {
+pub fn query_args(q: Option<&str>) -> QueryArgs {
     let mut out = QueryArgs::default();
     for pair in q.unwrap_or_default().split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
@@ -202,13 +202,9 @@ fn save_item(store: &str, e: SaveEntry, args: &QueryArgs) -> Result<SaveItem, Ap
     })
 }
 
-async fn save(
-    block: &StateBlock,
-    store: &str,
-    body: &[u8],
-    args: &QueryArgs,
-) -> Result<Response<SkiffBody>, ApiError> {
-    block.store(store)?;
+/// A save request's body as the block takes it: keys, values re-encoded,
+/// ETags, options and metadata (the query's winning).
+pub fn save_items(store: &str, body: &[u8], args: &QueryArgs) -> Result<Vec<SaveItem>, ApiError> {
     let entries: Vec<SaveEntry> = serde_json::from_slice(body).map_err(malformed)?;
     let mut items = Vec::with_capacity(entries.len());
     for e in entries {
@@ -217,6 +213,17 @@ async fn save(
         }
         items.push(save_item(store, e, args)?);
     }
+    Ok(items)
+}
+
+async fn save(
+    block: &StateBlock,
+    store: &str,
+    body: &[u8],
+    args: &QueryArgs,
+) -> Result<Response<SkiffBody>, ApiError> {
+    block.store(store)?;
+    let items = save_items(store, body, args)?;
     if !items.is_empty() {
         block.save(store, items).await?;
     }
