@@ -22,7 +22,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::blocks::pubsub::{envelope, subscriptions};
 use crate::blocks::state;
-use crate::config::{self, Document, Documents};
+use crate::config::{self, Documents};
 use crate::http1::{self, Received};
 use crate::invoke::target;
 use crate::policy::acl::{AccessControlSpec, Acl, Operation};
@@ -212,7 +212,6 @@ pub fn yaml_documents(data: &[u8]) {
     for d in all.components_for("app") {
         let _ = config::component::ComponentSpec::from_document(d);
     }
-    let _: Vec<&Document> = all.resources.iter().collect();
 }
 
 /// A circuit breaker's `trip` expression, parsed and evaluated on counts

@@ -137,8 +137,7 @@ pub async fn serve<H, F>(
     // closed at once, so a flood cannot take the memory and descriptors
     // the kept connections need (nor sit in the kernel's backlog).
     let permits = Arc::new(tokio::sync::Semaphore::new(cfg.limits.max_connections));
-    let mut refused_since_warn = 0u64;
-    let mut last_warn: Option<tokio::time::Instant> = None;
+    let mut refusals = Refusals::default();
     loop {
         let (tcp, addr) = tokio::select! {
             r = listener.accept() => match r {
@@ -154,20 +153,7 @@ pub async fn serve<H, F>(
         };
         let Ok(permit) = permits.clone().try_acquire_owned() else {
             drop(tcp);
-            refused_since_warn += 1;
-            // One line every ten seconds at most, however hard the flood.
-            let now = tokio::time::Instant::now();
-            if last_warn.is_none_or(|t| now.duration_since(t) >= REFUSED_WARN_EVERY) {
-                tracing::warn!(
-                    %addr,
-                    limit = cfg.limits.max_connections,
-                    refused = refused_since_warn,
-                    "connection refused: --max-connections reached"
-                );
-                refused_since_warn = 0;
-                last_warn = Some(now);
-            }
-            crate::telemetry::metrics::registry().connection_refused();
+            refusals.note(addr, cfg.limits.max_connections);
             continue;
         };
         tokio::spawn(serve_conn(
@@ -239,6 +225,37 @@ async fn serve_conn<H, F>(
 
 /// How often a listener past `--max-connections` says so in the log.
 const REFUSED_WARN_EVERY: Duration = Duration::from_secs(10);
+
+/// Connections a listener closed at accept: every one is counted, and
+/// one log line a `REFUSED_WARN_EVERY` at most says how many, however
+/// hard the flood.
+#[derive(Default)]
+struct Refusals {
+    since_warn: u64,
+    last_warn: Option<tokio::time::Instant>,
+}
+
+impl Refusals {
+    fn note(&mut self, addr: SocketAddr, limit: usize) {
+        crate::telemetry::metrics::registry().connection_refused();
+        self.since_warn += 1;
+        let now = tokio::time::Instant::now();
+        if self
+            .last_warn
+            .is_some_and(|t| now.duration_since(t) < REFUSED_WARN_EVERY)
+        {
+            return;
+        }
+        tracing::warn!(
+            %addr,
+            limit,
+            refused = self.since_warn,
+            "connection refused: --max-connections reached"
+        );
+        self.since_warn = 0;
+        self.last_warn = Some(now);
+    }
+}
 
 /// What an HTTP/2 client sends first, prior knowledge (RFC 9113 §3.4).
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";

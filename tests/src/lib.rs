@@ -90,14 +90,7 @@ impl Proc {
 
     /// Resident memory in KiB, from /proc.
     pub fn rss_kib(&self) -> u64 {
-        std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find_map(|l| l.strip_prefix("VmRSS:"))
-                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            })
-            .unwrap_or(0)
+        rss_kib_of(self.pid())
     }
 
     /// Waits for exit up to `d`; returns the exit status if it exited.
@@ -111,6 +104,18 @@ impl Proc {
         }
         None
     }
+}
+
+/// Resident memory of `pid` in KiB, from /proc (0 once it is gone).
+pub fn rss_kib_of(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
 }
 
 /// Sends `sig` (a name: TERM, INT, KILL) to `pid`.

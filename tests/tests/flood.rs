@@ -260,6 +260,16 @@ async fn continuation_flood(port: u16, limit: usize) -> usize {
     sent
 }
 
+/// What a hostile client's task reports.
+enum Hostile {
+    Resets {
+        sent: u32,
+        closed: u32,
+    },
+    /// Bytes of one header block the sidecar took before closing.
+    Continuation(usize),
+}
+
 fn p99(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v[(v.len() * 99 / 100).min(v.len() - 1)]
@@ -330,22 +340,25 @@ async fn floods_and_slow_clients_leave_a_normal_client_served() {
     );
 
     // Hostile clients, all at once, while the normal client calls.
+    // The h2 attackers connect first, so the limit does not refuse them
+    // before they can attack.
     let mut hostile = tokio::task::JoinSet::new();
+    hostile.spawn(async move {
+        let (sent, closed) = rapid_reset(port, Duration::from_secs(6)).await;
+        Hostile::Resets { sent, closed }
+    });
+    hostile.spawn(async move { Hostile::Continuation(continuation_flood(port, 64 << 20).await) });
+    tokio::time::sleep(Duration::from_millis(200)).await;
     let slow: Vec<_> = (0..SLOWLORIS)
         .map(|_| tokio::spawn(slowloris(port)))
         .collect();
     let extras: Vec<_> = (0..EXTRA).map(|_| tokio::spawn(extra(port))).collect();
-    hostile.spawn(async move {
-        let (n, closed) = rapid_reset(port, Duration::from_secs(6)).await;
-        (0usize, (n as usize) << 20 | closed as usize)
-    });
-    hostile.spawn(async move { (1usize, continuation_flood(port, 64 << 20).await) });
     let rss_watch = {
         let pid = caller.proc.pid();
         tokio::spawn(async move {
             let mut max = 0u64;
             for _ in 0..100 {
-                max = max.max(rss_of(pid));
+                max = max.max(rss_kib_of(pid));
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             max
@@ -372,8 +385,8 @@ async fn floods_and_slow_clients_leave_a_normal_client_served() {
     let (mut resets, mut reset_closes, mut cont_bytes) = (0, 0, 0);
     while let Some(r) = hostile.join_next().await {
         match r.expect("task") {
-            (0, n) => (resets, reset_closes) = (n >> 20, n & 0xfffff),
-            (_, n) => cont_bytes = n,
+            Hostile::Resets { sent, closed } => (resets, reset_closes) = (sent, closed),
+            Hostile::Continuation(bytes) => cont_bytes = bytes,
         }
     }
     let rss_max = rss_watch.await.expect("task");
@@ -418,15 +431,4 @@ async fn floods_and_slow_clients_leave_a_normal_client_served() {
     let (after, errors) = calls(&http_client(), &url, 50).await;
     assert_eq!(errors, 0, "calls failed after the flood");
     assert_eq!(after.len(), 50);
-}
-
-fn rss_of(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        })
-        .unwrap_or(0)
 }
