@@ -10,7 +10,7 @@
 
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -431,6 +431,11 @@ pub fn write_file(path: &Path, contents: &str, mode: u32) -> Result<(), CaError>
         .mode(mode)
         .open(&tmp)
         .map_err(io)?;
+    // `mode` applies only when the file is created: a stale file of this
+    // name left by an earlier run keeps its own, so set it again (before a
+    // byte of the contents is written) and the umask cannot widen it.
+    f.set_permissions(fs::Permissions::from_mode(mode))
+        .map_err(io)?;
     f.write_all(contents.as_bytes()).map_err(io)?;
     f.sync_all().map_err(io)?;
     fs::rename(&tmp, path).map_err(io)
@@ -445,6 +450,29 @@ mod tests {
         let d = std::env::temp_dir().join(format!("skiff-ca-{name}-{}", std::process::id()));
         let _ = fs::remove_dir_all(&d);
         d
+    }
+
+    #[test]
+    fn key_files_are_owner_only_even_over_a_stale_temporary() {
+        let dir = tmp("mode");
+        fs::create_dir_all(&dir).expect("mkdir");
+        let key = dir.join("k.key");
+        // What an earlier, interrupted write by this process id left.
+        let stale = key.with_extension(format!("tmp{}", std::process::id()));
+        fs::write(&stale, "old").expect("stale");
+        fs::set_permissions(&stale, fs::Permissions::from_mode(0o644)).expect("chmod");
+        write_file(&key, "secret", 0o600).expect("write");
+        let mode = fs::metadata(&key).expect("meta").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert_eq!(fs::read_to_string(&key).expect("read"), "secret");
+        Authority::load_or_create(&dir.join("ca"), "public", KeyAlg::EcdsaP256).expect("ca");
+        let mode = fs::metadata(dir.join("ca").join(ISSUER_KEY_FILE))
+            .expect("meta")
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o600, "the issuer key");
+        let _ = fs::remove_dir_all(&dir);
     }
 
     #[test]

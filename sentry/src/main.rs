@@ -155,8 +155,12 @@ fn main() -> ExitCode {
 }
 
 fn serve(a: ServeArgs) -> anyhow::Result<()> {
+    // Colour only on a terminal, as skiffd: a log file gets plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(&a.log_level))
+        .with_ansi(ansi)
         .with_writer(std::io::stderr)
         .init();
     let validators = validators(&a)?;

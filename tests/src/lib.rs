@@ -7,7 +7,7 @@ pub mod servers;
 pub mod subscriber;
 
 use std::net::{SocketAddr, TcpListener};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -515,7 +515,18 @@ impl Sentry {
 impl World {
     /// Starts `skiff-sentry` on a free port with credentials in `creds`
     /// (created on first start when absent), plus `args`.
-    pub fn sentry_at(&self, port: u16, creds: &std::path::Path, args: &[&str]) -> Sentry {
+    pub fn sentry_at(&self, port: u16, creds: &Path, args: &[&str]) -> Sentry {
+        self.sentry_logging_to(port, creds, args, log_sink())
+    }
+
+    /// [`World::sentry`] with its stderr in `log` (for tests that read it).
+    pub fn sentry_logged(&self, log: &Path, args: &[&str]) -> Sentry {
+        let f = std::fs::File::create(log).expect("sentry log file");
+        let creds = self.home.path().join("sentry-creds");
+        self.sentry_logging_to(free_port(), &creds, args, Stdio::from(f))
+    }
+
+    fn sentry_logging_to(&self, port: u16, creds: &Path, args: &[&str], stderr: Stdio) -> Sentry {
         let child = Command::new(bin("skiff-sentry"))
             .args(["--port", &port.to_string()])
             .arg("--issuer-credentials")
@@ -523,7 +534,7 @@ impl World {
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(log_sink())
+            .stderr(stderr)
             .spawn()
             .expect("spawn skiff-sentry");
         let mut proc = Proc {

@@ -134,19 +134,26 @@ fn redis_component(store: &str, secret: &str) -> String {
     )
 }
 
-#[tokio::test]
-async fn a_redis_password_comes_from_a_secret_and_stays_secret() {
-    let w = World::new();
+/// A Redis that wants [`PASSWORD`], and the `red` state store that reads
+/// it from the `files` secret store.
+fn password_redis(w: &World) -> Redis {
     let r = Redis::start_with(
         &w.home.path().join("redis"),
         free_port(),
         &["--requirepass", PASSWORD],
     );
-    file_store(&w, "files", "");
+    file_store(w, "files", "");
     w.component(
         "red.yaml",
         &redis_component("files", "redis-pass").replace("{HOST}", &r.addr()),
     );
+    r
+}
+
+#[tokio::test]
+async fn a_redis_password_comes_from_a_secret_and_stays_secret() {
+    let w = World::new();
+    let r = password_redis(&w);
     let log = w.home.path().join("skiffd.log");
     let s = w.sidecar(
         "sec",
@@ -274,4 +281,154 @@ async fn a_component_that_fails_stops_the_sidecar_unless_ignore_errors() {
         err.lines().last().unwrap_or_default().contains("bad.yaml"),
         "{err}"
     );
+}
+
+/// Every secret a full run is given: none reaches a log line at any level
+/// (trace everywhere, API logging on), and every file holding a private
+/// key is readable by its owner only.
+#[tokio::test]
+async fn no_secret_reaches_any_log_and_key_files_are_private() {
+    const API_TOKEN: &str = "api-token-Kx81-not-in-logs";
+    const APP_TOKEN: &str = "app-token-Vb27-not-in-logs";
+    const WRONG_TOKEN: &str = "wrong-token-Qp40-not-in-logs";
+    const BEARER: &str = "bearer-Lm63-not-in-logs";
+    let w = World::new();
+    let home = w.home.path();
+    let _redis = password_redis(&w);
+    let sentry_log = home.join("sentry.log");
+    let sentry = w.sentry_logged(&sentry_log, &["--log-level", "trace"]);
+    let echo = w.echo("callee");
+    let log = |name: &str| home.join(format!("{name}.log"));
+    let verbose = |name: &str, o: SidecarOpts| SidecarOpts {
+        log_file: Some(log(name)),
+        args: [o.args, vec!["--enable-api-logging".into()]].concat(),
+        env: [o.env, vec![("SKIFF_LOG", "trace".to_owned())]].concat(),
+        ..o
+    };
+    let with_env = |mut o: SidecarOpts, k: &'static str, v: &str| {
+        o.env.push((k, v.to_owned()));
+        o
+    };
+    let callee_opts = SidecarOpts::app(echo.http_port).sentry(&sentry);
+    let callee = w.sidecar(
+        "callee",
+        verbose("callee", with_env(callee_opts, "APP_API_TOKEN", APP_TOKEN)),
+    );
+    let caller_opts = SidecarOpts::default().sentry(&sentry);
+    let caller = w.sidecar(
+        "caller",
+        verbose("caller", with_env(caller_opts, "DAPR_API_TOKEN", API_TOKEN)),
+    );
+    // A sidecar with the embedded CA writes its own keys under SKIFF_HOME.
+    let embedded = w.sidecar(
+        "embedded",
+        verbose("embedded", SidecarOpts::default().mtls()),
+    );
+
+    let c = http_client();
+    let call = |path: &str, token: &str, body: &'static str| {
+        let mut req = request(
+            if body.is_empty() { "GET" } else { "POST" },
+            &format!("{}{path}", caller.http()),
+            body,
+        );
+        req.headers_mut()
+            .insert("dapr-api-token", token.parse().expect("hv"));
+        req.headers_mut().insert(
+            "authorization",
+            format!("Bearer {BEARER}").parse().expect("hv"),
+        );
+        req
+    };
+    let r1 = send(
+        &c,
+        call("/v1.0/invoke/callee/method/echo", API_TOKEN, "ping"),
+    )
+    .await;
+    assert_eq!(r1.status, 200, "{}", r1.text());
+    assert_eq!(
+        r1.echoed_headers()["dapr-api-token"],
+        APP_TOKEN,
+        "the callee's app gets its own token"
+    );
+    let r2 = send(
+        &c,
+        call("/v1.0/invoke/callee/method/echo", WRONG_TOKEN, "ping"),
+    )
+    .await;
+    assert_eq!(r2.status, 401, "{}", r2.text());
+    assert!(!r2.text().contains(WRONG_TOKEN), "{}", r2.text());
+    let r3 = send(&c, call("/v1.0/secrets/files/redis-pass", API_TOKEN, "")).await;
+    assert_eq!(r3.status, 200, "{}", r3.text());
+    assert!(r3.text().contains(PASSWORD));
+    let r4 = send(
+        &c,
+        call("/v1.0/state/red", API_TOKEN, r#"[{"key":"k","value":"v"}]"#),
+    )
+    .await;
+    assert_eq!(r4.status, 204, "{}", r4.text());
+    let r5 = send(&c, call("/v1.0/state/red/k", API_TOKEN, "")).await;
+    assert_eq!(r5.text(), r#""v""#);
+    let r6 = send(&c, call("/v1.0/metadata", API_TOKEN, "")).await;
+    assert!(!r6.text().contains(PASSWORD), "{}", r6.text());
+    let md = get(&c, &embedded, "/v1.0/metadata").await.text();
+    assert!(md.contains("spiffe://"), "embedded mTLS on: {md}");
+
+    // The private keys on disk: 0600, and never in a log.
+    let mut keys = Vec::new();
+    let mut dirs = vec![home.to_owned()];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(&d).expect("read_dir").flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                dirs.push(p);
+            } else if let Ok(text) = std::fs::read_to_string(&p)
+                && text.contains("PRIVATE KEY-----")
+            {
+                use std::os::unix::fs::PermissionsExt;
+                let mode = e.metadata().expect("metadata").permissions().mode() & 0o777;
+                assert_eq!(mode, 0o600, "{} is {mode:o}", p.display());
+                keys.push((p, text));
+            }
+        }
+    }
+    let names: Vec<String> = keys
+        .iter()
+        .filter_map(|(p, _)| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .collect();
+    assert!(
+        names.iter().filter(|n| *n == "issuer.key").count() >= 2,
+        "sentry's and the embedded CA's issuer keys: {names:?}"
+    );
+
+    drop((caller, callee, embedded, sentry));
+    let mut logs = Vec::new();
+    for f in [log("caller"), log("callee"), log("embedded"), sentry_log] {
+        let text = std::fs::read_to_string(&f).expect("log");
+        assert!(
+            text.contains(" TRACE ") && text.lines().count() > 5,
+            "{} has the trace lines: {text}",
+            f.display()
+        );
+        logs.push((f, text));
+    }
+    let mut secrets: Vec<String> = [PASSWORD, API_TOKEN, APP_TOKEN, WRONG_TOKEN, BEARER]
+        .map(String::from)
+        .to_vec();
+    secrets.push("PRIVATE KEY".into());
+    for (_, pem) in &keys {
+        // The key's base64 body, line by line (the last may be short).
+        secrets.extend(
+            pem.lines()
+                .filter(|l| !l.starts_with("-----") && l.len() >= 16)
+                .map(String::from),
+        );
+    }
+    for (f, text) in &logs {
+        for s in &secrets {
+            if let Some(line) = text.lines().find(|l| l.contains(s.as_str())) {
+                panic!("{} has a secret in: {line}", f.display());
+            }
+        }
+    }
 }

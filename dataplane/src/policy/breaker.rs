@@ -523,3 +523,186 @@ mod tests {
         assert_eq!(b.state(), State::Open);
     }
 }
+
+/// The breaker against a model written another way: the model keeps the
+/// outcomes of the current epoch as a list and derives gobreaker's counts
+/// from it, and keeps time as plain milliseconds.
+#[cfg(test)]
+mod model {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        /// Ask for a permit; a granted one is kept.
+        Allow,
+        /// Report the outcome of the kept permit at this index (mod len).
+        Record(usize, bool),
+        /// Let this many milliseconds pass.
+        Wait(u64),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => Just(Op::Allow),
+            4 => (any::<usize>(), any::<bool>()).prop_map(|(i, ok)| Op::Record(i, ok)),
+            1 => (0u64..1500).prop_map(Op::Wait),
+        ]
+    }
+
+    const TRIPS: [&str; 4] = [
+        "consecutiveFailures >= 3",
+        "requests >= 4 && totalFailures > 1",
+        "totalFailures > 2 || consecutiveSuccesses == 0",
+        "(requests > 2 && consecutiveFailures != 0) || totalFailures >= 5",
+    ];
+
+    struct Model {
+        state: State,
+        /// Permits granted in this epoch, and their outcomes in order.
+        granted: u64,
+        outcomes: Vec<bool>,
+        epoch: u64,
+        /// Closed with an interval: counts clear then. Open: half-opens then.
+        deadline: Option<u64>,
+        max_requests: u64,
+        interval: u64,
+        timeout: u64,
+    }
+
+    impl Model {
+        fn counts(&self) -> Counts {
+            let run = |want: bool| {
+                self.outcomes
+                    .iter()
+                    .rev()
+                    .take_while(|&&o| o == want)
+                    .count() as u64
+            };
+            Counts {
+                requests: self.granted,
+                total_successes: self.outcomes.iter().filter(|&&o| o).count() as u64,
+                total_failures: self.outcomes.iter().filter(|&&o| !o).count() as u64,
+                consecutive_successes: run(true),
+                consecutive_failures: run(false),
+            }
+        }
+
+        fn enter(&mut self, state: State, now: u64) {
+            self.state = state;
+            self.granted = 0;
+            self.outcomes.clear();
+            self.epoch += 1;
+            self.deadline = match state {
+                State::Open => Some(now + self.timeout),
+                State::Closed if self.interval > 0 => Some(now + self.interval),
+                _ => None,
+            };
+        }
+
+        fn at(&mut self, now: u64) {
+            match (self.state, self.deadline) {
+                (State::Open, Some(d)) if now >= d => self.enter(State::HalfOpen, now),
+                (State::Closed, Some(d)) if now >= d => {
+                    // A new counting window; the state stays closed.
+                    self.enter(State::Closed, now);
+                }
+                _ => {}
+            }
+        }
+
+        fn allow(&mut self, now: u64) -> Option<u64> {
+            self.at(now);
+            let ok = match self.state {
+                State::Open => false,
+                State::HalfOpen => self.granted < self.max_requests,
+                State::Closed => true,
+            };
+            ok.then(|| {
+                self.granted += 1;
+                self.epoch
+            })
+        }
+
+        fn record(&mut self, epoch: u64, success: bool, trip: &Trip, now: u64) {
+            self.at(now);
+            if epoch != self.epoch {
+                return; // a late answer from before a change: ignored
+            }
+            self.outcomes.push(success);
+            let c = self.counts();
+            match (self.state, success) {
+                (State::HalfOpen, true) if c.consecutive_successes >= self.max_requests => {
+                    self.enter(State::Closed, now)
+                }
+                (State::HalfOpen, false) => self.enter(State::Open, now),
+                (State::Closed, false) if trip.eval(&c) => self.enter(State::Open, now),
+                _ => {}
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+        #[test]
+        fn the_breaker_follows_the_model(
+            trip in 0..TRIPS.len(),
+            max_requests in 1u64..4,
+            interval in prop_oneof![Just(0u64), 500u64..3000],
+            timeout in 200u64..2000,
+            ops in prop::collection::vec(op(), 1..120),
+        ) {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .start_paused(true)
+                .build()
+                .expect("runtime");
+            rt.block_on(async {
+                let trip = Trip::parse(TRIPS[trip]).expect("trip");
+                let b = Breaker::new(BreakerSpec {
+                    name: "model".into(),
+                    max_requests,
+                    interval: Duration::from_millis(interval),
+                    timeout: Duration::from_millis(timeout),
+                    trip: trip.clone(),
+                });
+                let mut m = Model {
+                    state: State::Closed,
+                    granted: 0,
+                    outcomes: Vec::new(),
+                    epoch: 0,
+                    deadline: (interval > 0).then_some(interval),
+                    max_requests,
+                    interval,
+                    timeout,
+                };
+                let mut now = 0u64;
+                let mut held: Vec<(Permit, u64)> = Vec::new();
+                for (step, op) in ops.iter().enumerate() {
+                    match *op {
+                        Op::Allow => {
+                            let (real, model) = (b.allow(), m.allow(now));
+                            prop_assert_eq!(real.is_some(), model.is_some(), "step {}: allow", step);
+                            if let (Some(p), Some(e)) = (real, model) {
+                                held.push((p, e));
+                            }
+                        }
+                        Op::Record(i, ok) if !held.is_empty() => {
+                            let (p, e) = held.swap_remove(i % held.len());
+                            b.record(p, ok);
+                            m.record(e, ok, &trip, now);
+                        }
+                        Op::Record(..) => {}
+                        Op::Wait(ms) => {
+                            tokio::time::advance(Duration::from_millis(ms)).await;
+                            now += ms;
+                        }
+                    }
+                    m.at(now);
+                    prop_assert_eq!(b.state(), m.state, "step {}: {:?}", step, op);
+                }
+                Ok(())
+            })?;
+        }
+    }
+}
