@@ -117,6 +117,8 @@ impl ListenerConfig {
             max_frame_size: DEFAULT_MAX_FRAME,
             keepalive_interval: DEFAULT_KEEPALIVE_INTERVAL,
             keepalive_timeout: DEFAULT_KEEPALIVE_TIMEOUT,
+            idle_timeout: self.limits.idle_timeout,
+            stall_timeout: self.limits.stream_stall_timeout,
         }
     }
 }

@@ -1,7 +1,8 @@
 //! Floods and slow clients against the HTTP API port, while a normal client
 //! keeps calling through it: thousands of idle HTTP/1.1 and h2 connections,
 //! connections past `--max-connections`, slowloris heads, rapid resets and
-//! a CONTINUATION flood. The normal client gets no error, the slow and
+//! a CONTINUATION flood, and h2 clients that open streams for big answers
+//! and never read them (no flow-control window). The normal client gets no error, the slow and
 //! hostile connections are closed, memory stays bounded, and everything
 //! works once the flood is gone. The figures are printed (perf/RESULTS.md
 //! records them); only gross starvation fails the latency check, as these
@@ -14,18 +15,23 @@ use skiff_tests::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-const IDLE_H1: usize = 4000;
-const IDLE_H2: usize = 1000;
-const MAX_CONNECTIONS: usize = 6000;
+const IDLE_H1: usize = 8000;
+const IDLE_H2: usize = 2000;
+const MAX_CONNECTIONS: usize = 11_000;
 /// Connections opened once the idle ones are in: some fit, the rest are
 /// past the limit and closed at once.
 const EXTRA: usize = 1500;
 const SLOWLORIS: usize = 200;
 const CALLS: usize = 300;
+/// Clients that never read, and the big answers each asks for.
+const NEVER_READ: usize = 10;
+const NEVER_READ_STREAMS: u32 = 20;
+/// `--stream-stall-timeout` of the flooded sidecar.
+const STALL: Duration = Duration::from_secs(3);
 
 /// Raises this process's soft open-file limit to its hard one (the
-/// sidecars it starts inherit it): the flood needs about 7,000 descriptors
-/// on each side.
+/// sidecars it starts inherit it): the flood needs about 12,000
+/// descriptors on each side.
 fn raise_nofile() {
     let limits = std::fs::read_to_string("/proc/self/limits").expect("/proc/self/limits");
     let hard: u64 = limits
@@ -80,6 +86,8 @@ fn literal(out: &mut Vec<u8>, name: &str, value: &[u8]) {
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const HEADERS: u8 = 1;
 const RST_STREAM: u8 = 3;
+const SETTINGS_INITIAL_WINDOW_SIZE: u16 = 4;
+const CANCEL: u32 = 8;
 const SETTINGS: u8 = 4;
 const CONTINUATION: u8 = 9;
 const END_STREAM: u8 = 1;
@@ -260,6 +268,47 @@ async fn continuation_flood(port: u16, limit: usize) -> usize {
     sent
 }
 
+/// A client that grants no flow-control window (SETTINGS_INITIAL_WINDOW
+/// _SIZE 0), asks for `streams` answers of 10 MB each and reads nothing
+/// until well after the stall timeout. Returns how many of its streams the
+/// sidecar reset with CANCEL by then.
+async fn never_reads(port: u16, streams: u32) -> u32 {
+    let mut s = connect(port).await;
+    let mut settings = SETTINGS_INITIAL_WINDOW_SIZE.to_be_bytes().to_vec();
+    settings.extend(0u32.to_be_bytes());
+    let mut hello = PREFACE.to_vec();
+    hello.extend(frame(SETTINGS, 0, 0, &settings));
+    let block = get_block("/v1.0/invoke/callee/method/source?bytes=10000000");
+    for i in 0..streams {
+        hello.extend(frame(HEADERS, END_STREAM | END_HEADERS, 1 + 2 * i, &block));
+    }
+    if s.write_all(&hello).await.is_err() {
+        return 0;
+    }
+    tokio::time::sleep(STALL * 2).await;
+    // Now read what came: heads, and a reset for each stalled answer.
+    let mut buf = Vec::new();
+    let mut chunk = vec![0u8; 64 << 10];
+    while let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(500), s.read(&mut chunk)).await
+    {
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let (mut at, mut cancelled) = (0, 0);
+    while at + 9 <= buf.len() {
+        let len =
+            usize::from(buf[at]) << 16 | usize::from(buf[at + 1]) << 8 | usize::from(buf[at + 2]);
+        let payload = &buf[(at + 9).min(buf.len())..(at + 9 + len).min(buf.len())];
+        if buf[at + 3] == RST_STREAM && payload.len() == 4 && payload == CANCEL.to_be_bytes() {
+            cancelled += 1;
+        }
+        at += 9 + len;
+    }
+    cancelled
+}
+
 /// What a hostile client's task reports.
 enum Hostile {
     Resets {
@@ -268,6 +317,8 @@ enum Hostile {
     },
     /// Bytes of one header block the sidecar took before closing.
     Continuation(usize),
+    /// Streams of a never-reading client that were reset.
+    NeverRead(u32),
 }
 
 fn p99(mut v: Vec<Duration>) -> Duration {
@@ -284,7 +335,18 @@ async fn calls(c: &HttpClient, url: &str, n: usize) -> (Vec<Duration>, usize) {
                 let _ = http_body_util::BodyExt::collect(r.into_body()).await;
                 lat.push(t.elapsed());
             }
-            _ => errors += 1,
+            other => {
+                errors += 1;
+                match other {
+                    Ok(r) => {
+                        let status = r.status();
+                        let body = http_body_util::BodyExt::collect(r.into_body()).await;
+                        let text = body.map(|b| b.to_bytes()).unwrap_or_default();
+                        eprintln!("call failed: {status} {}", String::from_utf8_lossy(&text));
+                    }
+                    Err(e) => eprintln!("call failed: {e}"),
+                }
+            }
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -303,6 +365,8 @@ async fn floods_and_slow_clients_leave_a_normal_client_served() {
             "2s".into(),
             "--max-connections".into(),
             MAX_CONNECTIONS.to_string(),
+            "--stream-stall-timeout".into(),
+            format!("{}s", STALL.as_secs()),
         ],
         ..SidecarOpts::default()
     };
@@ -348,6 +412,10 @@ async fn floods_and_slow_clients_leave_a_normal_client_served() {
         Hostile::Resets { sent, closed }
     });
     hostile.spawn(async move { Hostile::Continuation(continuation_flood(port, 64 << 20).await) });
+    for _ in 0..NEVER_READ {
+        hostile
+            .spawn(async move { Hostile::NeverRead(never_reads(port, NEVER_READ_STREAMS).await) });
+    }
     tokio::time::sleep(Duration::from_millis(200)).await;
     let slow: Vec<_> = (0..SLOWLORIS)
         .map(|_| tokio::spawn(slowloris(port)))
@@ -382,11 +450,12 @@ async fn floods_and_slow_clients_leave_a_normal_client_served() {
             None => {}
         }
     }
-    let (mut resets, mut reset_closes, mut cont_bytes) = (0, 0, 0);
+    let (mut resets, mut reset_closes, mut cont_bytes, mut stalled) = (0, 0, 0, 0);
     while let Some(r) = hostile.join_next().await {
         match r.expect("task") {
             Hostile::Resets { sent, closed } => (resets, reset_closes) = (sent, closed),
             Hostile::Continuation(bytes) => cont_bytes = bytes,
+            Hostile::NeverRead(n) => stalled += n,
         }
     }
     let rss_max = rss_watch.await.expect("task");
@@ -396,7 +465,8 @@ async fn floods_and_slow_clients_leave_a_normal_client_served() {
          connections; extras {served} served / {refused} refused; {resets} rapid resets sent \
          ({reset_closes} connections closed by the sidecar for them); \
          CONTINUATION flood closed after {cont_bytes} bytes; slowloris closed within \
-         {worst_close:?}; RSS {rss_quiet} KiB quiet, {rss_max} KiB at most",
+         {worst_close:?}; {stalled} never-read answers reset; RSS {rss_quiet} KiB quiet, \
+         {rss_max} KiB at most",
         flood_p99.as_secs_f64() / quiet_p99.as_secs_f64()
     );
     assert_eq!(errors, 0, "the normal client saw errors during the flood");
@@ -408,12 +478,20 @@ async fn floods_and_slow_clients_leave_a_normal_client_served() {
         refused >= EXTRA + opened - MAX_CONNECTIONS - 50,
         "connections past --max-connections were not refused ({served} served, {refused} refused)"
     );
+    assert_eq!(
+        stalled,
+        NEVER_READ as u32 * NEVER_READ_STREAMS,
+        "answers nobody read were not all reset at the stall timeout"
+    );
     assert!(
         cont_bytes < 8 << 20,
         "the CONTINUATION flood was taken for {cont_bytes} bytes"
     );
-    // Bounded: about 60 KiB a connection at most, whatever the floods did.
-    let bound = rss_quiet + 60 * (opened + EXTRA + SLOWLORIS) as u64;
+    // Bounded: about 60 KiB a connection at most, whatever the floods did,
+    // and for each answer nobody reads the stream window the callee filled
+    // (1 MiB) until the stall timeout resets it.
+    let never_read = u64::from(NEVER_READ as u32 * NEVER_READ_STREAMS);
+    let bound = rss_quiet + 60 * (opened + EXTRA + SLOWLORIS) as u64 + 1536 * never_read;
     assert!(
         rss_max < bound,
         "RSS grew to {rss_max} KiB (bound {bound} KiB)"

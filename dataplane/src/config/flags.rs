@@ -230,13 +230,22 @@ pub struct Flags {
         default_value = "10s"
     )]
     pub header_timeout: String,
-    /// An HTTP/1.1 connection idle this long is closed.
+    /// An HTTP/1.1 connection without a request, or an HTTP/2 one without
+    /// a stream, this long is closed.
     #[arg(
         long = "idle-timeout",
         env = "SKIFF_IDLE_TIMEOUT",
         default_value = "300s"
     )]
     pub idle_timeout: String,
+    /// An HTTP/2 answer the client grants no flow-control window for this
+    /// long is reset.
+    #[arg(
+        long = "stream-stall-timeout",
+        env = "SKIFF_STREAM_STALL_TIMEOUT",
+        default_value = "60s"
+    )]
+    pub stream_stall_timeout: String,
     /// Home of the embedded registry (default ~/.skiff).
     #[arg(env = "SKIFF_HOME", long = "skiff-home", hide = true)]
     pub skiff_home: Option<PathBuf>,
@@ -458,6 +467,8 @@ impl Flags {
             header_timeout: parse_ttl(&self.header_timeout)
                 .map_err(|e| flag_err("header-timeout", e))?,
             idle_timeout: parse_ttl(&self.idle_timeout).map_err(|e| flag_err("idle-timeout", e))?,
+            stream_stall_timeout: parse_ttl(&self.stream_stall_timeout)
+                .map_err(|e| flag_err("stream-stall-timeout", e))?,
         })
     }
 }

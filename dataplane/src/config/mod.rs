@@ -69,9 +69,15 @@ pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 1024;
 /// A started request head (or the HTTP/2 preface) must be complete within
 /// this (`--header-timeout`): slowloris protection.
 pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
-/// An HTTP/1.1 connection with no request for this long is closed
-/// (`--idle-timeout`).
+/// An HTTP/1.1 connection with no request, or an HTTP/2 one without a
+/// stream, for this long is closed (`--idle-timeout`).
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// An HTTP/2 answer the client grants no flow-control window for this
+/// long is reset (`--stream-stall-timeout`): a client that opens streams
+/// and never reads would otherwise hold a chunk of memory and the call
+/// behind each of them for ever. A minute without a byte of window is
+/// far past any live reader's pause (it grants window as its app reads).
+pub const DEFAULT_STREAM_STALL_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Limits on what clients hold of the listeners (the API ports and the
 /// internal one), so floods and slow clients cannot starve the others.
@@ -82,6 +88,7 @@ pub struct ConnectionLimits {
     pub max_concurrent_streams: u32,
     pub header_timeout: Duration,
     pub idle_timeout: Duration,
+    pub stream_stall_timeout: Duration,
 }
 
 impl Default for ConnectionLimits {
@@ -91,6 +98,7 @@ impl Default for ConnectionLimits {
             max_concurrent_streams: DEFAULT_MAX_CONCURRENT_STREAMS,
             header_timeout: DEFAULT_HEADER_TIMEOUT,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            stream_stall_timeout: DEFAULT_STREAM_STALL_TIMEOUT,
         }
     }
 }

@@ -105,6 +105,8 @@ pub enum SendBodyError {
     Stream(#[source] h2::Error),
     #[error("reading the body to forward: {0}")]
     Body(#[source] BoxError),
+    #[error("the peer granted no window for {0:?}; stream reset")]
+    Stalled(Duration),
 }
 
 /// Streams `body` into `tx` until its end (or trailers). Data is taken
@@ -117,6 +119,7 @@ pub fn send_body<B>(body: B, tx: h2::SendStream<Bytes>) -> SendBody<B> {
         body,
         tx,
         held: None,
+        stall: None,
     }
 }
 
@@ -127,6 +130,48 @@ pub struct SendBody<B> {
     tx: h2::SendStream<Bytes>,
     /// A chunk taken from the body that waits for window.
     held: Option<(Bytes, bool)>,
+    stall: Option<StallTimer>,
+}
+
+impl<B> SendBody<B> {
+    /// Resets the stream (CANCEL) once the peer has granted no window for
+    /// `limit` while a chunk waits: a peer that never reads must not hold
+    /// the chunk, and the call behind it, for ever.
+    pub fn stall_limit(mut self, limit: Duration) -> Self {
+        self.stall = Some(StallTimer {
+            limit,
+            sleep: None,
+            armed: false,
+        });
+        self
+    }
+}
+
+/// How long a send has waited for window. The timer is made at the first
+/// wait (most answers fit the window and never need one) and reused.
+struct StallTimer {
+    limit: Duration,
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Set while a wait is being timed.
+    armed: bool,
+}
+
+impl StallTimer {
+    /// Whether the wait now going on has lasted the limit.
+    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        let deadline = tokio::time::Instant::now() + self.limit;
+        let sleep = self
+            .sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if !std::mem::replace(&mut self.armed, true) {
+            sleep.as_mut().reset(deadline);
+        }
+        sleep.as_mut().poll(cx).is_ready()
+    }
+
+    fn progressed(&mut self) {
+        self.armed = false;
+    }
 }
 
 impl<B> Future for SendBody<B>
@@ -138,7 +183,13 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let me = self.get_mut();
-        poll_send_body(&mut me.body, &mut me.tx, &mut me.held, cx)
+        poll_send_body(
+            &mut me.body,
+            &mut me.tx,
+            &mut me.held,
+            me.stall.as_mut(),
+            cx,
+        )
     }
 }
 
@@ -146,6 +197,7 @@ fn poll_send_body<B>(
     body: &mut B,
     tx: &mut h2::SendStream<Bytes>,
     held: &mut Option<(Bytes, bool)>,
+    mut stall: Option<&mut StallTimer>,
     cx: &mut Context<'_>,
 ) -> Poll<Result<(), SendBodyError>>
 where
@@ -163,15 +215,29 @@ where
             // A chunk in hand waits for window before the body is polled
             // again.
             while tx.capacity() == 0 {
-                match ready!(tx.poll_capacity(cx)) {
-                    Some(Ok(_)) => {}
-                    Some(Err(e)) => return Poll::Ready(Err(SendBodyError::Stream(e))),
-                    None => {
+                match tx.poll_capacity(cx) {
+                    Poll::Ready(Some(Ok(_))) => {}
+                    Poll::Ready(Some(Err(e))) => {
+                        return Poll::Ready(Err(SendBodyError::Stream(e)));
+                    }
+                    Poll::Ready(None) => {
                         return Poll::Ready(Err(SendBodyError::Stream(h2::Error::from(
                             h2::Reason::STREAM_CLOSED,
                         ))));
                     }
+                    Poll::Pending => {
+                        if let Some(t) = stall.as_deref_mut()
+                            && t.expired(cx)
+                        {
+                            tx.send_reset(h2::Reason::CANCEL);
+                            return Poll::Ready(Err(SendBodyError::Stalled(t.limit)));
+                        }
+                        return Poll::Pending;
+                    }
                 }
+            }
+            if let Some(t) = stall.as_deref_mut() {
+                t.progressed();
             }
             let eos = *eos;
             if let Some((data, _)) = held.take() {

@@ -53,7 +53,14 @@ pub const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// slow reader pin four times the memory. 256 KiB frames lift downloads from
 /// ~660 to ~900 MiB/s at the same RSS.
 pub const DEFAULT_STREAM_WINDOW: u32 = 1 << 20;
-pub const DEFAULT_CONN_WINDOW: u32 = 4 << 20;
+/// The connection window covers every stream the pool puts on a connection
+/// at their full window, so it never binds before theirs: with a smaller
+/// one (it was 4 MiB) four answers whose readers stopped reading filled it
+/// and stalled every other call on the connection until they were reset
+/// (the flood test's never-reading clients). It costs no memory by itself;
+/// what a stalled stream holds is its own window, for at most
+/// `--stream-stall-timeout`.
+pub const DEFAULT_CONN_WINDOW: u32 = DEFAULT_MAX_STREAMS as u32 * DEFAULT_STREAM_WINDOW;
 /// Largest HTTP/2 frame this side accepts (see the windows above).
 pub const DEFAULT_MAX_FRAME: u32 = 256 << 10;
 /// Largest response head a pooled connection accepts (hyper's default).
