@@ -359,13 +359,9 @@ impl World {
     }
 }
 
-/// [`wait_port_of`] for the servers module.
-pub(crate) fn wait_port_of_pub(proc: &mut Proc, port: u16) {
-    wait_port_of(proc, port);
-}
-
-/// Like [`wait_port`], failing at once with the exit status if `proc` dies.
-fn wait_port_of(proc: &mut Proc, port: u16) {
+/// Waits until `port` takes connections, failing at once with the exit
+/// status if `proc` dies.
+pub fn wait_port_of(proc: &mut Proc, port: u16) {
     let end = Instant::now() + Duration::from_secs(10);
     while Instant::now() < end {
         if let Ok(Some(status)) = proc.child.try_wait() {

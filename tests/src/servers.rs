@@ -643,7 +643,7 @@ impl Mosquitto {
             child,
             name: format!("mosquitto:{port}"),
         };
-        crate::wait_port_of_pub(&mut proc, port);
+        crate::wait_port_of(&mut proc, port);
         Self { proc, port }
     }
 

@@ -1408,3 +1408,41 @@ async fn redis_trim_acked_keeps_the_stream_short() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// A publish Redis refuses is a failed publish. redis-rs hands a server's
+/// error reply to a single command back as a value; the soak found
+/// publishes acknowledged while a restarted Redis answered `-LOADING`. A
+/// stream key holding a string (`-WRONGTYPE`) refuses the same way, every
+/// time.
+#[tokio::test]
+async fn a_publish_redis_refuses_is_an_error_not_an_ack() {
+    let w = World::new();
+    let r = redis(&w);
+    r.cli(&["SET", "taken", "not-a-stream"]);
+    let d = Driver::Redis(r);
+    w.component("ps.yaml", &d.yaml(&w, "ps", &[]));
+    let s = w.sidecar("pub", SidecarOpts::default());
+    let c = http_client();
+    let refused = send(
+        &c,
+        request("POST", &format!("{}/v1.0/publish/ps/taken", s.http()), "{}"),
+    )
+    .await;
+    assert_eq!(refused.status, 500, "{}", refused.text());
+    assert!(
+        refused.text().contains("ERR_PUBSUB_PUBLISH_MESSAGE"),
+        "{}",
+        refused.text()
+    );
+    assert!(
+        refused.text().contains("WRONGTYPE"),
+        "the cause is named: {}",
+        refused.text()
+    );
+    let fine = send(
+        &c,
+        request("POST", &format!("{}/v1.0/publish/ps/free", s.http()), "{}"),
+    )
+    .await;
+    assert_eq!(fine.status, 204, "{}", fine.text());
+}

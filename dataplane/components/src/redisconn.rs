@@ -41,11 +41,18 @@ pub enum Conn {
 }
 
 impl ConnectionLike for Conn {
+    /// redis-rs answers a server's error reply (`-LOADING`, `-NOGROUP`,
+    /// `-OOM`, `-READONLY` ...) to a single command as
+    /// `Ok(Value::ServerError)`; here it is an `Err`, so no caller takes a
+    /// refused write for a done one. (The soak found it: publishes sent
+    /// while a restarted Redis loaded its AOF were acknowledged and lost.)
+    /// Pipelines keep their per-command replies.
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-        match self {
+        let reply = match self {
             Self::Node(c) => c.req_packed_command(cmd),
             Self::Cluster(c) => c.req_packed_command(cmd),
-        }
+        };
+        Box::pin(async move { reply.await?.extract_error() })
     }
 
     fn req_packed_commands<'a>(
