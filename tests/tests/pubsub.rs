@@ -1446,3 +1446,94 @@ async fn a_publish_redis_refuses_is_an_error_not_an_ack() {
     .await;
     assert_eq!(fine.status, 204, "{}", fine.text());
 }
+
+/// Entries left idle behind many live ones at the head of Redis's pending
+/// list are still reclaimed: `XAUTOCLAIM` scans at most ten times `COUNT`
+/// entries a call, so the driver follows the cursor it returns instead of
+/// starting at `0-0` every time (with `concurrency: 1` it would look at
+/// the first ten only, for ever).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_reclaims_idle_entries_behind_live_ones() {
+    let w = World::new();
+    let r = redis(&w);
+    r.cli(&["XGROUP", "CREATE", "deep", "sub", "0", "MKSTREAM"]);
+    let mut ids = Vec::new();
+    for n in 0..30 {
+        let ev = json!({"specversion": "1.0", "id": format!("e{n}"), "source": "t",
+            "type": "com.dapr.event.sent", "datacontenttype": "application/json",
+            "topic": "deep", "pubsubname": "ps", "data": {"n": n}});
+        ids.push(
+            r.cli(&["XADD", "deep", "*", "data", &ev.to_string()])
+                .trim()
+                .to_owned(),
+        );
+    }
+    // A consumer that took all thirty and still works on the first twenty
+    // (their claims renewed every 200 ms); the last ten it dropped.
+    r.cli(&[
+        "XREADGROUP",
+        "GROUP",
+        "sub",
+        "ghost",
+        "COUNT",
+        "30",
+        "STREAMS",
+        "deep",
+        ">",
+    ]);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let toucher = {
+        let (stop, port, live) = (stop.clone(), r.port.to_string(), ids[..20].to_vec());
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = std::process::Command::new("redis-cli")
+                    .args(["-p", &port, "XCLAIM", "deep", "sub", "ghost", "0"])
+                    .args(&live)
+                    .arg("JUSTID")
+                    .output();
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        })
+    };
+    let d = Driver::Redis(r);
+    w.component(
+        "ps.yaml",
+        &d.yaml(
+            &w,
+            "ps",
+            &[
+                ("concurrency", "1".into()),
+                ("processingTimeout", "1s".into()),
+            ],
+        ),
+    );
+    let got = Arc::new(std::sync::Mutex::new(
+        std::collections::BTreeSet::<u64>::new(),
+    ));
+    let app = {
+        let got = got.clone();
+        HttpSubscriber::start(
+            Some(json!([{"pubsubname": "ps", "topic": "deep", "route": "/deep"}])),
+            Arc::new(move |_, ev| {
+                if let Some(n) = ev["data"]["n"].as_u64() {
+                    got.lock().expect("lock").insert(n);
+                }
+                Reply::ok()
+            }),
+        )
+        .await
+    };
+    let _s = w.sidecar("sub", SidecarOpts::app(app.port));
+    let end = Instant::now() + Duration::from_secs(20);
+    let dropped: std::collections::BTreeSet<u64> = (20..30).collect();
+    while !dropped.is_subset(&got.lock().expect("lock")) && Instant::now() < end {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = toucher.join();
+    let got = got.lock().expect("lock").clone();
+    assert!(
+        dropped.is_subset(&got),
+        "the entries idle behind twenty live ones were not reclaimed: got {got:?}"
+    );
+}

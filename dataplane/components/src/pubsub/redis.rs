@@ -202,6 +202,7 @@ impl PubSub for RedisPubSub {
                 redeliver: self.redeliver,
                 trim_acked: self.trim_acked,
                 last_reclaim: Mutex::new(Instant::now()),
+                reclaim_from: Mutex::new(String::from("0-0")),
                 reclaim_now: AtomicBool::new(true),
                 opts,
             });
@@ -233,6 +234,11 @@ struct RedisSubscription {
     redeliver: Duration,
     trim_acked: bool,
     last_reclaim: Mutex<Instant>,
+    /// Where the next `XAUTOCLAIM` scan starts: the cursor the last one
+    /// returned. Redis scans at most ten times `COUNT` entries a call, so
+    /// always starting at `0-0` would never reach an idle entry behind many
+    /// live ones at the head of the pending list.
+    reclaim_from: Mutex<String>,
     /// A release happened: look for claimable entries on the next fetch.
     reclaim_now: AtomicBool,
     opts: SubscribeOptions,
@@ -261,12 +267,17 @@ impl RedisSubscription {
 
     async fn reclaim(&self, max: usize) -> Result<Vec<Received>, PubSubError> {
         let o = &self.opts;
+        let from = self
+            .reclaim_from
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         let mut c = redis::cmd("XAUTOCLAIM");
         c.arg(&o.topic)
             .arg(&o.group)
             .arg(&self.consumer)
             .arg(u64::try_from(self.processing.as_millis()).unwrap_or(u64::MAX))
-            .arg("0-0")
+            .arg(&from)
             .arg("COUNT")
             .arg(max);
         let v = self
@@ -276,7 +287,12 @@ impl RedisSubscription {
             .await
             .map_err(|e| self.err(&e))?;
         let entries = match v {
-            Value::Array(mut parts) if parts.len() >= 2 => parts.swap_remove(1),
+            Value::Array(mut parts) if parts.len() >= 2 => {
+                // `0-0` when the scan went round: the next starts over.
+                let next = text(&parts[0]).unwrap_or_else(|| "0-0".into());
+                *self.reclaim_from.lock().unwrap_or_else(|p| p.into_inner()) = next;
+                parts.swap_remove(1)
+            }
             _ => Value::Nil,
         };
         if self.trim_acked {
@@ -430,6 +446,8 @@ impl Subscription for RedisSubscription {
             // Idle as long as the claim: the next reclaim pass takes it.
             let idle = u64::try_from(self.processing.as_millis()).unwrap_or(u64::MAX);
             self.claim(ids, Some(idle)).await?;
+            // From the start, so the released entries are found at once.
+            *self.reclaim_from.lock().unwrap_or_else(|p| p.into_inner()) = "0-0".into();
             self.reclaim_now.store(true, Ordering::Release);
             Ok(())
         })
