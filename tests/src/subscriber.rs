@@ -5,7 +5,7 @@
 //! ones still running: the same message twice at the same time is
 //! counted as an overlap (what Skiff promises never happens).
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -242,7 +242,28 @@ impl Drop for HttpSubscriber {
     }
 }
 
+/// The `data.n` numbers a [`HttpSubscriber::numbers`] app has seen.
+pub type Numbers = Arc<Mutex<BTreeSet<u64>>>;
+
 impl HttpSubscriber {
+    /// An app subscribed to `subscribe` that answers every event with
+    /// success and keeps the `data.n` number of each.
+    pub async fn numbers(subscribe: Value) -> (Self, Numbers) {
+        let got = Numbers::default();
+        let seen = got.clone();
+        let app = Self::start(
+            Some(subscribe),
+            Arc::new(move |_, ev| {
+                if let Some(n) = ev["data"]["n"].as_u64() {
+                    seen.lock().expect("lock").insert(n);
+                }
+                Reply::ok()
+            }),
+        )
+        .await;
+        (app, got)
+    }
+
     /// Serves `subscribe` as `GET /dapr/subscribe` (a 404 when `None`).
     pub async fn start(subscribe: Option<Value>, behave: Behave) -> Self {
         Self::start_with(subscribe, Recorder::new(behave)).await

@@ -1507,22 +1507,9 @@ async fn redis_reclaims_idle_entries_behind_live_ones() {
             ],
         ),
     );
-    let got = Arc::new(std::sync::Mutex::new(
-        std::collections::BTreeSet::<u64>::new(),
-    ));
-    let app = {
-        let got = got.clone();
-        HttpSubscriber::start(
-            Some(json!([{"pubsubname": "ps", "topic": "deep", "route": "/deep"}])),
-            Arc::new(move |_, ev| {
-                if let Some(n) = ev["data"]["n"].as_u64() {
-                    got.lock().expect("lock").insert(n);
-                }
-                Reply::ok()
-            }),
-        )
-        .await
-    };
+    let (app, got) =
+        HttpSubscriber::numbers(json!([{"pubsubname": "ps", "topic": "deep", "route": "/deep"}]))
+            .await;
     let _s = w.sidecar("sub", SidecarOpts::app(app.port));
     let end = Instant::now() + Duration::from_secs(20);
     let dropped: std::collections::BTreeSet<u64> = (20..30).collect();

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use skiff_tests::servers::Redis;
-use skiff_tests::subscriber::{HttpSubscriber, Reply};
+use skiff_tests::subscriber::HttpSubscriber;
 use skiff_tests::*;
 
 /// One fault cycle: the app killed at 1/4, Redis restarted at 2/4, the
@@ -263,20 +263,10 @@ async fn soak_under_faults_loses_nothing_and_stays_flat() {
     let mut app = echo_on(app_port);
     let callee = w.sidecar("callee", SidecarOpts::app(app_port).sentry(&sentry));
     let caller = w.sidecar("caller", SidecarOpts::default().sentry(&sentry));
-    let got = Arc::new(Mutex::new(HashSet::<u64>::new()));
-    let subscriber = {
-        let got = got.clone();
-        HttpSubscriber::start(
-            Some(json!([{"pubsubname": "ps", "topic": "soak", "route": "/soak"}])),
-            Arc::new(move |_, ev| {
-                if let Some(n) = ev["data"]["n"].as_u64() {
-                    got.lock().expect("lock").insert(n);
-                }
-                Reply::ok()
-            }),
-        )
-        .await
-    };
+    let (subscriber, got) = HttpSubscriber::numbers(json!([
+        {"pubsubname": "ps", "topic": "soak", "route": "/soak"}
+    ]))
+    .await;
     let sub_opts = SidecarOpts {
         args: vec!["--dapr-graceful-shutdown-seconds".into(), "3".into()],
         ..SidecarOpts::app(subscriber.port).sentry(&sentry)
