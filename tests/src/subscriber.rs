@@ -448,3 +448,18 @@ impl GrpcSubscriber {
 pub fn succeed() -> Behave {
     Arc::new(|_, _| Reply::ok())
 }
+
+/// Waits until the sidecar `s` reports at least `n` subscriptions in its
+/// metadata (20 s at most).
+pub async fn wait_subscribed(s: &crate::Sidecar, n: usize) {
+    let end = Instant::now() + Duration::from_secs(20);
+    loop {
+        let m = crate::get_json(&format!("{}/v1.0/metadata", s.http())).await;
+        let k = m["subscriptions"].as_array().map_or(0, Vec::len);
+        if k >= n {
+            return;
+        }
+        assert!(Instant::now() < end, "{k} subscriptions, wanted {n}: {m}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

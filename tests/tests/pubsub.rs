@@ -15,7 +15,9 @@ use serde_json::{Value, json};
 use skiff_proto::runtime as pb;
 use skiff_proto::runtime::dapr_client::DaprClient;
 use skiff_tests::servers::{NatsCluster, Redis};
-use skiff_tests::subscriber::{Behave, Delivery, GrpcSubscriber, HttpSubscriber, Reply, succeed};
+use skiff_tests::subscriber::{
+    Behave, Delivery, GrpcSubscriber, HttpSubscriber, Reply, succeed, wait_subscribed,
+};
 use skiff_tests::*;
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -130,7 +132,7 @@ async fn conformance(d: Driver) {
     let app = HttpSubscriber::start(Some(app_subscriptions()), conformance_behaviour()).await;
     let s = w.sidecar("sub", SidecarOpts::app(app.port));
     let c = http_client();
-    wait_subscribed(&c, &s, 7).await;
+    wait_subscribed(&s, 7).await;
 
     // JSON, over HTTP: the envelope daprd builds.
     let r = publish(&c, &s, "ps/orders", Some("application/json"), r#"{"n": 1}"#).await;
@@ -388,20 +390,6 @@ async fn conformance(d: Driver) {
     assert_eq!(app.rec.overlaps(), 0);
 }
 
-/// Waits until the sidecar reports `n` subscriptions.
-async fn wait_subscribed(_c: &HttpClient, s: &Sidecar, n: usize) {
-    let end = Instant::now() + WAIT;
-    loop {
-        let m = get_json(&format!("{}/v1.0/metadata", s.http())).await;
-        let k = m["subscriptions"].as_array().map_or(0, Vec::len);
-        if k >= n {
-            return;
-        }
-        assert!(Instant::now() < end, "{} subscriptions, wanted {n}: {m}", k);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conformance_in_memory() {
     conformance(Driver::Memory).await;
@@ -430,7 +418,7 @@ async fn across_sidecars(d: Driver) {
     // Published before the subscriber exists: kept for the new group.
     publish(&c, &publisher, "ps/t", None, "early").await;
     let s = w.sidecar("sub", SidecarOpts::app(app.port));
-    wait_subscribed(&c, &s, 1).await;
+    wait_subscribed(&s, 1).await;
     for i in 0..20 {
         let r = publish(&c, &publisher, "ps/t", None, &format!("m{i}")).await;
         assert_eq!(r.status, 204);
@@ -474,7 +462,7 @@ async fn slow_handlers_and_backpressure(d: Driver) {
     .await;
     let s = w.sidecar("sub", SidecarOpts::app(app.port));
     let c = http_client();
-    wait_subscribed(&c, &s, 1).await;
+    wait_subscribed(&s, 1).await;
     for i in 0..9 {
         publish(&c, &s, "ps/slow", None, &format!("s{i}")).await;
     }
@@ -550,7 +538,7 @@ async fn backlog_gauge(d: Driver) {
     .await;
     let s = w.sidecar("sub", SidecarOpts::app(app.port));
     let c = http_client();
-    wait_subscribed(&c, &s, 1).await;
+    wait_subscribed(&s, 1).await;
     for i in 0..20 {
         let r = publish(&c, &s, "ps/held", None, &format!("h{i}")).await;
         assert_eq!(r.status.as_u16(), 204);
@@ -604,7 +592,7 @@ async fn ordered(d: Driver) {
     .await;
     let s = w.sidecar("sub", SidecarOpts::app(app.port));
     let c = http_client();
-    wait_subscribed(&c, &s, 1).await;
+    wait_subscribed(&s, 1).await;
     for n in 0..40 {
         publish(
             &c,
@@ -661,7 +649,7 @@ async fn graceful_shutdown(d: Driver) {
         },
     );
     let c = http_client();
-    wait_subscribed(&c, &s, 2).await;
+    wait_subscribed(&s, 2).await;
     for i in 0..8 {
         publish(&c, &s, "ps/work", None, &format!("w{i}")).await;
     }
@@ -750,7 +738,7 @@ async fn grpc_app_subscribes_and_gets_on_topic_event() {
     .await;
     let s = w.sidecar("gsub", SidecarOpts::grpc_app(app.port));
     let c = http_client();
-    wait_subscribed(&c, &s, 3).await;
+    wait_subscribed(&s, 3).await;
     publish(&c, &s, "ps/g", Some("application/json"), r#"{"kind":"x"}"#).await;
     publish(&c, &s, "ps/g", Some("application/json"), r#"{"kind":"y"}"#).await;
     publish(&c, &s, "ps/drop", None, "bye").await;
@@ -894,7 +882,7 @@ async fn scopes_limit_topics() {
     let s = w.sidecar("limited", SidecarOpts::app(app.port));
     let free = w.sidecar("free", SidecarOpts::default());
     let c = http_client();
-    wait_subscribed(&c, &s, 1).await;
+    wait_subscribed(&s, 1).await;
     let r = publish(&c, &s, "ps/other", None, "x").await;
     assert_eq!(
         (r.status.as_u16(), code(&r).as_str()),
@@ -1031,8 +1019,7 @@ async fn nothing_lost(mut d: Driver, redis_dir: Option<std::path::PathBuf>, tota
         w.sidecar("pub2", SidecarOpts::default()),
     ];
     let mut sub = w.sidecar("lossy", opts());
-    let c = http_client();
-    wait_subscribed(&c, &sub, 2).await;
+    wait_subscribed(&sub, 2).await;
 
     let acked = Arc::new(std::sync::Mutex::new(Vec::<u64>::new()));
     let publisher = {
@@ -1235,7 +1222,7 @@ async fn bulk_subscribe_delivers_batches_with_a_status_per_entry() {
     .await;
     let s = w.sidecar("bulk", SidecarOpts::app(app.port));
     let c = http_client();
-    wait_subscribed(&c, &s, 2).await;
+    wait_subscribed(&s, 2).await;
     let mut entries: Vec<Value> = (0..12)
         .map(|i| json!({"entryId": i.to_string(), "event": format!("m{i}"), "contentType": "text/plain"}))
         .collect();
@@ -1315,7 +1302,7 @@ async fn inbound_resiliency_retries_then_dead_letters() {
     .await;
     let s = w.sidecar("inbound", SidecarOpts::app(app.port));
     let c = http_client();
-    wait_subscribed(&c, &s, 2).await;
+    wait_subscribed(&s, 2).await;
     publish(&c, &s, "ps/bad", None, "fails").await;
     publish(&c, &s, "ps/bad", None, "hang").await;
     let dead = app
@@ -1392,7 +1379,7 @@ async fn redis_trim_acked_keeps_the_stream_short() {
     let app = HttpSubscriber::start(Some(subs), succeed()).await;
     let s = w.sidecar("trim", SidecarOpts::app(app.port));
     let c = http_client();
-    wait_subscribed(&c, &s, 1).await;
+    wait_subscribed(&s, 1).await;
     for i in 0..300 {
         publish(&c, &s, "ps/trimmed", None, &format!("m{i}")).await;
     }

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use skiff_tests::servers::Redis;
-use skiff_tests::subscriber::HttpSubscriber;
+use skiff_tests::subscriber::{HttpSubscriber, wait_subscribed};
 use skiff_tests::*;
 
 /// One fault cycle: the app killed at 1/4, Redis restarted at 2/4, the
@@ -273,7 +273,7 @@ async fn soak_under_faults_loses_nothing_and_stays_flat() {
     };
     let mut sub = w.sidecar("sub", sub_opts.clone());
     wait_outbound_ready(&caller, Duration::from_secs(20)).await;
-    wait_subscribed(&sub).await;
+    wait_subscribed(&sub, 1).await;
 
     let expiry = |s: &Sidecar| {
         let url = format!("{}/v1.0/metadata", s.http());
@@ -479,17 +479,4 @@ fn flat(name: &str, s: &[Sample]) {
         r1 <= r0 + r0 / 2 + 16 * 1024,
         "{name}: memory grew {r0} KiB → {r1} KiB"
     );
-}
-
-/// Waits until the sidecar reports its subscription.
-async fn wait_subscribed(s: &Sidecar) {
-    let end = Instant::now() + Duration::from_secs(20);
-    loop {
-        let m = get_json(&format!("{}/v1.0/metadata", s.http())).await;
-        if m["subscriptions"].as_array().is_some_and(|a| !a.is_empty()) {
-            return;
-        }
-        assert!(Instant::now() < end, "no subscription: {m}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }

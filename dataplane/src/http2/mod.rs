@@ -159,14 +159,17 @@ struct StallTimer {
 impl StallTimer {
     /// Whether the wait now going on has lasted the limit.
     fn expired(&mut self, cx: &mut Context<'_>) -> bool {
-        let deadline = tokio::time::Instant::now() + self.limit;
-        let sleep = self
-            .sleep
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        // The clock is read when a wait starts, not on every wake-up in it.
         if !std::mem::replace(&mut self.armed, true) {
-            sleep.as_mut().reset(deadline);
+            let deadline = tokio::time::Instant::now() + self.limit;
+            match &mut self.sleep {
+                Some(s) => s.as_mut().reset(deadline),
+                None => self.sleep = Some(Box::pin(tokio::time::sleep_until(deadline))),
+            }
         }
-        sleep.as_mut().poll(cx).is_ready()
+        self.sleep
+            .as_mut()
+            .is_some_and(|s| s.as_mut().poll(cx).is_ready())
     }
 
     fn progressed(&mut self) {

@@ -376,11 +376,10 @@ mod tests {
     async fn a_stream_longer_than_the_idle_timeout_is_not_cut() {
         let idle = Duration::from_secs(60);
         let (send, server) = connect(idle, idle * 3).await;
-        let mut send = send.ready().await.expect("ready");
-        let (resp, _) = send
-            .send_request(Request::get("http://x/slow").body(()).expect("req"), true)
-            .expect("send");
-        let resp = resp.await.expect("an answer after three idle timeouts");
+        let resp = get(&send)
+            .await
+            .await
+            .expect("an answer after three idle timeouts");
         assert_eq!(resp.status(), 200);
         // Idle from here on: closed again within the timeout.
         let done = Instant::now();
