@@ -118,11 +118,12 @@ async fn per_call_futures_stay_small() {
         lifecycle,
         door: door(),
         blocks: Default::default(),
+        pipeline: None,
     });
     at_most(
         "HttpApi::handle",
         HTTP_API_MAX,
-        http.handle(Request::new(SkiffBody::Empty)),
+        http.handle([127, 0, 0, 1].into(), Request::new(SkiffBody::Empty)),
     );
     let grpc = GrpcApi::new(Arc::new(GrpcContext {
         invoker: invoker.clone(),

@@ -40,6 +40,7 @@ pub mod http2;
 pub mod identity;
 pub mod invoke;
 pub mod lifecycle;
+pub mod middleware;
 pub mod policy;
 pub mod pool;
 pub mod runtime;

@@ -5,6 +5,7 @@
 pub mod netns;
 pub mod servers;
 pub mod subscriber;
+pub mod web;
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};

@@ -18,6 +18,8 @@
 
 pub mod bindings;
 pub mod configuration;
+#[cfg(feature = "https-client")]
+pub mod https;
 pub mod lock;
 pub mod metadata;
 #[cfg(feature = "state-postgresql")]

@@ -4,6 +4,7 @@
 //! service invocation (also the `dapr-app-id` header form on any other
 //! path), the building blocks, health, metadata and shutdown.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -18,8 +19,10 @@ use crate::invoke::envelope::{Door, Invoker};
 use crate::invoke::target::{self, TargetError};
 use crate::invoke::wire;
 use crate::lifecycle::Lifecycle;
+use crate::middleware::{Cx, Pipeline};
 use crate::skiff_body::SkiffBody;
 use crate::telemetry::metrics;
+use skiff_components::BoxFuture;
 use skiff_resolvers::AppRef;
 
 /// Where the route table sends a request.
@@ -43,6 +46,8 @@ pub struct HttpApi {
     pub lifecycle: Arc<Lifecycle>,
     pub blocks: Arc<Blocks>,
     pub door: super::Door,
+    /// `spec.httpPipeline`; `None` costs the request path nothing.
+    pub pipeline: Option<Arc<Pipeline>>,
 }
 
 /// The API a request is for.
@@ -93,6 +98,7 @@ impl HttpApi {
     /// server metrics (and logged with `--enable-api-logging`).
     pub fn handle(
         self: Arc<Self>,
+        remote: IpAddr,
         req: Request<SkiffBody>,
     ) -> impl Future<Output = Response<SkiffBody>> {
         async move {
@@ -101,17 +107,31 @@ impl HttpApi {
             let path_label = metrics.map_or(0, |m| m.path_index(req.uri().path()));
             let method = req.method().clone();
             let logged = self.door.api_logging.then(|| req.uri().path().to_owned());
+            let cx = Cx {
+                remote: Some(remote),
+                max_body_size: self.door.max_body_size,
+                scheme: "",
+            };
+            let piped = self.pipeline.as_ref().filter(|_| piped(req.uri().path()));
+            let passed = match piped {
+                None => Ok(req),
+                Some(p) => self.through(p, req, &cx).await,
+            };
             // The invocation's future is made where it is awaited: handed
             // back from another function it would be copied whole, more
             // than once (measured: perf/RESULTS.md, issue 16).
-            let resp = match self.dispatch(req) {
-                Routed::Invoke(target, method, req) => {
+            let resp = match passed.map(|req| self.dispatch(req)) {
+                Ok(Routed::Invoke(target, method, req)) => {
                     self.invoker
                         .invoke(Door::HttpApi, target, Some(method), req)
                         .await
                 }
-                Routed::Cold(answer) => answer.await,
-                Routed::Answered(resp) => resp,
+                Ok(Routed::Cold(answer)) => answer.await,
+                Ok(Routed::Answered(resp)) | Err(resp) => resp,
+            };
+            let resp = match piped.filter(|p| p.changes_answers()) {
+                Some(p) => p.respond(resp, &cx).await,
+                None => resp,
             };
             let status = resp.status().as_u16();
             if let Some(m) = metrics {
@@ -122,6 +142,20 @@ impl HttpApi {
             }
             resp
         }
+    }
+
+    /// The API token first (a caller without it never reaches a handler),
+    /// then the pipeline's handlers; `Err` is the answer of one of them.
+    fn through<'a>(
+        &'a self,
+        p: &'a Pipeline,
+        req: Request<SkiffBody>,
+        cx: &'a Cx,
+    ) -> BoxFuture<'a, Result<Request<SkiffBody>, Response<SkiffBody>>> {
+        if !super::token_ok(self.door.token.as_deref(), req.headers()) {
+            return Box::pin(std::future::ready(Err(unauthorized())));
+        }
+        p.run(req, cx)
     }
 
     /// The route table's choice: an invocation ready to go (the hot
@@ -301,6 +335,17 @@ impl HttpApi {
             _ => not_found(req.method(), req.uri().path()),
         }
     }
+}
+
+/// Whether `spec.httpPipeline` runs on a path: every route but health.
+/// daprd runs it on health too, but probes there go to a separate public
+/// health port that skiffd does not have: Kubernetes and `skiff run`
+/// probe this one, carry no token, and must not be refused by `bearer`.
+fn piped(path: &str) -> bool {
+    let health = path
+        .strip_prefix("/v1.0/healthz")
+        .is_some_and(|rest| rest.is_empty() || rest == "/outbound");
+    !health
 }
 
 /// `<app>/method/<method...>` → (app, method).

@@ -7,8 +7,10 @@
 //!   pool; HTTP-style invocations become `AppCallback/OnInvoke` calls (see
 //!   [`grpc`]), the one place the sidecar must buffer a body.
 //!
-//! It also enforces `--app-max-concurrency`, adds `APP_API_TOKEN`, and runs
-//! the app health probe.
+//! It also enforces `--app-max-concurrency`, adds `APP_API_TOKEN`, runs
+//! the app health probe, and passes every request to an HTTP (or h2c) app
+//! through the Configuration's `appHttpPipeline` (health probes excepted,
+//! as in daprd; gRPC apps have none).
 
 pub mod grpc;
 pub mod health;
@@ -19,12 +21,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures_util::FutureExt;
+use futures_util::future::Either;
 use http::{HeaderValue, Request, Response, Uri, Version};
+use skiff_components::BoxFuture;
 use tokio::sync::Semaphore;
 
 use crate::config::{AppProtocol, Settings};
 use crate::headers::DAPR_API_TOKEN;
 use crate::http1::{self, client::Http1Client};
+use crate::middleware::{Cx, Pipeline};
 use crate::pool::{Pool, PoolConfig, PoolError};
 use crate::skiff_body::SkiffBody;
 use crate::transport::Connector;
@@ -115,6 +120,8 @@ pub struct AppChannel {
     app_token: Option<HeaderValue>,
     healthy: AtomicBool,
     pub max_body_size: usize,
+    /// `spec.appHttpPipeline`.
+    pipeline: Option<Arc<Pipeline>>,
 }
 
 impl AppChannel {
@@ -141,7 +148,14 @@ impl AppChannel {
                 .and_then(|t| HeaderValue::from_str(t).ok()),
             healthy: AtomicBool::new(true),
             max_body_size: s.max_body_size,
+            pipeline: None,
         })
+    }
+
+    /// Sends requests to the app through `pipeline` (HTTP and h2c apps).
+    pub fn with_pipeline(mut self, pipeline: Option<Arc<Pipeline>>) -> Self {
+        self.pipeline = pipeline.filter(|_| !self.speaks_grpc());
+        self
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -169,8 +183,52 @@ impl AppChannel {
     }
 
     /// Delivers a request as it is (HTTP or h2c app, or a proxied gRPC call
-    /// to a gRPC app). `req`'s URI holds path and query only.
+    /// to a gRPC app), through the app pipeline when there is one. `req`'s
+    /// URI holds path and query only.
     pub fn forward(
+        &self,
+        req: Request<SkiffBody>,
+    ) -> impl Future<Output = Result<Response<SkiffBody>, AppError>> {
+        // Not an async block: one would hold `req` beside the delivery
+        // that owns it, and every call's future would grow by a request.
+        match &self.pipeline {
+            None => Either::Left(self.deliver(req)),
+            Some(p) => Either::Right(self.deliver_through(p, req)),
+        }
+    }
+
+    /// The pipeline's handlers first (before a concurrency slot is taken:
+    /// a handler may wait on a token endpoint); an answer of theirs is the
+    /// app's answer.
+    fn deliver_through<'a>(
+        &'a self,
+        p: &'a Pipeline,
+        req: Request<SkiffBody>,
+    ) -> BoxFuture<'a, Result<Response<SkiffBody>, AppError>> {
+        Box::pin(async move {
+            let cx = Cx {
+                remote: None,
+                max_body_size: self.max_body_size,
+                scheme: if self.protocol == AppProtocol::Https {
+                    "https"
+                } else {
+                    "http"
+                },
+            };
+            let req = match p.run(req, &cx).await {
+                Ok(r) => r,
+                Err(answer) => return Ok(answer),
+            };
+            let resp = self.deliver(req).await?;
+            Ok(if p.changes_answers() {
+                p.respond(resp, &cx).await
+            } else {
+                resp
+            })
+        })
+    }
+
+    fn deliver(
         &self,
         mut req: Request<SkiffBody>,
     ) -> impl Future<Output = Result<Response<SkiffBody>, AppError>> {

@@ -9,6 +9,11 @@
 //! is logged and left out). Components of blocks this skiffd does not
 //! serve yet (actors) are logged and left out, so the
 //! usual Dapr components folder does not stop the sidecar.
+//!
+//! `middleware.http.*` components have their metadata resolved here and
+//! are handed to the pipelines (`crate::middleware`), which open them: a
+//! pipeline that names one that failed refuses the start whatever
+//! `ignoreErrors` says.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -27,6 +32,7 @@ use super::state::guarded::Guarded;
 use super::state::{StateBlock, Store, key_prefix};
 use crate::config::component::{ComponentSpec, MetaValue, secret_scopes};
 use crate::config::{ConfigError, Documents};
+use crate::middleware::MiddlewareComponent;
 use crate::policy::resiliency::Resiliency;
 use crate::telemetry::metrics;
 
@@ -55,6 +61,8 @@ fn served(type_name: &str) -> bool {
 pub struct Loaded {
     pub blocks: Blocks,
     pub report: Vec<Value>,
+    /// The middleware components, metadata resolved, for the pipelines.
+    pub middleware: Vec<MiddlewareComponent>,
 }
 
 /// Loads the app's components.
@@ -87,7 +95,26 @@ pub async fn load(
     let mut bindings = BindingsBlock::default();
     let mut report = Vec::new();
     let mut actor_store: Option<String> = None;
+    let mut middleware = Vec::new();
     for spec in specs {
+        if registry::block_of(&spec.type_name) == "middleware" {
+            match resolve(&spec, &secrets).await {
+                Ok(meta) => {
+                    report.push(describe(&spec, Vec::new()));
+                    middleware.push(MiddlewareComponent {
+                        name: spec.name.clone(),
+                        type_name: spec.type_name.clone(),
+                        version: spec.version.clone(),
+                        init_timeout: spec.init_timeout,
+                        meta,
+                    });
+                }
+                // A pipeline that names it will refuse the start.
+                Err(why) => tracing::warn!(component = %spec.name, r#type = %spec.type_name,
+                    file = %spec.source.display(), error = %why, "middleware component left out"),
+            }
+            continue;
+        }
         if !served(&spec.type_name) {
             tracing::warn!(component = %spec.name, r#type = %spec.type_name, file = %spec.source.display(),
                 "component left out: the {} building block is not served by this skiffd yet",
@@ -211,6 +238,7 @@ pub async fn load(
             bindings: std::sync::Arc::new(bindings),
         },
         report,
+        middleware,
     })
 }
 

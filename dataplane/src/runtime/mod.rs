@@ -40,6 +40,7 @@ use crate::invoke::inbound::Inbound;
 use crate::invoke::outbound::Outbound;
 use crate::invoke::wire::{Callee, Identity};
 use crate::lifecycle::Lifecycle;
+use crate::middleware;
 use crate::policy::Policies;
 use crate::pool::{Pool, PoolConfig};
 use crate::server::{self, Drain, ListenerConfig, Protocols};
@@ -79,6 +80,8 @@ pub enum StartError {
     Export(#[from] crate::telemetry::otlp::ExportError),
     #[error(transparent)]
     Components(#[from] crate::blocks::components::LoadError),
+    #[error(transparent)]
+    Pipeline(Box<crate::middleware::PipelineError>),
     #[error("{0}")]
     Subscription(String),
     #[error("app id or namespace is not a valid header value: {0}")]
@@ -113,6 +116,8 @@ struct Parts {
     tracer: Arc<Tracer>,
     telemetry: serde_json::Value,
     internal_addr: SocketAddr,
+    /// `spec.httpPipeline`, for the HTTP API.
+    http_pipeline: Option<Arc<crate::middleware::Pipeline>>,
 }
 
 /// Each front door's narrow context: the HTTP API, the gRPC API, and the
@@ -150,6 +155,7 @@ fn contexts(s: &Settings, p: Parts) -> (Arc<HttpApi>, GrpcApi, Arc<Inbound>) {
         lifecycle: p.lifecycle,
         blocks: p.blocks.clone(),
         door: door.clone(),
+        pipeline: p.http_pipeline,
     });
     let grpc_api = GrpcApi::new(Arc::new(GrpcContext {
         invoker: p.invoker,
@@ -192,6 +198,14 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     )
     .await
     .map_err(StartError::from)?;
+    let pipelines = middleware::build(
+        docs.configuration.as_ref(),
+        &loaded.middleware,
+        &component_names(&docs),
+        &settings.app_id,
+    )
+    .await
+    .map_err(|e| StartError::Pipeline(Box::new(e)))?;
     let declared = subscriptions::declarative(&docs.resources, &settings.app_id)
         .map_err(|e| StartError::Subscription(e.0))?;
     let runner = Runner::new(tracer.clone());
@@ -199,7 +213,8 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         components: loaded.report,
         blocks: Arc::new(loaded.blocks),
         runner: runner.clone(),
-        app: AppChannel::new(&settings).map(Arc::new),
+        app: AppChannel::new(&settings)
+            .map(|a| Arc::new(a.with_pipeline(pipelines.app_http.clone()))),
         lifecycle: Arc::new(Lifecycle::new(identity.clone())),
         invoker,
         identity: identity.clone(),
@@ -207,6 +222,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         tracer,
         telemetry: telemetry_report,
         internal_addr: listeners.internal_addr,
+        http_pipeline: pipelines.http,
     };
     register_collectors(
         &settings,
@@ -256,6 +272,15 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         drain_and_stop(&resolver, drain, settings.graceful_shutdown)
     );
     Ok(())
+}
+
+/// The names of every component document, whoever they are scoped to.
+fn component_names(docs: &Documents) -> Vec<String> {
+    docs.resources
+        .iter()
+        .filter(|d| d.kind == "Component")
+        .map(|d| d.metadata.name.clone())
+        .collect()
 }
 
 /// Subscriptions start once the app's port answers (in the background);
@@ -450,7 +475,7 @@ fn serve(
             http_cfg.clone(),
             Acceptor::plain(),
             drain.watch(),
-            move |_, req| api.clone().handle(req),
+            move |peer, req| api.clone().handle(peer.addr.ip(), req),
         ));
     }
     for l in l.grpc {

@@ -27,7 +27,7 @@ const JSON: &str = "application/json; charset=utf-8";
 /// The client for the URL's scheme.
 enum Clients {
     Plain(Client<HttpConnector, Full<Bytes>>),
-    Tls(Client<super::tls::Https, Full<Bytes>>),
+    Tls(Client<crate::https::Https, Full<Bytes>>),
 }
 
 impl Clients {
@@ -55,8 +55,8 @@ impl HttpBinding {
     pub fn open(meta: &Properties) -> Result<Arc<Self>, MetadataError> {
         let url = meta.required("url")?.trim_end_matches('/').to_owned();
         let client = if url.starts_with("https://") {
-            let tls = super::tls::config(meta)?;
-            Clients::Tls(Client::builder(TokioExecutor::new()).build(super::tls::Https { tls }))
+            let tls = crate::https::config(meta)?;
+            Clients::Tls(Client::builder(TokioExecutor::new()).build(crate::https::Https { tls }))
         } else if url.starts_with("http://") {
             Clients::Plain(Client::builder(TokioExecutor::new()).build(HttpConnector::new()))
         } else {

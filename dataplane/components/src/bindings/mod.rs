@@ -16,8 +16,6 @@ pub mod mqtt;
 pub mod postgres;
 #[cfg(feature = "bindings-redis")]
 pub mod redis;
-#[cfg(feature = "bindings-http")]
-mod tls;
 
 use std::collections::BTreeMap;
 

@@ -1,7 +1,10 @@
-//! HTTPS for `bindings.http`: a hyper-util connector that dials TCP and
-//! runs a rustls handshake, trusting `MTLSRootCA` (else the system's
-//! roots) and presenting `MTLSClientCert` / `MTLSClientKey` when given —
-//! each a PEM text or the path of a PEM file, as Dapr takes them.
+//! An HTTP(S) client for the parts that call web servers (`bindings.http`,
+//! the sidecar's middleware fetching key sets and tokens): a hyper-util
+//! connector that dials TCP and runs a rustls handshake, trusting
+//! `MTLSRootCA` (else the system's roots) and presenting `MTLSClientCert` /
+//! `MTLSClientKey` when given — each a PEM text or the path of a PEM file,
+//! as Dapr takes them — and [`WebClient`], one request with a deadline
+//! and a bounded answer.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -146,5 +149,110 @@ impl tower_service::Service<http::Uri> for Https {
             let s = TlsConnector::from(tls).connect(name, tcp).await?;
             Ok(Stream(TokioIo::new(s)))
         })
+    }
+}
+
+/// Why a [`WebClient`] request failed. Messages name the URL without its
+/// query (which may carry credentials).
+#[derive(Debug, thiserror::Error)]
+pub enum WebError {
+    #[error("{url}: only http:// and https:// URLs are supported")]
+    Scheme { url: String },
+    #[error("{url}: {source}")]
+    Send {
+        url: String,
+        #[source]
+        source: hyper_util::client::legacy::Error,
+    },
+    #[error("{url}: no answer within {after:?}")]
+    Timeout {
+        url: String,
+        after: std::time::Duration,
+    },
+    #[error("{url}: reading the answer: {why}")]
+    Body { url: String, why: String },
+}
+
+/// One answer, read whole.
+#[derive(Debug)]
+pub struct WebAnswer {
+    pub status: http::StatusCode,
+    pub headers: http::HeaderMap,
+    pub body: bytes::Bytes,
+}
+
+type Full = http_body_util::Full<bytes::Bytes>;
+
+/// Plain and TLS clients with pooled connections; every request has a
+/// deadline and its answer a size limit.
+pub struct WebClient {
+    plain: hyper_util::client::legacy::Client<
+        hyper_util::client::legacy::connect::HttpConnector,
+        Full,
+    >,
+    tls: hyper_util::client::legacy::Client<Https, Full>,
+    timeout: std::time::Duration,
+    max_body: usize,
+}
+
+impl WebClient {
+    pub fn new(
+        tls: Arc<rustls::ClientConfig>,
+        timeout: std::time::Duration,
+        max_body: usize,
+    ) -> Self {
+        use hyper_util::client::legacy::Client;
+        use hyper_util::rt::TokioExecutor;
+        Self {
+            plain: Client::builder(TokioExecutor::new())
+                .build(hyper_util::client::legacy::connect::HttpConnector::new()),
+            tls: Client::builder(TokioExecutor::new()).build(Https { tls }),
+            timeout,
+            max_body,
+        }
+    }
+
+    /// Sends `req` (an absolute URI) and reads the answer whole.
+    pub async fn send(&self, req: http::Request<Full>) -> Result<WebAnswer, WebError> {
+        use http_body_util::BodyExt;
+        let uri = req.uri();
+        let url = format!(
+            "{}://{}{}",
+            uri.scheme_str().unwrap_or(""),
+            uri.authority().map_or("", |a| a.as_str()),
+            uri.path()
+        );
+        let sent = match uri.scheme_str() {
+            Some("https") => self.tls.request(req),
+            Some("http") => self.plain.request(req),
+            _ => return Err(WebError::Scheme { url }),
+        };
+        let work = async {
+            let resp = sent.await.map_err(|source| WebError::Send {
+                url: url.clone(),
+                source,
+            })?;
+            let (parts, body) = resp.into_parts();
+            let body = http_body_util::Limited::new(body, self.max_body)
+                .collect()
+                .await
+                .map_err(|e| WebError::Body {
+                    url: url.clone(),
+                    why: e.to_string(),
+                })?
+                .to_bytes();
+            Ok(WebAnswer {
+                status: parts.status,
+                headers: parts.headers,
+                body,
+            })
+        };
+        match tokio::time::timeout(self.timeout, work).await {
+            Ok(r) => r,
+            Err(_) => Err(WebError::Timeout {
+                url,
+                after: self.timeout,
+            }),
+        }
     }
 }
