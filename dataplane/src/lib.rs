@@ -10,7 +10,9 @@
 //!
 //! Imports point one way, from the top: `runtime` (wiring, imported by
 //! `main.rs` alone) → the front doors (`api`) → `blocks`, `invoke` →
-//! `appchannel` → `errors` → `skiff_body` → `pool` → `http2`, `http1` →
+//! `appchannel` → `middleware` (the Configuration's HTTP pipelines, run by
+//! the HTTP API and the app channel) → `errors` → `skiff_body` → `pool` →
+//! `http2`, `http1` →
 //! `transport` → `identity`, `policy` → `telemetry` → `headers`, `config`,
 //! `body` (with `server`, the accept loops, under `runtime`, and
 //! `lifecycle` under `api`). The codecs and the pool speak their own body
