@@ -12,10 +12,10 @@
 //! does not serve says so by name ([`rpc`]).
 
 pub mod bindings;
+pub mod call;
 pub mod components;
 pub mod configuration;
 pub mod lock;
-pub mod outbound;
 pub mod pubsub;
 pub mod secrets;
 pub mod state;

@@ -30,7 +30,7 @@ use tonic::Code;
 
 use crate::appchannel::AppChannel;
 use crate::appchannel::grpc::{UnaryError, unary};
-use crate::blocks::outbound::{self, OutboundError};
+use crate::blocks::call::{self, OutboundError};
 use crate::errors::ApiError;
 use crate::policy::resiliency::ComponentPolicy;
 use crate::skiff_body::SkiffBody;
@@ -149,7 +149,7 @@ impl BindingsBlock {
         }
         let (op, t0) = (req.operation.clone(), std::time::Instant::now());
         let r = match &o.policy {
-            Some(p) => outbound::run(p, || o.driver.invoke(req.clone())).await,
+            Some(p) => call::run(p, || o.driver.invoke(req.clone())).await,
             None => o.driver.invoke(req).await,
         };
         if crate::telemetry::metrics::get().is_some() {
@@ -296,7 +296,7 @@ async fn read(
             r.map_err(Refused)
         };
         let r = match &input.policy {
-            Some(p) => outbound::run(p, once).await,
+            Some(p) => call::run(p, once).await,
             None => once().await,
         }
         .map_err(|Refused(e)| e);

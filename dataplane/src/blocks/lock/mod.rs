@@ -19,7 +19,7 @@ use skiff_components::Properties;
 use skiff_components::lock::{LockError, LockStore, Unlocked};
 use tonic::Code;
 
-use crate::blocks::outbound::{self, OutboundError};
+use crate::blocks::call::{self, OutboundError};
 use crate::errors::ApiError;
 use crate::policy::resiliency::ComponentPolicy;
 use crate::telemetry::metrics::{self, ComponentOps};
@@ -175,7 +175,7 @@ impl LockBlock {
         let expiry = Duration::from_secs(expiry_secs.unsigned_abs());
         let t0 = Instant::now();
         let r = match &s.policy {
-            Some(p) => outbound::run(p, || s.driver.try_lock(&key, owner, expiry)).await,
+            Some(p) => call::run(p, || s.driver.try_lock(&key, owner, expiry)).await,
             None => s.driver.try_lock(&key, owner, expiry).await,
         };
         record(&s.ops, TRY_LOCK, t0, r.is_ok());
@@ -196,7 +196,7 @@ impl LockBlock {
         let key = self.key(s, resource).map_err(failed)?;
         let t0 = Instant::now();
         let r = match &s.policy {
-            Some(p) => outbound::run(p, || s.driver.unlock(&key, owner)).await,
+            Some(p) => call::run(p, || s.driver.unlock(&key, owner)).await,
             None => s.driver.unlock(&key, owner).await,
         };
         record(&s.ops, UNLOCK, t0, r.is_ok());

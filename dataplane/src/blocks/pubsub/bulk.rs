@@ -28,6 +28,8 @@ pub(super) struct Entry {
     pub msg: Received,
     /// The CloudEvent (or, raw, the synthetic one).
     pub body: Bytes,
+    /// The message's trace, for the batch's span.
+    pub traceparent: Option<String>,
 }
 
 /// A batch sorted: entries by route, and messages already settled.
@@ -40,9 +42,11 @@ pub(super) fn route(cx: &Ctx, msgs: Vec<Received>) -> Routed {
     let mut settled = Vec::new();
     for msg in msgs {
         match prepare(cx, &msg) {
-            Prepared::Deliver(body, _, path) => {
-                by_path.entry(path).or_default().push(Entry { msg, body })
-            }
+            Prepared::Deliver(body, head, path) => by_path.entry(path).or_default().push(Entry {
+                msg,
+                body,
+                traceparent: head.traceparent,
+            }),
             Prepared::Settled(f) => settled.push((msg, f)),
             Prepared::RetryLater(why) => {
                 tracing::warn!(pubsub = %cx.c.name, topic = %cx.sub.topic, why, "routing failed; the broker redelivers it");

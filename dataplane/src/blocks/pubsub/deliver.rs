@@ -42,6 +42,7 @@ use super::app::{self, Event, Outcome};
 use super::envelope::{self, Head};
 use super::subscriptions::{Route, Sub};
 use crate::appchannel::AppChannel;
+use crate::blocks::call;
 use crate::telemetry::metrics::PubSubTopic;
 use crate::telemetry::trace::{self, TRACEPARENT, Tracer};
 use skiff_proto::runtime as pb;
@@ -678,13 +679,6 @@ async fn once(
         metadata: &msg.metadata,
         trace: trace_headers,
     };
-    let permit = match policy.and_then(|p| p.breaker.as_ref()) {
-        Some(b) => match b.allow() {
-            Some(p) => Some((b, p)),
-            None => return Outcome::Retry(format!("circuit breaker {} is open", b.name())),
-        },
-        None => None,
-    };
     let start = Instant::now();
     cx.series.in_flight.add(1);
     let call = async {
@@ -694,17 +688,15 @@ async fn once(
             Target::Stream(s) => s.deliver(ev).await,
         }
     };
-    let outcome = match policy.and_then(|p| p.timeout) {
-        Some(t) => tokio::time::timeout(t, call).await.unwrap_or_else(|_| {
-            Outcome::Retry(format!("no answer within {t:?} (resiliency policy)"))
-        }),
-        None => call.await,
-    };
+    let outcome = call::attempt(
+        policy,
+        call,
+        |o| matches!(o, Outcome::Retry(_)),
+        Outcome::Retry,
+    )
+    .await;
     cx.series.in_flight.add(-1);
     cx.series.ingress[outcome.index()].record(start.elapsed());
-    if let Some((b, p)) = permit {
-        b.record(p, !matches!(outcome, Outcome::Retry(_)));
-    }
     if span.is_recorded() {
         let error = match &outcome {
             Outcome::Retry(why) => Some(why.clone()),
@@ -727,6 +719,64 @@ async fn once(
         });
     }
     outcome
+}
+
+/// One bulk call under the inbound policy, in a span (`pubsub/<topic>`,
+/// a child of the first message's trace); a call that failed as a whole
+/// (refused, timed out, the app down) fails every entry.
+async fn bulk_once(
+    cx: &Ctx,
+    path: &str,
+    entries: &[super::bulk::Entry],
+    policy: Option<&crate::policy::resiliency::ComponentPolicy>,
+) -> std::collections::HashMap<String, Outcome> {
+    let mut incoming = HeaderMap::new();
+    if let Some(tp) = entries
+        .first()
+        .and_then(|e| e.traceparent.as_deref())
+        .and_then(|t| http::HeaderValue::from_str(t).ok())
+    {
+        incoming.insert(TRACEPARENT, tp);
+    }
+    let span = cx.tracer.start(&incoming, trace::Kind::Client);
+    let all = |o: Outcome| {
+        entries
+            .iter()
+            .map(|e| (e.msg.id.clone(), o.clone()))
+            .collect::<std::collections::HashMap<_, _>>()
+    };
+    let outcomes = call::attempt(
+        policy,
+        super::bulk::deliver(cx, path, entries),
+        |m| !m.values().any(|o| !matches!(o, Outcome::Retry(_))),
+        |why| all(Outcome::Retry(why)),
+    )
+    .await;
+    if span.is_recorded() {
+        let failed = outcomes
+            .values()
+            .filter(|o| matches!(o, Outcome::Retry(_)))
+            .count();
+        cx.tracer.finish(&span, || trace::Described {
+            name: format!("pubsub/{}", cx.sub.topic),
+            attributes: vec![
+                (
+                    "messaging.system",
+                    trace::Value::Str(cx.c.type_name.clone()),
+                ),
+                (
+                    "messaging.destination.name",
+                    trace::Value::Str(cx.sub.topic.clone()),
+                ),
+                (
+                    "messaging.batch.message_count",
+                    trace::Value::Str(entries.len().to_string()),
+                ),
+            ],
+            error: (failed > 0).then(|| format!("{failed} of {} entries failed", entries.len())),
+        });
+    }
+    outcomes
 }
 
 /// Starts the app's subscriptions once its port answers: the declarative
@@ -794,19 +844,23 @@ async fn gather(
 }
 
 /// Delivers a batch in bulk calls (one per route), settling each message
-/// by its own status; failed entries are retried in place with backoff.
+/// by its own status. Each call runs under the component's inbound
+/// policy (timeout, breaker) in a span of its own; failed entries are
+/// retried with the policy's retries (then dead-lettered or released to
+/// the broker), or without one in place with backoff.
 async fn handle_batch(cx: &Arc<Ctx>, msgs: Vec<Received>, permit: OwnedSemaphorePermit) {
     let (by_path, settled) = super::bulk::route(cx, msgs);
     for (m, f) in settled {
         settle(cx, &m, f).await;
     }
+    let policy = cx.c.inbound.clone();
     for (path, mut entries) in by_path {
         let mut attempt: u32 = 0;
         loop {
             let n = i64::try_from(entries.len()).unwrap_or(i64::MAX);
             cx.series.in_flight.add(n);
             let start = Instant::now();
-            let mut outcomes = super::bulk::deliver(cx, &path, &entries).await;
+            let mut outcomes = bulk_once(cx, &path, &entries, policy.as_deref()).await;
             cx.series.in_flight.add(-n);
             let mut retry = Vec::new();
             for e in entries {
@@ -831,10 +885,25 @@ async fn handle_batch(cx: &Arc<Ctx>, msgs: Vec<Received>, permit: OwnedSemaphore
                 break;
             }
             entries = retry;
+            let wait = match policy.as_ref().and_then(|p| p.retry.as_ref()) {
+                Some(r) if r.may_retry(attempt) => r.delay(attempt),
+                Some(_) => {
+                    // Retries exhausted, as on the single path.
+                    for e in &entries {
+                        let f = if cx.sub.dead_letter.is_some() {
+                            Fate::DeadLetter("retries exhausted".into())
+                        } else {
+                            Fate::Release
+                        };
+                        settle(cx, &e.msg, f).await;
+                    }
+                    break;
+                }
+                None => RETRY_FIRST
+                    .saturating_mul(1 << (attempt + 1).min(10).saturating_sub(1))
+                    .min(RETRY_MAX),
+            };
             attempt += 1;
-            let wait = RETRY_FIRST
-                .saturating_mul(1 << attempt.min(10).saturating_sub(1))
-                .min(RETRY_MAX);
             let mut stop = cx.stop.clone();
             let stopped = tokio::select! {
                 () = tokio::time::sleep(wait) => false,

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use skiff_components::pubsub::{Features, Outgoing, PubSub, PubSubError};
 
-use crate::blocks::outbound::{self, OutboundError};
+use crate::blocks::call::{self, OutboundError};
 use crate::errors::ApiError;
 use crate::policy::resiliency::ComponentPolicy;
 use crate::telemetry::metrics::PubSubComponent;
@@ -89,12 +89,72 @@ impl Component {
         let start = Instant::now();
         let r = match &self.outbound {
             None => self.driver.publish(&broker_topic, msg).await,
-            Some(p) => outbound::run(p, || self.driver.publish(&broker_topic, msg.clone())).await,
+            Some(p) => call::run(p, || self.driver.publish(&broker_topic, msg.clone())).await,
         };
         let series = self.series.topic(topic);
         series.egress[usize::from(r.is_ok())].record(start.elapsed());
         r
     }
+
+    /// Publishes a batch in one driver call, under the outbound policy:
+    /// a retry sends again only the entries that failed (the others are
+    /// on the broker already), an open breaker or a timeout fails the
+    /// entries still unsent. One result per message, in order.
+    pub async fn send_many(
+        &self,
+        topic: &str,
+        msgs: Vec<Outgoing>,
+    ) -> Vec<Result<(), PubSubError>> {
+        let broker_topic = self.broker_topic(topic);
+        let Some(p) = &self.outbound else {
+            return self.driver.publish_many(&broker_topic, msgs).await;
+        };
+        let n = msgs.len();
+        let state = std::sync::Mutex::new(Batch {
+            pending: (0..n).collect(),
+            results: vec![None; n],
+        });
+        let lock = || state.lock().unwrap_or_else(|e| e.into_inner());
+        let run = call::run(p, || {
+            let todo = lock().pending.clone();
+            let batch: Vec<Outgoing> = todo.iter().map(|&i| msgs[i].clone()).collect();
+            let (driver, broker_topic, lock) = (&self.driver, &broker_topic, &lock);
+            async move {
+                let got = driver.publish_many(broker_topic, batch).await;
+                let mut st = lock();
+                let mut retry = Vec::new();
+                let mut first: Option<PubSubError> = None;
+                for (i, r) in todo.into_iter().zip(got) {
+                    if let Err(e) = &r
+                        && !e.permanent()
+                    {
+                        retry.push(i);
+                        first.get_or_insert_with(|| e.clone());
+                    }
+                    st.results[i] = Some(r);
+                }
+                st.pending = retry;
+                first.map_or(Ok(()), Err)
+            }
+        });
+        let last = run.await.err();
+        let st = state.into_inner().unwrap_or_else(|e| e.into_inner());
+        st.results
+            .into_iter()
+            .map(|r| match (r, &last) {
+                (Some(r), _) => r,
+                // Never sent: the breaker was open, or the attempt timed out.
+                (None, Some(e)) => Err(e.clone()),
+                (None, None) => Err(PubSubError::Broker("not sent".into())),
+            })
+            .collect()
+    }
+}
+
+/// What a bulk publish still has to send, and what it got.
+struct Batch {
+    pending: Vec<usize>,
+    results: Vec<Option<Result<(), PubSubError>>>,
 }
 
 /// The pub/sub components of this app.
@@ -271,9 +331,8 @@ impl PubSubBlock {
                 metadata: meta,
             });
         }
-        let topic = c.broker_topic(p.topic);
         let start = Instant::now();
-        let results = c.driver.publish_many(&topic, msgs).await;
+        let results = c.send_many(p.topic, msgs).await;
         let series = c.series.topic(p.topic);
         let mut failed = Vec::new();
         for (e, r) in entries.into_iter().zip(results) {

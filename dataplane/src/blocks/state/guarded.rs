@@ -1,6 +1,6 @@
 //! A state store behind its component's outbound resiliency policy: the
 //! same [`StateStore`] to the block, each driver call run through
-//! [`outbound::run`]. Stores without a policy are not wrapped, so they pay
+//! [`call::run`]. Stores without a policy are not wrapped, so they pay
 //! nothing for it.
 
 use std::sync::Arc;
@@ -13,7 +13,7 @@ use skiff_components::state::{
     StateStore, Transactional,
 };
 
-use crate::blocks::outbound::{self, OutboundError};
+use crate::blocks::call::{self, OutboundError};
 use crate::policy::resiliency::ComponentPolicy;
 
 impl OutboundError for StateError {
@@ -62,19 +62,17 @@ impl StateStore for Guarded {
         key: &'a str,
         consistency: Consistency,
     ) -> BoxFuture<'a, Result<Option<Item>, StateError>> {
-        Box::pin(outbound::run(&self.policy, move || {
+        Box::pin(call::run(&self.policy, move || {
             self.inner.get(key, consistency)
         }))
     }
 
     fn set(&self, req: SetRequest) -> BoxFuture<'_, Result<(), StateError>> {
-        Box::pin(outbound::run(&self.policy, move || {
-            self.inner.set(req.clone())
-        }))
+        Box::pin(call::run(&self.policy, move || self.inner.set(req.clone())))
     }
 
     fn delete(&self, req: DeleteRequest) -> BoxFuture<'_, Result<(), StateError>> {
-        Box::pin(outbound::run(&self.policy, move || {
+        Box::pin(call::run(&self.policy, move || {
             self.inner.delete(req.clone())
         }))
     }
@@ -83,7 +81,7 @@ impl StateStore for Guarded {
     /// back as their own errors, which is not a failed call.
     fn bulk_get<'a>(&'a self, keys: &'a [String]) -> BoxFuture<'a, Vec<BulkItem>> {
         Box::pin(async move {
-            let r: Result<Vec<BulkItem>, StateError> = outbound::run(&self.policy, || async {
+            let r: Result<Vec<BulkItem>, StateError> = call::run(&self.policy, || async {
                 let got = self.inner.bulk_get(keys).await;
                 // All failed alike: the store is down; let the policy see it.
                 match got.first() {
@@ -113,7 +111,7 @@ impl Transactional for Guarded {
             let Some(tx) = self.inner.transactional() else {
                 return Err(StateError::Invalid("no transactions".into()));
             };
-            outbound::run(&self.policy, || tx.multi(ops.clone())).await
+            call::run(&self.policy, || tx.multi(ops.clone())).await
         })
     }
 }
@@ -124,7 +122,7 @@ impl Querier for Guarded {
             let Some(inner) = self.inner.querier() else {
                 return Err(StateError::Invalid("no query API".into()));
             };
-            outbound::run(&self.policy, || inner.query(prefix, q.clone())).await
+            call::run(&self.policy, || inner.query(prefix, q.clone())).await
         })
     }
 }

@@ -1,9 +1,16 @@
-//! A component's outbound resiliency (`targets.components.<name>.outbound`)
-//! applied to one driver call: the breaker is asked first, each attempt
-//! runs under the timeout, and failures the policy counts are retried with
-//! its backoff. Failures that are the caller's (a wrong ETag, a bad
-//! request) are permanent: neither retried nor held against the breaker,
-//! as daprd treats them.
+//! A component's resiliency applied to one call, for every block.
+//!
+//! Outbound (`targets.components.<name>.outbound`, [`run`]): the breaker
+//! is asked first, each attempt runs under the timeout, and failures the
+//! policy counts are retried with its backoff. Failures that are the
+//! caller's (a wrong ETag, a bad request) are permanent: neither retried
+//! nor held against the breaker, as daprd treats them.
+//!
+//! Inbound (`targets.components.<name>.inbound`, [`attempt`]): one
+//! delivery to the app — a pub/sub message, a bulk batch — under the
+//! breaker and the timeout; its retries are the delivery loop's, which
+//! frees the message's slot while it waits and dead-letters when they run
+//! out.
 
 use std::future::Future;
 use std::time::Duration;
@@ -65,6 +72,45 @@ where
             _ => return result,
         }
     }
+}
+
+/// One delivery attempt under an inbound policy (`None`: the call as it
+/// is). `failed` says whether the outcome counts against the breaker;
+/// `refused` makes the outcome of a call that was not made (the breaker
+/// is open) or did not finish in time, from the reason.
+pub async fn attempt<T>(
+    p: Option<&ComponentPolicy>,
+    call: impl Future<Output = T>,
+    failed: impl Fn(&T) -> bool,
+    refused: impl FnOnce(String) -> T,
+) -> T {
+    let Some(p) = p else {
+        return call.await;
+    };
+    executed(p);
+    let permit = match &p.breaker {
+        Some(b) => match b.allow() {
+            Some(permit) => Some((b, permit)),
+            None => return refused(format!("circuit breaker {} is open", b.name())),
+        },
+        None => None,
+    };
+    let out = match p.timeout {
+        Some(t) => match tokio::time::timeout(t, call).await {
+            Ok(o) => o,
+            Err(_) => {
+                if let Some(m) = metrics::get() {
+                    m.resiliency_activated(&p.document, &p.label, PolicyKind::Timeout);
+                }
+                refused(format!("no answer within {t:?} (resiliency policy)"))
+            }
+        },
+        None => call.await,
+    };
+    if let Some((b, permit)) = permit {
+        b.record(permit, !failed(&out));
+    }
+    out
 }
 
 fn executed(p: &ComponentPolicy) {
@@ -172,6 +218,49 @@ mod tests {
         })
         .await;
         assert_eq!(r, Err(E::Timeout));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_inbound_attempt_has_the_timeout_and_the_breaker() {
+        let p = policy(
+            Some(Duration::from_millis(100)),
+            None,
+            Some("consecutiveFailures >= 1"),
+        );
+        let failed = |r: &Result<(), String>| r.is_err();
+        let slow = attempt(
+            Some(&p),
+            async {
+                tokio::time::sleep(Duration::from_secs(10)).await;
+                Ok(())
+            },
+            failed,
+            Err,
+        )
+        .await;
+        assert!(slow.expect_err("timed out").contains("no answer within"));
+        let n = AtomicU32::new(0);
+        let shut = attempt(
+            Some(&p),
+            async {
+                n.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            },
+            failed,
+            Err,
+        )
+        .await;
+        assert!(
+            shut.expect_err("open")
+                .contains("circuit breaker cb is open")
+        );
+        assert_eq!(
+            n.load(Ordering::Relaxed),
+            0,
+            "an open breaker makes no call"
+        );
+        let plain = attempt(None, async { Ok::<_, String>(1) }, |_| false, |_| Ok(0)).await;
+        assert_eq!(plain, Ok(1));
     }
 
     #[tokio::test(start_paused = true)]

@@ -1,0 +1,164 @@
+//! The component envelope on the bulk paths: a bulk publish runs under
+//! the component's `targets.components.<name>.outbound` policy (retries,
+//! breaker), a bulk delivery under its `inbound` policy (timeout, retries,
+//! then the dead letter), as single publishes and deliveries always did.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use skiff_tests::servers::Redis;
+use skiff_tests::subscriber::{HttpSubscriber, Reply, wait_subscribed};
+use skiff_tests::*;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+async fn post(s: &Sidecar, path: &str, body: String) -> Resp {
+    let mut req = request("POST", &format!("{}{path}", s.http()), body);
+    req.headers_mut()
+        .insert("content-type", "application/json".parse().expect("ct"));
+    send(&http_client(), req).await
+}
+
+fn entries(n: usize) -> String {
+    let e: Vec<Value> = (0..n)
+        .map(|i| json!({"entryId": i.to_string(), "event": {"n": i}, "contentType": "application/json"}))
+        .collect();
+    Value::Array(e).to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_publish_runs_under_the_outbound_policy() {
+    let w = World::new();
+    let mut r = Redis::start(&w.home.path().join("redis"));
+    w.component(
+        "ps.yaml",
+        &component_yaml(
+            "ps",
+            "pubsub.redis",
+            &[
+                ("redisHost", r.addr()),
+                ("dialTimeout", "300ms".into()),
+                ("readTimeout", "300ms".into()),
+            ],
+        ),
+    );
+    w.component(
+        "resiliency.yaml",
+        "apiVersion: dapr.io/v1alpha1\nkind: Resiliency\nmetadata:\n  name: bus-policy\nspec:\n  policies:\n    retries:\n      twice:\n        policy: constant\n        duration: 50ms\n        maxRetries: 2\n    circuitBreakers:\n      cb:\n        maxRequests: 1\n        timeout: 60s\n        trip: consecutiveFailures >= 3\n  targets:\n    components:\n      ps:\n        outbound:\n          retry: twice\n          circuitBreaker: cb\n",
+    );
+    let s = w.sidecar("app", SidecarOpts::default());
+    let ok = post(&s, "/v1.0-alpha1/publish/bulk/ps/t", entries(3)).await;
+    assert_eq!(ok.status, 204, "{}", ok.text());
+
+    r.proc.kill();
+    let failed = post(&s, "/v1.0-alpha1/publish/bulk/ps/t", entries(3)).await;
+    assert_eq!(failed.status, 500, "{}", failed.text());
+    let m = s.scrape().await;
+    let res = |policy: &str| {
+        format!(
+            "dapr_resiliency_activations_total{{app_id=\"app\",name=\"bus-policy\",policy=\"{policy}\",namespace=\"default\",flow_direction=\"outbound\",target=\"Pubsub_ps\",status=\"\"}}"
+        )
+    };
+    assert_eq!(
+        sample(&m, &res("retry")),
+        2.0,
+        "two retries of the batch:\n{m}"
+    );
+    // Three failed attempts tripped the breaker: the next batch is not sent.
+    let open = post(&s, "/v1.0-alpha1/publish/bulk/ps/t", entries(2)).await;
+    assert_eq!(open.status, 500);
+    let body: Value = serde_json::from_slice(&open.body).expect("json");
+    let errors: Vec<&str> = body["failedEntries"]
+        .as_array()
+        .expect("failedEntries")
+        .iter()
+        .map(|e| e["error"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(errors.len(), 2, "{body}");
+    assert!(
+        errors
+            .iter()
+            .all(|e| e.contains("circuit breaker cb is open")),
+        "{body}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_delivery_runs_under_the_inbound_policy() {
+    let w = World::new();
+    w.component(
+        "ps.yaml",
+        &component_yaml(
+            "ps",
+            "pubsub.skiff.sqlite",
+            &[(
+                "connectionString",
+                w.home.path().join("ps.db").display().to_string(),
+            )],
+        ),
+    );
+    w.component(
+        "resiliency.yaml",
+        "apiVersion: dapr.io/v1alpha1\nkind: Resiliency\nmetadata:\n  name: inbound\nspec:\n  policies:\n    timeouts:\n      quick: 300ms\n    retries:\n      twice:\n        policy: constant\n        duration: 50ms\n        maxRetries: 2\n  targets:\n    components:\n      ps:\n        inbound:\n          timeout: quick\n          retry: twice\n",
+    );
+    let subs = json!([
+        {"pubsubname": "ps", "topic": "bad", "route": "/bad", "deadLetterTopic": "bad-dead",
+         "bulkSubscribe": {"enabled": true, "maxMessagesCount": 10, "maxAwaitDurationMs": 200}},
+        {"pubsubname": "ps", "topic": "hang", "route": "/hang", "deadLetterTopic": "bad-dead",
+         "bulkSubscribe": {"enabled": true, "maxMessagesCount": 10, "maxAwaitDurationMs": 200}},
+        {"pubsubname": "ps", "topic": "bad-dead", "route": "/dead"},
+    ]);
+    let app = HttpSubscriber::start(
+        Some(subs),
+        Arc::new(|path, _| match path {
+            "/bad" => Reply::http(503),
+            "/hang" => Reply::ok().after(Duration::from_secs(3)),
+            _ => Reply::ok(),
+        }),
+    )
+    .await;
+    let s = w.sidecar("sub", SidecarOpts::app(app.port));
+    wait_subscribed(&s, 3).await;
+    for topic in ["bad", "hang"] {
+        let r = post(
+            &s,
+            &format!("/v1.0-alpha1/publish/bulk/ps/{topic}"),
+            entries(2),
+        )
+        .await;
+        assert_eq!(r.status, 204, "{}", r.text());
+    }
+    let got = app
+        .rec
+        .wait_until(WAIT, "all four dead-lettered", |g| {
+            g.iter().filter(|d| d.path == "/dead").count() >= 4
+        })
+        .await;
+    // One call and two retries per batch (a batch that was split by the
+    // gathering window counts per part), then the dead letter.
+    let calls = |p: &str| got.iter().filter(|d| d.path == p).count();
+    let entries_in = |p: &str| {
+        got.iter()
+            .filter(|d| d.path == p)
+            .map(|d| d.event["entries"].as_array().map_or(0, Vec::len))
+            .sum::<usize>()
+    };
+    assert_eq!(entries_in("/bad"), 6, "{} calls", calls("/bad"));
+    // The hanging app would have answered SUCCESS after 3 s: its two
+    // entries are among the four dead letters only because the timeout
+    // cut each of its calls (the app never finished one to record it).
+    let dead: Vec<u64> = got
+        .iter()
+        .filter(|d| d.path == "/dead")
+        .filter_map(|d| d.event["data"]["n"].as_u64())
+        .collect();
+    assert_eq!(dead.len(), 4, "{dead:?}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let again = app.rec.got();
+    assert_eq!(
+        again.iter().filter(|d| d.path == "/bad").count(),
+        calls("/bad"),
+        "nothing after the retries ran out"
+    );
+}
