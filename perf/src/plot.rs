@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
-use crate::bench::{BenchProto, PathKind, Row, Scenario};
+use crate::topology::{BenchProto, PathKind, Row, Scenario};
 
 const W: f64 = 420.0;
 const H: f64 = 280.0;

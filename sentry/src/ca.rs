@@ -16,7 +16,7 @@ use std::time::{Duration, SystemTime};
 
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber, SignatureAlgorithm,
+    Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
 };
 use ring::rand::SecureRandom;
 use rustls_pki_types::CertificateDer;
@@ -62,41 +62,7 @@ pub enum CaError {
     Ttl(Duration),
 }
 
-/// Key algorithms the CA creates and signs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub enum KeyAlg {
-    #[default]
-    EcdsaP256,
-    Ed25519,
-}
-
-impl KeyAlg {
-    pub fn rcgen(self) -> &'static SignatureAlgorithm {
-        match self {
-            KeyAlg::EcdsaP256 => &rcgen::PKCS_ECDSA_P256_SHA256,
-            KeyAlg::Ed25519 => &rcgen::PKCS_ED25519,
-        }
-    }
-
-    pub fn of(alg: &SignatureAlgorithm) -> Option<Self> {
-        [KeyAlg::EcdsaP256, KeyAlg::Ed25519]
-            .into_iter()
-            .find(|k| k.rcgen() == alg)
-    }
-}
-
-impl std::str::FromStr for KeyAlg {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s.to_ascii_lowercase().as_str() {
-            "ecdsa" | "ecdsa-p256" | "p256" => Ok(KeyAlg::EcdsaP256),
-            "ed25519" => Ok(KeyAlg::Ed25519),
-            _ => Err(format!(
-                "{s:?}: key algorithm must be ecdsa-p256 or ed25519"
-            )),
-        }
-    }
-}
+pub use crate::keyalg::KeyAlg;
 
 /// A signed leaf and the chain to present with it.
 #[derive(Clone, Debug)]

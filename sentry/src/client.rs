@@ -14,7 +14,7 @@ use skiff_proto::sentry::{
 };
 use tokio::net::TcpStream;
 
-use crate::ca::KeyAlg;
+use crate::keyalg::KeyAlg;
 use crate::server::SENTRY_APP_ID;
 use crate::tls::{self, Anchors, Workload};
 use crate::{SpiffeId, csr};

@@ -11,7 +11,7 @@ use rcgen::{CertificateParams, CertificateSigningRequestParams, KeyPair, SanType
 use rustls_pki_types::{CertificateSigningRequestDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
 use crate::SpiffeId;
-use crate::ca::KeyAlg;
+use crate::keyalg::KeyAlg;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CsrError {

@@ -17,7 +17,7 @@ use ring::signature::{self, EcdsaKeyPair, Ed25519KeyPair, KeyPair};
 use serde::{Deserialize, Serialize};
 
 use crate::SpiffeId;
-use crate::ca::KeyAlg;
+use crate::keyalg::KeyAlg;
 
 /// Clock difference tolerated on `exp` and `nbf`.
 pub const LEEWAY: Duration = Duration::from_secs(60);

@@ -16,6 +16,7 @@ pub mod ca;
 pub mod client;
 pub mod csr;
 pub mod jwt;
+pub mod keyalg;
 pub mod kubernetes;
 pub mod pem;
 pub mod report;

@@ -17,11 +17,18 @@ use skiff_proto::runtime as pb;
 use tonic::Code;
 
 use super::app::{self, Outcome};
-use super::deliver::{Ctx, Fate, Prepared, Target, prepare};
 use super::envelope;
+use super::fate::{
+    Ctx, FETCH_WAIT, Fate, Prepared, RETRY_FIRST, RETRY_MAX, Target, prepare, settle,
+};
 use crate::appchannel::AppChannel;
 use crate::appchannel::grpc::{UnaryError, unary};
+use crate::blocks::call;
 use crate::skiff_body::SkiffBody;
+use crate::telemetry::trace::{self, TRACEPARENT};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::OwnedSemaphorePermit;
 
 /// One message of a batch, ready to go.
 pub(super) struct Entry {
@@ -267,4 +274,164 @@ async fn to_grpc(
         Err(UnaryError::App(e)) => Err(Outcome::Retry(e.to_string())),
         Err(UnaryError::Protocol(m)) => Err(Outcome::Retry(m)),
     }
+}
+
+/// A bulk subscription's batch: up to `max_count` messages, gathered for
+/// at most `max_await_ms` after the first one.
+pub(super) async fn gather(
+    cx: &Ctx,
+    b: super::subscriptions::Bulk,
+) -> Result<Vec<Received>, skiff_components::pubsub::PubSubError> {
+    let mut batch = cx.subscription.fetch(b.max_count, FETCH_WAIT).await?;
+    if batch.is_empty() {
+        return Ok(batch);
+    }
+    let end = tokio::time::Instant::now() + Duration::from_millis(b.max_await_ms);
+    while batch.len() < b.max_count && !cx.stopping() {
+        let left = end.saturating_duration_since(tokio::time::Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        batch.extend(
+            cx.subscription
+                .fetch(b.max_count - batch.len(), left)
+                .await?,
+        );
+    }
+    Ok(batch)
+}
+
+/// Delivers a batch in bulk calls (one per route), settling each message
+/// by its own status. Each call runs under the component's inbound
+/// policy (timeout, breaker) in a span of its own; failed entries are
+/// retried with the policy's retries (then dead-lettered or released to
+/// the broker), or without one in place with backoff.
+pub(super) async fn handle_batch(cx: &Arc<Ctx>, msgs: Vec<Received>, permit: OwnedSemaphorePermit) {
+    let (by_path, settled) = route(cx, msgs);
+    for (m, f) in settled {
+        settle(cx, &m, f).await;
+    }
+    let policy = cx.c.inbound.clone();
+    for (path, mut entries) in by_path {
+        let mut attempt: u32 = 0;
+        loop {
+            let n = i64::try_from(entries.len()).unwrap_or(i64::MAX);
+            cx.series.in_flight.add(n);
+            let start = Instant::now();
+            let mut outcomes = bulk_once(cx, &path, &entries, policy.as_deref()).await;
+            cx.series.in_flight.add(-n);
+            let mut retry = Vec::new();
+            for e in entries {
+                let o = outcomes
+                    .remove(&e.msg.id)
+                    .unwrap_or_else(|| Outcome::Retry("no status".into()));
+                cx.series.ingress[o.index()].record(start.elapsed());
+                match o {
+                    Outcome::Success => settle(cx, &e.msg, Fate::Ack).await,
+                    Outcome::Drop => {
+                        let f = if cx.sub.dead_letter.is_some() {
+                            Fate::DeadLetter("the app answered DROP".into())
+                        } else {
+                            Fate::Ack
+                        };
+                        settle(cx, &e.msg, f).await;
+                    }
+                    Outcome::Retry(_) => retry.push(e),
+                }
+            }
+            if retry.is_empty() {
+                break;
+            }
+            entries = retry;
+            let wait = match policy.as_ref().and_then(|p| p.retry.as_ref()) {
+                Some(r) if r.may_retry(attempt) => r.delay(attempt),
+                Some(_) => {
+                    // Retries exhausted, as on the single path.
+                    for e in &entries {
+                        let f = if cx.sub.dead_letter.is_some() {
+                            Fate::DeadLetter("retries exhausted".into())
+                        } else {
+                            Fate::Release
+                        };
+                        settle(cx, &e.msg, f).await;
+                    }
+                    break;
+                }
+                None => RETRY_FIRST
+                    .saturating_mul(1 << (attempt + 1).min(10).saturating_sub(1))
+                    .min(RETRY_MAX),
+            };
+            attempt += 1;
+            let mut stop = cx.stop.clone();
+            let stopped = tokio::select! {
+                () = tokio::time::sleep(wait) => false,
+                _ = stop.wait_for(|s| *s) => true,
+            };
+            if stopped {
+                for e in &entries {
+                    settle(cx, &e.msg, Fate::Release).await;
+                }
+                break;
+            }
+        }
+    }
+    drop(permit);
+}
+
+/// One bulk call under the inbound policy, in a span (`pubsub/<topic>`,
+/// a child of the first message's trace); a call that failed as a whole
+/// (refused, timed out, the app down) fails every entry.
+async fn bulk_once(
+    cx: &Ctx,
+    path: &str,
+    entries: &[Entry],
+    policy: Option<&crate::policy::resiliency::ComponentPolicy>,
+) -> std::collections::HashMap<String, Outcome> {
+    let mut incoming = HeaderMap::new();
+    if let Some(tp) = entries
+        .first()
+        .and_then(|e| e.traceparent.as_deref())
+        .and_then(|t| http::HeaderValue::from_str(t).ok())
+    {
+        incoming.insert(TRACEPARENT, tp);
+    }
+    let span = cx.tracer.start(&incoming, trace::Kind::Client);
+    let all = |o: Outcome| {
+        entries
+            .iter()
+            .map(|e| (e.msg.id.clone(), o.clone()))
+            .collect::<std::collections::HashMap<_, _>>()
+    };
+    let outcomes = call::attempt(
+        policy,
+        deliver(cx, path, entries),
+        |m| !m.values().any(|o| !matches!(o, Outcome::Retry(_))),
+        |why| all(Outcome::Retry(why)),
+    )
+    .await;
+    if span.is_recorded() {
+        let failed = outcomes
+            .values()
+            .filter(|o| matches!(o, Outcome::Retry(_)))
+            .count();
+        cx.tracer.finish(&span, || trace::Described {
+            name: format!("pubsub/{}", cx.sub.topic),
+            attributes: vec![
+                (
+                    "messaging.system",
+                    trace::Value::Str(cx.c.type_name.clone()),
+                ),
+                (
+                    "messaging.destination.name",
+                    trace::Value::Str(cx.sub.topic.clone()),
+                ),
+                (
+                    "messaging.batch.message_count",
+                    trace::Value::Str(entries.len().to_string()),
+                ),
+            ],
+            error: (failed > 0).then(|| format!("{failed} of {} entries failed", entries.len())),
+        });
+    }
+    outcomes
 }

@@ -20,101 +20,41 @@
 //! - **order** with a limit of 1: one message at a time, retried in place
 //!   until it is done, so the next one waits.
 //!
+//! What becomes of each message (ack, dead letter, release) is
+//! [`super::fate`]'s; batches of bulk subscriptions are [`super::bulk`]'s.
+//!
 //! Retries: with a `targets.components.<pubsub>.inbound` policy its
 //! retries run here (then dead letter, or release to the broker); without
 //! one a message is retried in place with backoff (100 ms doubling to
 //! 10 s), its claim kept, its slot freed while it waits (unless the limit
 //! is 1).
 
-use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::HeaderMap;
 use serde_json::Value;
-use skiff_components::pubsub::{Outgoing, Received, SubscribeOptions, Subscription};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
+use skiff_components::pubsub::{Received, SubscribeOptions, Subscription};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
 
 use super::Component;
 use super::app::{self, Event, Outcome};
-use super::envelope::{self, Head};
-use super::subscriptions::{Route, Sub};
+use super::bulk;
+use super::envelope::Head;
+use super::fate::{Ctx, Fate, Prepared, prepare, settle};
+pub use super::fate::{FETCH_WAIT, RETRY_FIRST, RETRY_MAX, StreamTarget, Target};
+use super::subscriptions::Sub;
 use crate::appchannel::AppChannel;
 use crate::blocks::call;
-use crate::telemetry::metrics::PubSubTopic;
 use crate::telemetry::trace::{self, TRACEPARENT, Tracer};
-use skiff_proto::runtime as pb;
 
-/// How long one fetch waits for messages before the loop looks around.
-pub const FETCH_WAIT: Duration = Duration::from_millis(500);
-/// In-place retry backoff without a policy.
-pub const RETRY_FIRST: Duration = Duration::from_millis(100);
-pub const RETRY_MAX: Duration = Duration::from_secs(10);
 /// Pause after the broker failed a fetch.
 pub const BROKER_BACKOFF: Duration = Duration::from_millis(500);
 /// How often a subscription asks its broker for its backlog
 /// (`skiff_pubsub_backlog`): one cheap broker call, never per message.
 pub const BACKLOG_EVERY: Duration = Duration::from_secs(2);
-
-/// Where a subscription's messages go.
-#[derive(Clone)]
-pub enum Target {
-    App(Arc<AppChannel>),
-    Stream(Arc<StreamTarget>),
-}
-
-/// A `SubscribeTopicEventsAlpha1` stream: events go out on `tx`, the
-/// client's answers come back by event id.
-pub struct StreamTarget {
-    pub tx: mpsc::Sender<Result<pb::SubscribeTopicEventsResponseAlpha1, tonic::Status>>,
-    pub pending: Mutex<std::collections::HashMap<String, oneshot::Sender<Outcome>>>,
-    /// The client ended its side of the stream.
-    pub closed: std::sync::atomic::AtomicBool,
-}
-
-impl StreamTarget {
-    /// The client's answer for event `id`.
-    pub fn answer(&self, id: &str, status: i32) {
-        use pb::topic_event_response::TopicEventResponseStatus as S;
-        let tx = self.pending.lock().ok().and_then(|mut p| p.remove(id));
-        if let Some(tx) = tx {
-            let o = match S::try_from(status) {
-                Ok(S::Success) => Outcome::Success,
-                Ok(S::Drop) => Outcome::Drop,
-                _ => Outcome::Retry("the subscriber answered RETRY".into()),
-            };
-            let _ = tx.send(o);
-        }
-    }
-
-    async fn deliver(&self, ev: Event<'_>) -> Outcome {
-        let ce: serde_json::Map<String, Value> = match serde_json::from_slice(&ev.body) {
-            Ok(m) => m,
-            Err(e) => return Outcome::Retry(format!("the event is not a JSON CloudEvent: {e}")),
-        };
-        let msg = app::topic_event(&ce, &ev);
-        let (tx, rx) = oneshot::channel();
-        let id = msg.id.clone();
-        if let Ok(mut p) = self.pending.lock() {
-            p.insert(id.clone(), tx);
-        }
-        let out = pb::SubscribeTopicEventsResponseAlpha1 {
-            subscribe_topic_events_response_type: Some(
-                pb::subscribe_topic_events_response_alpha1::SubscribeTopicEventsResponseType::EventMessage(msg),
-            ),
-        };
-        if self.tx.send(Ok(out)).await.is_err() {
-            if let Ok(mut p) = self.pending.lock() {
-                p.remove(&id);
-            }
-            return Outcome::Retry("the streaming subscriber went away".into());
-        }
-        rx.await
-            .unwrap_or_else(|_| Outcome::Retry("the streaming subscriber went away".into()))
-    }
-}
 
 /// Every subscription loop of the sidecar.
 pub struct Runner {
@@ -214,31 +154,6 @@ impl Runner {
     }
 }
 
-/// What one subscription's handlers share.
-pub(super) struct Ctx {
-    pub(super) c: Arc<Component>,
-    pub(super) sub: Arc<Sub>,
-    pub(super) target: Target,
-    subscription: Arc<dyn Subscription>,
-    /// Claimed by this loop: in flight or waiting to be retried.
-    held: Mutex<HashSet<String>>,
-    series: Arc<PubSubTopic>,
-    stop: watch::Receiver<bool>,
-    tracer: Arc<Tracer>,
-    limit: usize,
-    slots: Arc<Semaphore>,
-}
-
-impl Ctx {
-    fn stopping(&self) -> bool {
-        *self.stop.borrow()
-    }
-
-    fn held(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
-        self.held.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
 async fn run(
     c: Arc<Component>,
     sub: Arc<Sub>,
@@ -295,14 +210,14 @@ async fn run(
             break;
         }
         if let Some(b) = cx.sub.bulk {
-            match gather(&cx, b).await {
+            match bulk::gather(&cx, b).await {
                 Ok(batch) if batch.is_empty() => drop(first),
                 Ok(batch) => {
                     for m in &batch {
                         cx.held().insert(m.id.clone());
                     }
                     let cx = cx.clone();
-                    handlers.spawn(async move { handle_batch(&cx, batch, first).await });
+                    handlers.spawn(async move { bulk::handle_batch(&cx, batch, first).await });
                 }
                 Err(e) => {
                     tracing::warn!(pubsub = %cx.c.name, topic = %cx.sub.topic, error = %e, "fetching from the broker failed");
@@ -429,121 +344,9 @@ async fn keep_alive(cx: Arc<Ctx>) {
     }
 }
 
-/// What becomes of a message once delivery is over.
-pub(super) enum Fate {
-    Ack,
-    DeadLetter(String),
-    Release,
-}
-
 async fn handle(cx: &Arc<Ctx>, msg: Received, permit: OwnedSemaphorePermit) {
     let fate = decide(cx, &msg, permit).await;
     settle(cx, &msg, fate).await;
-}
-
-/// Acks, dead-letters or releases one message, and lets go of its claim.
-async fn settle(cx: &Ctx, msg: &Received, fate: Fate) {
-    let id = std::slice::from_ref(&msg.id);
-    let done = match fate {
-        Fate::Ack => cx.subscription.ack(id).await,
-        Fate::DeadLetter(why) => match dead_letter(cx, msg, &why).await {
-            true => cx.subscription.ack(id).await,
-            false => cx.subscription.release(id).await,
-        },
-        Fate::Release => cx.subscription.release(id).await,
-    };
-    if let Err(e) = done {
-        // The claim lapses and the broker redelivers: at-least-once holds.
-        tracing::warn!(pubsub = %cx.c.name, topic = %cx.sub.topic, id = %msg.id, error = %e, "settling a message with the broker failed");
-    }
-    cx.held().remove(&msg.id);
-}
-
-/// Writes the message to the dead-letter topic; false when that failed
-/// (the message is then released, never lost).
-async fn dead_letter(cx: &Ctx, msg: &Received, why: &str) -> bool {
-    let Some(dlq) = &cx.sub.dead_letter else {
-        return true;
-    };
-    let out = Outgoing {
-        data: msg.data.clone(),
-        metadata: msg.metadata.clone(),
-    };
-    match cx.c.send(dlq, out).await {
-        Ok(()) => {
-            tracing::info!(pubsub = %cx.c.name, topic = %cx.sub.topic, dead_letter = %dlq, id = %msg.id, why, "message dead-lettered");
-            true
-        }
-        Err(e) => {
-            tracing::warn!(pubsub = %cx.c.name, topic = %cx.sub.topic, dead_letter = %dlq, error = %e, "writing to the dead-letter topic failed; the message goes back to the broker");
-            false
-        }
-    }
-}
-
-/// Ack, or dead letter when one is set (for messages with nowhere to go).
-fn nowhere(cx: &Ctx, why: String) -> Fate {
-    if cx.sub.dead_letter.is_some() {
-        Fate::DeadLetter(why)
-    } else {
-        tracing::warn!(pubsub = %cx.c.name, topic = %cx.sub.topic, why, "message dropped");
-        Fate::Ack
-    }
-}
-
-/// One message read for delivery, by the rules the single and the bulk
-/// paths share.
-pub(super) enum Prepared {
-    /// The CloudEvent to deliver (for raw subscriptions, the synthetic
-    /// one), its head, and the route's path.
-    Deliver(Bytes, Head, String),
-    /// Nothing to deliver: this is its fate.
-    Settled(Fate),
-    /// A routing rule failed and there is no dead letter: retry later.
-    RetryLater(String),
-}
-
-/// Envelope, expiry and routing of one message.
-pub(super) fn prepare(cx: &Ctx, msg: &Received) -> Prepared {
-    let (body, head) = if cx.sub.raw {
-        (
-            envelope::wrap_raw(&msg.data, &cx.sub.topic, &cx.c.name),
-            Head::default(),
-        )
-    } else {
-        match Head::read(&msg.data) {
-            Some(h) => (msg.data.clone(), h),
-            None => {
-                return Prepared::Settled(nowhere(
-                    cx,
-                    "the message is not a JSON CloudEvent".into(),
-                ));
-            }
-        }
-    };
-    if head.expired() {
-        return Prepared::Settled(nowhere(cx, "the message expired (ttlInSeconds)".into()));
-    }
-    let event: Option<Value> = if cx.sub.needs_event() {
-        serde_json::from_slice(&body).ok()
-    } else {
-        None
-    };
-    match cx.sub.route(event.as_ref()) {
-        Route::Path(p) => {
-            let p = p.to_owned();
-            Prepared::Deliver(body, head, p)
-        }
-        Route::NoMatch => Prepared::Settled(if cx.sub.dead_letter.is_some() {
-            Fate::DeadLetter("no routing rule matched".into())
-        } else {
-            Fate::Ack
-        }),
-        Route::Failed(why) if cx.sub.dead_letter.is_some() => {
-            Prepared::Settled(Fate::DeadLetter(why))
-        }
-        Route::Failed(why) => Prepared::RetryLater(why),
-    }
 }
 
 async fn decide(cx: &Arc<Ctx>, msg: &Received, permit: OwnedSemaphorePermit) -> Fate {
@@ -721,64 +524,6 @@ async fn once(
     outcome
 }
 
-/// One bulk call under the inbound policy, in a span (`pubsub/<topic>`,
-/// a child of the first message's trace); a call that failed as a whole
-/// (refused, timed out, the app down) fails every entry.
-async fn bulk_once(
-    cx: &Ctx,
-    path: &str,
-    entries: &[super::bulk::Entry],
-    policy: Option<&crate::policy::resiliency::ComponentPolicy>,
-) -> std::collections::HashMap<String, Outcome> {
-    let mut incoming = HeaderMap::new();
-    if let Some(tp) = entries
-        .first()
-        .and_then(|e| e.traceparent.as_deref())
-        .and_then(|t| http::HeaderValue::from_str(t).ok())
-    {
-        incoming.insert(TRACEPARENT, tp);
-    }
-    let span = cx.tracer.start(&incoming, trace::Kind::Client);
-    let all = |o: Outcome| {
-        entries
-            .iter()
-            .map(|e| (e.msg.id.clone(), o.clone()))
-            .collect::<std::collections::HashMap<_, _>>()
-    };
-    let outcomes = call::attempt(
-        policy,
-        super::bulk::deliver(cx, path, entries),
-        |m| !m.values().any(|o| !matches!(o, Outcome::Retry(_))),
-        |why| all(Outcome::Retry(why)),
-    )
-    .await;
-    if span.is_recorded() {
-        let failed = outcomes
-            .values()
-            .filter(|o| matches!(o, Outcome::Retry(_)))
-            .count();
-        cx.tracer.finish(&span, || trace::Described {
-            name: format!("pubsub/{}", cx.sub.topic),
-            attributes: vec![
-                (
-                    "messaging.system",
-                    trace::Value::Str(cx.c.type_name.clone()),
-                ),
-                (
-                    "messaging.destination.name",
-                    trace::Value::Str(cx.sub.topic.clone()),
-                ),
-                (
-                    "messaging.batch.message_count",
-                    trace::Value::Str(entries.len().to_string()),
-                ),
-            ],
-            error: (failed > 0).then(|| format!("{failed} of {} entries failed", entries.len())),
-        });
-    }
-    outcomes
-}
-
 /// Starts the app's subscriptions once its port answers: the declarative
 /// ones and what the app lists itself. Runs in the background so the
 /// sidecar's API is up before the app is (no start-up deadlock).
@@ -816,106 +561,4 @@ pub async fn subscribe_app(
             tracing::error!(%pubsub, %topic, error = %e, "subscription left out");
         }
     }
-}
-
-/// A bulk subscription's batch: up to `max_count` messages, gathered for
-/// at most `max_await_ms` after the first one.
-async fn gather(
-    cx: &Ctx,
-    b: super::subscriptions::Bulk,
-) -> Result<Vec<Received>, skiff_components::pubsub::PubSubError> {
-    let mut batch = cx.subscription.fetch(b.max_count, FETCH_WAIT).await?;
-    if batch.is_empty() {
-        return Ok(batch);
-    }
-    let end = tokio::time::Instant::now() + Duration::from_millis(b.max_await_ms);
-    while batch.len() < b.max_count && !cx.stopping() {
-        let left = end.saturating_duration_since(tokio::time::Instant::now());
-        if left.is_zero() {
-            break;
-        }
-        batch.extend(
-            cx.subscription
-                .fetch(b.max_count - batch.len(), left)
-                .await?,
-        );
-    }
-    Ok(batch)
-}
-
-/// Delivers a batch in bulk calls (one per route), settling each message
-/// by its own status. Each call runs under the component's inbound
-/// policy (timeout, breaker) in a span of its own; failed entries are
-/// retried with the policy's retries (then dead-lettered or released to
-/// the broker), or without one in place with backoff.
-async fn handle_batch(cx: &Arc<Ctx>, msgs: Vec<Received>, permit: OwnedSemaphorePermit) {
-    let (by_path, settled) = super::bulk::route(cx, msgs);
-    for (m, f) in settled {
-        settle(cx, &m, f).await;
-    }
-    let policy = cx.c.inbound.clone();
-    for (path, mut entries) in by_path {
-        let mut attempt: u32 = 0;
-        loop {
-            let n = i64::try_from(entries.len()).unwrap_or(i64::MAX);
-            cx.series.in_flight.add(n);
-            let start = Instant::now();
-            let mut outcomes = bulk_once(cx, &path, &entries, policy.as_deref()).await;
-            cx.series.in_flight.add(-n);
-            let mut retry = Vec::new();
-            for e in entries {
-                let o = outcomes
-                    .remove(&e.msg.id)
-                    .unwrap_or_else(|| Outcome::Retry("no status".into()));
-                cx.series.ingress[o.index()].record(start.elapsed());
-                match o {
-                    Outcome::Success => settle(cx, &e.msg, Fate::Ack).await,
-                    Outcome::Drop => {
-                        let f = if cx.sub.dead_letter.is_some() {
-                            Fate::DeadLetter("the app answered DROP".into())
-                        } else {
-                            Fate::Ack
-                        };
-                        settle(cx, &e.msg, f).await;
-                    }
-                    Outcome::Retry(_) => retry.push(e),
-                }
-            }
-            if retry.is_empty() {
-                break;
-            }
-            entries = retry;
-            let wait = match policy.as_ref().and_then(|p| p.retry.as_ref()) {
-                Some(r) if r.may_retry(attempt) => r.delay(attempt),
-                Some(_) => {
-                    // Retries exhausted, as on the single path.
-                    for e in &entries {
-                        let f = if cx.sub.dead_letter.is_some() {
-                            Fate::DeadLetter("retries exhausted".into())
-                        } else {
-                            Fate::Release
-                        };
-                        settle(cx, &e.msg, f).await;
-                    }
-                    break;
-                }
-                None => RETRY_FIRST
-                    .saturating_mul(1 << (attempt + 1).min(10).saturating_sub(1))
-                    .min(RETRY_MAX),
-            };
-            attempt += 1;
-            let mut stop = cx.stop.clone();
-            let stopped = tokio::select! {
-                () = tokio::time::sleep(wait) => false,
-                _ = stop.wait_for(|s| *s) => true,
-            };
-            if stopped {
-                for e in &entries {
-                    settle(cx, &e.msg, Fate::Release).await;
-                }
-                break;
-            }
-        }
-    }
-    drop(permit);
 }

@@ -12,6 +12,7 @@ pub mod app;
 mod bulk;
 pub mod deliver;
 pub mod envelope;
+pub mod fate;
 pub mod grpc;
 pub mod http;
 pub mod scopes;

@@ -9,6 +9,11 @@
 //! resolver state, breaker states, process figures) come from collectors
 //! registered at start.
 //!
+//! The building blocks' component families (`dapr_component_*`) are in
+//! [`components`], path matching in [`paths`], the `process_*` figures in
+//! [`process`]; `golden.prom` beside this folder holds the exposition a
+//! test keeps byte for byte.
+//!
 //! Cardinality follows Dapr's low-cardinality mode: no request paths,
 //! except through `spec.metrics.http.pathMatching` patterns; app ids and
 //! gRPC method names are bounded per family (see [`registry::MAX_SERIES`]).
@@ -21,6 +26,17 @@ use http::Method;
 use skiff_sentry::spiffe::SpiffeId;
 
 use super::registry::{Counter, Encoder, Family, Gauge, Histogram, Timed, labels};
+
+mod components;
+mod paths;
+mod process;
+
+pub use components::{
+    BindingComponent, CONFIGURATION_OPS, ComponentOps, LOCK_OPS, PUBSUB_OUTCOMES, PubSubComponent,
+    PubSubTopic, SECRET_OPS, STATE_OPS,
+};
+pub use paths::PathMatching;
+use process::render_process;
 
 /// A value computed at scrape time.
 pub type Collector = Box<dyn Fn(&mut Encoder) + Send + Sync>;
@@ -117,121 +133,6 @@ pub struct ResiliencyTarget {
     /// Timeout and retry activations; breaker transitions by new state.
     activated: [Counter; 2],
     transitions: [Counter; 3],
-}
-
-/// Dapr's state operations (the `operation` label), in
-/// [`ComponentOps`] index order.
-pub const STATE_OPS: [&str; 7] = [
-    "get",
-    "set",
-    "delete",
-    "bulk_get",
-    "bulk_delete",
-    "transaction",
-    "query",
-];
-/// Dapr's secret store operations.
-pub const SECRET_OPS: [&str; 2] = ["get", "bulk_get"];
-/// Lock store operations (`dapr_component_lock_*`).
-pub const LOCK_OPS: [&str; 2] = ["try_lock", "unlock"];
-/// Configuration store operations (`dapr_component_configuration_*`).
-pub const CONFIGURATION_OPS: [&str; 2] = ["get", "subscribe"];
-
-/// One component's calls: count and latency per operation and outcome
-/// (`success` true/false). Made when the component is loaded, so a call
-/// records without a lookup.
-#[derive(Default)]
-pub struct ComponentOps([[Timed; 2]; 7]);
-
-impl ComponentOps {
-    /// `op` indexes the block's operation list ([`STATE_OPS`], ...).
-    pub fn record(&self, op: usize, ok: bool, d: Duration) {
-        if let Some(o) = self.0.get(op) {
-            o[usize::from(ok)].record(d);
-        }
-    }
-}
-
-/// Delivery outcomes (Dapr's `process_status` label), in
-/// [`PubSubTopic::ingress`] index order.
-pub const PUBSUB_OUTCOMES: [&str; 3] = ["success", "retry", "drop"];
-
-/// One topic of one pub/sub component: deliveries to the app by outcome
-/// (`dapr_component_pubsub_ingress_*`), publishes by success
-/// (`dapr_component_pubsub_egress_*`), and Skiff's gauges of messages
-/// being delivered, waiting to be retried, and not fetched yet.
-#[derive(Default)]
-pub struct PubSubTopic {
-    pub ingress: [Timed; 3],
-    pub egress: [Timed; 2],
-    pub in_flight: Gauge,
-    pub retry_wait: Gauge,
-    pub backlog: Backlog,
-}
-
-/// Messages the broker holds for a subscription that it has not fetched
-/// yet, as last sampled; unknown (and not rendered) until a subscription
-/// samples it, when it ends, and when the broker cannot tell.
-pub struct Backlog(AtomicI64);
-
-impl Default for Backlog {
-    fn default() -> Self {
-        Self(AtomicI64::new(-1))
-    }
-}
-
-impl Backlog {
-    pub fn set(&self, n: Option<u64>) {
-        let v = n.map_or(-1, |n| i64::try_from(n).unwrap_or(i64::MAX));
-        self.0.store(v, Relaxed);
-    }
-
-    pub fn get(&self) -> Option<u64> {
-        u64::try_from(self.0.load(Relaxed)).ok()
-    }
-}
-
-/// One binding: output calls by operation and outcome
-/// (`dapr_component_output_binding_*`), input events by outcome
-/// (`dapr_component_input_binding_*`); index 1 is success.
-pub struct BindingComponent {
-    output: Family<String, Arc<[Timed; 2]>>,
-    pub input: [Timed; 2],
-}
-
-impl Default for BindingComponent {
-    fn default() -> Self {
-        Self {
-            output: Family::new("_other".to_owned()),
-            input: Default::default(),
-        }
-    }
-}
-
-impl BindingComponent {
-    pub fn output(&self, operation: &str, ok: bool, d: Duration) {
-        self.output
-            .with(operation, |t| t[usize::from(ok)].record(d));
-    }
-}
-
-/// A pub/sub component's topics.
-pub struct PubSubComponent {
-    topics: Family<String, Arc<PubSubTopic>>,
-}
-
-impl Default for PubSubComponent {
-    fn default() -> Self {
-        Self {
-            topics: Family::new("_other".to_owned()),
-        }
-    }
-}
-
-impl PubSubComponent {
-    pub fn topic(&self, topic: &str) -> Arc<PubSubTopic> {
-        self.topics.with(topic, Arc::clone)
-    }
 }
 
 /// Every metric the sidecar records.
@@ -368,38 +269,6 @@ impl Metrics {
     /// known (often only in the trailers).
     pub fn grpc_server(&self, method: &str) -> Arc<GrpcCodes> {
         self.grpc_server.with(method, Arc::clone)
-    }
-
-    /// The series of state store `name` (`dapr_component_state_*`).
-    pub fn state_component(&self, name: &str) -> Arc<ComponentOps> {
-        self.state_components.with(name, Arc::clone)
-    }
-
-    /// The series of secret store `name` (`dapr_component_secret_*`).
-    pub fn secret_component(&self, name: &str) -> Arc<ComponentOps> {
-        self.secret_components.with(name, Arc::clone)
-    }
-
-    /// The series of lock store `name` (`dapr_component_lock_*`).
-    pub fn lock_component(&self, name: &str) -> Arc<ComponentOps> {
-        self.lock_components.with(name, Arc::clone)
-    }
-
-    /// The series of configuration store `name`
-    /// (`dapr_component_configuration_*`).
-    pub fn configuration_component(&self, name: &str) -> Arc<ComponentOps> {
-        self.configuration_components.with(name, Arc::clone)
-    }
-
-    /// The series of binding `name` (`dapr_component_*_binding_*`).
-    pub fn binding_component(&self, name: &str) -> Arc<BindingComponent> {
-        self.binding_components.with(name, Arc::clone)
-    }
-
-    /// The series of pub/sub component `name`
-    /// (`dapr_component_pubsub_*`).
-    pub fn pubsub_component(&self, name: &str) -> Arc<PubSubComponent> {
-        self.pubsub_components.with(name, Arc::clone)
     }
 
     /// The series of a gRPC app's method, as [`Metrics::grpc_server`].
@@ -826,231 +695,6 @@ impl Metrics {
         });
     }
 
-    fn render_components(&self, e: &mut Encoder, app: &str) {
-        let ns = self.namespace.get().map_or("", |n| n);
-        for (kind, family, ops) in [
-            ("state", &self.state_components, &STATE_OPS[..]),
-            ("secret", &self.secret_components, &SECRET_OPS[..]),
-            ("lock", &self.lock_components, &LOCK_OPS[..]),
-            (
-                "configuration",
-                &self.configuration_components,
-                &CONFIGURATION_OPS[..],
-            ),
-        ] {
-            let (count, lat) = (
-                format!("dapr_component_{kind}_count"),
-                format!("dapr_component_{kind}_latencies"),
-            );
-            let l = |component: &str, op: usize, ok: usize| {
-                labels(&[
-                    ("app_id", app),
-                    ("component", component),
-                    ("namespace", ns),
-                    ("operation", ops[op]),
-                    ("success", if ok == 1 { "true" } else { "false" }),
-                ])
-            };
-            e.header(
-                &count,
-                "counter",
-                "Operations the sidecar performed on the component.",
-            );
-            family.each(|c, s| {
-                for (op, o) in s.0.iter().enumerate().take(ops.len()) {
-                    for (ok, t) in o.iter().enumerate() {
-                        if t.count.get() > 0 {
-                            e.sample(&count, &l(c, op, ok), t.count.get());
-                        }
-                    }
-                }
-            });
-            e.header(
-                &lat,
-                "histogram",
-                "Latency of the component's answers, in milliseconds.",
-            );
-            family.each(|c, s| {
-                for (op, o) in s.0.iter().enumerate().take(ops.len()) {
-                    for (ok, t) in o.iter().enumerate() {
-                        if t.count.get() > 0 {
-                            e.histogram(&lat, &l(c, op, ok), &t.latency);
-                        }
-                    }
-                }
-            });
-        }
-    }
-
-    fn render_bindings(&self, e: &mut Encoder, app: &str) {
-        let ns = self.namespace.get().map_or("", |n| n);
-        // One sample (or histogram) of a binding series, when it has any.
-        let emit = |e: &mut Encoder,
-                    name: &str,
-                    hist: bool,
-                    op: Option<&str>,
-                    c: &str,
-                    i: usize,
-                    t: &Timed| {
-            if t.count.get() == 0 {
-                return;
-            }
-            let ok = if i == 1 { "true" } else { "false" };
-            let mut l = vec![("app_id", app), ("component", c), ("namespace", ns)];
-            if let Some(op) = op {
-                l.push(("operation", op));
-            }
-            l.push(("success", ok));
-            let l = labels(&l);
-            if hist {
-                e.histogram(name, &l, &t.latency);
-            } else {
-                e.sample(name, &l, t.count.get());
-            }
-        };
-        for (hist, kind) in [(false, "count"), (true, "latencies")] {
-            let ty = if hist { "histogram" } else { "counter" };
-            let name = format!("dapr_component_output_binding_{kind}");
-            e.header(&name, ty, "Output binding calls, by operation and success.");
-            self.binding_components.each(|c, b| {
-                b.output.each(|op, t| {
-                    for (i, timed) in t.iter().enumerate() {
-                        emit(e, &name, hist, Some(op), c, i, timed);
-                    }
-                });
-            });
-            let name = format!("dapr_component_input_binding_{kind}");
-            e.header(
-                &name,
-                ty,
-                "Input binding events delivered to the app, by success.",
-            );
-            self.binding_components.each(|c, b| {
-                for (i, timed) in b.input.iter().enumerate() {
-                    emit(e, &name, hist, None, c, i, timed);
-                }
-            });
-        }
-    }
-
-    fn render_pubsub(&self, e: &mut Encoder, app: &str) {
-        let ns = self.namespace.get().map_or("", |n| n);
-        let base = |c: &str, t: &str| {
-            labels(&[
-                ("app_id", app),
-                ("component", c),
-                ("namespace", ns),
-                ("topic", t),
-            ])
-        };
-        let ingress = |c: &str, t: &str, o: usize| {
-            labels(&[
-                ("app_id", app),
-                ("component", c),
-                ("namespace", ns),
-                ("process_status", PUBSUB_OUTCOMES[o]),
-                ("status", PUBSUB_OUTCOMES[o]),
-                ("topic", t),
-            ])
-        };
-        let egress = |c: &str, t: &str, ok: usize| {
-            labels(&[
-                ("app_id", app),
-                ("component", c),
-                ("namespace", ns),
-                ("success", if ok == 1 { "true" } else { "false" }),
-                ("topic", t),
-            ])
-        };
-        let each = |f: &mut dyn FnMut(&str, &str, &PubSubTopic)| {
-            self.pubsub_components.each(|c, comp| {
-                comp.topics.each(|t, s| f(c, t, s));
-            });
-        };
-        for (name, kind, help, hist) in [
-            (
-                "dapr_component_pubsub_ingress_count",
-                "counter",
-                "Messages delivered to the app, by outcome.",
-                false,
-            ),
-            (
-                "dapr_component_pubsub_ingress_latencies",
-                "histogram",
-                "Time from delivery to the app's answer, in milliseconds.",
-                true,
-            ),
-        ] {
-            e.header(name, kind, help);
-            each(&mut |c, t, s| {
-                for (o, timed) in s.ingress.iter().enumerate() {
-                    if timed.count.get() > 0 {
-                        if hist {
-                            e.histogram(name, &ingress(c, t, o), &timed.latency);
-                        } else {
-                            e.sample(name, &ingress(c, t, o), timed.count.get());
-                        }
-                    }
-                }
-            });
-        }
-        for (name, kind, help, hist) in [
-            (
-                "dapr_component_pubsub_egress_count",
-                "counter",
-                "Messages published to the broker.",
-                false,
-            ),
-            (
-                "dapr_component_pubsub_egress_latencies",
-                "histogram",
-                "Time the broker took to take a publish, in milliseconds.",
-                true,
-            ),
-        ] {
-            e.header(name, kind, help);
-            each(&mut |c, t, s| {
-                for (ok, timed) in s.egress.iter().enumerate() {
-                    if timed.count.get() > 0 {
-                        if hist {
-                            e.histogram(name, &egress(c, t, ok), &timed.latency);
-                        } else {
-                            e.sample(name, &egress(c, t, ok), timed.count.get());
-                        }
-                    }
-                }
-            });
-        }
-        e.header(
-            "skiff_pubsub_in_flight",
-            "gauge",
-            "Messages of a subscription being delivered to the app now.",
-        );
-        each(&mut |c, t, s| e.sample("skiff_pubsub_in_flight", &base(c, t), s.in_flight.get()));
-        e.header(
-            "skiff_pubsub_retry_waiting",
-            "gauge",
-            "Messages of a subscription held for a later retry (claimed, not in flight).",
-        );
-        each(&mut |c, t, s| {
-            e.sample(
-                "skiff_pubsub_retry_waiting",
-                &base(c, t),
-                s.retry_wait.get(),
-            )
-        });
-        e.header(
-            "skiff_pubsub_backlog",
-            "gauge",
-            "Messages the broker holds for a subscription that it has not fetched yet (sampled).",
-        );
-        each(&mut |c, t, s| {
-            if let Some(n) = s.backlog.get() {
-                e.sample("skiff_pubsub_backlog", &base(c, t), n);
-            }
-        });
-    }
-
     fn render_security(&self, e: &mut Encoder, app: &str) {
         let a = labels(&[("app_id", app)]);
         e.header(
@@ -1142,145 +786,6 @@ impl Metrics {
     }
 }
 
-/// `process_*` as Prometheus' Go client names them (Dapr's dashboards read
-/// `process_start_time_seconds` and `process_resident_memory_bytes`).
-fn render_process(e: &mut Encoder) {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let rss_kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0);
-    e.header(
-        "process_resident_memory_bytes",
-        "gauge",
-        "Resident memory size in bytes.",
-    );
-    e.sample("process_resident_memory_bytes", "", rss_kib * 1024);
-    // Fields after the command name (which may hold spaces) in /proc/self/stat.
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, r)| r.split_whitespace().collect())
-        .unwrap_or_default();
-    let num = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    // USER_HZ is 100 on every Linux ABI Rust targets.
-    const TICKS: f64 = 100.0;
-    e.header(
-        "process_cpu_seconds_total",
-        "counter",
-        "User and system CPU time spent in seconds.",
-    );
-    e.sample(
-        "process_cpu_seconds_total",
-        "",
-        (num(11) + num(12)) as f64 / TICKS,
-    );
-    let boot: u64 = std::fs::read_to_string("/proc/stat")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("btime "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0);
-    e.header(
-        "process_start_time_seconds",
-        "gauge",
-        "Start time of the process since unix epoch in seconds.",
-    );
-    e.sample(
-        "process_start_time_seconds",
-        "",
-        boot as f64 + num(19) as f64 / TICKS,
-    );
-    let fds = std::fs::read_dir("/proc/self/fd").map_or(0, Iterator::count);
-    e.header(
-        "process_open_fds",
-        "gauge",
-        "Number of open file descriptors.",
-    );
-    e.sample("process_open_fds", "", fds);
-}
-
-/// `spec.metrics.http.pathMatching`: request paths become a `path` label
-/// only through these patterns (`{name}` matches one segment); a path no
-/// pattern matches is labelled `_`.
-#[derive(Debug, Default)]
-pub struct PathMatching {
-    patterns: Vec<(Vec<Segment>, String)>,
-}
-
-#[derive(Debug)]
-enum Segment {
-    Literal(String),
-    Any,
-}
-
-impl PathMatching {
-    pub fn new(patterns: &[String]) -> Self {
-        let patterns = patterns
-            .iter()
-            .map(|p| {
-                let segs = p
-                    .trim_matches('/')
-                    .split('/')
-                    .map(|s| {
-                        if s.starts_with('{') && s.ends_with('}') {
-                            Segment::Any
-                        } else {
-                            Segment::Literal(s.to_owned())
-                        }
-                    })
-                    .collect();
-                (segs, p.clone())
-            })
-            .collect();
-        Self { patterns }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.patterns.is_empty()
-    }
-
-    /// 0 for no match, else 1 + the first matching pattern.
-    fn index(&self, path: &str) -> u16 {
-        if self.patterns.is_empty() {
-            return 0;
-        }
-        let n = path.trim_matches('/').split('/').count();
-        for (i, (segs, _)) in self.patterns.iter().enumerate() {
-            if segs.len() != n {
-                continue;
-            }
-            let hit = segs
-                .iter()
-                .zip(path.trim_matches('/').split('/'))
-                .all(|(s, p)| match s {
-                    Segment::Any => !p.is_empty(),
-                    Segment::Literal(l) => l == p,
-                });
-            if hit {
-                return u16::try_from(i + 1).unwrap_or(0);
-            }
-        }
-        0
-    }
-
-    fn label(&self, i: u16) -> &str {
-        match i {
-            0 => "_",
-            i => self
-                .patterns
-                .get(usize::from(i) - 1)
-                .map_or("_", |(_, p)| p.as_str()),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1298,6 +803,66 @@ mod tests {
             "/v1.0/invoke/{app}/method/items"
         );
         assert_eq!(m.label(m.index("/other")), "_");
+    }
+
+    /// Every family recorded once, rendered: the exposition must stay
+    /// byte for byte what Dapr's dashboards read (names, labels, their
+    /// order). `process_*` lines vary by run and are left out. After a
+    /// deliberate change, rewrite the file with `SKIFF_BLESS=1`.
+    #[test]
+    fn the_exposition_keeps_dapr_names_and_labels() {
+        let m = Metrics::new();
+        m.init("app", "ns", PathMatching::new(&["/orders/{id}".into()]));
+        let ms = Duration::from_millis(3);
+        m.http_server(&Method::POST, 201, m.path_index("/orders/7"), ms);
+        m.app_http(&Method::GET, 200, ms);
+        m.grpc_server("/dapr.proto.runtime.v1.Dapr/GetState")
+            .record(0, ms);
+        m.app_grpc("/dapr.proto.runtime.v1.AppCallback/OnInvoke", 5, ms);
+        m.invoke_sent("callee", true);
+        m.invoke_answered("callee", 200, true, ms);
+        m.invoke_received("caller");
+        m.invoke_responded("caller", 404);
+        let id = SpiffeId::new("public", "default", "caller").expect("id");
+        m.acl(&id, true, false);
+        m.policy_applied("res", "app_callee", [true, true, true]);
+        m.resiliency_activated("res", "app_callee", PolicyKind::Retry);
+        m.breaker_transition("res", "app_callee", 2);
+        m.retry_budget_exhausted("app_callee");
+        m.state_component("store").record(0, true, ms);
+        m.secret_component("vault").record(0, false, ms);
+        m.lock_component("locks").record(1, true, ms);
+        m.configuration_component("conf").record(0, true, ms);
+        let topic = m.pubsub_component("bus").topic("orders");
+        topic.ingress[0].record(ms);
+        topic.egress[1].record(ms);
+        topic.in_flight.add(2);
+        topic.backlog.set(Some(5));
+        let b = m.binding_component("cron");
+        b.output("create", true, ms);
+        b.input[1].record(ms);
+        m.mtls_init();
+        m.cert_rotated();
+        m.cert_rotate_failed("sentry down");
+        m.resolver_error();
+        m.connection_refused();
+        m.spans_exported(3);
+        m.spans_dropped(SpanDrop::QueueFull, 1);
+        let out: String = m
+            .render()
+            .lines()
+            .filter(|l| !l.contains("process_"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let golden = concat!(env!("CARGO_MANIFEST_DIR"), "/src/telemetry/golden.prom");
+        if std::env::var_os("SKIFF_BLESS").is_some() {
+            std::fs::write(golden, &out).expect("bless");
+        }
+        let want = std::fs::read_to_string(golden).expect("golden file");
+        assert!(
+            out == want,
+            "the /metrics exposition changed; diff against {golden}:\n{out}"
+        );
     }
 
     #[test]
