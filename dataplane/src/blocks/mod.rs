@@ -11,10 +11,12 @@
 //! front doors, and every other RPC of Dapr's runtime service that Skiff
 //! does not serve says so by name ([`rpc`]).
 
+pub mod adapter;
 pub mod bindings;
 pub mod call;
 pub mod components;
 pub mod configuration;
+pub mod gojson;
 pub mod lock;
 pub mod pubsub;
 pub mod secrets;

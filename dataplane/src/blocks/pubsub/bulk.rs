@@ -99,17 +99,17 @@ async fn to_http(
             body.push(',');
         }
         body.push_str("{\"contentType\":\"application/cloudevents+json\",\"entryId\":");
-        crate::blocks::state::gojson::string(&e.msg.id, &mut body);
+        crate::blocks::gojson::string(&e.msg.id, &mut body);
         body.push_str(",\"event\":");
         body.push_str(std::str::from_utf8(&e.body).unwrap_or("null"));
         body.push_str(",\"metadata\":{}}");
     }
     body.push_str("],\"id\":");
-    crate::blocks::state::gojson::string(&skiff_components::util::uuid_v4(), &mut body);
+    crate::blocks::gojson::string(&skiff_components::util::uuid_v4(), &mut body);
     body.push_str(",\"metadata\":{},\"pubsubname\":");
-    crate::blocks::state::gojson::string(&cx.c.name, &mut body);
+    crate::blocks::gojson::string(&cx.c.name, &mut body);
     body.push_str(",\"topic\":");
-    crate::blocks::state::gojson::string(&cx.sub.topic, &mut body);
+    crate::blocks::gojson::string(&cx.sub.topic, &mut body);
     body.push_str(",\"type\":\"com.dapr.event.sent.bulk\"}");
     let p = if path.starts_with('/') {
         path.to_owned()

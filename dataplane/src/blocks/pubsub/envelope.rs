@@ -22,7 +22,7 @@ use serde::Deserialize;
 use serde_json::Value;
 use skiff_components::util::{rfc3339, uuid_v4};
 
-use crate::blocks::state::gojson;
+use crate::blocks::gojson;
 
 pub const CE_JSON: &str = "application/cloudevents+json";
 pub const DEFAULT_TYPE: &str = "com.dapr.event.sent";

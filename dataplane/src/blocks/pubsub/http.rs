@@ -11,7 +11,7 @@ use serde_json::value::RawValue;
 
 use super::envelope::{self, media_type};
 use super::{BulkEntry, PubSubBlock, Publish, errors};
-use crate::blocks::state::http::{body, json, no_content, query_args};
+use crate::blocks::adapter::{body, json, no_content, query_args};
 use crate::skiff_body::SkiffBody;
 use crate::telemetry::trace::{self, Tracer};
 

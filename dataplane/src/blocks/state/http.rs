@@ -17,39 +17,12 @@ use super::{
     Action, DeleteItem, SaveItem, StateBlock, TxOp, bad_request, gojson, parse_concurrency,
     parse_consistency, read_metadata, save_options, store_error,
 };
+pub use crate::blocks::adapter::query_args;
+use crate::blocks::adapter::{QueryArgs, body, json, no_content};
 use crate::errors::ApiError;
 use crate::skiff_body::SkiffBody;
 
 const MALFORMED: &str = "ERR_MALFORMED_REQUEST";
-
-/// The query string: `metadata.K=V` (first value wins) and the options.
-#[derive(Default)]
-pub struct QueryArgs {
-    pub(crate) metadata: BTreeMap<String, String>,
-    consistency: String,
-    concurrency: String,
-}
-
-pub fn query_args(q: Option<&str>) -> QueryArgs {
-    let mut out = QueryArgs::default();
-    for pair in q.unwrap_or_default().split('&').filter(|p| !p.is_empty()) {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let dec = |s: &str| {
-            percent_encoding::percent_decode_str(&s.replace('+', " "))
-                .decode_utf8_lossy()
-                .into_owned()
-        };
-        let (k, v) = (dec(k), dec(v));
-        if let Some(m) = k.strip_prefix("metadata.") {
-            out.metadata.entry(m.to_owned()).or_insert(v);
-        } else if k == "consistency" && out.consistency.is_empty() {
-            out.consistency = v;
-        } else if k == "concurrency" && out.concurrency.is_empty() {
-            out.concurrency = v;
-        }
-    }
-    out
-}
 
 /// Serves one state request; `tail` is the path after `state/`.
 pub async fn handle(
@@ -123,19 +96,6 @@ fn decode(s: &str) -> String {
     percent_encoding::percent_decode_str(s)
         .decode_utf8_lossy()
         .into_owned()
-}
-
-pub(crate) async fn body(req: Request<SkiffBody>, max: usize) -> Result<Bytes, ApiError> {
-    crate::body::collect_limited(req.into_body(), max)
-        .await
-        .map_err(|e| {
-            ApiError::new(
-                MALFORMED,
-                StatusCode::PAYLOAD_TOO_LARGE,
-                tonic::Code::ResourceExhausted,
-                format!("request body: {e}"),
-            )
-        })
 }
 
 fn malformed(e: impl std::fmt::Display) -> ApiError {
@@ -462,34 +422,9 @@ async fn query(
     }))
 }
 
-pub(crate) fn no_content() -> Response<SkiffBody> {
-    let mut r = Response::new(SkiffBody::Empty);
-    *r.status_mut() = StatusCode::NO_CONTENT;
-    r
-}
-
-pub(crate) fn json(v: &impl Serialize) -> Response<SkiffBody> {
-    let mut r = Response::new(SkiffBody::full(serde_json::to_vec(v).unwrap_or_default()));
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    r
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn query_strings() {
-        let a = query_args(Some(
-            "metadata.ttlInSeconds=5&metadata.ttlInSeconds=9&consistency=strong&metadata.a%20b=c+d",
-        ));
-        assert_eq!(a.metadata["ttlInSeconds"], "5", "the first value wins");
-        assert_eq!(a.metadata["a b"], "c d");
-        assert_eq!(a.consistency, "strong");
-    }
 
     #[test]
     fn bulk_data_is_embedded_json() {

@@ -7,7 +7,7 @@
 //! `ttlExpireTime` on reads. The adapters (`http.rs`, `grpc.rs`) only
 //! decode and encode; the drivers (skiff-components) only store.
 
-pub mod gojson;
+pub use super::gojson;
 pub mod grpc;
 pub mod guarded;
 pub mod http;
