@@ -2,6 +2,10 @@
 //! health path, or `AppCallbackHealthCheck/HealthCheck` for gRPC apps, every
 //! interval. After `threshold` failures in a row the app is unhealthy and the
 //! sidecar stops delivering calls to it; one success makes it healthy again.
+//!
+//! Also the one way the sidecar learns that the app has come up at all
+//! ([`wait_listening`]), before it asks the app what it subscribes to or
+//! reads input bindings into it.
 
 use std::sync::Arc;
 
@@ -12,6 +16,26 @@ use skiff_proto::runtime::HealthCheckResponse;
 use super::AppChannel;
 use super::grpc::unary;
 use crate::config::{AppHealthSettings, AppProtocol};
+
+/// How often a port that takes no connection yet is tried again.
+pub const LISTEN_POLL: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// Waits until the app's port takes connections; false when `stop`
+/// changed first (the sidecar is shutting down).
+pub async fn wait_listening(
+    app: &AppChannel,
+    stop: &mut tokio::sync::watch::Receiver<bool>,
+) -> bool {
+    loop {
+        if tokio::net::TcpStream::connect(app.addr()).await.is_ok() {
+            return true;
+        }
+        tokio::select! {
+            () = tokio::time::sleep(LISTEN_POLL) => {}
+            _ = stop.changed() => return false,
+        }
+    }
+}
 
 /// Consecutive-failure counting with a threshold.
 #[derive(Debug)]

@@ -38,8 +38,6 @@ use crate::telemetry::metrics::BindingComponent;
 
 /// Events buffered between an input binding and its delivery loop.
 const EVENT_BUFFER: usize = 1;
-/// Pause between looks for the app's port.
-const APP_WAIT: Duration = Duration::from_millis(100);
 
 impl OutboundError for BindingError {
     fn permanent(&self) -> bool {
@@ -167,14 +165,8 @@ impl BindingsBlock {
         let me = self.clone();
         let h = tokio::spawn(async move {
             let mut stop2 = stop.clone();
-            loop {
-                if tokio::net::TcpStream::connect(app.addr()).await.is_ok() {
-                    break;
-                }
-                tokio::select! {
-                    () = tokio::time::sleep(APP_WAIT) => {}
-                    _ = stop2.changed() => return,
-                }
+            if !crate::appchannel::health::wait_listening(&app, &mut stop2).await {
+                return;
             }
             let grpc_names = if app.speaks_grpc() {
                 Some(list_input_bindings(&app).await)

@@ -535,15 +535,8 @@ pub async fn subscribe_app(
     grace: Duration,
 ) {
     let mut stop = runner.stopping();
-    let addr = app.addr();
-    loop {
-        if tokio::net::TcpStream::connect(addr).await.is_ok() {
-            break;
-        }
-        tokio::select! {
-            () = tokio::time::sleep(Duration::from_millis(50)) => {}
-            _ = stop.changed() => return,
-        }
+    if !crate::appchannel::health::wait_listening(&app, &mut stop).await {
+        return;
     }
     let block = &blocks.pubsub;
     let (listed, errors) = app::list_subscriptions(&app, &block.app_id).await;
