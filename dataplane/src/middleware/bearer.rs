@@ -15,6 +15,13 @@
 //!
 //! Stricter than Dapr where tokens are odd: a token without `exp` is
 //! refused (every OIDC provider sets it; one without never expires).
+//!
+//! A client sends the same token for minutes, and checking an RSA
+//! signature costs tens of microseconds, so tokens that verified are kept
+//! by their text with their validity window (at most [`MAX_VERIFIED`]):
+//! the next request with one checks only the clock. The kept tokens go
+//! whenever the key set changes, so a key taken out of the set takes its
+//! tokens with it.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,6 +29,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
+use dashmap::DashMap;
 use http::{HeaderValue, Request, StatusCode, header};
 use serde_json::{Map, Value};
 use skiff_components::https::{WebClient, WebError};
@@ -42,6 +50,8 @@ pub const REFRESH: Duration = Duration::from_secs(10 * 60);
 pub const KID_MISS_BACKOFF: Duration = Duration::from_secs(10);
 /// One fetch of a key set or a discovery document (daprd's).
 pub const FETCH_TIMEOUT: Duration = Duration::from_secs(30);
+/// Verified tokens kept at most; past it the store starts afresh.
+pub const MAX_VERIFIED: usize = 4096;
 /// The largest key set or discovery document read.
 const MAX_DOCUMENT: usize = 1 << 20;
 
@@ -59,6 +69,28 @@ struct Keys {
     /// When the set was last fetched (or tried).
     fetched: Mutex<Instant>,
     refreshing: AtomicBool,
+    /// Tokens that verified against this set: their `nbf` and `exp`.
+    verified: DashMap<Box<str>, Window>,
+}
+
+/// When a verified token holds (Unix seconds, skew not yet applied).
+#[derive(Clone, Copy, Debug)]
+struct Window {
+    nbf: u64,
+    exp: u64,
+}
+
+impl Window {
+    fn holds(self, now: u64) -> Result<(), String> {
+        let skew = CLOCK_SKEW.as_secs();
+        if now >= self.exp.saturating_add(skew) {
+            return Err("the token expired".into());
+        }
+        if self.nbf > now.saturating_add(skew) {
+            return Err("the token is not valid yet (nbf)".into());
+        }
+        Ok(())
+    }
 }
 
 impl Bearer {
@@ -93,30 +125,36 @@ impl Bearer {
                 set: ArcSwap::from_pointee(set),
                 fetched: Mutex::new(Instant::now()),
                 refreshing: AtomicBool::new(false),
+                verified: DashMap::new(),
             }),
         })
     }
 
     /// Checks one token; `Err` says why it is refused (for the log).
     async fn check(&self, token: &str, now: u64) -> Result<(), String> {
+        if let Some(w) = self.keys.verified.get(token) {
+            return w.holds(now);
+        }
         let parsed = jose::parse(token).map_err(|e| e.to_string())?;
         if !parsed.key_known(&self.keys.set.load()) {
             self.keys.refresh_now().await;
         }
-        parsed
-            .verify(&self.keys.set.load())
-            .map_err(|e| e.to_string())?;
-        claims_hold(&parsed.claims, &self.issuer, &self.audience, now)
+        let set = self.keys.set.load_full();
+        parsed.verify(&set).map_err(|e| e.to_string())?;
+        let window = claims_hold(&parsed.claims, &self.issuer, &self.audience, now)?;
+        self.keys.keep(token, window, &set);
+        Ok(())
     }
 }
 
-/// `iss`, `aud`, `exp`, `nbf` and `iat` against `now` (Unix seconds).
+/// `iss`, `aud`, `exp`, `nbf` and `iat` against `now` (Unix seconds);
+/// the window in which the token holds.
 fn claims_hold(
     c: &Map<String, Value>,
     issuer: &str,
     audience: &str,
     now: u64,
-) -> Result<(), String> {
+) -> Result<Window, String> {
     if c.get("iss").and_then(Value::as_str) != Some(issuer) {
         return Err("the token's issuer (iss) is not the configured issuer".into());
     }
@@ -130,18 +168,18 @@ fn claims_hold(
     }
     let skew = CLOCK_SKEW.as_secs();
     let time = |k: &str| c.get(k).and_then(Value::as_f64).map(|v| v as u64);
-    match time("exp") {
-        None => return Err("the token has no expiry (exp)".into()),
-        Some(exp) if now >= exp.saturating_add(skew) => return Err("the token expired".into()),
-        Some(_) => {}
-    }
-    if time("nbf").is_some_and(|nbf| nbf > now.saturating_add(skew)) {
-        return Err("the token is not valid yet (nbf)".into());
-    }
+    let Some(exp) = time("exp") else {
+        return Err("the token has no expiry (exp)".into());
+    };
     if time("iat").is_some_and(|iat| iat > now.saturating_add(skew)) {
         return Err("the token was issued in the future (iat)".into());
     }
-    Ok(())
+    let window = Window {
+        nbf: time("nbf").unwrap_or(0),
+        exp,
+    };
+    window.holds(now)?;
+    Ok(window)
 }
 
 impl Keys {
@@ -173,9 +211,24 @@ impl Keys {
         });
     }
 
+    /// Keeps a token that verified against `set`, unless the set changed
+    /// meanwhile (it may have lost the key).
+    fn keep(&self, token: &str, w: Window, set: &Arc<KeySet>) {
+        if self.verified.len() >= MAX_VERIFIED {
+            self.verified.clear();
+        }
+        self.verified.insert(token.into(), w);
+        if !Arc::ptr_eq(set, &self.set.load()) {
+            self.verified.clear();
+        }
+    }
+
     fn replace(&self, got: Result<KeySet, String>) {
         match got {
-            Ok(set) => self.set.store(Arc::new(set)),
+            Ok(set) => {
+                self.set.store(Arc::new(set));
+                self.verified.clear();
+            }
             Err(e) => {
                 tracing::warn!(jwks = %self.url, error = %e, "bearer: refreshing the key set failed; keeping the keys it had")
             }
@@ -292,7 +345,12 @@ mod tests {
     fn claims_are_checked_with_the_skew() {
         let now = 1_000_000;
         let ok = json!({"iss": "https://idp", "aud": "app", "exp": now + 60, "iat": now});
-        claims_hold(&claims(ok.clone()), "https://idp", "app", now).expect("valid");
+        let w = claims_hold(&claims(ok.clone()), "https://idp", "app", now).expect("valid");
+        assert!(w.holds(now + 60 + CLOCK_SKEW.as_secs() - 1).is_ok());
+        assert!(
+            w.holds(now + 60 + CLOCK_SKEW.as_secs()).is_err(),
+            "a kept token expires too"
+        );
         let mut list = ok.clone();
         list["aud"] = json!(["other", "app"]);
         claims_hold(&claims(list), "https://idp", "app", now).expect("audience in a list");
