@@ -14,7 +14,9 @@ use skiff_proto::runtime::dapr_server::{Dapr, DaprServer};
 use tonic::Code;
 use tonic::codegen::Service;
 
-use crate::blocks::{self, Blocks, Rpc, bindings, configuration, lock, pubsub, secrets, state};
+use crate::blocks::{
+    self, Block, Blocks, Rpc, bindings, configuration, lock, pubsub, secrets, state,
+};
 use crate::errors::{self, grpc_code_from_http};
 use crate::headers::{
     self, DAPR_APP_ID, GRPC_TIMEOUT, SKIFF_GRPC_MESSAGE, SKIFF_GRPC_STATUS, SKIFF_TYPE_URL,
@@ -207,6 +209,7 @@ impl DaprApi {
     /// the caller's metadata is copied only when spans are exported.
     async fn traced<Q: StoreNamed, T, Fut>(
         &self,
+        block: Block,
         name: &'static str,
         r: tonic::Request<Q>,
         call: impl FnOnce(Q) -> Fut,
@@ -226,7 +229,16 @@ impl DaprApi {
         };
         let failed =
             |o: &Result<T, tonic::Status>| o.as_ref().err().map(|s| s.message().to_owned());
-        crate::blocks::traced(tracer, headers.as_ref(), name, &store, call(q), failed).await
+        crate::blocks::traced(
+            tracer,
+            headers.as_ref(),
+            block,
+            name,
+            &store,
+            call(q),
+            failed,
+        )
+        .await
     }
 }
 
@@ -336,7 +348,7 @@ impl Dapr for DaprApi {
         &self,
         r: tonic::Request<pb::GetStateRequest>,
     ) -> Result<tonic::Response<pb::GetStateResponse>, tonic::Status> {
-        self.traced("GetState", r, |r| {
+        self.traced(Block::State, "GetState", r, |r| {
             state::grpc::get_state(&self.cx.blocks.state, r)
         })
         .await
@@ -347,7 +359,7 @@ impl Dapr for DaprApi {
         &self,
         r: tonic::Request<pb::GetBulkStateRequest>,
     ) -> Result<tonic::Response<pb::GetBulkStateResponse>, tonic::Status> {
-        self.traced("GetBulkState", r, |r| {
+        self.traced(Block::State, "GetBulkState", r, |r| {
             state::grpc::get_bulk_state(&self.cx.blocks.state, r)
         })
         .await
@@ -358,7 +370,7 @@ impl Dapr for DaprApi {
         &self,
         r: tonic::Request<pb::SaveStateRequest>,
     ) -> Result<tonic::Response<Empty>, tonic::Status> {
-        self.traced("SaveState", r, |r| {
+        self.traced(Block::State, "SaveState", r, |r| {
             state::grpc::save_state(&self.cx.blocks.state, r)
         })
         .await
@@ -369,7 +381,7 @@ impl Dapr for DaprApi {
         &self,
         r: tonic::Request<pb::QueryStateRequest>,
     ) -> Result<tonic::Response<pb::QueryStateResponse>, tonic::Status> {
-        self.traced("QueryState", r, |r| {
+        self.traced(Block::State, "QueryState", r, |r| {
             state::grpc::query_state(&self.cx.blocks.state, r)
         })
         .await
@@ -380,7 +392,7 @@ impl Dapr for DaprApi {
         &self,
         r: tonic::Request<pb::DeleteStateRequest>,
     ) -> Result<tonic::Response<Empty>, tonic::Status> {
-        self.traced("DeleteState", r, |r| {
+        self.traced(Block::State, "DeleteState", r, |r| {
             state::grpc::delete_state(&self.cx.blocks.state, r)
         })
         .await
@@ -391,7 +403,7 @@ impl Dapr for DaprApi {
         &self,
         r: tonic::Request<pb::DeleteBulkStateRequest>,
     ) -> Result<tonic::Response<Empty>, tonic::Status> {
-        self.traced("DeleteBulkState", r, |r| {
+        self.traced(Block::State, "DeleteBulkState", r, |r| {
             state::grpc::delete_bulk_state(&self.cx.blocks.state, r)
         })
         .await
@@ -402,7 +414,7 @@ impl Dapr for DaprApi {
         &self,
         r: tonic::Request<pb::ExecuteStateTransactionRequest>,
     ) -> Result<tonic::Response<Empty>, tonic::Status> {
-        self.traced("ExecuteStateTransaction", r, |r| {
+        self.traced(Block::State, "ExecuteStateTransaction", r, |r| {
             state::grpc::execute_state_transaction(&self.cx.blocks.state, r)
         })
         .await
@@ -413,7 +425,7 @@ impl Dapr for DaprApi {
         &self,
         r: tonic::Request<pb::GetSecretRequest>,
     ) -> Result<tonic::Response<pb::GetSecretResponse>, tonic::Status> {
-        self.traced("GetSecret", r, |r| {
+        self.traced(Block::Secrets, "GetSecret", r, |r| {
             secrets::grpc::get_secret(&self.cx.blocks.secrets, r)
         })
         .await
@@ -424,7 +436,7 @@ impl Dapr for DaprApi {
         &self,
         r: tonic::Request<pb::GetBulkSecretRequest>,
     ) -> Result<tonic::Response<pb::GetBulkSecretResponse>, tonic::Status> {
-        self.traced("GetBulkSecret", r, |r| {
+        self.traced(Block::Secrets, "GetBulkSecret", r, |r| {
             secrets::grpc::get_bulk_secret(&self.cx.blocks.secrets, r)
         })
         .await
@@ -463,7 +475,7 @@ impl Dapr for DaprApi {
         &self,
         r: tonic::Request<pb::GetConfigurationRequest>,
     ) -> Result<tonic::Response<pb::GetConfigurationResponse>, tonic::Status> {
-        self.traced("GetConfiguration", r, |r| {
+        self.traced(Block::State, "GetConfiguration", r, |r| {
             configuration::grpc::get(&self.cx.blocks.configuration, r)
         })
         .await
@@ -512,7 +524,7 @@ impl Dapr for DaprApi {
         &self,
         r: tonic::Request<pb::TryLockRequest>,
     ) -> Result<tonic::Response<pb::TryLockResponse>, tonic::Status> {
-        self.traced("TryLockAlpha1", r, |r| {
+        self.traced(Block::Lock, "TryLockAlpha1", r, |r| {
             lock::grpc::try_lock(&self.cx.blocks.lock, r)
         })
         .await
@@ -523,7 +535,7 @@ impl Dapr for DaprApi {
         &self,
         r: tonic::Request<pb::UnlockRequest>,
     ) -> Result<tonic::Response<pb::UnlockResponse>, tonic::Status> {
-        self.traced("UnlockAlpha1", r, |r| {
+        self.traced(Block::State, "UnlockAlpha1", r, |r| {
             lock::grpc::unlock(&self.cx.blocks.lock, r)
         })
         .await

@@ -264,6 +264,7 @@ impl HttpApi {
                 return crate::blocks::traced(
                     tracer,
                     headers.as_ref(),
+                    block,
                     name,
                     component,
                     call,

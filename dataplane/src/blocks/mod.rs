@@ -43,12 +43,14 @@ use crate::telemetry::trace::{self, Tracer};
 use crate::errors::ApiError;
 
 /// Runs one building-block call in a span of its own (a child of the
-/// caller's trace, from `headers`), named `name` (`SaveState`, ...) with
+/// caller's trace, from `headers`), named `name` (`SaveState`, ...),
+/// `db.system` the block's,
 /// the component as `db.name`, as daprd's API spans are. `failed` says
 /// why the answer is an error. Nothing is done when no exporter is set.
 pub async fn traced<O>(
     tracer: &Tracer,
     headers: Option<&HeaderMap>,
+    block: Block,
     name: &'static str,
     component: &str,
     call: impl Future<Output = O>,
@@ -64,7 +66,7 @@ pub async fn traced<O>(
         tracer.finish(&span, || trace::Described {
             name: name.to_owned(),
             attributes: vec![
-                ("db.system", trace::Value::Str(block_system(name).into())),
+                ("db.system", trace::Value::Str(block.system().into())),
                 ("db.name", trace::Value::Str(component.to_owned())),
                 ("db.operation", trace::Value::Str(name.to_owned())),
             ],
@@ -72,17 +74,6 @@ pub async fn traced<O>(
         });
     }
     out
-}
-
-/// daprd's `db.system` for a span name.
-fn block_system(name: &str) -> &'static str {
-    if name.contains("Secret") {
-        "secrets"
-    } else if name.contains("Lock") {
-        "lock"
-    } else {
-        "state"
-    }
 }
 
 /// A building block, as the API routes name it.
@@ -98,6 +89,19 @@ pub enum Block {
 }
 
 impl Block {
+    /// daprd's `db.system` for the block's spans.
+    pub fn system(self) -> &'static str {
+        match self {
+            Self::State => "state",
+            Self::Secrets => "secrets",
+            Self::Lock => "lock",
+            Self::PubSub => "pubsub",
+            Self::Bindings => "bindings",
+            Self::Configuration => "configuration",
+            Self::Actors => "actors",
+        }
+    }
+
     /// What daprd answers for this block when no component for it is
     /// configured (`name`: the component the call named, when it did).
     pub fn not_configured(self, name: &str, app_id: &str) -> ApiError {
