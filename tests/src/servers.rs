@@ -53,12 +53,33 @@ fn spawn_redis(dir: &Path, port: u16, extra: &[&str]) -> Proc {
     };
     // Generous: on a loaded 2-core machine a fresh redis-server can take
     // a while to answer.
+    let mut proc = proc;
     let end = Instant::now() + Duration::from_secs(30);
     while redis_cli(port, password, &["ping"]).as_deref() != Some("PONG") {
+        if let Ok(Some(status)) = proc.child.try_wait() {
+            panic!("redis on {port} exited before it answered PING: {status}");
+        }
         assert!(Instant::now() < end, "redis on {port} did not answer PING");
         std::thread::sleep(Duration::from_millis(10));
     }
     proc
+}
+
+/// A port for a Redis Cluster node. Redis also binds the node's cluster
+/// bus at port + 10000, and a bus port in the kernel's ephemeral range
+/// (32768 and up) can be taken by some outgoing connection first: the node
+/// then exits at start. So both ports stay below that range, and both are
+/// free when chosen.
+fn cluster_port() -> u16 {
+    const BUS: u16 = 10_000;
+    const EPHEMERAL: u16 = 32_768;
+    for _ in 0..24_000 {
+        let p = free_port();
+        if p + BUS < EPHEMERAL && std::net::TcpListener::bind(("127.0.0.1", p + BUS)).is_ok() {
+            return p;
+        }
+    }
+    panic!("no port pair for a Redis Cluster node below {EPHEMERAL}");
 }
 
 fn requirepass<'a>(extra: &[&'a str]) -> Option<&'a str> {
@@ -170,7 +191,7 @@ impl RedisCluster {
             let conf = d.join("nodes.conf");
             std::fs::create_dir_all(&d).expect("node dir");
             let conf = conf.display().to_string();
-            let port = free_port();
+            let port = cluster_port();
             nodes.push(Redis::start_with(
                 &d,
                 port,
