@@ -162,3 +162,62 @@ async fn bulk_delivery_runs_under_the_inbound_policy() {
         "nothing after the retries ran out"
     );
 }
+
+/// `targets.components.<lock>.outbound`: a lock store that went away is
+/// retried, then its breaker opens; the `dapr_component_lock_*` series and
+/// the resiliency series carry the component's labels.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lock_calls_run_under_the_outbound_policy() {
+    let w = World::new();
+    let mut r = Redis::start(&w.home.path().join("redis"));
+    w.component(
+        "locks.yaml",
+        &component_yaml(
+            "locks",
+            "lock.redis",
+            &[
+                ("redisHost", r.addr()),
+                ("dialTimeout", "300ms".into()),
+                ("readTimeout", "300ms".into()),
+            ],
+        ),
+    );
+    w.component(
+        "resiliency.yaml",
+        "apiVersion: dapr.io/v1alpha1\nkind: Resiliency\nmetadata:\n  name: lock-policy\nspec:\n  policies:\n    retries:\n      twice:\n        policy: constant\n        duration: 50ms\n        maxRetries: 2\n    circuitBreakers:\n      cb:\n        maxRequests: 1\n        timeout: 60s\n        trip: consecutiveFailures >= 3\n  targets:\n    components:\n      locks:\n        outbound:\n          retry: twice\n          circuitBreaker: cb\n",
+    );
+    let s = w.sidecar("app", SidecarOpts::default());
+    let lock = |owner: &str| {
+        json!({"resourceId": "r1", "lockOwner": owner, "expiryInSeconds": 30}).to_string()
+    };
+    let ok = post(&s, "/v1.0-alpha1/lock/locks", lock("a")).await;
+    assert_eq!(
+        (ok.status.as_u16(), ok.text()),
+        (200, r#"{"success":true}"#.into())
+    );
+
+    r.proc.kill();
+    let down = post(&s, "/v1.0-alpha1/lock/locks", lock("b")).await;
+    assert_eq!(down.status, 500, "{}", down.text());
+    assert!(down.text().contains("ERR_TRY_LOCK"), "{}", down.text());
+    let open = post(&s, "/v1.0-alpha1/lock/locks", lock("b")).await;
+    assert!(
+        open.text().contains("circuit breaker cb is open"),
+        "{}",
+        open.text()
+    );
+    let m = s.scrape().await;
+    let res = |policy: &str| {
+        format!(
+            "dapr_resiliency_activations_total{{app_id=\"app\",name=\"lock-policy\",policy=\"{policy}\",namespace=\"default\",flow_direction=\"outbound\",target=\"Lock_locks\",status=\"\"}}"
+        )
+    };
+    assert_eq!(sample(&m, &res("retry")), 2.0, "{m}");
+    let ops = |ok: &str| {
+        format!(
+            "dapr_component_lock_count{{app_id=\"app\",component=\"locks\",namespace=\"default\",operation=\"try_lock\",success=\"{ok}\"}}"
+        )
+    };
+    assert_eq!(sample(&m, &ops("true")), 1.0, "{m}");
+    assert_eq!(sample(&m, &ops("false")), 2.0, "{m}");
+}
