@@ -221,3 +221,55 @@ async fn lock_calls_run_under_the_outbound_policy() {
     assert_eq!(sample(&m, &ops("true")), 1.0, "{m}");
     assert_eq!(sample(&m, &ops("false")), 2.0, "{m}");
 }
+
+/// Component policies reload with the policy files, as app policies
+/// always did: a retry policy written while the sidecar runs applies to
+/// the next lock call, without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn component_policies_reload_with_the_files() {
+    let w = World::new();
+    let mut r = Redis::start(&w.home.path().join("redis"));
+    w.component(
+        "locks.yaml",
+        &component_yaml(
+            "locks",
+            "lock.redis",
+            &[
+                ("redisHost", r.addr()),
+                ("dialTimeout", "300ms".into()),
+                ("readTimeout", "300ms".into()),
+            ],
+        ),
+    );
+    let s = w.sidecar("app", SidecarOpts::default());
+    r.proc.kill();
+    let body = json!({"resourceId": "r", "lockOwner": "o", "expiryInSeconds": 5}).to_string();
+    let retries = |m: &str| {
+        sample(
+            m,
+            "dapr_resiliency_activations_total{app_id=\"app\",name=\"late-policy\",policy=\"retry\",namespace=\"default\",flow_direction=\"outbound\",target=\"Lock_locks\",status=\"\"}",
+        )
+    };
+    let down = post(&s, "/v1.0-alpha1/lock/locks", body.clone()).await;
+    assert_eq!(down.status, 500);
+    assert_eq!(retries(&s.scrape().await), 0.0);
+
+    w.component(
+        "resiliency.yaml",
+        "apiVersion: dapr.io/v1alpha1\nkind: Resiliency\nmetadata:\n  name: late-policy\nspec:\n  policies:\n    retries:\n      twice:\n        policy: constant\n        duration: 20ms\n        maxRetries: 2\n  targets:\n    components:\n      locks:\n        outbound:\n          retry: twice\n",
+    );
+    let end = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let r = post(&s, "/v1.0-alpha1/lock/locks", body.clone()).await;
+        assert_eq!(r.status, 500);
+        let m = s.scrape().await;
+        if retries(&m) >= 2.0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < end,
+            "the new policy never applied:\n{m}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}

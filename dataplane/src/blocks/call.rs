@@ -15,8 +15,55 @@
 use std::future::Future;
 use std::time::Duration;
 
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use crate::policy::Policies;
 use crate::policy::resiliency::ComponentPolicy;
 use crate::telemetry::metrics::{self, PolicyKind};
+
+/// Where a component's policies are read, at each call: the sidecar's
+/// live policies (swapped when the policy files change), so a changed
+/// `targets.components` entry applies from the next call on.
+#[derive(Clone)]
+pub struct PolicyRef {
+    live: Arc<ArcSwap<Policies>>,
+    name: Arc<str>,
+    /// The component's block, as Dapr's metric labels name it.
+    kind: &'static str,
+}
+
+impl PolicyRef {
+    pub fn new(live: &Arc<ArcSwap<Policies>>, name: &str, kind: &'static str) -> Self {
+        Self {
+            live: live.clone(),
+            name: name.into(),
+            kind,
+        }
+    }
+
+    /// No policies at all (tests, components loaded without a sidecar).
+    pub fn none(name: &str, kind: &'static str) -> Self {
+        Self::new(&Arc::default(), name, kind)
+    }
+
+    /// `targets.components.<name>.outbound`, as the policies are now.
+    pub fn outbound(&self) -> Option<Arc<ComponentPolicy>> {
+        self.live
+            .load()
+            .resiliency
+            .component(&self.name, self.kind, false)
+    }
+
+    /// `targets.components.<name>.inbound`, as the policies are now.
+    pub fn inbound(&self) -> Option<Arc<ComponentPolicy>> {
+        self.live
+            .load()
+            .resiliency
+            .component(&self.name, self.kind, true)
+    }
+}
 
 /// What the runner needs to know about a driver's error.
 pub trait OutboundError: Sized {

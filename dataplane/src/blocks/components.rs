@@ -30,10 +30,11 @@ use super::pubsub::{self, PubSubBlock};
 use super::secrets::SecretsBlock;
 use super::state::guarded::Guarded;
 use super::state::{StateBlock, Store, key_prefix};
+use crate::blocks::call::PolicyRef;
 use crate::config::component::{ComponentSpec, MetaValue, secret_scopes};
 use crate::config::{ConfigError, Documents};
 use crate::middleware::MiddlewareComponent;
-use crate::policy::resiliency::Resiliency;
+use crate::policy::Policies;
 use crate::telemetry::metrics;
 
 #[derive(Debug, thiserror::Error)]
@@ -65,14 +66,14 @@ pub struct Loaded {
     pub middleware: Vec<MiddlewareComponent>,
 }
 
-/// Loads the app's components.
-/// State stores get their `targets.components` outbound policy from
-/// `resiliency` (taken once, at load).
+/// Loads the app's components. Each reads its `targets.components`
+/// policies from the live `policies` at every call, so they reload with
+/// the policy files.
 pub async fn load(
     docs: &Documents,
     app_id: &str,
     namespace: &str,
-    resiliency: &Resiliency,
+    policies: &std::sync::Arc<arc_swap::ArcSwap<Policies>>,
     home: &std::path::Path,
 ) -> Result<Loaded, LoadError> {
     let mut specs = Vec::new();
@@ -142,7 +143,7 @@ pub async fn load(
                 }
                 report.push(describe(&spec, driver.features().names()));
                 announce(&spec);
-                let policy = resiliency.component_outbound(&spec.name, "Statestore");
+                let policy = PolicyRef::new(policies, &spec.name, "Statestore");
                 state.add(Store {
                     name: spec.name.clone(),
                     driver: Guarded::wrap(driver, policy),
@@ -152,7 +153,7 @@ pub async fn load(
                 });
             }
             Ok((Component::PubSub(driver), meta)) => {
-                let c = pubsub_component(&spec, driver, &meta, app_id, namespace, resiliency)
+                let c = pubsub_component(&spec, driver, &meta, app_id, namespace, policies)
                     .map_err(|why| fail(&spec, why))?;
                 report.push(describe(&spec, c.features.names()));
                 announce(&spec);
@@ -166,7 +167,7 @@ pub async fn load(
                     name: spec.name.clone(),
                     driver,
                     prefix,
-                    policy: resiliency.component_outbound(&spec.name, "Lock"),
+                    policy: PolicyRef::new(policies, &spec.name, "Lock"),
                     ops: metrics::registry().lock_component(&spec.name),
                 });
             }
@@ -197,7 +198,7 @@ pub async fn load(
                         declared_input: direction
                             .as_deref()
                             .is_some_and(|v| v.split(',').any(|x| x.trim() == "input")),
-                        policy: resiliency.component_inbound(&spec.name, "Binding"),
+                        policy: PolicyRef::new(policies, &spec.name, "Binding"),
                         series: series.clone(),
                     });
                 }
@@ -207,7 +208,7 @@ pub async fn load(
                         spec.name.clone(),
                         bindings::Output {
                             driver: o,
-                            policy: resiliency.component_outbound(&spec.name, "Binding"),
+                            policy: PolicyRef::new(policies, &spec.name, "Binding"),
                             series,
                         },
                     );
@@ -310,7 +311,7 @@ fn pubsub_component(
     meta: &Properties,
     app_id: &str,
     namespace: &str,
-    resiliency: &Resiliency,
+    policies: &std::sync::Arc<arc_swap::ArcSwap<Policies>>,
 ) -> Result<pubsub::Component, String> {
     let raw_id = meta.get("consumerID").unwrap_or(app_id);
     let namespaced = raw_id.contains("{namespace}");
@@ -354,8 +355,7 @@ fn pubsub_component(
         },
         concurrency,
         claim,
-        outbound: resiliency.component_outbound(&spec.name, "Pubsub"),
-        inbound: resiliency.component_inbound(&spec.name, "Pubsub"),
+        policy: PolicyRef::new(policies, &spec.name, "Pubsub"),
         series: metrics::registry().pubsub_component(&spec.name),
     })
 }

@@ -202,6 +202,10 @@ struct ComponentTargets {
 pub struct Resiliency {
     apps: HashMap<Box<str>, Arc<AppPolicy>>,
     components: HashMap<Box<str>, ComponentTargets>,
+    /// Component policies compiled on first use, outbound and inbound, so
+    /// their breakers live as long as this version of the policies (a
+    /// reload starts them afresh, as for apps).
+    compiled: DashMap<Box<str>, [Option<Arc<ComponentPolicy>>; 2]>,
     /// Document names, for metadata.
     pub names: Vec<String>,
 }
@@ -265,14 +269,33 @@ impl Resiliency {
     /// The outbound policy of component `name` (a `kind` such as
     /// `Statestore` labels its metrics, as Dapr's do), if it has one.
     pub fn component_outbound(&self, name: &str, kind: &str) -> Option<Arc<ComponentPolicy>> {
+        self.component(name, kind, false)
+    }
+
+    /// Component `name`'s policy for one direction (`kind` names the
+    /// component's block in metric labels: `Statestore`, `Pubsub`, ...),
+    /// the same `Arc` on every call of this version of the policies.
+    pub fn component(&self, name: &str, kind: &str, inbound: bool) -> Option<Arc<ComponentPolicy>> {
+        // Most sidecars have no component policy: no lookup at all.
+        if self.components.is_empty() {
+            return None;
+        }
+        let i = usize::from(inbound);
+        if let Some(c) = self.compiled.get(name) {
+            return c[i].clone();
+        }
         let t = self.components.get(name)?;
-        (!t.outbound.is_empty()).then(|| component_policy(&t.document, name, kind, &t.outbound))
+        let make = |set: &PolicySet| {
+            (!set.is_empty()).then(|| component_policy(&t.document, name, kind, set))
+        };
+        let both = [make(&t.outbound), make(&t.inbound)];
+        // A racing first call may have compiled them too: the first kept wins.
+        self.compiled.entry(name.into()).or_insert(both)[i].clone()
     }
 
     /// The inbound policy of component `name` (deliveries to the app).
     pub fn component_inbound(&self, name: &str, kind: &str) -> Option<Arc<ComponentPolicy>> {
-        let t = self.components.get(name)?;
-        (!t.inbound.is_empty()).then(|| component_policy(&t.document, name, kind, &t.inbound))
+        self.component(name, kind, true)
     }
 
     pub fn for_app(&self, app: &str) -> Option<&Arc<AppPolicy>> {

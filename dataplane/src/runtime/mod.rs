@@ -193,7 +193,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         &docs,
         &settings.app_id,
         &settings.namespace,
-        &policies.load().resiliency,
+        &policies,
         &settings.skiff_home,
     )
     .await

@@ -30,9 +30,8 @@ use tonic::Code;
 
 use crate::appchannel::AppChannel;
 use crate::appchannel::grpc::{UnaryError, unary};
-use crate::blocks::call::{self, OutboundError};
+use crate::blocks::call::{self, OutboundError, PolicyRef};
 use crate::errors::ApiError;
-use crate::policy::resiliency::ComponentPolicy;
 use crate::skiff_body::SkiffBody;
 use crate::telemetry::metrics::BindingComponent;
 
@@ -57,7 +56,7 @@ impl OutboundError for BindingError {
 
 pub struct Output {
     pub driver: Arc<dyn OutputBinding>,
-    pub policy: Option<Arc<ComponentPolicy>>,
+    pub policy: PolicyRef,
     pub series: Arc<BindingComponent>,
 }
 
@@ -70,7 +69,7 @@ pub struct Input {
     pub declared_input: bool,
     /// `targets.components.<name>.inbound`: retries of a delivery the app
     /// failed, before the driver hears of the failure.
-    pub policy: Option<Arc<ComponentPolicy>>,
+    pub policy: PolicyRef,
     pub series: Arc<BindingComponent>,
 }
 
@@ -146,8 +145,8 @@ impl BindingsBlock {
             ));
         }
         let (op, t0) = (req.operation.clone(), std::time::Instant::now());
-        let r = match &o.policy {
-            Some(p) => call::run(p, || o.driver.invoke(req.clone())).await,
+        let r = match o.policy.outbound() {
+            Some(p) => call::run(&p, || o.driver.invoke(req.clone())).await,
             None => o.driver.invoke(req).await,
         };
         if crate::telemetry::metrics::get().is_some() {
@@ -287,8 +286,8 @@ async fn read(
             };
             r.map_err(Refused)
         };
-        let r = match &input.policy {
-            Some(p) => call::run(p, once).await,
+        let r = match input.policy.inbound() {
+            Some(p) => call::run(&p, once).await,
             None => once().await,
         }
         .map_err(|Refused(e)| e);

@@ -19,9 +19,8 @@ use skiff_components::Properties;
 use skiff_components::lock::{LockError, LockStore, Unlocked};
 use tonic::Code;
 
-use crate::blocks::call::{self, OutboundError};
+use crate::blocks::call::{self, OutboundError, PolicyRef};
 use crate::errors::ApiError;
-use crate::policy::resiliency::ComponentPolicy;
 use crate::telemetry::metrics::{self, ComponentOps};
 
 /// `operation` label indexes ([`metrics::LOCK_OPS`]).
@@ -78,7 +77,7 @@ pub struct Store {
     pub name: String,
     pub driver: Arc<dyn LockStore>,
     pub prefix: Prefix,
-    pub policy: Option<Arc<ComponentPolicy>>,
+    pub policy: PolicyRef,
     pub ops: Arc<ComponentOps>,
 }
 
@@ -174,8 +173,8 @@ impl LockBlock {
         let key = self.key(s, resource).map_err(failed)?;
         let expiry = Duration::from_secs(expiry_secs.unsigned_abs());
         let t0 = Instant::now();
-        let r = match &s.policy {
-            Some(p) => call::run(p, || s.driver.try_lock(&key, owner, expiry)).await,
+        let r = match s.policy.outbound() {
+            Some(p) => call::run(&p, || s.driver.try_lock(&key, owner, expiry)).await,
             None => s.driver.try_lock(&key, owner, expiry).await,
         };
         record(&s.ops, TRY_LOCK, t0, r.is_ok());
@@ -195,8 +194,8 @@ impl LockBlock {
         };
         let key = self.key(s, resource).map_err(failed)?;
         let t0 = Instant::now();
-        let r = match &s.policy {
-            Some(p) => call::run(p, || s.driver.unlock(&key, owner)).await,
+        let r = match s.policy.outbound() {
+            Some(p) => call::run(&p, || s.driver.unlock(&key, owner)).await,
             None => s.driver.unlock(&key, owner).await,
         };
         record(&s.ops, UNLOCK, t0, r.is_ok());
@@ -221,7 +220,7 @@ mod tests {
             name: "ls".into(),
             driver: skiff_components::lock::memory::MemoryLock::open(&Properties::new()),
             prefix,
-            policy: None,
+            policy: PolicyRef::none("ls", "Lock"),
             ops: Arc::default(),
         });
         b

@@ -399,7 +399,7 @@ async fn deliver_with_retries(
     path: &str,
     mut permit: OwnedSemaphorePermit,
 ) -> Fate {
-    let policy = cx.c.inbound.clone();
+    let policy = cx.c.policy.inbound();
     let mut attempt: u32 = 0;
     loop {
         if cx.stopping() && attempt > 0 {

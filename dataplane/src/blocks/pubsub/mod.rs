@@ -25,9 +25,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use skiff_components::pubsub::{Features, Outgoing, PubSub, PubSubError};
 
-use crate::blocks::call::{self, OutboundError};
+use crate::blocks::call::{self, OutboundError, PolicyRef};
 use crate::errors::ApiError;
-use crate::policy::resiliency::ComponentPolicy;
 use crate::telemetry::metrics::PubSubComponent;
 use scopes::Scopes;
 
@@ -70,8 +69,8 @@ pub struct Component {
     pub topic_prefix: String,
     pub concurrency: usize,
     pub claim: Duration,
-    pub outbound: Option<Arc<ComponentPolicy>>,
-    pub inbound: Option<Arc<ComponentPolicy>>,
+    /// `targets.components.<name>`, read at each call.
+    pub policy: PolicyRef,
     pub series: Arc<PubSubComponent>,
 }
 
@@ -89,9 +88,9 @@ impl Component {
     pub async fn send(&self, topic: &str, msg: Outgoing) -> Result<(), PubSubError> {
         let broker_topic = self.broker_topic(topic);
         let start = Instant::now();
-        let r = match &self.outbound {
+        let r = match self.policy.outbound() {
             None => self.driver.publish(&broker_topic, msg).await,
-            Some(p) => call::run(p, || self.driver.publish(&broker_topic, msg.clone())).await,
+            Some(p) => call::run(&p, || self.driver.publish(&broker_topic, msg.clone())).await,
         };
         let series = self.series.topic(topic);
         series.egress[usize::from(r.is_ok())].record(start.elapsed());
@@ -108,7 +107,7 @@ impl Component {
         msgs: Vec<Outgoing>,
     ) -> Vec<Result<(), PubSubError>> {
         let broker_topic = self.broker_topic(topic);
-        let Some(p) = &self.outbound else {
+        let Some(p) = self.policy.outbound() else {
             return self.driver.publish_many(&broker_topic, msgs).await;
         };
         let n = msgs.len();
@@ -117,7 +116,7 @@ impl Component {
             results: vec![None; n],
         });
         let lock = || state.lock().unwrap_or_else(|e| e.into_inner());
-        let run = call::run(p, || {
+        let run = call::run(&p, || {
             let todo = lock().pending.clone();
             let batch: Vec<Outgoing> = todo.iter().map(|&i| msgs[i].clone()).collect();
             let (driver, broker_topic, lock) = (&self.driver, &broker_topic, &lock);

@@ -1,7 +1,7 @@
 //! A state store behind its component's outbound resiliency policy: the
 //! same [`StateStore`] to the block, each driver call run through
-//! [`call::run`]. Stores without a policy are not wrapped, so they pay
-//! nothing for it.
+//! [`call::run`] with the policy as the policy files say now (a store
+//! without one makes the call as it is).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,7 +13,7 @@ use skiff_components::state::{
     StateStore, Transactional,
 };
 
-use crate::blocks::call::{self, OutboundError};
+use crate::blocks::call::{self, OutboundError, PolicyRef};
 use crate::policy::resiliency::ComponentPolicy;
 
 impl OutboundError for StateError {
@@ -37,18 +37,27 @@ impl OutboundError for StateError {
 
 pub struct Guarded {
     inner: Arc<dyn StateStore>,
-    policy: Arc<ComponentPolicy>,
+    policy: PolicyRef,
 }
 
 impl Guarded {
-    pub fn wrap(
-        inner: Arc<dyn StateStore>,
-        policy: Option<Arc<ComponentPolicy>>,
-    ) -> Arc<dyn StateStore> {
-        match policy {
-            Some(policy) => Arc::new(Self { inner, policy }),
-            None => inner,
-        }
+    pub fn wrap(inner: Arc<dyn StateStore>, policy: PolicyRef) -> Arc<dyn StateStore> {
+        Arc::new(Self { inner, policy })
+    }
+}
+
+/// Runs `attempt` under `p` when there is a policy, else once.
+async fn guarded<T, F, Fut>(
+    p: Option<Arc<ComponentPolicy>>,
+    mut attempt: F,
+) -> Result<T, StateError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, StateError>>,
+{
+    match p {
+        Some(p) => call::run(&p, attempt).await,
+        None => attempt().await,
     }
 }
 
@@ -62,17 +71,19 @@ impl StateStore for Guarded {
         key: &'a str,
         consistency: Consistency,
     ) -> BoxFuture<'a, Result<Option<Item>, StateError>> {
-        Box::pin(call::run(&self.policy, move || {
+        Box::pin(guarded(self.policy.outbound(), move || {
             self.inner.get(key, consistency)
         }))
     }
 
     fn set(&self, req: SetRequest) -> BoxFuture<'_, Result<(), StateError>> {
-        Box::pin(call::run(&self.policy, move || self.inner.set(req.clone())))
+        Box::pin(guarded(self.policy.outbound(), move || {
+            self.inner.set(req.clone())
+        }))
     }
 
     fn delete(&self, req: DeleteRequest) -> BoxFuture<'_, Result<(), StateError>> {
-        Box::pin(call::run(&self.policy, move || {
+        Box::pin(guarded(self.policy.outbound(), move || {
             self.inner.delete(req.clone())
         }))
     }
@@ -81,7 +92,7 @@ impl StateStore for Guarded {
     /// back as their own errors, which is not a failed call.
     fn bulk_get<'a>(&'a self, keys: &'a [String]) -> BoxFuture<'a, Vec<BulkItem>> {
         Box::pin(async move {
-            let r: Result<Vec<BulkItem>, StateError> = call::run(&self.policy, || async {
+            let r: Result<Vec<BulkItem>, StateError> = guarded(self.policy.outbound(), || async {
                 let got = self.inner.bulk_get(keys).await;
                 // All failed alike: the store is down; let the policy see it.
                 match got.first() {
@@ -111,7 +122,7 @@ impl Transactional for Guarded {
             let Some(tx) = self.inner.transactional() else {
                 return Err(StateError::Invalid("no transactions".into()));
             };
-            call::run(&self.policy, || tx.multi(ops.clone())).await
+            guarded(self.policy.outbound(), || tx.multi(ops.clone())).await
         })
     }
 }
@@ -122,7 +133,7 @@ impl Querier for Guarded {
             let Some(inner) = self.inner.querier() else {
                 return Err(StateError::Invalid("no query API".into()));
             };
-            call::run(&self.policy, || inner.query(prefix, q.clone())).await
+            guarded(self.policy.outbound(), || inner.query(prefix, q.clone())).await
         })
     }
 }
