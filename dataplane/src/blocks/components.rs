@@ -220,7 +220,8 @@ pub async fn load(
                 report.push(describe(&spec, driver.features()));
                 announce(&spec);
                 let ops = metrics::registry().secret_component(&spec.name);
-                secrets.add(spec.name.clone(), driver, ops);
+                let policy = PolicyRef::new(policies, &spec.name, "Secretstore");
+                secrets.add(spec.name.clone(), driver, ops, policy);
             }
             Err(why) if spec.ignore_errors => {
                 tracing::warn!(component = %spec.name, r#type = %spec.type_name, file = %spec.source.display(),

@@ -15,14 +15,39 @@ use ::http::StatusCode;
 use skiff_components::secrets::{Secret, SecretError, SecretStore};
 use tonic::Code;
 
+use crate::blocks::call::{self, OutboundError, PolicyRef};
 use crate::config::component::SecretScope;
 use crate::errors::ApiError;
 use crate::telemetry::metrics::{self, ComponentOps};
 
 #[derive(Default)]
 pub struct SecretsBlock {
-    stores: HashMap<String, (Arc<dyn SecretStore>, Arc<ComponentOps>)>,
+    stores: HashMap<String, Store>,
     scopes: Vec<SecretScope>,
+}
+
+/// One loaded secret store: its driver, series and policy.
+struct Store {
+    driver: Arc<dyn SecretStore>,
+    ops: Arc<ComponentOps>,
+    policy: PolicyRef,
+}
+
+impl OutboundError for SecretError {
+    /// A secret that is not there is the caller's answer, not a failure.
+    fn permanent(&self) -> bool {
+        matches!(self, Self::NotFound(_))
+    }
+
+    fn timed_out(after: std::time::Duration) -> Self {
+        Self::Backend(format!(
+            "timeout: no answer within {after:?} (resiliency policy)"
+        ))
+    }
+
+    fn breaker_open(breaker: &str) -> Self {
+        Self::Backend(format!("circuit breaker {breaker} is open"))
+    }
 }
 
 /// `operation` label indexes ([`metrics::SECRET_OPS`]).
@@ -43,16 +68,29 @@ impl SecretsBlock {
         }
     }
 
-    pub fn add(&mut self, name: String, store: Arc<dyn SecretStore>, ops: Arc<ComponentOps>) {
-        self.stores.insert(name, (store, ops));
+    pub fn add(
+        &mut self,
+        name: String,
+        driver: Arc<dyn SecretStore>,
+        ops: Arc<ComponentOps>,
+        policy: PolicyRef,
+    ) {
+        self.stores.insert(
+            name,
+            Store {
+                driver,
+                ops,
+                policy,
+            },
+        );
     }
 
     /// A loaded store, for `secretKeyRef`s of later components.
     pub fn driver(&self, name: &str) -> Option<&Arc<dyn SecretStore>> {
-        self.stores.get(name).map(|(s, _)| s)
+        self.stores.get(name).map(|s| &s.driver)
     }
 
-    fn store(&self, name: &str) -> Result<&(Arc<dyn SecretStore>, Arc<ComponentOps>), ApiError> {
+    fn store(&self, name: &str) -> Result<&Store, ApiError> {
         if self.stores.is_empty() {
             return Err(ApiError::new(
                 "ERR_SECRET_STORES_NOT_CONFIGURED",
@@ -80,7 +118,7 @@ impl SecretsBlock {
     }
 
     pub async fn get(&self, store: &str, name: &str) -> Result<Secret, ApiError> {
-        let (s, ops) = self.store(store)?;
+        let s = self.store(store)?;
         if !self.allowed(store, name) {
             return Err(ApiError::new(
                 "ERR_PERMISSION_DENIED",
@@ -90,16 +128,22 @@ impl SecretsBlock {
             ));
         }
         let t0 = Instant::now();
-        let r = s.get(name).await;
-        record(ops, GET, t0, &r);
+        let r = match s.policy.outbound() {
+            Some(p) => call::run(&p, || s.driver.get(name)).await,
+            None => s.driver.get(name).await,
+        };
+        record(&s.ops, GET, t0, &r);
         r.map_err(|e| get_error(store, name, &e))
     }
 
     pub async fn bulk(&self, store: &str) -> Result<BTreeMap<String, Secret>, ApiError> {
-        let (s, ops) = self.store(store)?;
+        let s = self.store(store)?;
         let t0 = Instant::now();
-        let r = s.bulk_get().await;
-        record(ops, BULK_GET, t0, &r);
+        let r = match s.policy.outbound() {
+            Some(p) => call::run(&p, || s.driver.bulk_get()).await,
+            None => s.driver.bulk_get().await,
+        };
+        record(&s.ops, BULK_GET, t0, &r);
         let mut all = r.map_err(|e| get_error(store, "", &e))?;
         all.retain(|name, _| self.allowed(store, name));
         Ok(all)
@@ -118,4 +162,87 @@ fn get_error(store: &str, name: &str, e: &SecretError) -> ApiError {
         Code::Internal,
         message,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use arc_swap::ArcSwap;
+    use skiff_components::BoxFuture;
+
+    use super::*;
+    use crate::config::{Documents, parse_documents};
+    use crate::policy::Policies;
+
+    /// Fails its first `fail` gets, then answers.
+    struct Flaky {
+        fail: u32,
+        calls: AtomicU32,
+    }
+
+    impl SecretStore for Flaky {
+        fn get<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Secret, SecretError>> {
+            Box::pin(async move {
+                let n = self.calls.fetch_add(1, Ordering::Relaxed);
+                if name == "missing" {
+                    return Err(SecretError::NotFound(name.into()));
+                }
+                if n < self.fail {
+                    return Err(SecretError::Backend("vault is down".into()));
+                }
+                Ok(Secret::from([("k".to_owned(), "v".to_owned())]))
+            })
+        }
+
+        fn bulk_get(&self) -> BoxFuture<'_, Result<BTreeMap<String, Secret>, SecretError>> {
+            Box::pin(async { Ok(BTreeMap::new()) })
+        }
+    }
+
+    const RESILIENCY: &str = "apiVersion: dapr.io/v1alpha1\nkind: Resiliency\nmetadata:\n  name: r\nspec:\n  policies:\n    retries:\n      twice:\n        policy: constant\n        duration: 10ms\n        maxRetries: 2\n  targets:\n    components:\n      vault:\n        outbound:\n          retry: twice\n";
+
+    fn block(fail: u32, with_policy: bool) -> (SecretsBlock, Arc<Flaky>) {
+        let resources = if with_policy {
+            parse_documents(RESILIENCY, std::path::Path::new("r.yaml")).expect("yaml")
+        } else {
+            Vec::new()
+        };
+        let docs = Documents {
+            configuration: None,
+            resources,
+        };
+        let live = Arc::new(ArcSwap::from_pointee(
+            Policies::from_documents(&docs, "app").expect("policies"),
+        ));
+        let store = Arc::new(Flaky {
+            fail,
+            calls: AtomicU32::new(0),
+        });
+        let mut b = SecretsBlock::new(Vec::new());
+        b.add(
+            "vault".into(),
+            store.clone(),
+            Arc::default(),
+            PolicyRef::new(&live, "vault", "Secretstore"),
+        );
+        (b, store)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn secret_reads_run_under_the_stores_policy() {
+        let (b, store) = block(2, true);
+        let got = b.get("vault", "db").await.expect("retried into success");
+        assert_eq!(got["k"], "v");
+        assert_eq!(store.calls.load(Ordering::Relaxed), 3);
+        // A missing secret is an answer: not retried.
+        let (b, store) = block(0, true);
+        assert!(b.get("vault", "missing").await.is_err());
+        assert_eq!(store.calls.load(Ordering::Relaxed), 1);
+        // Without a policy, one call.
+        let (b, store) = block(1, false);
+        let e = b.get("vault", "db").await.expect_err("no retry");
+        assert_eq!(e.code, "ERR_SECRET_GET");
+        assert_eq!(store.calls.load(Ordering::Relaxed), 1);
+    }
 }
