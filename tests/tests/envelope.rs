@@ -273,3 +273,54 @@ async fn component_policies_reload_with_the_files() {
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
 }
+
+/// `targets.components.<store>.outbound` on configuration reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn configuration_reads_run_under_the_outbound_policy() {
+    let w = World::new();
+    let mut r = Redis::start(&w.home.path().join("redis"));
+    w.component(
+        "conf.yaml",
+        &component_yaml(
+            "conf",
+            "configuration.redis",
+            &[
+                ("redisHost", r.addr()),
+                ("dialTimeout", "300ms".into()),
+                ("readTimeout", "300ms".into()),
+            ],
+        ),
+    );
+    w.component(
+        "resiliency.yaml",
+        "apiVersion: dapr.io/v1alpha1\nkind: Resiliency\nmetadata:\n  name: conf-policy\nspec:\n  policies:\n    retries:\n      twice:\n        policy: constant\n        duration: 20ms\n        maxRetries: 2\n  targets:\n    components:\n      conf:\n        outbound:\n          retry: twice\n",
+    );
+    r.cli(&["set", "greeting", "hello||1"]);
+    let s = w.sidecar("app", SidecarOpts::default());
+    let get = || async {
+        send(
+            &http_client(),
+            request(
+                "GET",
+                &format!("{}/v1.0/configuration/conf?key=greeting", s.http()),
+                "",
+            ),
+        )
+        .await
+    };
+    let ok = get().await;
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    assert!(ok.text().contains("hello"), "{}", ok.text());
+    r.proc.kill();
+    let down = get().await;
+    assert_eq!(down.status, 500, "{}", down.text());
+    let m = s.scrape().await;
+    assert_eq!(
+        sample(
+            &m,
+            "dapr_resiliency_activations_total{app_id=\"app\",name=\"conf-policy\",policy=\"retry\",namespace=\"default\",flow_direction=\"outbound\",target=\"Configuration_conf\",status=\"\"}"
+        ),
+        2.0,
+        "{m}"
+    );
+}

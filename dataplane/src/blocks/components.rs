@@ -176,6 +176,7 @@ pub async fn load(
                 announce(&spec);
                 configuration.add(configuration::Store {
                     name: spec.name.clone(),
+                    policy: PolicyRef::new(policies, &spec.name, "Configuration"),
                     driver,
                     ops: metrics::registry().configuration_component(&spec.name),
                 });

@@ -15,12 +15,13 @@ use std::time::Instant;
 
 use ::http::StatusCode;
 use serde_json::{Value, json};
-use skiff_components::configuration::{ConfigurationStore, Item, Items, Metadata};
+use skiff_components::configuration::{ConfigError, ConfigurationStore, Item, Items, Metadata};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tonic::Code;
 
 use crate::appchannel::AppChannel;
+use crate::blocks::call::{self, OutboundError, PolicyRef};
 use crate::errors::ApiError;
 use crate::telemetry::metrics::{self, ComponentOps};
 
@@ -28,10 +29,28 @@ use crate::telemetry::metrics::{self, ComponentOps};
 const GET: usize = 0;
 const SUBSCRIBE: usize = 1;
 
+impl OutboundError for ConfigError {
+    fn permanent(&self) -> bool {
+        false
+    }
+
+    fn timed_out(after: std::time::Duration) -> Self {
+        Self::Backend(format!(
+            "timeout: no answer within {after:?} (resiliency policy)"
+        ))
+    }
+
+    fn breaker_open(breaker: &str) -> Self {
+        Self::Backend(format!("circuit breaker {breaker} is open"))
+    }
+}
+
 pub struct Store {
     pub name: String,
     pub driver: Arc<dyn ConfigurationStore>,
     pub ops: Arc<ComponentOps>,
+    /// `targets.components.<name>.outbound`, for reads.
+    pub policy: PolicyRef,
 }
 
 #[derive(Default)]
@@ -103,7 +122,10 @@ impl ConfigurationBlock {
     ) -> Result<Items, ApiError> {
         let s = self.store(store)?;
         let t0 = Instant::now();
-        let r = s.driver.get(keys, md).await;
+        let r = match s.policy.outbound() {
+            Some(p) => call::run(&p, || s.driver.get(keys, md)).await,
+            None => s.driver.get(keys, md).await,
+        };
         record(&s.ops, GET, t0, r.is_ok());
         r.map_err(|e| {
             ApiError::new(
