@@ -13,6 +13,45 @@ use skiff_tests::*;
 
 const WAIT: Duration = Duration::from_secs(20);
 
+/// A component of type `ty` on `r`, with short timeouts so a Redis that
+/// went away fails each attempt quickly.
+fn on_redis(name: &str, ty: &str, r: &Redis) -> String {
+    component_yaml(
+        name,
+        ty,
+        &[
+            ("redisHost", r.addr()),
+            ("dialTimeout", "300ms".into()),
+            ("readTimeout", "300ms".into()),
+        ],
+    )
+}
+
+/// A Resiliency document `doc` giving `component`'s `direction` two
+/// retries 50 ms apart, and a 300 ms timeout and a breaker that trips
+/// after three failures when asked.
+fn policy_doc(doc: &str, component: &str, direction: &str, timeout: bool, breaker: bool) -> String {
+    let mut y = format!(
+        "apiVersion: dapr.io/v1alpha1\nkind: Resiliency\nmetadata:\n  name: {doc}\nspec:\n  policies:\n    retries:\n      twice:\n        policy: constant\n        duration: 50ms\n        maxRetries: 2\n"
+    );
+    if timeout {
+        y.push_str("    timeouts:\n      quick: 300ms\n");
+    }
+    if breaker {
+        y.push_str("    circuitBreakers:\n      cb:\n        maxRequests: 1\n        timeout: 60s\n        trip: consecutiveFailures >= 3\n");
+    }
+    y.push_str(&format!(
+        "  targets:\n    components:\n      {component}:\n        {direction}:\n          retry: twice\n"
+    ));
+    if timeout {
+        y.push_str("          timeout: quick\n");
+    }
+    if breaker {
+        y.push_str("          circuitBreaker: cb\n");
+    }
+    y
+}
+
 async fn post(s: &Sidecar, path: &str, body: String) -> Resp {
     let mut req = request("POST", &format!("{}{path}", s.http()), body);
     req.headers_mut()
@@ -31,21 +70,10 @@ fn entries(n: usize) -> String {
 async fn bulk_publish_runs_under_the_outbound_policy() {
     let w = World::new();
     let mut r = Redis::start(&w.home.path().join("redis"));
-    w.component(
-        "ps.yaml",
-        &component_yaml(
-            "ps",
-            "pubsub.redis",
-            &[
-                ("redisHost", r.addr()),
-                ("dialTimeout", "300ms".into()),
-                ("readTimeout", "300ms".into()),
-            ],
-        ),
-    );
+    w.component("ps.yaml", &on_redis("ps", "pubsub.redis", &r));
     w.component(
         "resiliency.yaml",
-        "apiVersion: dapr.io/v1alpha1\nkind: Resiliency\nmetadata:\n  name: bus-policy\nspec:\n  policies:\n    retries:\n      twice:\n        policy: constant\n        duration: 50ms\n        maxRetries: 2\n    circuitBreakers:\n      cb:\n        maxRequests: 1\n        timeout: 60s\n        trip: consecutiveFailures >= 3\n  targets:\n    components:\n      ps:\n        outbound:\n          retry: twice\n          circuitBreaker: cb\n",
+        &policy_doc("bus-policy", "ps", "outbound", false, true),
     );
     let s = w.sidecar("app", SidecarOpts::default());
     let ok = post(&s, "/v1.0-alpha1/publish/bulk/ps/t", entries(3)).await;
@@ -100,7 +128,7 @@ async fn bulk_delivery_runs_under_the_inbound_policy() {
     );
     w.component(
         "resiliency.yaml",
-        "apiVersion: dapr.io/v1alpha1\nkind: Resiliency\nmetadata:\n  name: inbound\nspec:\n  policies:\n    timeouts:\n      quick: 300ms\n    retries:\n      twice:\n        policy: constant\n        duration: 50ms\n        maxRetries: 2\n  targets:\n    components:\n      ps:\n        inbound:\n          timeout: quick\n          retry: twice\n",
+        &policy_doc("inbound", "ps", "inbound", true, false),
     );
     let subs = json!([
         {"pubsubname": "ps", "topic": "bad", "route": "/bad", "deadLetterTopic": "bad-dead",
@@ -170,21 +198,10 @@ async fn bulk_delivery_runs_under_the_inbound_policy() {
 async fn lock_calls_run_under_the_outbound_policy() {
     let w = World::new();
     let mut r = Redis::start(&w.home.path().join("redis"));
-    w.component(
-        "locks.yaml",
-        &component_yaml(
-            "locks",
-            "lock.redis",
-            &[
-                ("redisHost", r.addr()),
-                ("dialTimeout", "300ms".into()),
-                ("readTimeout", "300ms".into()),
-            ],
-        ),
-    );
+    w.component("locks.yaml", &on_redis("locks", "lock.redis", &r));
     w.component(
         "resiliency.yaml",
-        "apiVersion: dapr.io/v1alpha1\nkind: Resiliency\nmetadata:\n  name: lock-policy\nspec:\n  policies:\n    retries:\n      twice:\n        policy: constant\n        duration: 50ms\n        maxRetries: 2\n    circuitBreakers:\n      cb:\n        maxRequests: 1\n        timeout: 60s\n        trip: consecutiveFailures >= 3\n  targets:\n    components:\n      locks:\n        outbound:\n          retry: twice\n          circuitBreaker: cb\n",
+        &policy_doc("lock-policy", "locks", "outbound", false, true),
     );
     let s = w.sidecar("app", SidecarOpts::default());
     let lock = |owner: &str| {
@@ -229,18 +246,7 @@ async fn lock_calls_run_under_the_outbound_policy() {
 async fn component_policies_reload_with_the_files() {
     let w = World::new();
     let mut r = Redis::start(&w.home.path().join("redis"));
-    w.component(
-        "locks.yaml",
-        &component_yaml(
-            "locks",
-            "lock.redis",
-            &[
-                ("redisHost", r.addr()),
-                ("dialTimeout", "300ms".into()),
-                ("readTimeout", "300ms".into()),
-            ],
-        ),
-    );
+    w.component("locks.yaml", &on_redis("locks", "lock.redis", &r));
     let s = w.sidecar("app", SidecarOpts::default());
     r.proc.kill();
     let body = json!({"resourceId": "r", "lockOwner": "o", "expiryInSeconds": 5}).to_string();
@@ -256,7 +262,7 @@ async fn component_policies_reload_with_the_files() {
 
     w.component(
         "resiliency.yaml",
-        "apiVersion: dapr.io/v1alpha1\nkind: Resiliency\nmetadata:\n  name: late-policy\nspec:\n  policies:\n    retries:\n      twice:\n        policy: constant\n        duration: 20ms\n        maxRetries: 2\n  targets:\n    components:\n      locks:\n        outbound:\n          retry: twice\n",
+        &policy_doc("late-policy", "locks", "outbound", false, false),
     );
     let end = std::time::Instant::now() + Duration::from_secs(15);
     loop {
@@ -279,21 +285,10 @@ async fn component_policies_reload_with_the_files() {
 async fn configuration_reads_run_under_the_outbound_policy() {
     let w = World::new();
     let mut r = Redis::start(&w.home.path().join("redis"));
-    w.component(
-        "conf.yaml",
-        &component_yaml(
-            "conf",
-            "configuration.redis",
-            &[
-                ("redisHost", r.addr()),
-                ("dialTimeout", "300ms".into()),
-                ("readTimeout", "300ms".into()),
-            ],
-        ),
-    );
+    w.component("conf.yaml", &on_redis("conf", "configuration.redis", &r));
     w.component(
         "resiliency.yaml",
-        "apiVersion: dapr.io/v1alpha1\nkind: Resiliency\nmetadata:\n  name: conf-policy\nspec:\n  policies:\n    retries:\n      twice:\n        policy: constant\n        duration: 20ms\n        maxRetries: 2\n  targets:\n    components:\n      conf:\n        outbound:\n          retry: twice\n",
+        &policy_doc("conf-policy", "conf", "outbound", false, false),
     );
     r.cli(&["set", "greeting", "hello||1"]);
     let s = w.sidecar("app", SidecarOpts::default());

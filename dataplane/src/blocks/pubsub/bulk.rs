@@ -25,7 +25,6 @@ use crate::appchannel::AppChannel;
 use crate::appchannel::grpc::{UnaryError, unary};
 use crate::blocks::call;
 use crate::skiff_body::SkiffBody;
-use crate::telemetry::trace::{self, TRACEPARENT};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::OwnedSemaphorePermit;
@@ -387,15 +386,7 @@ async fn bulk_once(
     entries: &[Entry],
     policy: Option<&crate::policy::resiliency::ComponentPolicy>,
 ) -> std::collections::HashMap<String, Outcome> {
-    let mut incoming = HeaderMap::new();
-    if let Some(tp) = entries
-        .first()
-        .and_then(|e| e.traceparent.as_deref())
-        .and_then(|t| http::HeaderValue::from_str(t).ok())
-    {
-        incoming.insert(TRACEPARENT, tp);
-    }
-    let span = cx.tracer.start(&incoming, trace::Kind::Client);
+    let span = cx.delivery_span(entries.first().and_then(|e| e.traceparent.as_deref()));
     let all = |o: Outcome| {
         entries
             .iter()
@@ -414,24 +405,11 @@ async fn bulk_once(
             .values()
             .filter(|o| matches!(o, Outcome::Retry(_)))
             .count();
-        cx.tracer.finish(&span, || trace::Described {
-            name: format!("pubsub/{}", cx.sub.topic),
-            attributes: vec![
-                (
-                    "messaging.system",
-                    trace::Value::Str(cx.c.type_name.clone()),
-                ),
-                (
-                    "messaging.destination.name",
-                    trace::Value::Str(cx.sub.topic.clone()),
-                ),
-                (
-                    "messaging.batch.message_count",
-                    trace::Value::Str(entries.len().to_string()),
-                ),
-            ],
-            error: (failed > 0).then(|| format!("{failed} of {} entries failed", entries.len())),
-        });
+        cx.finish_delivery(
+            &span,
+            ("messaging.batch.message_count", entries.len().to_string()),
+            (failed > 0).then(|| format!("{failed} of {} entries failed", entries.len())),
+        );
     }
     outcomes
 }

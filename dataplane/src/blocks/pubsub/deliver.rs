@@ -48,7 +48,7 @@ pub use super::fate::{FETCH_WAIT, RETRY_FIRST, RETRY_MAX, StreamTarget, Target};
 use super::subscriptions::Sub;
 use crate::appchannel::AppChannel;
 use crate::blocks::call;
-use crate::telemetry::trace::{self, TRACEPARENT, Tracer};
+use crate::telemetry::trace::Tracer;
 
 /// Pause after the broker failed a fetch.
 pub const BROKER_BACKOFF: Duration = Duration::from_millis(500);
@@ -457,15 +457,7 @@ async fn once(
     path: &str,
     policy: Option<&crate::policy::resiliency::ComponentPolicy>,
 ) -> Outcome {
-    let mut incoming = HeaderMap::new();
-    if let Some(tp) = head
-        .traceparent
-        .as_deref()
-        .and_then(|t| http::HeaderValue::from_str(t).ok())
-    {
-        incoming.insert(TRACEPARENT, tp);
-    }
-    let span = cx.tracer.start(&incoming, trace::Kind::Client);
+    let span = cx.delivery_span(head.traceparent.as_deref());
     let grpc = matches!(&cx.target, Target::App(a) if a.speaks_grpc());
     let mut trace_headers = HeaderMap::new();
     span.inject(&mut trace_headers, grpc);
@@ -505,21 +497,7 @@ async fn once(
             Outcome::Retry(why) => Some(why.clone()),
             _ => None,
         };
-        cx.tracer.finish(&span, || trace::Described {
-            name: format!("pubsub/{}", cx.sub.topic),
-            attributes: vec![
-                (
-                    "messaging.system",
-                    trace::Value::Str(cx.c.type_name.clone()),
-                ),
-                (
-                    "messaging.destination.name",
-                    trace::Value::Str(cx.sub.topic.clone()),
-                ),
-                ("messaging.message.id", trace::Value::Str(head.id.clone())),
-            ],
-            error,
-        });
+        cx.finish_delivery(&span, ("messaging.message.id", head.id.clone()), error);
     }
     outcome
 }

@@ -26,7 +26,7 @@ use super::envelope::{self, Head};
 use super::subscriptions::{Route, Sub};
 use crate::appchannel::AppChannel;
 use crate::telemetry::metrics::PubSubTopic;
-use crate::telemetry::trace::Tracer;
+use crate::telemetry::trace::{self, Tracer};
 use skiff_proto::runtime as pb;
 
 /// Where a subscription's messages go.
@@ -103,6 +103,41 @@ pub(super) struct Ctx {
 }
 
 impl Ctx {
+    /// A delivery's span, a child of the message's trace.
+    pub(super) fn delivery_span(&self, traceparent: Option<&str>) -> trace::Span {
+        let mut incoming = http::HeaderMap::new();
+        if let Some(tp) = traceparent.and_then(|t| http::HeaderValue::from_str(t).ok()) {
+            incoming.insert(trace::TRACEPARENT, tp);
+        }
+        self.tracer.start(&incoming, trace::Kind::Client)
+    }
+
+    /// Closes a delivery span as `pubsub/<topic>` with the messaging
+    /// attributes, `extra` (the message id, or a batch's size) and why it
+    /// failed.
+    pub(super) fn finish_delivery(
+        &self,
+        span: &trace::Span,
+        extra: (&'static str, String),
+        error: Option<String>,
+    ) {
+        self.tracer.finish(span, || trace::Described {
+            name: format!("pubsub/{}", self.sub.topic),
+            attributes: vec![
+                (
+                    "messaging.system",
+                    trace::Value::Str(self.c.type_name.clone()),
+                ),
+                (
+                    "messaging.destination.name",
+                    trace::Value::Str(self.sub.topic.clone()),
+                ),
+                (extra.0, trace::Value::Str(extra.1)),
+            ],
+            error,
+        });
+    }
+
     pub(super) fn stopping(&self) -> bool {
         *self.stop.borrow()
     }
