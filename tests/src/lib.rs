@@ -231,6 +231,13 @@ impl SidecarOpts {
         }
     }
 
+    /// Also `--config file` (a Configuration document).
+    pub fn config(mut self, file: &Path) -> Self {
+        self.args
+            .extend(["--config".into(), file.display().to_string()]);
+        self
+    }
+
     /// A sidecar in front of a gRPC app on `port`.
     pub fn grpc_app(port: u16) -> Self {
         Self {

@@ -49,12 +49,6 @@ fn config(w: &World, file: &str, http: &[&str], app: &[&str]) -> std::path::Path
     p
 }
 
-fn with_config(mut o: SidecarOpts, file: &std::path::Path) -> SidecarOpts {
-    o.args
-        .extend(["--config".into(), file.display().to_string()]);
-    o
-}
-
 async fn call(s: &Sidecar, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Resp {
     let mut req = request(method, &format!("{}{path}", s.http()), body.to_owned());
     for (k, v) in headers {
@@ -107,7 +101,7 @@ async fn bearer_refuses_every_bad_token_and_passes_a_good_one() {
     let echo = w.echo("e");
     let _callee = w.sidecar("callee", SidecarOpts::app(echo.http_port));
     let cfg = config(&w, "bearer.yaml", &["bearer"], &[]);
-    let caller = w.sidecar("caller", with_config(SidecarOpts::default(), &cfg));
+    let caller = w.sidecar("caller", SidecarOpts::default().config(&cfg));
 
     let now = web::now();
     let claims =
@@ -295,15 +289,9 @@ async fn oauth2_client_credentials_adds_a_token_fetched_once() {
     );
     let echo = w.echo("e");
     let cfg = config(&w, "app.yaml", &[], &["oauth"]);
-    let callee = w.sidecar(
-        "callee",
-        with_config(SidecarOpts::app(echo.http_port), &cfg),
-    );
+    let callee = w.sidecar("callee", SidecarOpts::app(echo.http_port).config(&cfg));
     let down_cfg = config(&w, "down.yaml", &[], &["oauthdown"]);
-    let down = w.sidecar(
-        "down",
-        with_config(SidecarOpts::app(echo.http_port), &down_cfg),
-    );
+    let down = w.sidecar("down", SidecarOpts::app(echo.http_port).config(&down_cfg));
     let caller = w.sidecar("caller", SidecarOpts::default());
 
     for _ in 0..5 {
@@ -362,7 +350,7 @@ async fn ratelimit_answers_429_past_the_rate() {
     let echo = w.echo("e");
     let _callee = w.sidecar("callee", SidecarOpts::app(echo.http_port));
     let cfg = config(&w, "limit.yaml", &["limit"], &[]);
-    let caller = w.sidecar("caller", with_config(SidecarOpts::default(), &cfg));
+    let caller = w.sidecar("caller", SidecarOpts::default().config(&cfg));
     let mut statuses = Vec::new();
     for _ in 0..5 {
         let r = call(&caller, "GET", "/v1.0/invoke/callee/method/x", &[], "").await;
@@ -405,7 +393,7 @@ async fn handlers_run_in_order_alias_then_checker() {
     let echo = w.echo("e");
     let _callee = w.sidecar("callee", SidecarOpts::app(echo.http_port));
     let cfg = config(&w, "order.yaml", &["alias", "check"], &[]);
-    let caller = w.sidecar("caller", with_config(SidecarOpts::default(), &cfg));
+    let caller = w.sidecar("caller", SidecarOpts::default().config(&cfg));
 
     // The alias rewrites first, so the checker sees the new path.
     let r = call(&caller, "GET", "/mall/activity/info?id=7", &[], "").await;
@@ -425,7 +413,7 @@ async fn handlers_run_in_order_alias_then_checker() {
 
     // The other way round the checker refuses the friendly path.
     let reversed = config(&w, "reversed.yaml", &["check", "alias"], &[]);
-    let rev = w.sidecar("rev", with_config(SidecarOpts::default(), &reversed));
+    let rev = w.sidecar("rev", SidecarOpts::default().config(&reversed));
     let r = call(&rev, "GET", "/mall/activity/info", &[], "").await;
     assert_eq!(r.status, 400);
 }
@@ -443,10 +431,7 @@ async fn the_app_pipeline_runs_on_invocations_and_on_pubsub_deliveries() {
     );
     let echo = w.echo("e");
     let cfg = config(&w, "app.yaml", &[], &["upper"]);
-    let _callee = w.sidecar(
-        "callee",
-        with_config(SidecarOpts::app(echo.http_port), &cfg),
-    );
+    let _callee = w.sidecar("callee", SidecarOpts::app(echo.http_port).config(&cfg));
     let caller = w.sidecar("caller", SidecarOpts::default());
     let r = call(
         &caller,
@@ -467,7 +452,7 @@ async fn the_app_pipeline_runs_on_invocations_and_on_pubsub_deliveries() {
         Arc::new(|_, _| Reply::ok()),
     )
     .await;
-    let subscriber = w.sidecar("sub", with_config(SidecarOpts::app(sub.port), &cfg));
+    let subscriber = w.sidecar("sub", SidecarOpts::app(sub.port).config(&cfg));
     wait_subscribed(&subscriber, 1).await;
     let p = call(
         &subscriber,
@@ -525,7 +510,7 @@ async fn opa_decides_with_its_policy() {
     let echo = w.echo("e");
     let _callee = w.sidecar("callee", SidecarOpts::app(echo.http_port));
     let cfg = config(&w, "opa.yaml", &["opa"], &[]);
-    let caller = w.sidecar("caller", with_config(SidecarOpts::default(), &cfg));
+    let caller = w.sidecar("caller", SidecarOpts::default().config(&cfg));
     let path = "/v1.0/invoke/callee/method/report";
     let r = call(&caller, "GET", path, &[("x-api-key", "k1")], "").await;
     assert_eq!(r.status, 200, "{}", r.text());
@@ -631,7 +616,7 @@ async fn python_sdk_calls_through_a_bearer_pipeline() {
     let echo = w.echo("e");
     let _callee = w.sidecar("callee", SidecarOpts::app(echo.http_port));
     let cfg = config(&w, "bearer.yaml", &["bearer"], &[]);
-    let caller = w.sidecar("caller", with_config(SidecarOpts::default(), &cfg));
+    let caller = w.sidecar("caller", SidecarOpts::default().config(&cfg));
     let now = web::now();
     let token = key.token(&json!({"iss": issuer, "aud": "orders", "exp": now + 600}));
     let out = std::process::Command::new(&py)

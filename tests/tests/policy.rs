@@ -49,10 +49,7 @@ async fn hits(echo: &Echo) -> u64 {
 }
 
 fn with_config(o: SidecarOpts, file: &std::path::Path) -> SidecarOpts {
-    let mut o = o.mtls();
-    o.args
-        .extend(["--config".into(), file.display().to_string()]);
-    o
+    o.mtls().config(file)
 }
 
 #[tokio::test]
