@@ -584,6 +584,27 @@ async fn a_pipeline_that_cannot_be_built_stops_the_sidecar() {
     let cfg = config(&w, "scoped-cfg.yaml", &["upper"], &[]);
     let err = refused(&cfg);
     assert!(err.contains("scopes leave app app out"), "{err}");
+    // An app pipeline in front of a gRPC app would never run.
+    let cfg = config(&w, "grpc-cfg.yaml", &[], &["upperapp"]);
+    w.component(
+        "upperapp.yaml",
+        &component_yaml("upperapp", "middleware.http.uppercase", &[]),
+    );
+    let err = w.skiffd_fails(
+        "app",
+        &[
+            "--config",
+            &cfg.display().to_string(),
+            "--app-port",
+            &free_port().to_string(),
+            "--app-protocol",
+            "grpc",
+        ],
+    );
+    assert!(
+        err.contains("spec.appHttpPipeline") && err.contains("gRPC"),
+        "{err}"
+    );
     // A component nobody's pipeline names does not stop anyone.
     let plain = w.sidecar("plain", SidecarOpts::default());
     let m = get_json(&format!("{}/v1.0/metadata", plain.http())).await;

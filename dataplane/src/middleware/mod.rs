@@ -247,6 +247,26 @@ pub async fn build(
     Ok(out)
 }
 
+/// An `appHttpPipeline` in front of a gRPC app would never run (Dapr's
+/// HTTP middleware does not touch gRPC calls; daprd ignores it without a
+/// word): refused, so nobody believes a gRPC app sits behind a `bearer`.
+pub fn check_app(
+    p: &Pipelines,
+    config: Option<&Document>,
+    grpc_app: bool,
+) -> Result<(), PipelineError> {
+    match (config, &p.app_http) {
+        (Some(c), Some(_)) if grpc_app => Err(PipelineError::Spec {
+            file: c.source.display().to_string(),
+            pipeline: "appHttpPipeline",
+            why: "the app speaks gRPC (--app-protocol), and HTTP middleware never runs on calls \
+                  to a gRPC app; give this app a Configuration without appHttpPipeline"
+                .into(),
+        }),
+        _ => Ok(()),
+    }
+}
+
 async fn build_one(
     config: &Document,
     key: &'static str,

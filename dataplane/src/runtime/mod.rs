@@ -205,6 +205,14 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         &settings.app_id,
     )
     .await
+    .and_then(|p| {
+        let grpc_app = settings.app_port.is_some()
+            && matches!(
+                settings.app_protocol,
+                crate::config::AppProtocol::Grpc | crate::config::AppProtocol::Grpcs
+            );
+        middleware::check_app(&p, docs.configuration.as_ref(), grpc_app).map(|()| p)
+    })
     .map_err(|e| StartError::Pipeline(Box::new(e)))?;
     let declared = subscriptions::declarative(&docs.resources, &settings.app_id)
         .map_err(|e| StartError::Subscription(e.0))?;
