@@ -254,15 +254,15 @@ pub fn check_app(
     p: &Pipelines,
     config: Option<&Document>,
     grpc_app: bool,
-) -> Result<(), PipelineError> {
+) -> Result<(), Box<PipelineError>> {
     match (config, &p.app_http) {
-        (Some(c), Some(_)) if grpc_app => Err(PipelineError::Spec {
+        (Some(c), Some(_)) if grpc_app => Err(Box::new(PipelineError::Spec {
             file: c.source.display().to_string(),
             pipeline: "appHttpPipeline",
             why: "the app speaks gRPC (--app-protocol), and HTTP middleware never runs on calls \
                   to a gRPC app; give this app a Configuration without appHttpPipeline"
                 .into(),
-        }),
+        })),
         _ => Ok(()),
     }
 }

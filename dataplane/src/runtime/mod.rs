@@ -205,6 +205,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         &settings.app_id,
     )
     .await
+    .map_err(Box::new)
     .and_then(|p| {
         let grpc_app = settings.app_port.is_some()
             && matches!(
@@ -213,7 +214,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             );
         middleware::check_app(&p, docs.configuration.as_ref(), grpc_app).map(|()| p)
     })
-    .map_err(|e| StartError::Pipeline(Box::new(e)))?;
+    .map_err(StartError::Pipeline)?;
     let declared = subscriptions::declarative(&docs.resources, &settings.app_id)
         .map_err(|e| StartError::Subscription(e.0))?;
     let runner = Runner::new(tracer.clone());
