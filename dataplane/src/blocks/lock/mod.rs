@@ -7,6 +7,7 @@
 //! `targets.components.<store>.outbound` policy and are counted in
 //! `dapr_component_lock_*`.
 
+pub mod errors;
 pub mod grpc;
 pub mod http;
 
@@ -14,10 +15,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ::http::StatusCode;
 use skiff_components::Properties;
 use skiff_components::lock::{LockError, LockStore, Unlocked};
-use tonic::Code;
 
 use crate::blocks::call::{self, OutboundError, PolicyRef};
 use crate::errors::ApiError;
@@ -87,15 +86,6 @@ pub struct LockBlock {
     stores: HashMap<String, Store>,
 }
 
-fn malformed(msg: String) -> ApiError {
-    ApiError::new(
-        "ERR_MALFORMED_REQUEST",
-        StatusCode::BAD_REQUEST,
-        Code::InvalidArgument,
-        msg,
-    )
-}
-
 impl LockBlock {
     pub fn new(app_id: &str) -> Self {
         Self {
@@ -114,23 +104,18 @@ impl LockBlock {
             return Err(super::Block::Lock.not_configured(store, &self.app_id));
         }
         if resource.is_empty() {
-            return Err(malformed(format!(
+            return Err(errors::malformed(format!(
                 "ResourceId is empty in lock store {store}"
             )));
         }
         if owner.is_empty() {
-            return Err(malformed(format!(
+            return Err(errors::malformed(format!(
                 "LockOwner is empty in lock store {store}"
             )));
         }
-        self.stores.get(store).ok_or_else(|| {
-            ApiError::new(
-                "ERR_LOCK_STORE_NOT_FOUND",
-                StatusCode::BAD_REQUEST,
-                Code::InvalidArgument,
-                format!("lock store {store} not found"),
-            )
-        })
+        self.stores
+            .get(store)
+            .ok_or_else(|| errors::store_not_found(store))
     }
 
     /// The key the driver sees (Dapr's `GetModifiedLockKey`).
@@ -157,19 +142,12 @@ impl LockBlock {
         expiry_secs: i64,
     ) -> Result<bool, ApiError> {
         if expiry_secs <= 0 {
-            return Err(malformed(format!(
+            return Err(errors::malformed(format!(
                 "ExpiryInSeconds is not positive in lock store {store}"
             )));
         }
         let s = self.store(store, resource, owner)?;
-        let failed = |why: String| {
-            ApiError::new(
-                "ERR_TRY_LOCK",
-                StatusCode::INTERNAL_SERVER_ERROR,
-                Code::Internal,
-                format!("failed to try acquiring lock: {why}"),
-            )
-        };
+        let failed = errors::try_lock_failed;
         let key = self.key(s, resource).map_err(failed)?;
         let expiry = Duration::from_secs(expiry_secs.unsigned_abs());
         let t0 = Instant::now();
@@ -184,14 +162,7 @@ impl LockBlock {
     /// Dapr's status number: 0 success, 1 no such lock, 2 another owner's.
     pub async fn unlock(&self, store: &str, resource: &str, owner: &str) -> Result<i32, ApiError> {
         let s = self.store(store, resource, owner)?;
-        let failed = |why: String| {
-            ApiError::new(
-                "ERR_UNLOCK",
-                StatusCode::INTERNAL_SERVER_ERROR,
-                Code::Internal,
-                format!("failed to release lock: {why}"),
-            )
-        };
+        let failed = errors::unlock_failed;
         let key = self.key(s, resource).map_err(failed)?;
         let t0 = Instant::now();
         let r = match s.policy.outbound() {
