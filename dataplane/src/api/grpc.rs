@@ -475,7 +475,7 @@ impl Dapr for DaprApi {
         &self,
         r: tonic::Request<pb::GetConfigurationRequest>,
     ) -> Result<tonic::Response<pb::GetConfigurationResponse>, tonic::Status> {
-        self.traced(Block::State, "GetConfiguration", r, |r| {
+        self.traced(Block::Configuration, "GetConfiguration", r, |r| {
             configuration::grpc::get(&self.cx.blocks.configuration, r)
         })
         .await
@@ -535,7 +535,7 @@ impl Dapr for DaprApi {
         &self,
         r: tonic::Request<pb::UnlockRequest>,
     ) -> Result<tonic::Response<pb::UnlockResponse>, tonic::Status> {
-        self.traced(Block::State, "UnlockAlpha1", r, |r| {
+        self.traced(Block::Lock, "UnlockAlpha1", r, |r| {
             lock::grpc::unlock(&self.cx.blocks.lock, r)
         })
         .await

@@ -120,7 +120,7 @@ impl HttpApi {
             // The invocation's future is made where it is awaited: handed
             // back from another function it would be copied whole, more
             // than once (measured: perf/RESULTS.md, issue 16).
-            let resp = match passed.map(|req| self.dispatch(req)) {
+            let resp = match passed.map(|req| self.dispatch(req, piped.is_some())) {
                 Ok(Routed::Invoke(target, method, req)) => {
                     self.invoker
                         .invoke(Door::HttpApi, target, Some(method), req)
@@ -160,11 +160,13 @@ impl HttpApi {
 
     /// The route table's choice: an invocation ready to go (the hot
     /// route), a cold route's future (boxed), or an answer.
-    fn dispatch(&self, req: Request<SkiffBody>) -> Routed<'_> {
+    /// `token_checked`: the API token was checked before the pipeline.
+    fn dispatch(&self, req: Request<SkiffBody>, token_checked: bool) -> Routed<'_> {
         let path = req.uri().path();
         let r = route(path, req.headers());
         // Health answers everyone: probes carry no token.
-        if !matches!(r, Route::Healthz(_))
+        if !token_checked
+            && !matches!(r, Route::Healthz(_))
             && !super::token_ok(self.door.token.as_deref(), req.headers())
         {
             return Routed::Answered(unauthorized());

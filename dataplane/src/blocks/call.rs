@@ -43,7 +43,8 @@ impl PolicyRef {
         }
     }
 
-    /// No policies at all (tests, components loaded without a sidecar).
+    /// No policies at all, for tests of a block alone.
+    #[cfg(test)]
     pub fn none(name: &str, kind: &'static str) -> Self {
         Self::new(&Arc::default(), name, kind)
     }
@@ -75,6 +76,43 @@ pub trait OutboundError: Sized {
     fn breaker_open(breaker: &str) -> Self;
 }
 
+/// Why an attempt under a policy was not made, or not finished.
+enum Refused<'a> {
+    /// The breaker is open (its name): the call was not made.
+    Open(&'a str),
+    /// No answer within the policy's timeout.
+    TimedOut(Duration),
+}
+
+/// One attempt under `p`'s breaker and timeout, the breaker told whether
+/// it `failed` (a timeout is a failure). Both runners below are this step.
+async fn once<'p, T>(
+    p: &'p ComponentPolicy,
+    call: impl Future<Output = T>,
+    failed: impl Fn(&T) -> bool,
+) -> Result<T, Refused<'p>> {
+    let permit = match &p.breaker {
+        Some(b) => match b.allow() {
+            Some(permit) => Some((b, permit)),
+            None => return Err(Refused::Open(b.name())),
+        },
+        None => None,
+    };
+    let out = match p.timeout {
+        Some(t) => tokio::time::timeout(t, call).await.map_err(|_| {
+            if let Some(m) = metrics::get() {
+                m.resiliency_activated(&p.document, &p.label, PolicyKind::Timeout);
+            }
+            Refused::TimedOut(t)
+        }),
+        None => Ok(call.await),
+    };
+    if let Some((b, permit)) = permit {
+        b.record(permit, matches!(&out, Ok(o) if !failed(o)));
+    }
+    out
+}
+
 /// Runs `attempt` under `p`; `attempt` is called once per try.
 pub async fn run<T, E, F, Fut>(p: &ComponentPolicy, mut attempt: F) -> Result<T, E>
 where
@@ -82,34 +120,17 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, E>>,
 {
+    let failed = |r: &Result<T, E>| matches!(r, Err(e) if !e.permanent());
     executed(p);
     let mut retries = 0u32;
     loop {
-        let permit = match &p.breaker {
-            Some(b) => match b.allow() {
-                Some(permit) => Some((b, permit)),
-                None => return Err(E::breaker_open(b.name())),
-            },
-            None => None,
+        let result = match once(p, attempt(), failed).await {
+            Ok(r) => r,
+            Err(Refused::Open(breaker)) => return Err(E::breaker_open(breaker)),
+            Err(Refused::TimedOut(t)) => Err(E::timed_out(t)),
         };
-        let result = match p.timeout {
-            Some(t) => match tokio::time::timeout(t, attempt()).await {
-                Ok(r) => r,
-                Err(_) => {
-                    if let Some(m) = metrics::get() {
-                        m.resiliency_activated(&p.document, &p.label, PolicyKind::Timeout);
-                    }
-                    Err(E::timed_out(t))
-                }
-            },
-            None => attempt().await,
-        };
-        let failed = matches!(&result, Err(e) if !e.permanent());
-        if let Some((b, permit)) = permit {
-            b.record(permit, !failed);
-        }
         match &p.retry {
-            Some(r) if failed && r.may_retry(retries) => {
+            Some(r) if failed(&result) && r.may_retry(retries) => {
                 tokio::time::sleep(r.delay(retries)).await;
                 retries += 1;
                 if let Some(m) = metrics::get() {
@@ -135,29 +156,11 @@ pub async fn attempt<T>(
         return call.await;
     };
     executed(p);
-    let permit = match &p.breaker {
-        Some(b) => match b.allow() {
-            Some(permit) => Some((b, permit)),
-            None => return refused(format!("circuit breaker {} is open", b.name())),
-        },
-        None => None,
-    };
-    let out = match p.timeout {
-        Some(t) => match tokio::time::timeout(t, call).await {
-            Ok(o) => o,
-            Err(_) => {
-                if let Some(m) = metrics::get() {
-                    m.resiliency_activated(&p.document, &p.label, PolicyKind::Timeout);
-                }
-                refused(format!("no answer within {t:?} (resiliency policy)"))
-            }
-        },
-        None => call.await,
-    };
-    if let Some((b, permit)) = permit {
-        b.record(permit, !failed(&out));
+    match once(p, call, failed).await {
+        Ok(out) => out,
+        Err(Refused::Open(breaker)) => refused(format!("circuit breaker {breaker} is open")),
+        Err(Refused::TimedOut(t)) => refused(format!("no answer within {t:?} (resiliency policy)")),
     }
-    out
 }
 
 fn executed(p: &ComponentPolicy) {

@@ -81,7 +81,7 @@ pub struct Cx {
 /// The handlers of one pipeline, in order.
 pub struct Pipeline {
     handlers: Vec<Box<dyn Handler>>,
-    /// Handler names, in order, for `/v1.0/metadata` and logs.
+    /// Handler names, in the order they run (what was built, as written).
     pub names: Vec<String>,
     changes_answers: bool,
 }

@@ -89,13 +89,13 @@ impl Alias {
             .routes
             .iter()
             .find_map(|r| r.pattern.captures(&decoded).map(|c| (r, c)))?;
-        let mut query = parse_query(uri.query().unwrap_or(""));
         if route.names.is_empty() {
             return Some(match uri.query() {
                 Some(q) => format!("{}?{q}", route.to),
                 None => route.to.clone(),
             });
         }
+        let mut query = parse_query(uri.query().unwrap_or(""));
         for n in &route.names {
             if let Some(v) = caps.name(n) {
                 query.push((n.clone(), v.as_str().to_owned()));
