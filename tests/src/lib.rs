@@ -303,8 +303,11 @@ impl World {
     }
 
     /// Runs `skiffd` expecting it to refuse to start; its stderr.
+    /// A skiffd that does not refuse is killed after 30 s and the test
+    /// fails then, rather than waiting on a sidecar that serves.
     pub fn skiffd_fails(&self, app_id: &str, args: &[&str]) -> String {
-        let out = Command::new(bin("skiffd"))
+        let log = tempfile::NamedTempFile::new_in(self.home.path()).expect("stderr file");
+        let child = Command::new(bin("skiffd"))
             .args(["--app-id", app_id])
             .args(["--dapr-http-port", &free_port().to_string()])
             .args(["--dapr-grpc-port", &free_port().to_string()])
@@ -312,10 +315,20 @@ impl World {
             .args(args)
             .env("SKIFF_HOME", self.home.path())
             .stdin(Stdio::null())
-            .output()
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log.reopen().expect("stderr file")))
+            .spawn()
             .expect("run skiffd");
-        let err = String::from_utf8_lossy(&out.stderr).into_owned();
-        assert!(!out.status.success(), "skiffd started:\n{err}");
+        let mut proc = Proc {
+            child,
+            name: app_id.to_owned(),
+        };
+        let status = proc.wait_exit(Duration::from_secs(30));
+        let err = std::fs::read_to_string(log.path()).unwrap_or_default();
+        match status {
+            Some(s) => assert!(!s.success(), "skiffd exited 0:\n{err}"),
+            None => panic!("skiffd started instead of refusing:\n{err}"),
+        }
         err
     }
 
