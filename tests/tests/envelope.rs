@@ -319,3 +319,59 @@ async fn configuration_reads_run_under_the_outbound_policy() {
         "{m}"
     );
 }
+
+/// `targets.components.<store>.inbound` on configuration updates to an
+/// HTTP app, through the same inbound runner as input bindings: an update
+/// the app fails is sent again while the policy allows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn configuration_updates_run_under_the_inbound_policy() {
+    let w = World::new();
+    let r = Redis::start_with(
+        &w.home.path().join("redis"),
+        free_port(),
+        &["--notify-keyspace-events", "KA"],
+    );
+    w.component("conf.yaml", &on_redis("conf", "configuration.redis", &r));
+    w.component(
+        "resiliency.yaml",
+        &policy_doc("conf-in", "conf", "inbound", false, false),
+    );
+    // The app fails the first update it sees, then takes them.
+    let seen = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let n = seen.clone();
+    let app = HttpSubscriber::start(
+        None,
+        Arc::new(move |_: &str, _: &Value| {
+            if n.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+                Reply::http(500)
+            } else {
+                Reply::ok()
+            }
+        }),
+    )
+    .await;
+    let s = w.sidecar("cfgapp", SidecarOpts::app(app.port));
+    let sub = send(
+        &http_client(),
+        request(
+            "GET",
+            &format!("{}/v1.0/configuration/conf/subscribe?key=color", s.http()),
+            "",
+        ),
+    )
+    .await;
+    assert_eq!(sub.status, 200, "{}", sub.text());
+    r.cli(&["SET", "color", "blue||7"]);
+    let got = app.rec.wait_for(2, "/configuration/conf/color", WAIT).await;
+    assert_eq!(got[1].event["items"]["color"]["value"], "blue");
+    let m = s.scrape().await;
+
+    assert_eq!(
+        sample(
+            &m,
+            "dapr_resiliency_activations_total{app_id=\"cfgapp\",name=\"conf-in\",policy=\"retry\",namespace=\"default\",flow_direction=\"inbound\",target=\"Configuration_conf\",status=\"\"}"
+        ),
+        1.0,
+        "{m}"
+    );
+}

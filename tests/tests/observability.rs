@@ -824,3 +824,180 @@ async fn state_calls_are_spans_of_the_callers_trace() {
         );
     }
 }
+
+/// The `(db.system, db.name)` of a span.
+fn db_labels(sp: &Span) -> (String, String) {
+    let attr = |k: &str| {
+        sp.attributes
+            .iter()
+            .find(|a| a.key == k)
+            .and_then(|a| a.value.as_ref())
+            .and_then(|v| v.value.as_ref())
+            .map(|v| match v {
+                opentelemetry_proto::tonic::common::v1::any_value::Value::StringValue(s) => {
+                    s.clone()
+                }
+                other => format!("{other:?}"),
+            })
+            .unwrap_or_default()
+    };
+    (attr("db.system"), attr("db.name"))
+}
+
+/// Every block's API call goes through the one envelope: a span of the
+/// caller's trace named as daprd names the call, `db.system` the block's
+/// and `db.name` the component (HTTP and gRPC alike), and one count in
+/// the block's `dapr_component_*` family with the component's labels.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_blocks_calls_are_spans_and_series_of_their_component() {
+    let (addr, rx) = grpc_collector().await;
+    let w = World::new();
+    let redis = skiff_tests::servers::Redis::start(&w.home.path().join("redis"));
+    let files = w.home.path().join("files");
+    for (file, name, ty, meta) in [
+        ("mem.yaml", "mem", "state.in-memory", vec![]),
+        ("env.yaml", "env", "secretstores.local.env", vec![]),
+        ("locks.yaml", "locks", "lock.in-memory", vec![]),
+        (
+            "files.yaml",
+            "files",
+            "bindings.localstorage",
+            vec![("rootPath", files.display().to_string())],
+        ),
+        (
+            "conf.yaml",
+            "conf",
+            "configuration.redis",
+            vec![("redisHost", redis.addr())],
+        ),
+    ] {
+        w.component(file, &component_yaml(name, ty, &meta));
+    }
+    let cfg = tracing_config(&w, "traced", "1", &addr.to_string(), "grpc");
+    let s = w.sidecar(
+        "app",
+        SidecarOpts {
+            env: vec![("SKIFF_TEST_SECRET", "s3cret".into())],
+            args: vec!["--config".into(), cfg],
+            ..SidecarOpts::default()
+        },
+    );
+    let c = http_client();
+    let (trace, parent) = ("5bf92f3577b34da6a3ce929d0e0e4737", "10f067aa0ba902b7");
+    let traceparent = format!("00-{trace}-{parent}-01");
+    let calls = [
+        ("GET", "/v1.0/state/mem/k", ""),
+        ("GET", "/v1.0/secrets/env/SKIFF_TEST_SECRET", ""),
+        (
+            "POST",
+            "/v1.0-alpha1/lock/locks",
+            r#"{"resourceId":"r","lockOwner":"o","expiryInSeconds":5}"#,
+        ),
+        (
+            "POST",
+            "/v1.0/bindings/files",
+            r#"{"operation":"create","data":"x","metadata":{"fileName":"a.txt"}}"#,
+        ),
+        ("GET", "/v1.0/configuration/conf?key=k", ""),
+    ];
+    for (method, path, body) in calls {
+        let mut r = request(method, &format!("{}{path}", s.http()), body);
+        r.headers_mut()
+            .insert("traceparent", traceparent.parse().expect("header"));
+        let got = send(&c, r).await;
+        assert!(got.status.is_success(), "{path}: {}", got.text());
+    }
+    let mut g = skiff_proto::runtime::dapr_client::DaprClient::new(s.grpc_channel().await);
+    let grpc_trace = "6bf92f3577b34da6a3ce929d0e0e4738";
+    fn traced<M>(m: M, traceparent: &str) -> tonic::Request<M> {
+        let mut r = tonic::Request::new(m);
+        r.metadata_mut()
+            .insert("traceparent", traceparent.parse().expect("metadata"));
+        r
+    }
+    let tp = format!("00-{grpc_trace}-{parent}-01");
+    use skiff_proto::runtime as pb;
+    g.get_secret(traced(
+        pb::GetSecretRequest {
+            store_name: "env".into(),
+            key: "SKIFF_TEST_SECRET".into(),
+            ..Default::default()
+        },
+        &tp,
+    ))
+    .await
+    .expect("GetSecret");
+    g.try_lock_alpha1(traced(
+        pb::TryLockRequest {
+            store_name: "locks".into(),
+            resource_id: "g".into(),
+            lock_owner: "o".into(),
+            expiry_in_seconds: 5,
+        },
+        &tp,
+    ))
+    .await
+    .expect("TryLock");
+    g.invoke_binding(traced(
+        pb::InvokeBindingRequest {
+            name: "files".into(),
+            operation: "create".into(),
+            data: b"y".to_vec().into(),
+            metadata: [("fileName".to_owned(), "b.txt".to_owned())].into(),
+        },
+        &tp,
+    ))
+    .await
+    .expect("InvokeBinding");
+    g.get_configuration(traced(
+        pb::GetConfigurationRequest {
+            store_name: "conf".into(),
+            keys: vec!["k".into()],
+            ..Default::default()
+        },
+        &tp,
+    ))
+    .await
+    .expect("GetConfiguration");
+
+    let want_http = [
+        ("GetConfiguration", "configuration", "conf"),
+        ("GetSecret", "secrets", "env"),
+        ("GetState", "state", "mem"),
+        ("InvokeBinding", "bindings", "files"),
+        ("TryLockAlpha1", "lock", "locks"),
+    ];
+    for (t, want) in [(trace, &want_http[..]), (grpc_trace, &want_http[..])] {
+        let want: Vec<_> = want
+            .iter()
+            .filter(|w| t == trace || w.0 != "GetState")
+            .map(|(n, sys, db)| (n.to_string(), sys.to_string(), db.to_string()))
+            .collect();
+        let spans = rx.wait(&unhex(t), want.len()).await;
+        let mut got: Vec<_> = spans
+            .iter()
+            .map(|sp| {
+                assert_eq!(hex(&sp.parent_span_id), parent, "{}", sp.name);
+                let (sys, db) = db_labels(sp);
+                (sp.name.clone(), sys, db)
+            })
+            .collect();
+        got.sort();
+        assert_eq!(got, want, "trace {t}");
+    }
+
+    let scrape = s.scrape().await;
+    for (family, component, op) in [
+        ("dapr_component_state_count", "mem", "get"),
+        ("dapr_component_secret_count", "env", "get"),
+        ("dapr_component_lock_count", "locks", "try_lock"),
+        ("dapr_component_output_binding_count", "files", "create"),
+        ("dapr_component_configuration_count", "conf", "get"),
+    ] {
+        let series = format!(
+            "{family}{{app_id=\"app\",component=\"{component}\",namespace=\"default\",operation=\"{op}\",success=\"true\"}}"
+        );
+        let want = if component == "mem" { 1.0 } else { 2.0 };
+        assert_eq!(sample(&scrape, &series), want, "{series}\n{scrape}");
+    }
+}

@@ -187,6 +187,12 @@ macro_rules! store_named {
     )*};
 }
 
+impl StoreNamed for pb::InvokeBindingRequest {
+    fn store(&self) -> &str {
+        &self.name
+    }
+}
+
 store_named!(
     pb::GetStateRequest,
     pb::GetBulkStateRequest,
@@ -466,9 +472,11 @@ impl Dapr for DaprApi {
         r: tonic::Request<pb::InvokeBindingRequest>,
     ) -> Result<tonic::Response<pb::InvokeBindingResponse>, tonic::Status> {
         let headers = r.metadata().clone().into_headers();
-        bindings::grpc::invoke(&self.cx.blocks.bindings, &headers, r.into_inner())
-            .await
-            .map(tonic::Response::new)
+        self.traced(Block::Bindings, "InvokeBinding", r, |r| {
+            bindings::grpc::invoke(&self.cx.blocks.bindings, &headers, r)
+        })
+        .await
+        .map(tonic::Response::new)
     }
 
     async fn get_configuration(

@@ -12,7 +12,7 @@ use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 
 use super::health::{Health, no_content};
 use super::metadata::Metadata;
-use crate::blocks::{Block, Blocks, secrets, state};
+use crate::blocks::{Block, Blocks, bindings, configuration, lock, pubsub, secrets, state};
 use crate::errors::{code, http_error};
 use crate::headers::DAPR_APP_ID;
 use crate::invoke::envelope::{Door, Invoker};
@@ -238,82 +238,65 @@ impl HttpApi {
         Routed::Invoke(target, method, Request::from_parts(parts, body))
     }
 
-    /// A building block's API (`rest`: the path after its segment). Actors
-    /// answer daprd's error for a block with nothing configured; the rest
-    /// are served.
+    /// A building block's API (`rest`: the path after its segment, as the
+    /// route table parsed it). Every call to a block with components is
+    /// one span named as daprd names it, with the component as `db.name`;
+    /// pub/sub makes its own (the CloudEvent carries it).
     async fn block(
         &self,
         block: Block,
         rest: &str,
         req: Request<SkiffBody>,
     ) -> Response<SkiffBody> {
+        let (component, tail) = rest.split_once('/').unwrap_or((rest, ""));
+        let name = match block {
+            Block::PubSub | Block::Actors => return self.serve(block, rest, req).await,
+            Block::State => state::http::span_name(req.method(), tail),
+            Block::Secrets => secrets::http::span_name(tail),
+            Block::Bindings => "InvokeBinding",
+            Block::Configuration => configuration::http::span_name(tail),
+            Block::Lock => lock::http::span_name(req.uri().path()),
+        };
+        let tracer = &self.invoker.tracer;
+        let headers = tracer.exporting().then(|| req.headers().clone());
+        let call = self.serve(block, rest, req);
+        let failed =
+            |r: &Response<SkiffBody>| (r.status().as_u16() >= 400).then(|| r.status().to_string());
+        crate::blocks::traced(
+            tracer,
+            headers.as_ref(),
+            block,
+            name,
+            component,
+            call,
+            failed,
+        )
+        .await
+    }
+
+    /// The blocks' HTTP adapters, in one table. Actors answer daprd's
+    /// error for a block with nothing configured.
+    async fn serve(
+        &self,
+        block: Block,
+        rest: &str,
+        req: Request<SkiffBody>,
+    ) -> Response<SkiffBody> {
+        let (b, max) = (&self.blocks, self.door.max_body_size);
         match block {
-            Block::State | Block::Secrets => {
-                let tracer = &self.invoker.tracer;
-                let headers = tracer.exporting().then(|| req.headers().clone());
-                let (name, component) = span_name(block, req.method(), rest);
-                let call = async {
-                    if block == Block::State {
-                        state::http::handle(&self.blocks.state, req, rest, self.door.max_body_size)
-                            .await
-                    } else {
-                        secrets::http::handle(&self.blocks.secrets, req, rest).await
-                    }
-                };
-                let failed = |r: &Response<SkiffBody>| {
-                    (r.status().as_u16() >= 400).then(|| r.status().to_string())
-                };
-                return crate::blocks::traced(
-                    tracer,
-                    headers.as_ref(),
-                    block,
-                    name,
-                    component,
-                    call,
-                    failed,
-                )
-                .await;
-            }
-            Block::Bindings => {
-                return crate::blocks::bindings::http::handle(
-                    &self.blocks.bindings,
-                    req,
-                    rest,
-                    self.door.max_body_size,
-                )
-                .await;
-            }
-            Block::Configuration => {
-                return crate::blocks::configuration::http::handle(
-                    &self.blocks.configuration,
-                    req,
-                    rest,
-                )
-                .await;
-            }
-            Block::Lock => {
-                return crate::blocks::lock::http::handle(
-                    &self.blocks.lock,
-                    req,
-                    rest,
-                    self.door.max_body_size,
-                )
-                .await;
-            }
+            Block::State => state::http::handle(&b.state, req, rest, max).await,
+            Block::Secrets => secrets::http::handle(&b.secrets, req, rest).await,
+            Block::Bindings => bindings::http::handle(&b.bindings, req, rest, max).await,
+            Block::Configuration => configuration::http::handle(&b.configuration, req, rest).await,
+            Block::Lock => lock::http::handle(&b.lock, req, rest, max).await,
             Block::PubSub => {
-                return crate::blocks::pubsub::http::handle(
-                    &self.blocks.pubsub,
-                    &self.invoker.tracer,
-                    req,
-                    rest,
-                    self.door.max_body_size,
-                )
-                .await;
+                pubsub::http::handle(&b.pubsub, &self.invoker.tracer, req, rest, max).await
             }
-            _ => {}
+            Block::Actors => {
+                let name = rest.split('/').next().unwrap_or_default();
+                block.not_configured(name, &self.door.app_id).to_http()
+            }
         }
-        let name = rest.split('/').next().unwrap_or_default();
-        block.not_configured(name, &self.door.app_id).to_http()
     }
 
     /// `GET /v1.0/metadata`, `PUT /v1.0/metadata/{key}`.
@@ -395,21 +378,6 @@ fn json(v: &serde_json::Value) -> Response<SkiffBody> {
 
 /// The span of a state or secrets call: daprd's operation name and the
 /// component (the first path segment after the block's).
-fn span_name<'a>(block: Block, method: &http::Method, rest: &'a str) -> (&'static str, &'a str) {
-    let (component, tail) = rest.split_once('/').unwrap_or((rest, ""));
-    let name = match (block, tail, method.as_str()) {
-        (Block::Secrets, "bulk", _) => "GetBulkSecret",
-        (Block::Secrets, ..) => "GetSecret",
-        (_, "bulk", _) => "GetBulkState",
-        (_, "transaction", _) => "ExecuteStateTransaction",
-        (_, "query", _) => "QueryState",
-        (_, "", _) => "SaveState",
-        (_, _, "DELETE") => "DeleteState",
-        _ => "GetState",
-    };
-    (name, component)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

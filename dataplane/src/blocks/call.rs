@@ -1,27 +1,158 @@
-//! A component's resiliency applied to one call, for every block.
+//! The envelope of every component call, for every block: a block holds
+//! one [`Envelope`] per component and makes each call through it, so no
+//! block writes its own resiliency loop or metric bookkeeping.
 //!
-//! Outbound (`targets.components.<name>.outbound`, [`run`]): the breaker
-//! is asked first, each attempt runs under the timeout, and failures the
-//! policy counts are retried with its backoff. Failures that are the
-//! caller's (a wrong ETag, a bad request) are permanent: neither retried
-//! nor held against the breaker, as daprd treats them.
+//! Outbound (`targets.components.<name>.outbound`, [`Envelope::call`]):
+//! the breaker is asked first, each attempt runs under the timeout, and
+//! failures the policy counts are retried with its backoff; then the
+//! outcome is counted once in the block's `dapr_component_*` series.
+//! Failures that are the caller's (a wrong ETag, a bad request) are
+//! permanent: neither retried nor held against the breaker, as daprd
+//! treats them. The block turns the driver's error into Dapr's answer in
+//! its `errors.rs`; the span is the API call's, made at the front door
+//! ([`super::traced`]), as daprd's spans are.
 //!
-//! Inbound (`targets.components.<name>.inbound`, [`attempt`]): one
-//! delivery to the app — a pub/sub message, a bulk batch — under the
-//! breaker and the timeout; its retries are the delivery loop's, which
+//! Inbound (`targets.components.<name>.inbound`): deliveries to the app.
+//! An input binding event or a configuration update is retried in place
+//! ([`Envelope::deliver_retrying`]: breaker, timeout and retries, as
+//! outbound); a pub/sub message or bulk batch is one [`attempt`] under
+//! the breaker and the timeout, its retries the delivery loop's, which
 //! frees the message's slot while it waits and dead-letters when they run
 //! out.
+//!
+//! Policies are read at each call from the sidecar's live policies, so a
+//! changed policy file applies from the next call on.
 
 use std::future::Future;
-use std::time::Duration;
-
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 
 use crate::policy::Policies;
 use crate::policy::resiliency::ComponentPolicy;
-use crate::telemetry::metrics::{self, PolicyKind};
+use crate::telemetry::metrics::{
+    self, BindingComponent, ComponentOps, PolicyKind, PubSubComponent,
+};
+
+/// Where a block counts a call's outcome: its `dapr_component_*` series
+/// for one component. `Op` is what names the call in Dapr's labels (an
+/// operation index, a topic, a binding operation).
+pub trait Series: Send + Sync + 'static {
+    type Op<'a>: Copy;
+    fn record(&self, op: Self::Op<'_>, ok: bool, took: Duration);
+}
+
+/// State, secret, lock and configuration stores: the operation's index in
+/// the block's operation list (`metrics::STATE_OPS`, ...).
+impl Series for ComponentOps {
+    type Op<'a> = usize;
+    fn record(&self, op: usize, ok: bool, took: Duration) {
+        ComponentOps::record(self, op, ok, took);
+    }
+}
+
+/// Pub/sub publishes (`dapr_component_pubsub_egress_*`), by topic.
+impl Series for PubSubComponent {
+    type Op<'a> = &'a str;
+    fn record(&self, topic: &str, ok: bool, took: Duration) {
+        self.topic(topic).egress[usize::from(ok)].record(took);
+    }
+}
+
+/// Output binding calls (`dapr_component_output_binding_*`), by
+/// operation.
+impl Series for BindingComponent {
+    type Op<'a> = &'a str;
+    fn record(&self, operation: &str, ok: bool, took: Duration) {
+        self.output(operation, ok, took);
+    }
+}
+
+/// One component as its block calls it: the component's live policies
+/// and its series.
+pub struct Envelope<S: Series> {
+    policy: PolicyRef,
+    series: Arc<S>,
+}
+
+impl<S: Series> Clone for Envelope<S> {
+    fn clone(&self) -> Self {
+        Self {
+            policy: self.policy.clone(),
+            series: self.series.clone(),
+        }
+    }
+}
+
+impl<S: Series> Envelope<S> {
+    pub fn new(policy: PolicyRef, series: Arc<S>) -> Self {
+        Self { policy, series }
+    }
+
+    /// The component's series (for what a block counts beyond calls: a
+    /// topic's deliveries and gauges, a binding's input events).
+    pub fn series(&self) -> &Arc<S> {
+        &self.series
+    }
+
+    /// One call: `attempt` under the outbound policy (called once per
+    /// try), its outcome counted once as `op`.
+    pub async fn call<T, E, F, Fut>(&self, op: S::Op<'_>, attempt: F) -> Result<T, E>
+    where
+        E: OutboundError,
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        let t0 = Instant::now();
+        let r = self.policed(attempt).await;
+        self.record(op, t0, r.is_ok());
+        r
+    }
+
+    /// `attempt` under the outbound policy, not counted: the parts of
+    /// one API call that Dapr counts once (the items of a bulk save).
+    pub async fn policed<T, E, F, Fut>(&self, mut attempt: F) -> Result<T, E>
+    where
+        E: OutboundError,
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        match self.policy.outbound() {
+            Some(p) => run(&p, attempt).await,
+            None => attempt().await,
+        }
+    }
+
+    /// Counts one call as `op`, begun at `since` (nothing when metrics
+    /// are off).
+    pub fn record(&self, op: S::Op<'_>, since: Instant, ok: bool) {
+        if metrics::get().is_some() {
+            self.series.record(op, ok, since.elapsed());
+        }
+    }
+
+    /// A delivery the sidecar retries in place (an input binding event, a
+    /// configuration update): `attempt` under the inbound policy's
+    /// breaker, timeout and retries, called once per try.
+    pub async fn deliver_retrying<T, E, F, Fut>(&self, mut attempt: F) -> Result<T, E>
+    where
+        E: OutboundError,
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        match self.policy.inbound() {
+            Some(p) => run(&p, attempt).await,
+            None => attempt().await,
+        }
+    }
+
+    /// The inbound policy as it is now (a delivery loop reads its retry
+    /// budget from it).
+    pub fn inbound(&self) -> Option<Arc<ComponentPolicy>> {
+        self.policy.inbound()
+    }
+}
 
 /// Where a component's policies are read, at each call: the sidecar's
 /// live policies (swapped when the policy files change), so a changed
@@ -76,6 +207,63 @@ pub trait OutboundError: Sized {
     fn breaker_open(breaker: &str) -> Self;
 }
 
+/// Implements [`OutboundError`] for a driver error type whose failures
+/// are carried by the variant `$failed(String)`; `$permanent` matches the
+/// caller's mistakes (a pattern on `Self`; none when left out).
+macro_rules! outbound_error {
+    ($t:ty, $failed:ident) => {
+        $crate::blocks::call::outbound_error!(@impl $t, $failed, |_: &Self| false);
+    };
+    ($t:ty, $failed:ident, $permanent:pat) => {
+        $crate::blocks::call::outbound_error!(@impl $t, $failed, |e: &Self| matches!(e, $permanent));
+    };
+    (@impl $t:ty, $failed:ident, $permanent:expr) => {
+        impl $crate::blocks::call::OutboundError for $t {
+            fn permanent(&self) -> bool {
+                ($permanent)(self)
+            }
+
+            fn timed_out(after: std::time::Duration) -> Self {
+                Self::$failed($crate::blocks::call::timed_out(after))
+            }
+
+            fn breaker_open(breaker: &str) -> Self {
+                Self::$failed($crate::blocks::call::breaker_open(breaker))
+            }
+        }
+    };
+}
+pub(crate) use outbound_error;
+
+/// Why an attempt failed when the policy's timeout ran out.
+pub fn timed_out(after: Duration) -> String {
+    format!("timeout: no answer within {after:?} (resiliency policy)")
+}
+
+/// Why a call was not made: the breaker is open.
+pub fn breaker_open(breaker: &str) -> String {
+    format!("circuit breaker {breaker} is open")
+}
+
+/// A delivery the app did not take (why), as an inbound runner retries
+/// it: never the caller's mistake, so always retried while the policy
+/// allows.
+pub struct Undelivered(pub String);
+
+impl OutboundError for Undelivered {
+    fn permanent(&self) -> bool {
+        false
+    }
+
+    fn timed_out(after: Duration) -> Self {
+        Self(timed_out(after))
+    }
+
+    fn breaker_open(breaker: &str) -> Self {
+        Self(breaker_open(breaker))
+    }
+}
+
 /// Why an attempt under a policy was not made, or not finished.
 enum Refused<'a> {
     /// The breaker is open (its name): the call was not made.
@@ -114,7 +302,7 @@ async fn once<'p, T>(
 }
 
 /// Runs `attempt` under `p`; `attempt` is called once per try.
-pub async fn run<T, E, F, Fut>(p: &ComponentPolicy, mut attempt: F) -> Result<T, E>
+async fn run<T, E, F, Fut>(p: &ComponentPolicy, mut attempt: F) -> Result<T, E>
 where
     E: OutboundError,
     F: FnMut() -> Fut,
@@ -158,8 +346,8 @@ pub async fn attempt<T>(
     executed(p);
     match once(p, call, failed).await {
         Ok(out) => out,
-        Err(Refused::Open(breaker)) => refused(format!("circuit breaker {breaker} is open")),
-        Err(Refused::TimedOut(t)) => refused(format!("no answer within {t:?} (resiliency policy)")),
+        Err(Refused::Open(b)) => refused(breaker_open(b)),
+        Err(Refused::TimedOut(t)) => refused(timed_out(t)),
     }
 }
 

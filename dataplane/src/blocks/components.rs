@@ -16,7 +16,10 @@
 //! `ignoreErrors` says.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::Duration;
+
+use arc_swap::ArcSwap;
 
 use serde_json::{Value, json};
 use skiff_components::Properties;
@@ -28,9 +31,8 @@ use super::configuration::{self, ConfigurationBlock};
 use super::lock::{self, LockBlock};
 use super::pubsub::{self, PubSubBlock};
 use super::secrets::SecretsBlock;
-use super::state::guarded::Guarded;
 use super::state::{StateBlock, Store, key_prefix};
-use crate::blocks::call::PolicyRef;
+use crate::blocks::call::{Envelope, PolicyRef, Series};
 use crate::config::component::{ComponentSpec, MetaValue, secret_scopes};
 use crate::config::{ConfigError, Documents};
 use crate::middleware::MiddlewareComponent;
@@ -73,7 +75,7 @@ pub async fn load(
     docs: &Documents,
     app_id: &str,
     namespace: &str,
-    policies: &std::sync::Arc<arc_swap::ArcSwap<Policies>>,
+    policies: &Arc<ArcSwap<Policies>>,
     home: &std::path::Path,
 ) -> Result<Loaded, LoadError> {
     let mut specs = Vec::new();
@@ -143,13 +145,14 @@ pub async fn load(
                 }
                 report.push(describe(&spec, driver.features().names()));
                 announce(&spec);
-                let policy = PolicyRef::new(policies, &spec.name, "Statestore");
                 state.add(Store {
                     name: spec.name.clone(),
-                    driver: Guarded::wrap(driver, policy),
+                    driver,
                     prefix,
                     actor,
-                    ops: metrics::registry().state_component(&spec.name),
+                    call: envelope(policies, &spec.name, "Statestore", |m| {
+                        m.state_component(&spec.name)
+                    }),
                 });
             }
             Ok((Component::PubSub(driver), meta)) => {
@@ -167,8 +170,9 @@ pub async fn load(
                     name: spec.name.clone(),
                     driver,
                     prefix,
-                    policy: PolicyRef::new(policies, &spec.name, "Lock"),
-                    ops: metrics::registry().lock_component(&spec.name),
+                    call: envelope(policies, &spec.name, "Lock", |m| {
+                        m.lock_component(&spec.name)
+                    }),
                 });
             }
             Ok((Component::Configuration(driver), _)) => {
@@ -176,9 +180,10 @@ pub async fn load(
                 announce(&spec);
                 configuration.add(configuration::Store {
                     name: spec.name.clone(),
-                    policy: PolicyRef::new(policies, &spec.name, "Configuration"),
                     driver,
-                    ops: metrics::registry().configuration_component(&spec.name),
+                    call: envelope(policies, &spec.name, "Configuration", |m| {
+                        m.configuration_component(&spec.name)
+                    }),
                 });
             }
             Ok((Component::Binding { input, output }, meta)) => {
@@ -189,7 +194,9 @@ pub async fn load(
                         .is_none_or(|v| v.split(',').any(|x| x.trim() == d))
                 };
                 let mut caps = Vec::new();
-                let series = metrics::registry().binding_component(&spec.name);
+                let call = envelope(policies, &spec.name, "Binding", |m| {
+                    m.binding_component(&spec.name)
+                });
                 if let Some(i) = input.filter(|_| wants("input")) {
                     caps.push("INPUT_BINDING");
                     bindings.add_input(bindings::Input {
@@ -199,20 +206,12 @@ pub async fn load(
                         declared_input: direction
                             .as_deref()
                             .is_some_and(|v| v.split(',').any(|x| x.trim() == "input")),
-                        policy: PolicyRef::new(policies, &spec.name, "Binding"),
-                        series: series.clone(),
+                        call: call.clone(),
                     });
                 }
                 if let Some(o) = output.filter(|_| wants("output")) {
                     caps.push("OUTPUT_BINDING");
-                    bindings.add_output(
-                        spec.name.clone(),
-                        bindings::Output {
-                            driver: o,
-                            policy: PolicyRef::new(policies, &spec.name, "Binding"),
-                            series,
-                        },
-                    );
+                    bindings.add_output(spec.name.clone(), bindings::Output { driver: o, call });
                 }
                 report.push(describe(&spec, caps));
                 announce(&spec);
@@ -220,9 +219,10 @@ pub async fn load(
             Ok((Component::Secrets(driver), _)) => {
                 report.push(describe(&spec, driver.features()));
                 announce(&spec);
-                let ops = metrics::registry().secret_component(&spec.name);
-                let policy = PolicyRef::new(policies, &spec.name, "Secretstore");
-                secrets.add(spec.name.clone(), driver, ops, policy);
+                let call = envelope(policies, &spec.name, "Secretstore", |m| {
+                    m.secret_component(&spec.name)
+                });
+                secrets.add(spec.name.clone(), driver, call);
             }
             Err(why) if spec.ignore_errors => {
                 tracing::warn!(component = %spec.name, r#type = %spec.type_name, file = %spec.source.display(),
@@ -313,7 +313,7 @@ fn pubsub_component(
     meta: &Properties,
     app_id: &str,
     namespace: &str,
-    policies: &std::sync::Arc<arc_swap::ArcSwap<Policies>>,
+    policies: &Arc<ArcSwap<Policies>>,
 ) -> Result<pubsub::Component, String> {
     let raw_id = meta.get("consumerID").unwrap_or(app_id);
     let namespaced = raw_id.contains("{namespace}");
@@ -357,9 +357,25 @@ fn pubsub_component(
         },
         concurrency,
         claim,
-        policy: PolicyRef::new(policies, &spec.name, "Pubsub"),
-        series: metrics::registry().pubsub_component(&spec.name),
+        call: envelope(policies, &spec.name, "Pubsub", |m| {
+            m.pubsub_component(&spec.name)
+        }),
     })
+}
+
+/// A component's envelope: its live policies under `kind` (Dapr's
+/// resiliency label: `Statestore`, `Pubsub`, ...) and its series from the
+/// one registry.
+fn envelope<S: Series>(
+    policies: &Arc<ArcSwap<Policies>>,
+    name: &str,
+    kind: &'static str,
+    series: impl FnOnce(&metrics::Metrics) -> Arc<S>,
+) -> Envelope<S> {
+    Envelope::new(
+        PolicyRef::new(policies, name, kind),
+        series(metrics::registry()),
+    )
 }
 
 fn humanize(d: Duration) -> String {

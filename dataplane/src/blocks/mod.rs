@@ -115,34 +115,10 @@ impl Block {
                 "no pubsub is configured",
             )
             .with_info("DAPR_PUBSUB_NOT_CONFIGURED", app_meta(app_id)),
-            Self::Secrets => e(
-                "ERR_SECRET_STORES_NOT_CONFIGURED",
-                StatusCode::INTERNAL_SERVER_ERROR,
-                Code::FailedPrecondition,
-                "secret store is not configured",
-            ),
-            // daprd has no "not configured" for bindings: the binding is
-            // simply not found.
-            Self::Bindings => ApiError::new(
-                "ERR_INVOKE_OUTPUT_BINDING",
-                StatusCode::INTERNAL_SERVER_ERROR,
-                Code::Internal,
-                format!(
-                    "error invoking output binding {name}: couldn't find output binding {name}"
-                ),
-            ),
-            Self::Configuration => e(
-                "ERR_CONFIGURATION_STORE_NOT_CONFIGURED",
-                StatusCode::INTERNAL_SERVER_ERROR,
-                Code::FailedPrecondition,
-                "configuration stores not configured",
-            ),
-            Self::Lock => e(
-                "ERR_LOCK_STORE_NOT_CONFIGURED",
-                StatusCode::INTERNAL_SERVER_ERROR,
-                Code::FailedPrecondition,
-                "lock store is not configured",
-            ),
+            Self::Secrets => secrets::errors::not_configured(),
+            Self::Bindings => bindings::errors::not_found(name),
+            Self::Configuration => configuration::errors::not_configured(),
+            Self::Lock => lock::errors::not_configured(),
             Self::Actors => e(
                 "ERR_ACTOR_RUNTIME_NOT_FOUND",
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -154,7 +130,7 @@ impl Block {
 }
 
 /// `ErrorInfo` metadata naming the app, as daprd adds it.
-fn app_meta(app_id: &str) -> Vec<(&'static str, String)> {
+pub(crate) fn app_meta(app_id: &str) -> Vec<(&'static str, String)> {
     if app_id.is_empty() {
         Vec::new()
     } else {

@@ -19,6 +19,7 @@ use serde::Deserialize;
 use super::breaker::{Breaker, BreakerSpec, Trip};
 use super::retry::{self, Backoff, Budget, Codes, RetrySpec};
 use crate::config::Document;
+use crate::telemetry::metrics;
 
 #[derive(Debug, thiserror::Error)]
 #[error("{file}: {field}: {why}")]
@@ -183,7 +184,9 @@ impl PolicySet {
 #[derive(Debug)]
 pub struct ComponentPolicy {
     pub document: Arc<str>,
-    /// The metrics' `target` label: `<Kind>_<name>` (`Statestore_cache`).
+    /// The key of its resiliency series: the metrics' `target` label,
+    /// `<Kind>_<name>` (`Statestore_cache`), marked when the policy is
+    /// inbound ([`metrics::INBOUND_KEY`]).
     pub label: Arc<str>,
     pub timeout: Option<Duration>,
     pub retry: Option<RetrySpec>,
@@ -285,10 +288,10 @@ impl Resiliency {
             return c[i].clone();
         }
         let t = self.components.get(name)?;
-        let make = |set: &PolicySet| {
-            (!set.is_empty()).then(|| component_policy(&t.document, name, kind, set))
+        let make = |set: &PolicySet, inbound: bool| {
+            (!set.is_empty()).then(|| component_policy(&t.document, name, kind, set, inbound))
         };
-        let both = [make(&t.outbound), make(&t.inbound)];
+        let both = [make(&t.outbound, false), make(&t.inbound, true)];
         // A racing first call may have compiled them too: the first kept wins.
         self.compiled.entry(name.into()).or_insert(both)[i].clone()
     }
@@ -469,8 +472,12 @@ fn component_policy(
     name: &str,
     kind: &str,
     set: &PolicySet,
+    inbound: bool,
 ) -> Arc<ComponentPolicy> {
-    let label: Arc<str> = Arc::from(format!("{kind}_{name}").as_str());
+    // The series of an inbound policy are their own (Dapr's
+    // `flow_direction="inbound"`), under the same `target`.
+    let suffix = if inbound { metrics::INBOUND_KEY } else { "" };
+    let label: Arc<str> = Arc::from(format!("{kind}_{name}{suffix}").as_str());
     Arc::new(ComponentPolicy {
         document: document.clone(),
         breaker: set

@@ -10,6 +10,7 @@
 //! `targets.components.<name>.inbound`. Both directions are counted in
 //! Dapr's `dapr_component_{output,input}_binding_*`.
 
+pub mod errors;
 pub mod grpc;
 pub mod http;
 
@@ -20,7 +21,7 @@ use std::time::Duration;
 use ::http::{HeaderName, HeaderValue, Method, Request, StatusCode};
 use bytes::Bytes;
 use skiff_components::bindings::{
-    BindingError, Event, InputBinding, Metadata, OutputBinding, Request as BindingRequest,
+    Event, InputBinding, Metadata, OutputBinding, Request as BindingRequest,
     Response as BindingResponse,
 };
 use skiff_proto::runtime as pb;
@@ -30,7 +31,7 @@ use tonic::Code;
 
 use crate::appchannel::AppChannel;
 use crate::appchannel::grpc::{UnaryError, unary};
-use crate::blocks::call::{self, OutboundError, PolicyRef};
+use crate::blocks::call::{Envelope, Undelivered};
 use crate::errors::ApiError;
 use crate::skiff_body::SkiffBody;
 use crate::telemetry::metrics::BindingComponent;
@@ -38,26 +39,10 @@ use crate::telemetry::metrics::BindingComponent;
 /// Events buffered between an input binding and its delivery loop.
 const EVENT_BUFFER: usize = 1;
 
-impl OutboundError for BindingError {
-    fn permanent(&self) -> bool {
-        matches!(self, Self::Invalid(_))
-    }
-
-    fn timed_out(after: Duration) -> Self {
-        Self::Backend(format!(
-            "timeout: no answer within {after:?} (resiliency policy)"
-        ))
-    }
-
-    fn breaker_open(breaker: &str) -> Self {
-        Self::Backend(format!("circuit breaker {breaker} is open"))
-    }
-}
-
 pub struct Output {
     pub driver: Arc<dyn OutputBinding>,
-    pub policy: PolicyRef,
-    pub series: Arc<BindingComponent>,
+    /// Its outbound policy and `dapr_component_output_binding_*`.
+    pub call: Envelope<BindingComponent>,
 }
 
 pub struct Input {
@@ -67,29 +52,10 @@ pub struct Input {
     pub route: String,
     /// `direction` names input: no OPTIONS probe.
     pub declared_input: bool,
-    /// `targets.components.<name>.inbound`: retries of a delivery the app
-    /// failed, before the driver hears of the failure.
-    pub policy: PolicyRef,
-    pub series: Arc<BindingComponent>,
-}
-
-/// A delivery the app did not take.
-struct Refused(String);
-
-impl OutboundError for Refused {
-    fn permanent(&self) -> bool {
-        false
-    }
-
-    fn timed_out(after: Duration) -> Self {
-        Self(format!(
-            "timeout: no answer within {after:?} (resiliency policy)"
-        ))
-    }
-
-    fn breaker_open(breaker: &str) -> Self {
-        Self(format!("circuit breaker {breaker} is open"))
-    }
+    /// `targets.components.<name>.inbound` (retries of a delivery the app
+    /// failed, before the driver hears of the failure) and
+    /// `dapr_component_input_binding_*`.
+    pub call: Envelope<BindingComponent>,
 }
 
 #[derive(Default)]
@@ -97,15 +63,6 @@ pub struct BindingsBlock {
     outputs: HashMap<String, Output>,
     inputs: Vec<Arc<Input>>,
     readers: Mutex<Vec<JoinHandle<()>>>,
-}
-
-fn output_error(name: &str, why: &str) -> ApiError {
-    ApiError::new(
-        "ERR_INVOKE_OUTPUT_BINDING",
-        StatusCode::INTERNAL_SERVER_ERROR,
-        Code::Internal,
-        format!("error invoking output binding {name}: {why}"),
-    )
 }
 
 impl BindingsBlock {
@@ -128,14 +85,11 @@ impl BindingsBlock {
         req: BindingRequest,
     ) -> Result<BindingResponse, ApiError> {
         let Some(o) = self.outputs.get(name) else {
-            return Err(output_error(
-                name,
-                &format!("couldn't find output binding {name}"),
-            ));
+            return Err(errors::not_found(name));
         };
         let ops = o.driver.operations();
         if !ops.contains(&req.operation.as_str()) {
-            return Err(output_error(
+            return Err(errors::output_failed(
                 name,
                 &format!(
                     "binding {name} does not support operation {}. supported operations:{}",
@@ -144,15 +98,9 @@ impl BindingsBlock {
                 ),
             ));
         }
-        let (op, t0) = (req.operation.clone(), std::time::Instant::now());
-        let r = match o.policy.outbound() {
-            Some(p) => call::run(&p, || o.driver.invoke(req.clone())).await,
-            None => o.driver.invoke(req).await,
-        };
-        if crate::telemetry::metrics::get().is_some() {
-            o.series.output(&op, r.is_ok(), t0.elapsed());
-        }
-        r.map_err(|e| output_error(name, &e.to_string()))
+        let op = req.operation.clone();
+        let r = o.call.call(&op, || o.driver.invoke(req.clone())).await;
+        r.map_err(|e| errors::output_failed(name, &e.to_string()))
     }
 
     /// Starts reading the input bindings into `app`, in the background,
@@ -284,15 +232,15 @@ async fn read(
             } else {
                 deliver_http(&app, &input.route, ev.data.clone(), &ev.metadata).await
             };
-            r.map_err(Refused)
+            r.map_err(Undelivered)
         };
-        let r = match input.policy.inbound() {
-            Some(p) => call::run(&p, once).await,
-            None => once().await,
-        }
-        .map_err(|Refused(e)| e);
+        let r = input
+            .call
+            .deliver_retrying(once)
+            .await
+            .map_err(|Undelivered(e)| e);
         if crate::telemetry::metrics::get().is_some() {
-            input.series.input[usize::from(r.is_ok())].record(t0.elapsed());
+            input.call.series().input[usize::from(r.is_ok())].record(t0.elapsed());
         }
         if let Err(e) = &r {
             tracing::warn!(binding = %input.name, error = %e, "the app did not take an input binding event");

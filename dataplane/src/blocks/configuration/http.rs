@@ -103,3 +103,15 @@ pub async fn handle(
     };
     r.unwrap_or_else(|e| e.to_http())
 }
+
+/// The span's name for a call (`tail`: the path after the store), as the
+/// gRPC API names it.
+pub fn span_name(tail: &str) -> &'static str {
+    if tail == "subscribe" {
+        "SubscribeConfiguration"
+    } else if tail.ends_with("/unsubscribe") {
+        "UnsubscribeConfiguration"
+    } else {
+        "GetConfiguration"
+    }
+}

@@ -3,9 +3,13 @@
 //! /configuration/{store}/{key}` per changed key, each with the whole
 //! event `{"id", "items"}`) or down a gRPC stream (`{id}` first, then
 //! `{id, items}` per change). A subscription ends when it is unsubscribed,
-//! when its stream's client goes away, or with the sidecar. Errors are
-//! daprd's.
+//! when its stream's client goes away, or with the sidecar. Reads run
+//! under the store's `targets.components.<store>.outbound` policy; each
+//! update POSTed to an HTTP app under its `inbound` policy (an update the
+//! app fails is retried while the policy allows, then logged). Errors
+//! are daprd's (`errors.rs`).
 
+pub mod errors;
 pub mod grpc;
 pub mod http;
 
@@ -15,42 +19,25 @@ use std::time::Instant;
 
 use ::http::StatusCode;
 use serde_json::{Value, json};
-use skiff_components::configuration::{ConfigError, ConfigurationStore, Item, Items, Metadata};
+use skiff_components::configuration::{ConfigurationStore, Item, Items, Metadata};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use tonic::Code;
 
 use crate::appchannel::AppChannel;
-use crate::blocks::call::{self, OutboundError, PolicyRef};
+use crate::blocks::call::{Envelope, Undelivered};
 use crate::errors::ApiError;
-use crate::telemetry::metrics::{self, ComponentOps};
+use crate::telemetry::metrics::ComponentOps;
 
 /// `operation` label indexes ([`metrics::CONFIGURATION_OPS`]).
 const GET: usize = 0;
 const SUBSCRIBE: usize = 1;
 
-impl OutboundError for ConfigError {
-    fn permanent(&self) -> bool {
-        false
-    }
-
-    fn timed_out(after: std::time::Duration) -> Self {
-        Self::Backend(format!(
-            "timeout: no answer within {after:?} (resiliency policy)"
-        ))
-    }
-
-    fn breaker_open(breaker: &str) -> Self {
-        Self::Backend(format!("circuit breaker {breaker} is open"))
-    }
-}
-
 pub struct Store {
     pub name: String,
     pub driver: Arc<dyn ConfigurationStore>,
-    pub ops: Arc<ComponentOps>,
-    /// `targets.components.<name>.outbound`, for reads.
-    pub policy: PolicyRef,
+    /// Its policies (outbound for reads, inbound for updates to the app)
+    /// and `dapr_component_configuration_*`.
+    pub call: Envelope<ComponentOps>,
 }
 
 #[derive(Default)]
@@ -99,14 +86,9 @@ impl ConfigurationBlock {
         if self.stores.is_empty() {
             return Err(super::Block::Configuration.not_configured(name, &self.app_id));
         }
-        self.stores.get(name).ok_or_else(|| {
-            ApiError::new(
-                "ERR_CONFIGURATION_STORE_NOT_FOUND",
-                StatusCode::BAD_REQUEST,
-                Code::InvalidArgument,
-                format!("configuration store {name} not found"),
-            )
-        })
+        self.stores
+            .get(name)
+            .ok_or_else(|| errors::store_not_found(name))
     }
 
     /// The store exists (daprd's errors when it does not).
@@ -121,20 +103,8 @@ impl ConfigurationBlock {
         md: &Metadata,
     ) -> Result<Items, ApiError> {
         let s = self.store(store)?;
-        let t0 = Instant::now();
-        let r = match s.policy.outbound() {
-            Some(p) => call::run(&p, || s.driver.get(keys, md)).await,
-            None => s.driver.get(keys, md).await,
-        };
-        record(&s.ops, GET, t0, r.is_ok());
-        r.map_err(|e| {
-            ApiError::new(
-                "ERR_CONFIGURATION_GET",
-                StatusCode::INTERNAL_SERVER_ERROR,
-                Code::Internal,
-                format!("failed to get {keys:?} from Configuration store {store}: {e}"),
-            )
-        })
+        let r = s.call.call(GET, || s.driver.get(keys, md)).await;
+        r.map_err(|e| errors::get_failed(store, keys, &e))
     }
 
     /// Opens a subscription; its id and its changes.
@@ -147,8 +117,8 @@ impl ConfigurationBlock {
         let s = self.store(store)?;
         let t0 = Instant::now();
         let r = s.driver.subscribe(keys, md).await;
-        record(&s.ops, SUBSCRIBE, t0, r.is_ok());
-        let rx = r.map_err(|e| subscribe_failed(store, keys, &e.to_string()))?;
+        s.call.record(SUBSCRIBE, t0, r.is_ok());
+        let rx = r.map_err(|e| errors::subscribe_failed(store, keys, &e.to_string()))?;
         Ok((skiff_components::util::uuid_v4(), rx))
     }
 
@@ -166,20 +136,15 @@ impl ConfigurationBlock {
         keys: &[String],
         md: &Metadata,
     ) -> Result<String, ApiError> {
-        self.store(store)?;
+        let envelope = self.store(store)?.call.clone();
         let Some(app) = self.app.get().cloned() else {
-            return Err(ApiError::new(
-                "ERR_APP_CHANNEL_NIL",
-                StatusCode::INTERNAL_SERVER_ERROR,
-                Code::Internal,
-                "app channel is not initialized".into(),
-            ));
+            return Err(errors::no_app_channel());
         };
         let (id, mut rx) = self.watch(store, keys, md).await?;
         let (sid, sname) = (id.clone(), store.to_owned());
         let task = tokio::spawn(async move {
             while let Some(items) = rx.recv().await {
-                deliver(&app, &sname, &sid, &items).await;
+                deliver(&app, &envelope, &sname, &sid, &items).await;
             }
         });
         self.track(&id, store, task);
@@ -212,50 +177,53 @@ impl Drop for ConfigurationBlock {
     }
 }
 
-fn subscribe_failed(store: &str, keys: &[String], why: &str) -> ApiError {
-    ApiError::new(
-        "ERR_CONFIGURATION_SUBSCRIBE",
-        StatusCode::INTERNAL_SERVER_ERROR,
-        Code::Internal,
-        format!("failed to subscribe {keys:?} from Configuration store {store}: {why}"),
-    )
-}
-
 /// `POST /configuration/{store}/{key}` for each key of the change, each
-/// with the whole event, as daprd sends them.
-async fn deliver(app: &AppChannel, store: &str, id: &str, items: &Items) {
-    let body = json!({"id": id, "items": items_json(items)}).to_string();
+/// with the whole event, as daprd sends them, under the store's inbound
+/// policy. The app must answer 200.
+async fn deliver(
+    app: &AppChannel,
+    envelope: &Envelope<ComponentOps>,
+    store: &str,
+    id: &str,
+    items: &Items,
+) {
+    let body = bytes::Bytes::from(json!({"id": id, "items": items_json(items)}).to_string());
     for key in items.keys() {
         let path = format!("/configuration/{}/{}", enc(store), enc(key));
         let Ok(uri) = path.parse::<::http::Uri>() else {
             continue;
         };
-        let mut req = ::http::Request::new(crate::skiff_body::SkiffBody::full(body.clone()));
-        *req.method_mut() = ::http::Method::POST;
-        *req.uri_mut() = uri;
-        req.headers_mut().insert(
-            ::http::header::CONTENT_TYPE,
-            ::http::HeaderValue::from_static("application/json"),
-        );
-        match app.forward(req).await {
-            Ok(r) if r.status() == StatusCode::OK => {}
-            Ok(r) => tracing::warn!(store, key = %key, status = r.status().as_u16(),
-                "the app did not take a configuration update (it must answer 200)"),
-            Err(e) => {
-                tracing::warn!(store, key = %key, error = %e, "delivering a configuration update failed")
-            }
+        let once = || post_update(app, uri.clone(), body.clone());
+        if let Err(Undelivered(why)) = envelope.deliver_retrying(once).await {
+            tracing::warn!(store, key = %key, error = %why, "the app did not take a configuration update");
         }
+    }
+}
+
+async fn post_update(
+    app: &AppChannel,
+    uri: ::http::Uri,
+    body: bytes::Bytes,
+) -> Result<(), Undelivered> {
+    let mut req = ::http::Request::new(crate::skiff_body::SkiffBody::full(body));
+    *req.method_mut() = ::http::Method::POST;
+    *req.uri_mut() = uri;
+    req.headers_mut().insert(
+        ::http::header::CONTENT_TYPE,
+        ::http::HeaderValue::from_static("application/json"),
+    );
+    match app.forward(req).await {
+        Ok(r) if r.status() == StatusCode::OK => Ok(()),
+        Ok(r) => Err(Undelivered(format!(
+            "the app answered HTTP {} (it must answer 200)",
+            r.status().as_u16()
+        ))),
+        Err(e) => Err(Undelivered(e.to_string())),
     }
 }
 
 fn enc(s: &str) -> String {
     percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
-}
-
-fn record(ops: &ComponentOps, op: usize, started: Instant, ok: bool) {
-    if metrics::get().is_some() {
-        ops.record(op, ok, started.elapsed());
-    }
 }
 
 #[cfg(test)]

@@ -1,11 +1,26 @@
 //! Dapr's lock errors, in one place: daprd's codes, HTTP statuses and
 //! gRPC codes, checked in its order by the block (not configured, an
-//! empty resource or owner, an unknown store, a store failure).
+//! empty resource or owner, an unknown store, a store failure), and how a
+//! lock store's failures count against its resiliency policy.
 
 use http::StatusCode;
+use skiff_components::lock::LockError;
 use tonic::Code;
 
+use crate::blocks::call::outbound_error;
 use crate::errors::ApiError;
+
+outbound_error!(LockError, Backend);
+
+/// 500 `ERR_LOCK_STORE_NOT_CONFIGURED`.
+pub fn not_configured() -> ApiError {
+    ApiError::new(
+        "ERR_LOCK_STORE_NOT_CONFIGURED",
+        StatusCode::INTERNAL_SERVER_ERROR,
+        Code::FailedPrecondition,
+        "lock store is not configured".into(),
+    )
+}
 
 /// 400 `ERR_MALFORMED_REQUEST`: an empty resource or owner, a
 /// non-positive expiry.

@@ -62,7 +62,7 @@ pub async fn handle(
     store: &str,
     max_body: usize,
 ) -> Response<SkiffBody> {
-    let unlock = req.uri().path().starts_with("/v1.0-alpha1/unlock/");
+    let unlock = is_unlock(req.uri().path());
     if req.method() != Method::POST || store.is_empty() || store.contains('/') {
         return ApiError::new(
             "ERR_NOT_FOUND",
@@ -109,5 +109,18 @@ pub async fn handle(
             Ok(success) => json_response(&json!({"success": success})),
             Err(e) => e.to_http(),
         }
+    }
+}
+
+fn is_unlock(path: &str) -> bool {
+    path.starts_with("/v1.0-alpha1/unlock/")
+}
+
+/// The span's name for a call, as the gRPC API names it.
+pub fn span_name(path: &str) -> &'static str {
+    if is_unlock(path) {
+        "UnlockAlpha1"
+    } else {
+        "TryLockAlpha1"
     }
 }

@@ -13,36 +13,20 @@ pub mod http;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use skiff_components::Properties;
-use skiff_components::lock::{LockError, LockStore, Unlocked};
+use skiff_components::lock::{LockStore, Unlocked};
 
-use crate::blocks::call::{self, OutboundError, PolicyRef};
+use crate::blocks::call::Envelope;
 use crate::errors::ApiError;
-use crate::telemetry::metrics::{self, ComponentOps};
+use crate::telemetry::metrics::ComponentOps;
 
 /// `operation` label indexes ([`metrics::LOCK_OPS`]).
 const TRY_LOCK: usize = 0;
 const UNLOCK: usize = 1;
 
 const SEPARATOR: &str = "||";
-
-impl OutboundError for LockError {
-    fn permanent(&self) -> bool {
-        false
-    }
-
-    fn timed_out(after: Duration) -> Self {
-        Self::Backend(format!(
-            "timeout: no answer within {after:?} (resiliency policy)"
-        ))
-    }
-
-    fn breaker_open(breaker: &str) -> Self {
-        Self::Backend(format!("circuit breaker {breaker} is open"))
-    }
-}
 
 /// How a store's keys are prefixed (its `keyPrefix` metadata).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -76,8 +60,8 @@ pub struct Store {
     pub name: String,
     pub driver: Arc<dyn LockStore>,
     pub prefix: Prefix,
-    pub policy: PolicyRef,
-    pub ops: Arc<ComponentOps>,
+    /// Its policy and `dapr_component_lock_*` series.
+    pub call: Envelope<ComponentOps>,
 }
 
 #[derive(Default)]
@@ -150,12 +134,9 @@ impl LockBlock {
         let failed = errors::try_lock_failed;
         let key = self.key(s, resource).map_err(failed)?;
         let expiry = Duration::from_secs(expiry_secs.unsigned_abs());
-        let t0 = Instant::now();
-        let r = match s.policy.outbound() {
-            Some(p) => call::run(&p, || s.driver.try_lock(&key, owner, expiry)).await,
-            None => s.driver.try_lock(&key, owner, expiry).await,
-        };
-        record(&s.ops, TRY_LOCK, t0, r.is_ok());
+        let r = (s.call)
+            .call(TRY_LOCK, || s.driver.try_lock(&key, owner, expiry))
+            .await;
         r.map_err(|e| failed(e.to_string()))
     }
 
@@ -164,20 +145,9 @@ impl LockBlock {
         let s = self.store(store, resource, owner)?;
         let failed = errors::unlock_failed;
         let key = self.key(s, resource).map_err(failed)?;
-        let t0 = Instant::now();
-        let r = match s.policy.outbound() {
-            Some(p) => call::run(&p, || s.driver.unlock(&key, owner)).await,
-            None => s.driver.unlock(&key, owner).await,
-        };
-        record(&s.ops, UNLOCK, t0, r.is_ok());
+        let r = s.call.call(UNLOCK, || s.driver.unlock(&key, owner)).await;
         r.map(|u: Unlocked| u as i32)
             .map_err(|e| failed(e.to_string()))
-    }
-}
-
-fn record(ops: &ComponentOps, op: usize, started: Instant, ok: bool) {
-    if metrics::get().is_some() {
-        ops.record(op, ok, started.elapsed());
     }
 }
 
@@ -191,8 +161,10 @@ mod tests {
             name: "ls".into(),
             driver: skiff_components::lock::memory::MemoryLock::open(&Properties::new()),
             prefix,
-            policy: PolicyRef::none("ls", "Lock"),
-            ops: Arc::default(),
+            call: Envelope::new(
+                crate::blocks::call::PolicyRef::none("ls", "Lock"),
+                Arc::default(),
+            ),
         });
         b
     }

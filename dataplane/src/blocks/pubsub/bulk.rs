@@ -310,7 +310,7 @@ pub(super) async fn handle_batch(cx: &Arc<Ctx>, msgs: Vec<Received>, permit: Own
     for (m, f) in settled {
         settle(cx, &m, f).await;
     }
-    let policy = cx.c.policy.inbound();
+    let policy = cx.c.call.inbound();
     for (path, mut entries) in by_path {
         let mut attempt: u32 = 0;
         loop {

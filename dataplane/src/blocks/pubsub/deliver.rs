@@ -181,7 +181,7 @@ async fn run(
     };
     let limit = sub.max_in_flight.unwrap_or(c.concurrency).max(1);
     let cx = Arc::new(Ctx {
-        series: c.series.topic(&sub.topic),
+        series: c.call.series().topic(&sub.topic),
         c,
         sub,
         target,
@@ -399,7 +399,7 @@ async fn deliver_with_retries(
     path: &str,
     mut permit: OwnedSemaphorePermit,
 ) -> Fate {
-    let policy = cx.c.policy.inbound();
+    let policy = cx.c.call.inbound();
     let mut attempt: u32 = 0;
     loop {
         if cx.stopping() && attempt > 0 {

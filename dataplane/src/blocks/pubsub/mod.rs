@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use skiff_components::pubsub::{Features, Outgoing, PubSub, PubSubError};
 
-use crate::blocks::call::{self, OutboundError, PolicyRef};
+use crate::blocks::call::{Envelope, OutboundError, outbound_error};
 use crate::errors::ApiError;
 use crate::telemetry::metrics::PubSubComponent;
 use scopes::Scopes;
@@ -37,21 +37,7 @@ pub const DEFAULT_CONCURRENCY: usize = 10;
 /// (`processingTimeout`, Dapr's Redis default).
 pub const DEFAULT_CLAIM: Duration = Duration::from_secs(60);
 
-impl OutboundError for PubSubError {
-    fn permanent(&self) -> bool {
-        matches!(self, Self::Invalid(_))
-    }
-
-    fn timed_out(after: Duration) -> Self {
-        Self::Broker(format!(
-            "timeout: no answer within {after:?} (resiliency policy)"
-        ))
-    }
-
-    fn breaker_open(breaker: &str) -> Self {
-        Self::Broker(format!("circuit breaker {breaker} is open"))
-    }
-}
+outbound_error!(PubSubError, Broker, Self::Invalid(_));
 
 /// One loaded pub/sub component.
 pub struct Component {
@@ -69,9 +55,9 @@ pub struct Component {
     pub topic_prefix: String,
     pub concurrency: usize,
     pub claim: Duration,
-    /// `targets.components.<name>`, read at each call.
-    pub policy: PolicyRef,
-    pub series: Arc<PubSubComponent>,
+    /// `targets.components.<name>` (read at each call) and the
+    /// component's `dapr_component_pubsub_*` series by topic.
+    pub call: Envelope<PubSubComponent>,
 }
 
 impl Component {
@@ -87,14 +73,9 @@ impl Component {
     /// Publishes bytes already enveloped, under the outbound policy.
     pub async fn send(&self, topic: &str, msg: Outgoing) -> Result<(), PubSubError> {
         let broker_topic = self.broker_topic(topic);
-        let start = Instant::now();
-        let r = match self.policy.outbound() {
-            None => self.driver.publish(&broker_topic, msg).await,
-            Some(p) => call::run(&p, || self.driver.publish(&broker_topic, msg.clone())).await,
-        };
-        let series = self.series.topic(topic);
-        series.egress[usize::from(r.is_ok())].record(start.elapsed());
-        r
+        (self.call)
+            .call(topic, || self.driver.publish(&broker_topic, msg.clone()))
+            .await
     }
 
     /// Publishes a batch in one driver call, under the outbound policy:
@@ -107,16 +88,13 @@ impl Component {
         msgs: Vec<Outgoing>,
     ) -> Vec<Result<(), PubSubError>> {
         let broker_topic = self.broker_topic(topic);
-        let Some(p) = self.policy.outbound() else {
-            return self.driver.publish_many(&broker_topic, msgs).await;
-        };
         let n = msgs.len();
         let state = std::sync::Mutex::new(Batch {
             pending: (0..n).collect(),
             results: vec![None; n],
         });
         let lock = || state.lock().unwrap_or_else(|e| e.into_inner());
-        let run = call::run(&p, || {
+        let run = self.call.policed(|| {
             let todo = lock().pending.clone();
             let batch: Vec<Outgoing> = todo.iter().map(|&i| msgs[i].clone()).collect();
             let (driver, broker_topic, lock) = (&self.driver, &broker_topic, &lock);
@@ -334,10 +312,9 @@ impl PubSubBlock {
         }
         let start = Instant::now();
         let results = c.send_many(p.topic, msgs).await;
-        let series = c.series.topic(p.topic);
         let mut failed = Vec::new();
         for (e, r) in entries.into_iter().zip(results) {
-            series.egress[usize::from(r.is_ok())].record(start.elapsed());
+            c.call.record(p.topic, start, r.is_ok());
             if let Err(err) = r {
                 failed.push((e.entry_id, err.to_string()));
             }

@@ -54,3 +54,12 @@ pub async fn handle(
         Err(e) => e.to_http(),
     }
 }
+
+/// The span's name for a call (`tail`: the path after the store).
+pub fn span_name(tail: &str) -> &'static str {
+    if tail == "bulk" {
+        "GetBulkSecret"
+    } else {
+        "GetSecret"
+    }
+}

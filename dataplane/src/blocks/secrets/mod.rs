@@ -4,21 +4,19 @@
 //! to the app and nowhere else: no log line, metric label or error message
 //! carries one.
 
+pub mod errors;
 pub mod grpc;
 pub mod http;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::time::Instant;
 
-use ::http::StatusCode;
-use skiff_components::secrets::{Secret, SecretError, SecretStore};
-use tonic::Code;
+use skiff_components::secrets::{Secret, SecretStore};
 
-use crate::blocks::call::{self, OutboundError, PolicyRef};
+use crate::blocks::call::Envelope;
 use crate::config::component::SecretScope;
 use crate::errors::ApiError;
-use crate::telemetry::metrics::{self, ComponentOps};
+use crate::telemetry::metrics::ComponentOps;
 
 #[derive(Default)]
 pub struct SecretsBlock {
@@ -26,39 +24,15 @@ pub struct SecretsBlock {
     scopes: Vec<SecretScope>,
 }
 
-/// One loaded secret store: its driver, series and policy.
+/// One loaded secret store: its driver and its envelope.
 struct Store {
     driver: Arc<dyn SecretStore>,
-    ops: Arc<ComponentOps>,
-    policy: PolicyRef,
-}
-
-impl OutboundError for SecretError {
-    /// A secret that is not there is the caller's answer, not a failure.
-    fn permanent(&self) -> bool {
-        matches!(self, Self::NotFound(_))
-    }
-
-    fn timed_out(after: std::time::Duration) -> Self {
-        Self::Backend(format!(
-            "timeout: no answer within {after:?} (resiliency policy)"
-        ))
-    }
-
-    fn breaker_open(breaker: &str) -> Self {
-        Self::Backend(format!("circuit breaker {breaker} is open"))
-    }
+    call: Envelope<ComponentOps>,
 }
 
 /// `operation` label indexes ([`metrics::SECRET_OPS`]).
 const GET: usize = 0;
 const BULK_GET: usize = 1;
-
-fn record<T, E>(ops: &ComponentOps, op: usize, started: Instant, r: &Result<T, E>) {
-    if metrics::get().is_some() {
-        ops.record(op, r.is_ok(), started.elapsed());
-    }
-}
 
 impl SecretsBlock {
     pub fn new(scopes: Vec<SecretScope>) -> Self {
@@ -72,17 +46,9 @@ impl SecretsBlock {
         &mut self,
         name: String,
         driver: Arc<dyn SecretStore>,
-        ops: Arc<ComponentOps>,
-        policy: PolicyRef,
+        call: Envelope<ComponentOps>,
     ) {
-        self.stores.insert(
-            name,
-            Store {
-                driver,
-                ops,
-                policy,
-            },
-        );
+        self.stores.insert(name, Store { driver, call });
     }
 
     /// A loaded store, for `secretKeyRef`s of later components.
@@ -92,22 +58,11 @@ impl SecretsBlock {
 
     fn store(&self, name: &str) -> Result<&Store, ApiError> {
         if self.stores.is_empty() {
-            return Err(ApiError::new(
-                "ERR_SECRET_STORES_NOT_CONFIGURED",
-                StatusCode::INTERNAL_SERVER_ERROR,
-                Code::FailedPrecondition,
-                "secret store is not configured".into(),
-            ));
+            return Err(errors::not_configured());
         }
-        self.stores.get(name).ok_or_else(|| {
-            // daprd answers 401 here (its docs say 400).
-            ApiError::new(
-                "ERR_SECRET_STORE_NOT_FOUND",
-                StatusCode::UNAUTHORIZED,
-                Code::InvalidArgument,
-                format!("failed finding secret store with key {name}"),
-            )
-        })
+        self.stores
+            .get(name)
+            .ok_or_else(|| errors::store_not_found(name))
     }
 
     fn allowed(&self, store: &str, secret: &str) -> bool {
@@ -120,48 +75,19 @@ impl SecretsBlock {
     pub async fn get(&self, store: &str, name: &str) -> Result<Secret, ApiError> {
         let s = self.store(store)?;
         if !self.allowed(store, name) {
-            return Err(ApiError::new(
-                "ERR_PERMISSION_DENIED",
-                StatusCode::FORBIDDEN,
-                Code::PermissionDenied,
-                format!("access denied by policy to get \"{name}\" from \"{store}\""),
-            ));
+            return Err(errors::denied(store, name));
         }
-        let t0 = Instant::now();
-        let r = match s.policy.outbound() {
-            Some(p) => call::run(&p, || s.driver.get(name)).await,
-            None => s.driver.get(name).await,
-        };
-        record(&s.ops, GET, t0, &r);
-        r.map_err(|e| get_error(store, name, &e))
+        let r = s.call.call(GET, || s.driver.get(name)).await;
+        r.map_err(|e| errors::get_failed(store, name, &e))
     }
 
     pub async fn bulk(&self, store: &str) -> Result<BTreeMap<String, Secret>, ApiError> {
         let s = self.store(store)?;
-        let t0 = Instant::now();
-        let r = match s.policy.outbound() {
-            Some(p) => call::run(&p, || s.driver.bulk_get()).await,
-            None => s.driver.bulk_get().await,
-        };
-        record(&s.ops, BULK_GET, t0, &r);
-        let mut all = r.map_err(|e| get_error(store, "", &e))?;
+        let r = s.call.call(BULK_GET, || s.driver.bulk_get()).await;
+        let mut all = r.map_err(|e| errors::get_failed(store, "", &e))?;
         all.retain(|name, _| self.allowed(store, name));
         Ok(all)
     }
-}
-
-fn get_error(store: &str, name: &str, e: &SecretError) -> ApiError {
-    let message = if name.is_empty() {
-        format!("failed getting secrets from secret store {store}: {e}")
-    } else {
-        format!("failed getting secret with key {name} from secret store {store}: {e}")
-    };
-    ApiError::new(
-        "ERR_SECRET_GET",
-        StatusCode::INTERNAL_SERVER_ERROR,
-        Code::Internal,
-        message,
-    )
 }
 
 #[cfg(test)]
@@ -170,8 +96,10 @@ mod tests {
 
     use arc_swap::ArcSwap;
     use skiff_components::BoxFuture;
+    use skiff_components::secrets::SecretError;
 
     use super::*;
+    use crate::blocks::call::PolicyRef;
     use crate::config::{Documents, parse_documents};
     use crate::policy::Policies;
 
@@ -223,8 +151,10 @@ mod tests {
         b.add(
             "vault".into(),
             store.clone(),
-            Arc::default(),
-            PolicyRef::new(&live, "vault", "Secretstore"),
+            Envelope::new(
+                PolicyRef::new(&live, "vault", "Secretstore"),
+                Arc::default(),
+            ),
         );
         (b, store)
     }

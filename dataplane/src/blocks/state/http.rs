@@ -422,6 +422,19 @@ async fn query(
     }))
 }
 
+/// The span's name for a call (`tail`: the path after the store), as
+/// daprd names the API.
+pub fn span_name(method: &Method, tail: &str) -> &'static str {
+    match (tail, method.as_str()) {
+        ("bulk", _) => "GetBulkState",
+        ("transaction", _) => "ExecuteStateTransaction",
+        ("query", _) => "QueryState",
+        ("", _) => "SaveState",
+        (_, "DELETE") => "DeleteState",
+        _ => "GetState",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

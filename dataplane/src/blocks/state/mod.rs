@@ -8,25 +8,25 @@
 //! decode and encode; the drivers (skiff-components) only store.
 
 pub use super::gojson;
+pub mod errors;
 pub mod grpc;
-pub mod guarded;
 pub mod http;
+
+pub use errors::{bad_request, not_configured, store_error};
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use ::http::StatusCode;
+use crate::blocks::call::Envelope;
+use crate::errors::ApiError;
+use crate::telemetry::metrics::ComponentOps;
 use bytes::Bytes;
 use skiff_components::Properties;
 use skiff_components::state::query::{Answer, Query};
 use skiff_components::state::{
     Concurrency, Consistency, DeleteRequest, Item, Op, SetRequest, StateError, StateStore, Ttl,
 };
-use tonic::Code;
-
-use crate::errors::ApiError;
-use crate::telemetry::metrics::{self, ComponentOps};
 
 /// Dapr's separator between a key's prefix and the key.
 pub const SEPARATOR: &str = "||";
@@ -42,18 +42,9 @@ pub struct Store {
     pub prefix: String,
     /// `actorStateStore: true` (the actors block looks for it).
     pub actor: bool,
-    /// `dapr_component_state_*` of this store.
-    pub ops: Arc<ComponentOps>,
-}
-
-impl Store {
-    /// Records one API operation on this store, as daprd does: one per
-    /// call (a bulk save is one `set`), success meaning no error.
-    fn record<T, E>(&self, action: Action, started: Instant, r: &Result<T, E>) {
-        if metrics::get().is_some() {
-            self.ops.record(action.op(), r.is_ok(), started.elapsed());
-        }
-    }
+    /// Its outbound policy and `dapr_component_state_*`: one count per
+    /// API call, as daprd counts (a bulk save is one `set`).
+    pub call: Envelope<ComponentOps>,
 }
 
 /// The state stores this app may use.
@@ -102,7 +93,7 @@ pub enum Action {
 
 impl Action {
     /// The index of Dapr's `operation` label ([`metrics::STATE_OPS`]).
-    fn op(self) -> usize {
+    pub fn op(self) -> usize {
         match self {
             Self::Get => 0,
             Self::Save => 1,
@@ -114,7 +105,7 @@ impl Action {
         }
     }
 
-    fn code(self) -> &'static str {
+    pub fn code(self) -> &'static str {
         match self {
             Self::Save => "ERR_STATE_SAVE",
             Self::Get => "ERR_STATE_GET",
@@ -177,27 +168,15 @@ impl StateBlock {
         if self.stores.is_empty() {
             return Err(not_configured(name, &self.app_id));
         }
-        self.stores.get(name).ok_or_else(|| {
-            ApiError::new(
-                "ERR_STATE_STORE_NOT_FOUND",
-                StatusCode::BAD_REQUEST,
-                Code::InvalidArgument,
-                format!("state store {name} is not found"),
-            )
-            .with_info("DAPR_STATE_NOT_FOUND", super::app_meta(&self.app_id))
-        })
+        self.stores
+            .get(name)
+            .ok_or_else(|| errors::store_not_found(name, &self.app_id))
     }
 
     /// The store's key for the app's `key`.
     pub fn key(store: &Store, key: &str) -> Result<String, ApiError> {
         if key.contains(SEPARATOR) {
-            return Err(ApiError::new(
-                "ERR_MALFORMED_REQUEST",
-                StatusCode::BAD_REQUEST,
-                Code::InvalidArgument,
-                format!("input key/keyPrefix '{key}' can't contain '||'"),
-            )
-            .with_info("DAPR_STATE_ILLEGAL_KEY", Vec::new()));
+            return Err(errors::illegal_key(key));
         }
         let mut k = String::with_capacity(store.prefix.len() + key.len());
         k.push_str(&store.prefix);
@@ -213,9 +192,10 @@ impl StateBlock {
     ) -> Result<Option<Item>, ApiError> {
         let s = self.store(store)?;
         let k = Self::key(s, key)?;
-        let t0 = Instant::now();
-        let r = s.driver.get(&k, consistency).await;
-        s.record(Action::Get, t0, &r);
+        let r = s
+            .call
+            .call(Action::Get.op(), || s.driver.get(&k, consistency))
+            .await;
         r.map_err(|e| store_error(Action::Get, store, key, &e))
     }
 
@@ -232,17 +212,27 @@ impl StateBlock {
             .map(|k| Self::key(s, k))
             .collect::<Result<_, _>>()?;
         let t0 = Instant::now();
-        let got = s.driver.bulk_get(&full).await;
-        let all_failed = !got.is_empty() && got.iter().all(Result::is_err);
-        s.record(
-            Action::BulkGet,
-            t0,
-            &if all_failed { Err(()) } else { Ok(()) },
-        );
-        Ok(got
-            .into_iter()
-            .map(|r| r.map_err(|e| e.to_string()))
-            .collect())
+        // The whole bulk get is one call to the policy; keys that failed
+        // come back as their own errors, which is not a failed call
+        // unless all failed alike (the store is down).
+        let r = s
+            .call
+            .policed(|| async {
+                let got = s.driver.bulk_get(&full).await;
+                match got.first() {
+                    Some(Err(e)) if got.iter().all(Result::is_err) => Err(e.clone()),
+                    _ => Ok(got),
+                }
+            })
+            .await;
+        s.call.record(Action::BulkGet.op(), t0, r.is_ok());
+        Ok(match r {
+            Ok(got) => got
+                .into_iter()
+                .map(|r| r.map_err(|e| e.to_string()))
+                .collect(),
+            Err(e) => full.iter().map(|_| Err(e.to_string())).collect(),
+        })
     }
 
     /// Saves each item; the first failure is the answer (the others still
@@ -255,13 +245,13 @@ impl StateBlock {
             .collect::<Result<_, _>>()?;
         let mut first = None;
         let t0 = Instant::now();
-        if reqs.len() == 1 {
-            let r = reqs.into_iter().next().map(|r| s.driver.set(r));
-            if let Some(f) = r {
-                first = f.await.err();
-            }
+        // Each item under the policy, the save counted once.
+        if let [one] = &reqs[..] {
+            first = s.call.policed(|| s.driver.set(one.clone())).await.err();
         } else {
-            let calls = reqs.into_iter().map(|r| s.driver.set(r));
+            let calls = reqs
+                .iter()
+                .map(|r| s.call.policed(move || s.driver.set(r.clone())));
             for r in futures_util::future::join_all(calls).await {
                 if first.is_none() {
                     first = r.err();
@@ -269,7 +259,7 @@ impl StateBlock {
             }
         }
         let r = first.map_or(Ok(()), Err);
-        s.record(Action::Save, t0, &r);
+        s.call.record(Action::Save.op(), t0, r.is_ok());
         r.map_err(|e| store_error(Action::Save, store, "", &e))
     }
 
@@ -282,9 +272,10 @@ impl StateBlock {
         let s = self.store(store)?;
         let key = item.key.clone();
         let req = delete_request(s, item)?;
-        let t0 = Instant::now();
-        let r = s.driver.delete(req).await;
-        s.record(action, t0, &r);
+        let r = s
+            .call
+            .call(action.op(), || s.driver.delete(req.clone()))
+            .await;
         r.map_err(|e| store_error(action, store, &key, &e))
     }
 
@@ -293,27 +284,10 @@ impl StateBlock {
     pub async fn transaction(&self, store: &str, ops: Vec<TxOp>) -> Result<(), ApiError> {
         let s = self.store(store)?;
         let Some(tx) = s.driver.transactional() else {
-            return Err(ApiError::new(
-                "ERR_STATE_STORE_NOT_SUPPORTED",
-                StatusCode::INTERNAL_SERVER_ERROR,
-                Code::Unimplemented,
-                format!("state store {store} doesn't support transactions"),
-            )
-            .with_info(
-                "DAPR_STATE_TRANSACTIONS_NOT_SUPPORTED",
-                super::app_meta(&self.app_id),
-            ));
+            return Err(errors::no_transactions(store, &self.app_id));
         };
         if ops.len() > MAX_TRANSACTION_OPS {
-            return Err(ApiError::new(
-                "ERR_STATE_STORE_TOO_MANY_TRANSACTIONS",
-                StatusCode::BAD_REQUEST,
-                Code::InvalidArgument,
-                format!(
-                    "the transaction contains {} operations, which is more than what the state store supports: {MAX_TRANSACTION_OPS}",
-                    ops.len()
-                ),
-            ));
+            return Err(errors::too_many_operations(ops.len()));
         }
         if ops.is_empty() {
             return Ok(());
@@ -325,41 +299,22 @@ impl StateBlock {
                 TxOp::Delete(d) => delete_request(s, d).map(Op::Delete),
             })
             .collect::<Result<_, _>>()?;
-        let t0 = Instant::now();
-        let r = tx.multi(ops).await;
-        s.record(Action::Transaction, t0, &r);
-        r.map_err(|e| {
-            ApiError::new(
-                Action::Transaction.code(),
-                StatusCode::INTERNAL_SERVER_ERROR,
-                Code::Internal,
-                format!("error while executing state transaction: {e}"),
-            )
-        })
+        let r = (s.call)
+            .call(Action::Transaction.op(), || tx.multi(ops.clone()))
+            .await;
+        r.map_err(|e| errors::transaction_failed(&e))
     }
 
     /// The query API; keys come back without the store's prefix.
     pub async fn query(&self, store: &str, query: &[u8]) -> Result<Answer, ApiError> {
         let s = self.store(store)?;
         let Some(q) = s.driver.querier() else {
-            return Err(ApiError::new(
-                "ERR_STATE_STORE_NOT_SUPPORTED",
-                StatusCode::INTERNAL_SERVER_ERROR,
-                Code::Internal,
-                format!("state store {store} doesn't support query"),
-            ));
+            return Err(errors::no_query(store));
         };
-        let parsed = Query::parse(query).map_err(|e| {
-            ApiError::new(
-                "ERR_MALFORMED_REQUEST",
-                StatusCode::BAD_REQUEST,
-                Code::InvalidArgument,
-                format!("failed to parse JSON query body: {e}"),
-            )
-        })?;
-        let t0 = Instant::now();
-        let r = q.query(&s.prefix, parsed).await;
-        s.record(Action::Query, t0, &r);
+        let parsed = Query::parse(query).map_err(|e| errors::bad_query(&e))?;
+        let r = (s.call)
+            .call(Action::Query.op(), || q.query(&s.prefix, parsed.clone()))
+            .await;
         let mut a = r.map_err(|e| store_error(Action::Query, store, "", &e))?;
         for (k, _) in &mut a.results {
             k.drain(..s.prefix.len().min(k.len()));
@@ -387,37 +342,6 @@ fn delete_request(s: &Store, d: DeleteItem) -> Result<DeleteRequest, ApiError> {
         concurrency: d.concurrency,
         consistency: d.consistency,
     })
-}
-
-/// A store's failure as daprd answers it for `action`.
-pub fn store_error(action: Action, store: &str, key: &str, e: &StateError) -> ApiError {
-    let (http, grpc) = match e {
-        StateError::EtagMismatch(_) => (StatusCode::CONFLICT, Code::Aborted),
-        StateError::EtagInvalid(_) => (StatusCode::BAD_REQUEST, Code::InvalidArgument),
-        StateError::Invalid(_) | StateError::Backend(_) => {
-            (StatusCode::INTERNAL_SERVER_ERROR, Code::Internal)
-        }
-    };
-    let message = match action {
-        Action::Save => format!("failed saving state in state store {store}: {e}"),
-        Action::Get => format!("fail to get {key} from state store {store}: {e}"),
-        Action::Delete => format!("failed deleting state with key {key}: {e}"),
-        Action::BulkGet => format!("failed getting bulk state from state store {store}: {e}"),
-        Action::BulkDelete => format!("failed deleting state in state store {store}: {e}"),
-        Action::Transaction => format!("error while executing state transaction: {e}"),
-        Action::Query => format!("failed query in state store {store}: {e}"),
-    };
-    ApiError::new(action.code(), http, grpc, message)
-}
-
-/// A request that is not valid: 400 / `InvalidArgument` with `code`.
-pub fn bad_request(code: &'static str, message: String) -> ApiError {
-    ApiError::new(
-        code,
-        StatusCode::BAD_REQUEST,
-        Code::InvalidArgument,
-        message,
-    )
 }
 
 /// `options.concurrency` as text (HTTP); empty is the default.
@@ -481,24 +405,6 @@ pub fn read_metadata(item: &Item) -> Option<(&'static str, String)> {
         .map(|t| ("ttlExpireTime", skiff_components::util::rfc3339(t)))
 }
 
-/// No state store is configured (checked before the store's name):
-/// 500 `ERR_STATE_STORE_NOT_CONFIGURED` / `FailedPrecondition`, with
-/// daprd's `ErrorInfo` (`DAPR_STATE_NOT_CONFIGURED`).
-pub fn not_configured(store: &str, app_id: &str) -> ApiError {
-    let message = if store.is_empty() {
-        "state store is not configured".to_owned()
-    } else {
-        format!("state store {store} is not configured")
-    };
-    ApiError::new(
-        "ERR_STATE_STORE_NOT_CONFIGURED",
-        StatusCode::INTERNAL_SERVER_ERROR,
-        Code::FailedPrecondition,
-        message,
-    )
-    .with_info("DAPR_STATE_NOT_CONFIGURED", super::app_meta(app_id))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -536,7 +442,7 @@ mod tests {
         assert!(parse_concurrency("firstwrite").is_err());
         assert!(parse_consistency("strong").is_ok());
         let e = store_error(Action::Save, "s", "", &StateError::EtagMismatch("x".into()));
-        assert_eq!((e.http.as_u16(), e.grpc), (409, Code::Aborted));
+        assert_eq!((e.http.as_u16(), e.grpc), (409, tonic::Code::Aborted));
         let e = store_error(
             Action::Delete,
             "s",

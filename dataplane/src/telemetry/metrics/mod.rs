@@ -28,8 +28,10 @@ use skiff_sentry::spiffe::SpiffeId;
 use super::registry::{Counter, Encoder, Family, Gauge, Histogram, Timed, labels};
 
 mod components;
+
 mod paths;
 mod process;
+mod resiliency;
 
 pub use components::{
     BindingComponent, CONFIGURATION_OPS, ComponentOps, LOCK_OPS, PUBSUB_OUTCOMES, PubSubComponent,
@@ -37,6 +39,7 @@ pub use components::{
 };
 pub use paths::PathMatching;
 use process::render_process;
+pub use resiliency::INBOUND_KEY;
 
 /// A value computed at scrape time.
 pub type Collector = Box<dyn Fn(&mut Encoder) + Send + Sync>;
@@ -320,49 +323,6 @@ impl Metrics {
         self.acl.with(caller, |c| c.0[i].inc());
     }
 
-    /// A resiliency policy applied to a call to `target` (Dapr's
-    /// `resiliency_count`; `target` is the label value, `app_<appId>` or
-    /// `Statestore_<name>`, made once when the policy is loaded).
-    pub fn resiliency_executed(&self, name: &str, target: &str, kind: PolicyKind) {
-        self.resiliency.with(target, |t| {
-            let _ = t.name.get_or_init(|| name.into());
-            t.executed[kind as usize].inc();
-        });
-    }
-
-    /// A call that a policy with these parts (timeout, retry, breaker)
-    /// applies to: one `resiliency_count` per part it has.
-    pub fn policy_applied(&self, name: &str, target: &str, parts: [bool; 3]) {
-        for (on, kind) in parts.into_iter().zip([
-            PolicyKind::Timeout,
-            PolicyKind::Retry,
-            PolicyKind::CircuitBreaker,
-        ]) {
-            if on {
-                self.resiliency_executed(name, target, kind);
-            }
-        }
-    }
-
-    /// A timeout that fired or a retry that was sent.
-    pub fn resiliency_activated(&self, name: &str, target: &str, kind: PolicyKind) {
-        self.resiliency.with(target, |t| {
-            let _ = t.name.get_or_init(|| name.into());
-            match kind {
-                PolicyKind::Timeout | PolicyKind::Retry => t.activated[kind as usize].inc(),
-                PolicyKind::CircuitBreaker => {}
-            }
-        });
-    }
-
-    /// A breaker changed state (`state` indexes [`CB_STATES`]).
-    pub fn breaker_transition(&self, name: &str, target: &str, state: usize) {
-        self.resiliency.with(target, |t| {
-            let _ = t.name.get_or_init(|| name.into());
-            t.transitions[state.min(2)].inc();
-        });
-    }
-
     pub fn retry_budget_exhausted(&self, target: &str) {
         self.retry_budget_exhausted.with(target, Counter::inc);
     }
@@ -644,55 +604,6 @@ impl Metrics {
                 e.sample(name, &l, c.0[i].get());
             });
         }
-    }
-
-    fn render_resiliency(&self, e: &mut Encoder, app: &str) {
-        let ns = self.namespace.get().map_or("", |n| n);
-        let l = |t: &ResiliencyTarget, target: &str, policy: usize, status: &str| {
-            labels(&[
-                ("app_id", app),
-                ("name", t.name.get().map_or("", |n| n)),
-                ("policy", POLICY_NAMES[policy]),
-                ("namespace", ns),
-                ("flow_direction", "outbound"),
-                ("target", target),
-                ("status", status),
-            ])
-        };
-        e.header(
-            "dapr_resiliency_count",
-            "counter",
-            "Calls a resiliency policy was applied to.",
-        );
-        self.resiliency.each(|target, t| {
-            for (p, c) in t.executed.iter().enumerate() {
-                if c.get() > 0 {
-                    e.sample("dapr_resiliency_count", &l(t, target, p, ""), c.get());
-                }
-            }
-        });
-        e.header(
-            "dapr_resiliency_activations_total",
-            "counter",
-            "Times a policy acted: a timeout fired, a retry was sent, a breaker changed state.",
-        );
-        self.resiliency.each(|target, t| {
-            for (p, c) in t.activated.iter().enumerate() {
-                if c.get() > 0 {
-                    e.sample(
-                        "dapr_resiliency_activations_total",
-                        &l(t, target, p, ""),
-                        c.get(),
-                    );
-                }
-            }
-            for (s, c) in t.transitions.iter().enumerate() {
-                if c.get() > 0 {
-                    let lab = l(t, target, PolicyKind::CircuitBreaker as usize, CB_STATES[s]);
-                    e.sample("dapr_resiliency_activations_total", &lab, c.get());
-                }
-            }
-        });
     }
 
     fn render_security(&self, e: &mut Encoder, app: &str) {
