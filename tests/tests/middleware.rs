@@ -655,3 +655,96 @@ async fn python_sdk_calls_through_a_bearer_pipeline() {
     assert!(stdout.contains("with token: 200 /orders"), "{stdout}");
     assert!(stdout.contains("without token: 401"), "{stdout}");
 }
+
+/// The unmodified Python SDK through every other middleware type: the
+/// caller's API pipeline aliases, checks, asks OPA, uppercases and rate
+/// limits; the callee's app pipeline adds an OAuth2 token fetched from a
+/// token endpoint the test serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_sdk_calls_through_every_other_middleware_type() {
+    let py = python();
+    let w = World::new();
+    let endpoint = WebServer::start(Arc::new(|r: &web::Seen| {
+        if r.path == "/token" {
+            let body =
+                json!({"access_token": "tok-sdk", "token_type": "bearer", "expires_in": 3600});
+            (200, "application/json", body.to_string())
+        } else {
+            (404, "text/plain", String::new())
+        }
+    }))
+    .await;
+    w.component(
+        "oauth.yaml",
+        &component_yaml(
+            "oauth",
+            "middleware.http.oauth2clientcredentials",
+            &[
+                ("clientId", "app".to_owned()),
+                ("clientSecret", "s3cret".to_owned()),
+                ("scopes", "read".to_owned()),
+                ("tokenURL", endpoint.url("/token")),
+                ("headerName", "authorization".to_owned()),
+            ],
+        ),
+    );
+    w.component(
+        "alias.yaml",
+        "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: alias\nspec:\n  type: middleware.http.routeralias\n  version: v1\n  metadata:\n  - name: routes\n    value: |\n      {\"/v1.0/invoke/callee/method/old\": \"/v1.0/invoke/callee/method/orders\"}\n",
+    );
+    w.component(
+        "check.yaml",
+        &component_yaml(
+            "check",
+            "middleware.http.routerchecker",
+            &[("rule", "^/v1.0/invoke/callee/method/[a-z]+$".into())],
+        ),
+    );
+    let policy = "package http\n\ndefault allow = false\n\nallow {\n    input.request.headers[\"X-Api-Key\"] == \"k1\"\n}\n";
+    w.component("opa.yaml", &opa_component("opa", policy, &[]));
+    w.component(
+        "upper.yaml",
+        &component_yaml("upper", "middleware.http.uppercase", &[]),
+    );
+    w.component(
+        "limit.yaml",
+        &component_yaml(
+            "limit",
+            "middleware.http.ratelimit",
+            &[("maxRequestsPerSecond", "1".into())],
+        ),
+    );
+    let echo = w.echo("e");
+    let app_cfg = config(&w, "app.yaml", &[], &["oauth"]);
+    let _callee = w.sidecar("callee", SidecarOpts::app(echo.http_port).config(&app_cfg));
+    let api_cfg = config(
+        &w,
+        "api.yaml",
+        &["alias", "check", "opa", "upper", "limit"],
+        &[],
+    );
+    let caller = w.sidecar("caller", SidecarOpts::default().config(&api_cfg));
+    let out = std::process::Command::new(&py)
+        .arg(python_script("sdk_middleware_all.py"))
+        .env("DAPR_HTTP_PORT", caller.http_port.to_string())
+        .env("DAPR_GRPC_PORT", caller.grpc_port.to_string())
+        .env("DAPR_RUNTIME_HOST", "127.0.0.1")
+        .env_remove("DAPR_API_TOKEN")
+        .output()
+        .expect("run sdk_middleware_all.py");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "sdk_middleware_all.py failed");
+    assert!(
+        stdout.contains("aliased: 200 /orders HELLO, SDK Bearer tok-sdk"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("checked: 400"), "{stdout}");
+    assert!(stdout.contains("opa: 403"), "{stdout}");
+    let limited: u32 = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("limited count: "))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("limited count");
+    assert!(limited >= 1, "six calls at one a second: {stdout}");
+}
