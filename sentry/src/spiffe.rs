@@ -24,7 +24,7 @@ pub enum IdError {
 }
 
 /// A workload identity: who a sidecar is, as named in its certificate.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct SpiffeId {
     trust_domain: String,
     namespace: String,

@@ -163,10 +163,19 @@ impl<K: Hash + Eq + Clone, V: Default> Family<K, V> {
         f(&v)
     }
 
-    /// Every series, for rendering.
-    pub fn each(&self, mut f: impl FnMut(&K, &V)) {
-        for e in self.map.iter() {
-            f(e.key(), e.value());
+    /// Every series, for rendering, in key order: the exposition is the
+    /// same text for the same counts on every scrape and every run (the
+    /// map's own order is its hasher's, random per process).
+    pub fn each(&self, mut f: impl FnMut(&K, &V))
+    where
+        K: Ord,
+    {
+        let mut keys: Vec<K> = self.map.iter().map(|e| e.key().clone()).collect();
+        keys.sort_unstable();
+        for k in keys {
+            if let Some(v) = self.map.get(&k) {
+                f(&k, &v);
+            }
         }
     }
 }

@@ -740,6 +740,10 @@ mod tests {
         m.resiliency_activated("res", "app_callee", PolicyKind::Retry);
         m.breaker_transition("res", "app_callee", 2);
         m.retry_budget_exhausted("app_callee");
+        // A component's inbound policy: its own series, flow_direction inbound.
+        let inbound = format!("Pubsub_bus{INBOUND_KEY}");
+        m.policy_applied("res", &inbound, [false, true, false]);
+        m.resiliency_activated("res", &inbound, PolicyKind::Retry);
         m.state_component("store").record(0, true, ms);
         m.secret_component("vault").record(0, false, ms);
         m.lock_component("locks").record(1, true, ms);
