@@ -110,6 +110,27 @@ impl<S: Series> Envelope<S> {
         r
     }
 
+    /// [`call`](Self::call) for a driver call that takes its request by
+    /// value: `input` is moved into the only attempt when there is no
+    /// policy, and cloned per try only when a policy may retry.
+    pub async fn call_with<I, T, E, F, Fut>(
+        &self,
+        op: S::Op<'_>,
+        input: I,
+        attempt: F,
+    ) -> Result<T, E>
+    where
+        I: Clone,
+        E: OutboundError,
+        F: FnMut(I) -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        let t0 = Instant::now();
+        let r = self.policed_with(input, attempt).await;
+        self.record(op, t0, r.is_ok());
+        r
+    }
+
     /// `attempt` under the outbound policy, not counted: the parts of
     /// one API call that Dapr counts once (the items of a bulk save).
     pub async fn policed<T, E, F, Fut>(&self, mut attempt: F) -> Result<T, E>
@@ -122,6 +143,27 @@ impl<S: Series> Envelope<S> {
             Some(p) => run(&p, attempt).await,
             None => attempt().await,
         }
+    }
+
+    /// [`policed`](Self::policed), the request moved rather than cloned
+    /// when there is no policy.
+    pub async fn policed_with<I, T, E, F, Fut>(&self, input: I, mut attempt: F) -> Result<T, E>
+    where
+        I: Clone,
+        E: OutboundError,
+        F: FnMut(I) -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        match self.policy.outbound() {
+            Some(p) => run(&p, || attempt(input.clone())).await,
+            None => attempt(input).await,
+        }
+    }
+
+    /// Whether the component has an outbound policy now (a batch call
+    /// that tracks its entries across retries needs to know).
+    pub fn has_outbound(&self) -> bool {
+        self.policy.outbound().is_some()
     }
 
     /// Counts one call as `op`, begun at `since` (nothing when metrics

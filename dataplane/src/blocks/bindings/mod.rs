@@ -99,7 +99,7 @@ impl BindingsBlock {
             ));
         }
         let op = req.operation.clone();
-        let r = o.call.call(&op, || o.driver.invoke(req.clone())).await;
+        let r = o.call.call_with(&op, req, |r| o.driver.invoke(r)).await;
         r.map_err(|e| errors::output_failed(name, &e.to_string()))
     }
 

@@ -74,7 +74,7 @@ impl Component {
     pub async fn send(&self, topic: &str, msg: Outgoing) -> Result<(), PubSubError> {
         let broker_topic = self.broker_topic(topic);
         (self.call)
-            .call(topic, || self.driver.publish(&broker_topic, msg.clone()))
+            .call_with(topic, msg, |m| self.driver.publish(&broker_topic, m))
             .await
     }
 
@@ -88,6 +88,9 @@ impl Component {
         msgs: Vec<Outgoing>,
     ) -> Vec<Result<(), PubSubError>> {
         let broker_topic = self.broker_topic(topic);
+        if !self.call.has_outbound() {
+            return self.driver.publish_many(&broker_topic, msgs).await;
+        }
         let n = msgs.len();
         let state = std::sync::Mutex::new(Batch {
             pending: (0..n).collect(),

@@ -246,12 +246,14 @@ impl StateBlock {
         let mut first = None;
         let t0 = Instant::now();
         // Each item under the policy, the save counted once.
-        if let [one] = &reqs[..] {
-            first = s.call.policed(|| s.driver.set(one.clone())).await.err();
+        let set = |r| s.call.policed_with(r, |r| s.driver.set(r));
+        if reqs.len() == 1 {
+            // One item: no join, no vector of futures.
+            if let Some(one) = reqs.into_iter().next() {
+                first = set(one).await.err();
+            }
         } else {
-            let calls = reqs
-                .iter()
-                .map(|r| s.call.policed(move || s.driver.set(r.clone())));
+            let calls = reqs.into_iter().map(set);
             for r in futures_util::future::join_all(calls).await {
                 if first.is_none() {
                     first = r.err();
@@ -274,7 +276,7 @@ impl StateBlock {
         let req = delete_request(s, item)?;
         let r = s
             .call
-            .call(action.op(), || s.driver.delete(req.clone()))
+            .call_with(action.op(), req, |r| s.driver.delete(r))
             .await;
         r.map_err(|e| store_error(action, store, &key, &e))
     }
@@ -300,7 +302,7 @@ impl StateBlock {
             })
             .collect::<Result<_, _>>()?;
         let r = (s.call)
-            .call(Action::Transaction.op(), || tx.multi(ops.clone()))
+            .call_with(Action::Transaction.op(), ops, |ops| tx.multi(ops))
             .await;
         r.map_err(|e| errors::transaction_failed(&e))
     }
@@ -313,7 +315,7 @@ impl StateBlock {
         };
         let parsed = Query::parse(query).map_err(|e| errors::bad_query(&e))?;
         let r = (s.call)
-            .call(Action::Query.op(), || q.query(&s.prefix, parsed.clone()))
+            .call_with(Action::Query.op(), parsed, |p| q.query(&s.prefix, p))
             .await;
         let mut a = r.map_err(|e| store_error(Action::Query, store, "", &e))?;
         for (k, _) in &mut a.results {
