@@ -31,9 +31,7 @@ use arc_swap::ArcSwap;
 
 use crate::policy::Policies;
 use crate::policy::resiliency::ComponentPolicy;
-use crate::telemetry::metrics::{
-    self, BindingComponent, ComponentOps, PolicyKind, PubSubComponent,
-};
+use crate::telemetry::metrics::{self, ComponentOps, PolicyKind};
 
 /// Where a block counts a call's outcome: its `dapr_component_*` series
 /// for one component. `Op` is what names the call in Dapr's labels (an
@@ -44,28 +42,11 @@ pub trait Series: Send + Sync + 'static {
 }
 
 /// State, secret, lock and configuration stores: the operation's index in
-/// the block's operation list (`metrics::STATE_OPS`, ...).
+/// the block's operation list (`state::Ops::OPS`, ...).
 impl Series for ComponentOps {
     type Op<'a> = usize;
     fn record(&self, op: usize, ok: bool, took: Duration) {
         ComponentOps::record(self, op, ok, took);
-    }
-}
-
-/// Pub/sub publishes (`dapr_component_pubsub_egress_*`), by topic.
-impl Series for PubSubComponent {
-    type Op<'a> = &'a str;
-    fn record(&self, topic: &str, ok: bool, took: Duration) {
-        self.topic(topic).egress[usize::from(ok)].record(took);
-    }
-}
-
-/// Output binding calls (`dapr_component_output_binding_*`), by
-/// operation.
-impl Series for BindingComponent {
-    type Op<'a> = &'a str;
-    fn record(&self, operation: &str, ok: bool, took: Duration) {
-        self.output(operation, ok, took);
     }
 }
 

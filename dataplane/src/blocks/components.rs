@@ -30,14 +30,14 @@ use super::bindings::{self, BindingsBlock};
 use super::configuration::{self, ConfigurationBlock};
 use super::lock::{self, LockBlock};
 use super::pubsub::{self, PubSubBlock};
-use super::secrets::SecretsBlock;
-use super::state::{StateBlock, Store, key_prefix};
+use super::secrets::{self, SecretsBlock};
+use super::state::{self, StateBlock, Store, key_prefix};
 use crate::blocks::call::{Envelope, PolicyRef, Series};
 use crate::config::component::{ComponentSpec, MetaValue, secret_scopes};
 use crate::config::{ConfigError, Documents};
 use crate::middleware::MiddlewareComponent;
 use crate::policy::Policies;
-use crate::telemetry::metrics;
+use crate::telemetry::metrics::{self, OpsFamily};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -151,7 +151,7 @@ pub async fn load(
                     prefix,
                     actor,
                     call: envelope(policies, &spec.name, "Statestore", |m| {
-                        m.state_component(&spec.name)
+                        m.section::<OpsFamily<state::Ops>>().component(&spec.name)
                     }),
                 });
             }
@@ -171,7 +171,7 @@ pub async fn load(
                     driver,
                     prefix,
                     call: envelope(policies, &spec.name, "Lock", |m| {
-                        m.lock_component(&spec.name)
+                        m.section::<OpsFamily<lock::Ops>>().component(&spec.name)
                     }),
                 });
             }
@@ -182,7 +182,8 @@ pub async fn load(
                     name: spec.name.clone(),
                     driver,
                     call: envelope(policies, &spec.name, "Configuration", |m| {
-                        m.configuration_component(&spec.name)
+                        m.section::<OpsFamily<configuration::Ops>>()
+                            .component(&spec.name)
                     }),
                 });
             }
@@ -195,7 +196,8 @@ pub async fn load(
                 };
                 let mut caps = Vec::new();
                 let call = envelope(policies, &spec.name, "Binding", |m| {
-                    m.binding_component(&spec.name)
+                    m.section::<bindings::metrics::Families>()
+                        .binding(&spec.name)
                 });
                 if let Some(i) = input.filter(|_| wants("input")) {
                     caps.push("INPUT_BINDING");
@@ -220,7 +222,7 @@ pub async fn load(
                 report.push(describe(&spec, driver.features()));
                 announce(&spec);
                 let call = envelope(policies, &spec.name, "Secretstore", |m| {
-                    m.secret_component(&spec.name)
+                    m.section::<OpsFamily<secrets::Ops>>().component(&spec.name)
                 });
                 secrets.add(spec.name.clone(), driver, call);
             }
@@ -358,7 +360,8 @@ fn pubsub_component(
         concurrency,
         claim,
         call: envelope(policies, &spec.name, "Pubsub", |m| {
-            m.pubsub_component(&spec.name)
+            m.section::<pubsub::metrics::Families>()
+                .component(&spec.name)
         }),
     })
 }

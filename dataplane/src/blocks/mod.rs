@@ -18,6 +18,7 @@ pub mod components;
 pub mod configuration;
 pub mod gojson;
 pub mod lock;
+pub mod metrics;
 pub mod pubsub;
 pub mod secrets;
 pub mod state;

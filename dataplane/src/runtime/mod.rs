@@ -369,6 +369,7 @@ async fn telemetry(
         &s.namespace,
         PathMatching::new(&telemetry.path_matching),
     );
+    crate::blocks::metrics::register(metrics::registry());
     let metrics_listener = match s.metrics_addr.filter(|_| metrics_on) {
         Some(a) => Some(bind(a, "--metrics-port").await?),
         None => None,

@@ -13,6 +13,7 @@
 pub mod errors;
 pub mod grpc;
 pub mod http;
+pub mod metrics;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -34,7 +35,7 @@ use crate::appchannel::grpc::{UnaryError, unary};
 use crate::blocks::call::{Envelope, Undelivered};
 use crate::errors::ApiError;
 use crate::skiff_body::SkiffBody;
-use crate::telemetry::metrics::BindingComponent;
+use metrics::BindingSeries;
 
 /// Events buffered between an input binding and its delivery loop.
 const EVENT_BUFFER: usize = 1;
@@ -42,7 +43,7 @@ const EVENT_BUFFER: usize = 1;
 pub struct Output {
     pub driver: Arc<dyn OutputBinding>,
     /// Its outbound policy and `dapr_component_output_binding_*`.
-    pub call: Envelope<BindingComponent>,
+    pub call: Envelope<BindingSeries>,
 }
 
 pub struct Input {
@@ -55,7 +56,7 @@ pub struct Input {
     /// `targets.components.<name>.inbound` (retries of a delivery the app
     /// failed, before the driver hears of the failure) and
     /// `dapr_component_input_binding_*`.
-    pub call: Envelope<BindingComponent>,
+    pub call: Envelope<BindingSeries>,
 }
 
 #[derive(Default)]

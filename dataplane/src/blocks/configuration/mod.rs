@@ -26,9 +26,17 @@ use tokio::task::JoinHandle;
 use crate::appchannel::AppChannel;
 use crate::blocks::call::{Envelope, Undelivered};
 use crate::errors::ApiError;
-use crate::telemetry::metrics::ComponentOps;
+use crate::telemetry::metrics::{ComponentOps, StoreKind};
 
-/// `operation` label indexes ([`metrics::CONFIGURATION_OPS`]).
+/// The block's families, `dapr_component_configuration_*`: `operation`
+/// label values by index ([`GET`], [`SUBSCRIBE`]).
+pub struct Ops;
+
+impl StoreKind for Ops {
+    const KIND: &'static str = "configuration";
+    const OPS: &'static [&'static str] = &["get", "subscribe"];
+}
+
 const GET: usize = 0;
 const SUBSCRIBE: usize = 1;
 

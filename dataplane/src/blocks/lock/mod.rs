@@ -20,9 +20,17 @@ use skiff_components::lock::{LockStore, Unlocked};
 
 use crate::blocks::call::Envelope;
 use crate::errors::ApiError;
-use crate::telemetry::metrics::ComponentOps;
+use crate::telemetry::metrics::{ComponentOps, StoreKind};
 
-/// `operation` label indexes ([`metrics::LOCK_OPS`]).
+/// The block's families, `dapr_component_lock_*`: `operation` label
+/// values by index ([`TRY_LOCK`], [`UNLOCK`]).
+pub struct Ops;
+
+impl StoreKind for Ops {
+    const KIND: &'static str = "lock";
+    const OPS: &'static [&'static str] = &["try_lock", "unlock"];
+}
+
 const TRY_LOCK: usize = 0;
 const UNLOCK: usize = 1;
 

@@ -32,7 +32,7 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    /// Index into `PUBSUB_OUTCOMES`.
+    /// Index into [`super::metrics::OUTCOMES`].
     pub fn index(&self) -> usize {
         match self {
             Self::Success => 0,

@@ -23,9 +23,9 @@ pub const RETRY_MAX: Duration = Duration::from_secs(10);
 use super::Component;
 use super::app::{self, Event, Outcome};
 use super::envelope::{self, Head};
+use super::metrics::Topic;
 use super::subscriptions::{Route, Sub};
 use crate::appchannel::AppChannel;
-use crate::telemetry::metrics::PubSubTopic;
 use crate::telemetry::trace::{self, Tracer};
 use skiff_proto::runtime as pb;
 
@@ -95,7 +95,7 @@ pub(super) struct Ctx {
     pub(super) subscription: Arc<dyn Subscription>,
     /// Claimed by this loop: in flight or waiting to be retried.
     pub(super) held: Mutex<HashSet<String>>,
-    pub(super) series: Arc<PubSubTopic>,
+    pub(super) series: Arc<Topic>,
     pub(super) stop: watch::Receiver<bool>,
     pub(super) tracer: Arc<Tracer>,
     pub(super) limit: usize,

@@ -16,6 +16,7 @@ pub mod errors;
 pub mod fate;
 pub mod grpc;
 pub mod http;
+pub mod metrics;
 pub mod scopes;
 pub mod subscriptions;
 
@@ -27,7 +28,6 @@ use skiff_components::pubsub::{Features, Outgoing, PubSub, PubSubError};
 
 use crate::blocks::call::{Envelope, OutboundError, outbound_error};
 use crate::errors::ApiError;
-use crate::telemetry::metrics::PubSubComponent;
 use scopes::Scopes;
 
 /// Messages in flight per subscription when the component sets no
@@ -57,7 +57,7 @@ pub struct Component {
     pub claim: Duration,
     /// `targets.components.<name>` (read at each call) and the
     /// component's `dapr_component_pubsub_*` series by topic.
-    pub call: Envelope<PubSubComponent>,
+    pub call: Envelope<metrics::ComponentSeries>,
 }
 
 impl Component {

@@ -16,7 +16,7 @@ use skiff_components::secrets::{Secret, SecretStore};
 use crate::blocks::call::Envelope;
 use crate::config::component::SecretScope;
 use crate::errors::ApiError;
-use crate::telemetry::metrics::ComponentOps;
+use crate::telemetry::metrics::{ComponentOps, StoreKind};
 
 #[derive(Default)]
 pub struct SecretsBlock {
@@ -30,7 +30,15 @@ struct Store {
     call: Envelope<ComponentOps>,
 }
 
-/// `operation` label indexes ([`metrics::SECRET_OPS`]).
+/// The block's families, `dapr_component_secret_*`: `operation` label
+/// values by index ([`GET`], [`BULK_GET`]).
+pub struct Ops;
+
+impl StoreKind for Ops {
+    const KIND: &'static str = "secret";
+    const OPS: &'static [&'static str] = &["get", "bulk_get"];
+}
+
 const GET: usize = 0;
 const BULK_GET: usize = 1;
 

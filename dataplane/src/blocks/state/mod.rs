@@ -20,7 +20,7 @@ use std::time::Instant;
 
 use crate::blocks::call::Envelope;
 use crate::errors::ApiError;
-use crate::telemetry::metrics::ComponentOps;
+use crate::telemetry::metrics::{ComponentOps, StoreKind};
 use bytes::Bytes;
 use skiff_components::Properties;
 use skiff_components::state::query::{Answer, Query};
@@ -91,8 +91,25 @@ pub enum Action {
     Query,
 }
 
+/// The block's families, `dapr_component_state_*`: `operation` label
+/// values in [`Action::op`] order.
+pub struct Ops;
+
+impl StoreKind for Ops {
+    const KIND: &'static str = "state";
+    const OPS: &'static [&'static str] = &[
+        "get",
+        "set",
+        "delete",
+        "bulk_get",
+        "bulk_delete",
+        "transaction",
+        "query",
+    ];
+}
+
 impl Action {
-    /// The index of Dapr's `operation` label ([`metrics::STATE_OPS`]).
+    /// The index of Dapr's `operation` label in [`Ops::OPS`].
     pub fn op(self) -> usize {
         match self {
             Self::Get => 0,

@@ -9,37 +9,36 @@
 //! resolver state, breaker states, process figures) come from collectors
 //! registered at start.
 //!
-//! The building blocks' component families (`dapr_component_*`) are in
-//! [`components`], path matching in [`paths`], the `process_*` figures in
-//! [`process`]; `golden.prom` beside this folder holds the exposition a
-//! test keeps byte for byte.
+//! The building blocks' component families (`dapr_component_*`) live
+//! beside each block and are rendered here as [`Section`]s ([`sections`]);
+//! the resiliency families are in [`resiliency`], path matching in
+//! [`paths`], the `process_*` figures in [`process`]. `golden.prom` beside
+//! this folder holds the exposition that `blocks::metrics` tests byte for
+//! byte.
 //!
 //! Cardinality follows Dapr's low-cardinality mode: no request paths,
 //! except through `spec.metrics.http.pathMatching` patterns; app ids and
 //! gRPC method names are bounded per family (see [`registry::MAX_SERIES`]).
 
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, LazyLock, Mutex, OnceLock};
 use std::time::Duration;
 
 use http::Method;
 use skiff_sentry::spiffe::SpiffeId;
 
-use super::registry::{Counter, Encoder, Family, Gauge, Histogram, Timed, labels};
-
-mod components;
+use super::registry::{Counter, Encoder, Family, Histogram, Timed, labels};
 
 mod paths;
 mod process;
 mod resiliency;
+mod sections;
 
-pub use components::{
-    BindingComponent, CONFIGURATION_OPS, ComponentOps, LOCK_OPS, PUBSUB_OUTCOMES, PubSubComponent,
-    PubSubTopic, SECRET_OPS, STATE_OPS,
-};
 pub use paths::PathMatching;
 use process::render_process;
 pub use resiliency::INBOUND_KEY;
+use sections::Sections;
+pub use sections::{ComponentOps, OpsFamily, Section, StoreKind};
 
 /// A value computed at scrape time.
 pub type Collector = Box<dyn Fn(&mut Encoder) + Send + Sync>;
@@ -151,12 +150,8 @@ pub struct Metrics {
     invoke_in: Family<String, InvokeIn>,
     acl: Family<SpiffeId, AclCounts>,
     resiliency: Family<String, ResiliencyTarget>,
-    state_components: Family<String, Arc<ComponentOps>>,
-    secret_components: Family<String, Arc<ComponentOps>>,
-    lock_components: Family<String, Arc<ComponentOps>>,
-    configuration_components: Family<String, Arc<ComponentOps>>,
-    pubsub_components: Family<String, Arc<PubSubComponent>>,
-    binding_components: Family<String, Arc<BindingComponent>>,
+    /// The building blocks' families, defined beside each block.
+    sections: Sections,
     retry_budget_exhausted: Family<String, Counter>,
     mtls_init: Counter,
     cert_rotated: Counter,
@@ -189,6 +184,12 @@ pub fn set_enabled(on: bool) {
     ON.store(on, Relaxed);
 }
 
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// Label index of an HTTP method.
 fn method_index(m: &Method) -> u8 {
     match *m {
@@ -206,7 +207,9 @@ fn method_index(m: &Method) -> u8 {
 }
 
 impl Metrics {
-    fn new() -> Self {
+    /// A registry of its own (tests); the sidecar records into
+    /// [`registry`].
+    pub fn new() -> Self {
         let other = || "_other".to_owned();
         Self {
             app_id: OnceLock::new(),
@@ -222,12 +225,7 @@ impl Metrics {
                 SpiffeId::new("_other", "_other", "_other").unwrap_or_else(|_| unreachable!()),
             ),
             resiliency: Family::new(other()),
-            state_components: Family::new(other()),
-            secret_components: Family::new(other()),
-            lock_components: Family::new(other()),
-            configuration_components: Family::new(other()),
-            pubsub_components: Family::new(other()),
-            binding_components: Family::new(other()),
+            sections: Sections::default(),
             retry_budget_exhausted: Family::new(other()),
             mtls_init: Counter::default(),
             cert_rotated: Counter::default(),
@@ -372,9 +370,8 @@ impl Metrics {
         self.render_invocation(&mut e, app);
         self.render_acl(&mut e);
         self.render_resiliency(&mut e, app);
-        self.render_components(&mut e, app);
-        self.render_pubsub(&mut e, app);
-        self.render_bindings(&mut e, app);
+        let ns = self.namespace.get().map_or("", |n| n);
+        self.sections.render(&mut e, app, ns);
         self.render_security(&mut e, app);
         self.render_skiff(&mut e, app);
         if let Ok(cs) = self.collectors.lock() {
@@ -714,70 +711,6 @@ mod tests {
             "/v1.0/invoke/{app}/method/items"
         );
         assert_eq!(m.label(m.index("/other")), "_");
-    }
-
-    /// Every family recorded once, rendered: the exposition must stay
-    /// byte for byte what Dapr's dashboards read (names, labels, their
-    /// order). `process_*` lines vary by run and are left out. After a
-    /// deliberate change, rewrite the file with `SKIFF_BLESS=1`.
-    #[test]
-    fn the_exposition_keeps_dapr_names_and_labels() {
-        let m = Metrics::new();
-        m.init("app", "ns", PathMatching::new(&["/orders/{id}".into()]));
-        let ms = Duration::from_millis(3);
-        m.http_server(&Method::POST, 201, m.path_index("/orders/7"), ms);
-        m.app_http(&Method::GET, 200, ms);
-        m.grpc_server("/dapr.proto.runtime.v1.Dapr/GetState")
-            .record(0, ms);
-        m.app_grpc("/dapr.proto.runtime.v1.AppCallback/OnInvoke", 5, ms);
-        m.invoke_sent("callee", true);
-        m.invoke_answered("callee", 200, true, ms);
-        m.invoke_received("caller");
-        m.invoke_responded("caller", 404);
-        let id = SpiffeId::new("public", "default", "caller").expect("id");
-        m.acl(&id, true, false);
-        m.policy_applied("res", "app_callee", [true, true, true]);
-        m.resiliency_activated("res", "app_callee", PolicyKind::Retry);
-        m.breaker_transition("res", "app_callee", 2);
-        m.retry_budget_exhausted("app_callee");
-        // A component's inbound policy: its own series, flow_direction inbound.
-        let inbound = format!("Pubsub_bus{INBOUND_KEY}");
-        m.policy_applied("res", &inbound, [false, true, false]);
-        m.resiliency_activated("res", &inbound, PolicyKind::Retry);
-        m.state_component("store").record(0, true, ms);
-        m.secret_component("vault").record(0, false, ms);
-        m.lock_component("locks").record(1, true, ms);
-        m.configuration_component("conf").record(0, true, ms);
-        let topic = m.pubsub_component("bus").topic("orders");
-        topic.ingress[0].record(ms);
-        topic.egress[1].record(ms);
-        topic.in_flight.add(2);
-        topic.backlog.set(Some(5));
-        let b = m.binding_component("cron");
-        b.output("create", true, ms);
-        b.input[1].record(ms);
-        m.mtls_init();
-        m.cert_rotated();
-        m.cert_rotate_failed("sentry down");
-        m.resolver_error();
-        m.connection_refused();
-        m.spans_exported(3);
-        m.spans_dropped(SpanDrop::QueueFull, 1);
-        let out: String = m
-            .render()
-            .lines()
-            .filter(|l| !l.contains("process_"))
-            .map(|l| format!("{l}\n"))
-            .collect();
-        let golden = concat!(env!("CARGO_MANIFEST_DIR"), "/src/telemetry/golden.prom");
-        if std::env::var_os("SKIFF_BLESS").is_some() {
-            std::fs::write(golden, &out).expect("bless");
-        }
-        let want = std::fs::read_to_string(golden).expect("golden file");
-        assert!(
-            out == want,
-            "the /metrics exposition changed; diff against {golden}:\n{out}"
-        );
     }
 
     #[test]
