@@ -12,7 +12,8 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 echo "==> building skiff, skiffd and the sample apps (first time: a few minutes)"
-cargo build --quiet -p skiff-cli -p skiff-dataplane -p skiff-samples
+# What tests/run builds, so neither rebuilds after the other.
+cargo build --quiet --workspace --bins
 export PATH="$PWD/target/debug:$PATH"
 
 for port in 7001 7002; do

@@ -70,7 +70,8 @@ impl Scrape {
             .iter()
             .filter(|(n, l, _)| n == name && f(l))
             .map(|(_, _, v)| v)
-            .sum()
+            // From +0.0: an empty f64 sum is -0.0, which JSON shows as such.
+            .fold(0.0, |a, b| a + b)
     }
 }
 
@@ -102,17 +103,28 @@ fn labels(s: &str) -> BTreeMap<String, String> {
     out
 }
 
-/// The `q` quantile (in ms) of a cumulative histogram given as
-/// (upper bound, count) pairs sorted by bound.
-fn quantile(buckets: &[(f64, f64)], q: f64) -> Option<f64> {
+/// The `q` quantile of a cumulative histogram in milliseconds, given as
+/// (upper bound, count) pairs sorted by bound, in whole microseconds:
+/// interpolated within its bucket as Prometheus' `histogram_quantile`
+/// does (the bucket's upper bound alone would read 1 ms for a 180 µs
+/// call); a quantile in the `+Inf` bucket is the highest finite bound.
+fn quantile_us(buckets: &[(f64, f64)], q: f64) -> Option<u64> {
     let total = buckets.last()?.1;
     if total <= 0.0 {
         return None;
     }
-    buckets
-        .iter()
-        .find(|(_, c)| *c >= q * total)
-        .map(|(le, _)| *le)
+    let rank = q * total;
+    let i = buckets.iter().position(|(_, c)| *c >= rank)?;
+    let (lower, below) = if i == 0 { (0.0, 0.0) } else { buckets[i - 1] };
+    let (upper, count) = buckets[i];
+    let ms = if upper.is_infinite() {
+        lower
+    } else if count > below {
+        lower + (upper - lower) * (rank - below) / (count - below)
+    } else {
+        upper
+    };
+    Some((ms * 1000.0).round() as u64)
 }
 
 struct Sampler {
@@ -234,8 +246,8 @@ fn pairs(app: &str, cur: &Scrape, prev: &Scrape) -> Vec<Value> {
                 "to": to,
                 "callsPerSec": (rate * 10.0).round() / 10.0,
                 "total": sent(cur),
-                "p50Ms": quantile(&buckets, 0.5),
-                "p99Ms": quantile(&buckets, 0.99),
+                "p50Us": quantile_us(&buckets, 0.5),
+                "p99Us": quantile_us(&buckets, 0.99),
                 "failed": failed,
             })
         })
@@ -375,7 +387,11 @@ skiff_pubsub_in_flight{app_id="a",component="ps",namespace="default",topic="t \"
         assert_eq!(p[0]["to"], "b");
         assert_eq!(p[0]["total"], 10.0);
         assert_eq!(p[0]["failed"], 1.0);
-        assert_eq!(p[0]["p50Ms"], 2.0);
+        // Rank 5 of 10 is the first of five calls in (1, 2] ms.
+        assert_eq!(p[0]["p50Us"], 1200);
+        // Rank 9.9 is in +Inf: the highest finite bound.
+        assert_eq!(p[0]["p99Us"], 2000);
+        assert_eq!(s.sum("absent", |_| true).to_string(), "0");
         let b = pubsub("a", &s);
         assert_eq!(b[0]["topic"], "t \"q\"");
         assert_eq!(

@@ -47,6 +47,7 @@ enum Cmd {
     Init(InitArgs),
     /// Remove what `init` set up (--all: the CA and data too).
     Uninstall {
+        /// Also remove the local CA and the embedded stores' data.
         #[arg(long)]
         all: bool,
     },
@@ -54,39 +55,52 @@ enum Cmd {
     Run(Box<RunArgs>),
     /// The apps running now.
     List {
+        /// The output format.
         #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
         output: Format,
     },
     /// Stop an app (-a) or every app of a run file (-f).
     Stop {
+        /// The app to stop; repeatable.
         #[arg(short = 'a', long = "app-id", required_unless_present = "run_file")]
         app_id: Vec<String>,
+        /// Stop every app this run file started.
         #[arg(short = 'f', long = "run-file")]
         run_file: Option<PathBuf>,
     },
     /// Call a method of a running app through its sidecar.
     Invoke {
+        /// The app to call.
         #[arg(short = 'a', long = "app-id")]
         app_id: String,
+        /// The method (path) of the app to call.
         #[arg(short = 'm', long = "method")]
         method: String,
+        /// The HTTP verb to use.
         #[arg(short = 'v', long = "verb", default_value = "POST")]
         verb: String,
+        /// The request body (JSON or text).
         #[arg(short = 'd', long = "data")]
         data: Option<String>,
+        /// A file whose contents are the request body.
         #[arg(short = 'f', long = "data-file")]
         data_file: Option<PathBuf>,
     },
     /// Publish an event through a running app's sidecar.
     Publish {
+        /// The running app whose sidecar publishes the event.
         #[arg(short = 'i', long = "publish-app-id")]
         app_id: String,
+        /// The pub/sub component to publish to.
         #[arg(short = 'p', long = "pubsub")]
         pubsub: String,
+        /// The topic to publish to.
         #[arg(short = 't', long = "topic")]
         topic: String,
+        /// The event (JSON or text).
         #[arg(short = 'd', long = "data")]
         data: Option<String>,
+        /// A file whose contents are the event.
         #[arg(short = 'f', long = "data-file")]
         data_file: Option<PathBuf>,
         /// A JSON object of metadata, e.g. '{"ttlInSeconds":"10"}'.
@@ -95,22 +109,28 @@ enum Cmd {
     },
     /// The last lines of a running app's log (--sidecar: its sidecar's).
     Logs {
+        /// The running app whose log to show.
         #[arg(short = 'a', long = "app-id")]
         app_id: String,
+        /// Show its sidecar's log instead.
         #[arg(long)]
         sidecar: bool,
+        /// How many of the last lines to show.
         #[arg(short = 'n', long = "lines", default_value_t = 100)]
         lines: usize,
     },
     /// Components a running app loaded (-a), else those in $SKIFF_HOME.
     Components {
+        /// The running app whose loaded components to list.
         #[arg(short = 'a', long = "app-id")]
         app_id: Option<String>,
+        /// The output format.
         #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
         output: Format,
     },
     /// A live page of the running apps, calls, pub/sub backlogs and errors.
     Dashboard {
+        /// The local port to serve the page on.
         #[arg(short = 'p', long = "port", default_value_t = 8080)]
         port: u16,
     },
@@ -129,6 +149,7 @@ struct InitArgs {
     /// Accepted for the Dapr CLI's sake: init is always "slim" here.
     #[arg(long, hide = true)]
     slim: bool,
+    /// The trust domain of the local CA's certificates.
     #[arg(long, default_value = skiff_sentry::DEFAULT_TRUST_DOMAIN)]
     trust_domain: String,
 }
@@ -136,53 +157,76 @@ struct InitArgs {
 /// `dapr run`'s flags.
 #[derive(Args)]
 struct RunArgs {
+    /// The id of your app, used for service discovery and state (default:
+    /// the command's name).
     #[arg(short = 'a', long = "app-id", env = "APP_ID")]
     app_id: Option<String>,
+    /// The port your app listens on; omit for an app that only calls.
     #[arg(short = 'p', long = "app-port")]
     app_port: Option<u16>,
+    /// The protocol the sidecar uses to talk to the app: http, grpc or h2c.
     #[arg(short = 'P', long = "app-protocol", default_value = "http")]
     app_protocol: String,
+    /// The network address the app listens on (default 127.0.0.1).
     #[arg(long = "app-channel-address")]
     app_channel_address: Option<String>,
+    /// The HTTP port for the sidecar to listen on (default: a free one).
     #[arg(short = 'H', long = "dapr-http-port")]
     dapr_http_port: Option<u16>,
+    /// The gRPC port for the sidecar to listen on (default: a free one).
     #[arg(short = 'G', long = "dapr-grpc-port")]
     dapr_grpc_port: Option<u16>,
+    /// The port for calls from other sidecars (default: a free one).
     #[arg(short = 'I', long = "dapr-internal-grpc-port")]
     dapr_internal_grpc_port: Option<u16>,
+    /// The port of the sidecar's Prometheus metrics (default: a free one).
     #[arg(short = 'M', long = "metrics-port")]
     metrics_port: Option<u16>,
+    /// A directory of component, resiliency and subscription YAML;
+    /// repeatable (default: $SKIFF_HOME/components).
     #[arg(
         short = 'd',
         long = "resources-path",
         visible_alias = "components-path"
     )]
     resources_path: Vec<PathBuf>,
+    /// A Configuration YAML file (default: $SKIFF_HOME/config.yaml).
     #[arg(short = 'c', long = "config")]
     config: Option<PathBuf>,
+    /// Concurrent calls the sidecar delivers to the app; -1 = unlimited.
     #[arg(long = "app-max-concurrency", allow_negative_numbers = true)]
     app_max_concurrency: Option<i64>,
+    /// The sidecar's log verbosity: debug, info, warn, error or fatal.
     #[arg(long = "log-level")]
     log_level: Option<String>,
+    /// Logs every API call the app makes at info level.
     #[arg(long = "enable-api-logging")]
     enable_api_logging: bool,
+    /// Probes the app's health and stops deliveries to it while it fails.
     #[arg(long = "enable-app-health-check")]
     enable_app_health_check: bool,
+    /// Path used for health checks; HTTP apps only (default /healthz).
     #[arg(long = "app-health-check-path")]
     app_health_check_path: Option<String>,
+    /// Interval to probe for the health of the app, in seconds.
     #[arg(long = "app-health-probe-interval")]
     app_health_probe_interval: Option<u64>,
+    /// Timeout for app health probes, in milliseconds.
     #[arg(long = "app-health-probe-timeout")]
     app_health_probe_timeout: Option<u64>,
+    /// Consecutive failed probes after which the app is unhealthy.
     #[arg(long = "app-health-threshold")]
     app_health_threshold: Option<u64>,
+    /// Largest message the sidecar buffers, e.g. 4Mi.
     #[arg(long = "max-body-size", visible_alias = "dapr-http-max-request-size")]
     max_body_size: Option<String>,
+    /// Largest request head (headers) the sidecar accepts, e.g. 16Ki.
     #[arg(
         long = "read-buffer-size",
         visible_alias = "dapr-http-read-buffer-size"
     )]
     read_buffer_size: Option<String>,
+    /// Comma-separated IP addresses the sidecar's APIs listen on.
     #[arg(long = "dapr-listen-addresses")]
     dapr_listen_addresses: Option<String>,
     /// Where skiffd is (a directory or the binary).

@@ -120,6 +120,7 @@ pub async fn run(home: &Home, specs: Vec<AppSpec>, skiffd: &Path) -> Result<i32>
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut runs = JoinSet::new();
+    let mut started = Vec::new();
     let mut stoppers = Vec::new();
     for ((spec, ports), sc) in planned.into_iter().zip(sidecars) {
         let app = if spec.command.is_empty() {
@@ -156,6 +157,17 @@ pub async fn run(home: &Home, specs: Vec<AppSpec>, skiffd: &Path) -> Result<i32>
             daprd_log_path: log_path(&spec, Who::Sidecar),
         };
         record.save(home).context("writing the run record")?;
+        if app.is_some() {
+            started.push(Started {
+                app_id: record.app_id.clone(),
+                pid: record.app_pid,
+                port: spec.app_port,
+                host: spec
+                    .app_channel_address
+                    .clone()
+                    .unwrap_or_else(|| "127.0.0.1".to_owned()),
+            });
+        }
         let (one_tx, one_rx) = watch::channel(false);
         stoppers.push((spec.app_id.clone(), one_tx));
         let job = Job {
@@ -169,10 +181,20 @@ pub async fn run(home: &Home, specs: Vec<AppSpec>, skiffd: &Path) -> Result<i32>
         let all = stop_rx.clone();
         runs.spawn(async move { job.supervise(all, one_rx).await });
     }
-    if many {
-        console.ok("You're up and running! The apps' and sidecars' output follows.");
-    } else {
-        console.ok("You're up and running! Both the sidecar's and the app's output follow.");
+    // Said once the apps are up: an app that exits at once is reported
+    // by its supervisor instead.
+    match apps_up(&started).await {
+        AppsUp::Yes if many => {
+            console.ok("You're up and running! The apps' and sidecars' output follows.");
+        }
+        AppsUp::Yes => {
+            console.ok("You're up and running! Both the sidecar's and the app's output follow.");
+        }
+        AppsUp::Exited => {}
+        AppsUp::NoPort(id, port) => console.info(&format!(
+            "app {id} has not opened port {port} after {}s; its sidecar delivers to it once it does",
+            APP_UP_TIMEOUT.as_secs()
+        )),
     }
     let mut code = 0;
     loop {
@@ -334,6 +356,64 @@ fn start_app(spec: &AppSpec, ports: &Ports, console: &Console, many: bool) -> Re
         tail,
         started: Instant::now(),
     })
+}
+
+/// An app `skiff run` started, to tell when it is up.
+struct Started {
+    app_id: String,
+    pid: u32,
+    port: Option<u16>,
+    /// Where it listens (`--app-channel-address`).
+    host: String,
+}
+
+enum AppsUp {
+    Yes,
+    /// One exited (its supervisor says how).
+    Exited,
+    /// Alive, but its port did not answer in time.
+    NoPort(String, u16),
+}
+
+/// How long an app has to open its port before `skiff run` says it has
+/// not (it keeps running either way).
+const APP_UP_TIMEOUT: Duration = Duration::from_secs(30);
+/// An app without a port is up once it has stayed alive this long.
+const APP_GRACE: Duration = Duration::from_millis(500);
+
+/// Waits until every app listens on its port (or, without one, has not
+/// exited within a moment).
+async fn apps_up(apps: &[Started]) -> AppsUp {
+    let end = Instant::now() + APP_UP_TIMEOUT;
+    for a in apps {
+        loop {
+            if !records::alive(a.pid) {
+                return AppsUp::Exited;
+            }
+            match a.port {
+                Some(p) => {
+                    if tokio::net::TcpStream::connect((a.host.as_str(), p))
+                        .await
+                        .is_ok()
+                    {
+                        break;
+                    }
+                    if Instant::now() > end {
+                        return AppsUp::NoPort(a.app_id.clone(), p);
+                    }
+                }
+                None => {
+                    tokio::time::sleep(APP_GRACE).await;
+                    if !records::alive(a.pid) {
+                        return AppsUp::Exited;
+                    }
+                    break;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    AppsUp::Yes
 }
 
 /// Waits until the sidecar on `port` answers `/v1.0/healthz/outbound`

@@ -164,6 +164,16 @@ mod rich {
     }
 }
 
+/// A method and path the HTTP API does not serve: 404, as daprd answers
+/// both an unknown path and a known one called with the wrong method.
+pub fn no_route(method: &http::Method, path: &str) -> Response<SkiffBody> {
+    http_error(
+        StatusCode::NOT_FOUND,
+        code::NOT_FOUND,
+        &format!("{method} {path} is not a route this sidecar serves"),
+    )
+}
+
 /// An HTTP error answer with Dapr's JSON body.
 pub fn http_error(status: StatusCode, error_code: &str, message: &str) -> Response<SkiffBody> {
     json_error(

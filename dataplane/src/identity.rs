@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwapOption;
+use skiff_components::util::{duration_text, rfc3339};
 use skiff_proto::sentry::sign_certificate_request::TokenValidator;
 use skiff_sentry::ca::{Authority, KeyAlg};
 use skiff_sentry::client::{self, Ask};
@@ -211,12 +212,12 @@ impl WorkloadIdentity {
                 Ok(not_after) => {
                     let m = crate::telemetry::metrics::get();
                     if first {
-                        tracing::info!(id = %self.id, ?not_after, "workload certificate ready");
+                        tracing::info!(id = %self.id, expires = %rfc3339(not_after), "workload certificate ready");
                         if let Some(m) = m {
                             m.mtls_init();
                         }
                     } else {
-                        tracing::debug!(id = %self.id, ?not_after, "workload certificate rotated");
+                        tracing::debug!(id = %self.id, expires = %rfc3339(not_after), "workload certificate rotated");
                         if let Some(m) = m {
                             m.cert_rotated();
                         }
@@ -240,10 +241,10 @@ impl WorkloadIdentity {
                     }
                     match self.current.load().as_ref().map(|t| t.not_after) {
                         Some(exp) if exp <= SystemTime::now() => {
-                            tracing::error!(id = %self.id, error = %e, expired = ?exp, "cannot renew, and the workload certificate has expired: calls between sidecars fail until renewal succeeds");
+                            tracing::error!(id = %self.id, error = %e, expired = %rfc3339(exp), "cannot renew, and the workload certificate has expired: calls between sidecars fail until renewal succeeds");
                         }
                         _ => {
-                            tracing::warn!(id = %self.id, error = %e, retry_in = ?retry, "getting a workload certificate failed; retrying")
+                            tracing::warn!(id = %self.id, error = %e, retry_in = %duration_text(retry), "getting a workload certificate failed; retrying")
                         }
                     }
                     let w = retry.mul_f64(0.8 + 0.4 * fastrand::f64());

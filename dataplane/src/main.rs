@@ -10,22 +10,28 @@ use tracing_subscriber::EnvFilter;
 fn main() -> ExitCode {
     let flags = Flags::parse();
     init_logging(
-        &flags.log_level,
+        flags.log_level.filter(),
         flags.log_as_json,
         flags.enable_api_logging,
     );
+    let json = flags.log_as_json;
     let settings = match flags.settings() {
         Ok(s) => s,
-        Err(e) => return fail(&anyhow::Error::new(e)),
+        Err(e) => return fail(&anyhow::Error::new(e), json),
     };
     raise_open_files(settings.limits.max_connections);
     let rt = match runtime(flags.worker_threads) {
         Ok(rt) => rt,
-        Err(e) => return fail(&anyhow::Error::new(e).context("starting the tokio runtime")),
+        Err(e) => {
+            return fail(
+                &anyhow::Error::new(e).context("starting the tokio runtime"),
+                json,
+            );
+        }
     };
     match rt.block_on(skiff_dataplane::runtime::run(settings)) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => fail(&e),
+        Err(e) => fail(&e, json),
     }
 }
 
@@ -68,10 +74,15 @@ fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
     b.enable_all().build()
 }
 
-fn fail(e: &anyhow::Error) -> ExitCode {
+/// Reports the error that stops the sidecar, once: a JSON log line under
+/// `--log-as-json` (what a log collector reads), else one plain line.
+fn fail(e: &anyhow::Error, json: bool) -> ExitCode {
     let line = skiff_sentry::report::one_line(e.as_ref());
-    tracing::error!("{line}");
-    eprintln!("skiffd: {line}");
+    if json {
+        tracing::error!("{line}");
+    } else {
+        eprintln!("skiffd: {line}");
+    }
     ExitCode::FAILURE
 }
 

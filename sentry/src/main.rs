@@ -37,10 +37,13 @@ enum Cmd {
     Token(TokenArgs),
     /// Make a root (ca.crt + ca.key) to keep offline and issue issuers from.
     Root {
+        /// Directory to write ca.crt and ca.key into.
         #[arg(long)]
         out: PathBuf,
+        /// The trust domain the root signs for.
         #[arg(long, default_value = DEFAULT_TRUST_DOMAIN)]
         trust_domain: String,
+        /// The root's key type.
         #[arg(long, default_value = "ecdsa-p256")]
         key_algorithm: KeyAlg,
     },
@@ -50,12 +53,16 @@ enum Cmd {
         /// Directory holding ca.crt and ca.key.
         #[arg(long)]
         root: PathBuf,
+        /// Directory to write issuer.crt, issuer.key and ca.crt into.
         #[arg(long)]
         out: PathBuf,
+        /// The trust domain the issuer signs for.
         #[arg(long, default_value = DEFAULT_TRUST_DOMAIN)]
         trust_domain: String,
+        /// The issuer's key type.
         #[arg(long, default_value = "ecdsa-p256")]
         key_algorithm: KeyAlg,
+        /// How long the issuer certificate is valid.
         #[arg(long, default_value = "8760h", value_parser = parse_duration)]
         ttl: Duration,
     },
@@ -70,17 +77,22 @@ struct ServeArgs {
         default_value = "./sentry-credentials"
     )]
     issuer_credentials: PathBuf,
+    /// The port sidecars ask for certificates on.
     #[arg(long, default_value_t = 50001)]
     port: u16,
+    /// The address to listen on.
     #[arg(long, default_value = "127.0.0.1")]
     listen_address: String,
+    /// The trust domain of the certificates it signs.
     #[arg(long, default_value = DEFAULT_TRUST_DOMAIN)]
     trust_domain: String,
     /// Sentry's own namespace, in its SPIFFE ID.
     #[arg(long, env = "NAMESPACE", default_value = "default")]
     namespace: String,
+    /// How long the workload certificates it signs are valid.
     #[arg(long, default_value = "24h", value_parser = parse_duration)]
     workload_cert_ttl: Duration,
+    /// The key type of an issuer made on first start.
     #[arg(long, default_value = "ecdsa-p256")]
     key_algorithm: KeyAlg,
     /// Token validators to enable (comma-separated); the first is the
@@ -95,27 +107,35 @@ struct ServeArgs {
     /// KUBERNETES_SERVICE_HOST/PORT).
     #[arg(long)]
     kube_api_server: Option<String>,
+    /// The API server's CA for the kubernetes validator.
     #[arg(long, default_value_t = format!("{SERVICE_ACCOUNT_DIR}/ca.crt"))]
     kube_ca_file: String,
+    /// The token sentry presents to the API server (TokenReview).
     #[arg(long, default_value_t = format!("{SERVICE_ACCOUNT_DIR}/token"))]
     kube_token_file: String,
-    #[arg(long, default_value = "info")]
+    /// Log verbosity.
+    #[arg(long, default_value = "info", value_parser = ["debug", "info", "warn", "error", "fatal"])]
     log_level: String,
 }
 
 #[derive(Args)]
 struct TokenArgs {
+    /// The app id the token is for (its subject).
     #[arg(long)]
     app_id: String,
+    /// The app's namespace.
     #[arg(long, default_value = "default")]
     namespace: String,
+    /// The trust domain sentry signs for.
     #[arg(long, default_value = DEFAULT_TRUST_DOMAIN)]
     trust_domain: String,
+    /// How long the token is valid.
     #[arg(long, default_value = "1h", value_parser = parse_duration)]
     ttl: Duration,
     /// The operator's signing key (default: <credentials>/jwt-signing.key).
     #[arg(long)]
     signing_key: Option<PathBuf>,
+    /// The credentials directory of the sentry that validates the token.
     #[arg(
         long,
         env = "SKIFF_SENTRY_CREDENTIALS",
@@ -159,7 +179,9 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
         && std::env::var_os("NO_COLOR").is_none();
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(&a.log_level))
+        .with_env_filter(tracing_subscriber::EnvFilter::new(
+            a.log_level.replace("fatal", "error"),
+        ))
         .with_ansi(ansi)
         .with_writer(std::io::stderr)
         .init();
@@ -255,8 +277,14 @@ fn token(t: &TokenArgs) -> anyhow::Result<()> {
         .signing_key
         .clone()
         .unwrap_or_else(|| t.issuer_credentials.join(JWT_KEY_FILE));
-    let pem =
-        std::fs::read(&path).map_err(|e| anyhow::anyhow!("signing key {}: {e}", path.display()))?;
+    let pem = std::fs::read(&path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound if t.signing_key.is_none() => anyhow::anyhow!(
+            "no JWT signing key at {}: start skiff-sentry once with --token-validator jwks and \
+             the same --issuer-credentials (it creates the key), or pass --signing-key",
+            path.display()
+        ),
+        _ => anyhow::anyhow!("signing key {}: {e}", path.display()),
+    })?;
     let key = SigningKey::from_pem(&pem).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     let id = SpiffeId::new(&t.trust_domain, &t.namespace, &t.app_id)?;
     println!("{}", key.mint(&id, &t.trust_domain, t.ttl)?);

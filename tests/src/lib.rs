@@ -37,6 +37,22 @@ pub fn bin(name: &str) -> PathBuf {
 /// default): a port handed out by `bind(0)` there can be taken by some
 /// outgoing connection's local end before the server binds it. Each test
 /// process walks its own stretch of 20000..32000 and skips ports in use.
+/// A refusing skiffd's stderr says why exactly once: one `skiffd: ...`
+/// line, not repeated as a log line (nor the other way round).
+pub fn assert_said_once(stderr: &str) {
+    let fatal: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("skiffd: "))
+        .collect();
+    assert_eq!(fatal.len(), 1, "not one fatal line:\n{stderr}");
+    let why = fatal[0].trim_start_matches("skiffd: ");
+    let repeats = stderr.lines().filter(|l| l.contains(why)).count();
+    assert_eq!(
+        repeats, 1,
+        "the fatal error is printed more than once:\n{stderr}"
+    );
+}
+
 pub fn free_port() -> u16 {
     use std::sync::atomic::{AtomicU32, Ordering};
     const LOW: u32 = 20_000;
@@ -329,6 +345,7 @@ impl World {
             Some(s) => assert!(!s.success(), "skiffd exited 0:\n{err}"),
             None => panic!("skiffd started instead of refusing:\n{err}"),
         }
+        assert_said_once(&err);
         err
     }
 

@@ -56,6 +56,20 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
     Some(total)
 }
 
+/// `d` as a user writes it in a flag or a YAML file: `5s`, `250ms`,
+/// `1.5s` (what log lines and messages show, never `Duration`'s debug
+/// form).
+pub fn duration_text(d: Duration) -> String {
+    if d.as_secs() == 0 {
+        return format!("{}ms", d.as_millis());
+    }
+    if d.subsec_millis() == 0 {
+        return format!("{}s", d.as_secs());
+    }
+    let s = format!("{:.3}", d.as_secs_f64());
+    format!("{}s", s.trim_end_matches('0'))
+}
+
 /// `t` as RFC 3339 in UTC, seconds precision (Dapr's `ttlExpireTime`).
 pub fn rfc3339(t: SystemTime) -> String {
     let secs = t
@@ -91,6 +105,13 @@ mod tests {
         assert_eq!(parse_duration("10"), Some(Duration::from_secs(10)));
         assert_eq!(parse_duration("5 parsecs"), None);
         assert_eq!(parse_duration(""), None);
+    }
+
+    #[test]
+    fn durations_read_as_written() {
+        assert_eq!(duration_text(Duration::from_millis(250)), "250ms");
+        assert_eq!(duration_text(Duration::from_secs(5)), "5s");
+        assert_eq!(duration_text(Duration::from_millis(1500)), "1.5s");
     }
 
     #[test]

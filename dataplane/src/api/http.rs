@@ -4,6 +4,7 @@
 //! service invocation (also the `dapr-app-id` header form on any other
 //! path), the building blocks, health, metadata and shutdown.
 
+use crate::errors::no_route as not_found;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -356,14 +357,6 @@ fn unauthorized() -> Response<SkiffBody> {
         StatusCode::UNAUTHORIZED,
         code::API_TOKEN,
         "invalid api token",
-    )
-}
-
-fn not_found(method: &Method, path: &str) -> Response<SkiffBody> {
-    http_error(
-        StatusCode::NOT_FOUND,
-        code::NOT_FOUND,
-        &format!("{method} {path} is not a route this sidecar serves"),
     )
 }
 

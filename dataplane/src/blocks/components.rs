@@ -299,7 +299,7 @@ async fn open(
         Ok(Err(e)) => Err(e.to_string()),
         Err(_) => Err(format!(
             "did not start within initTimeout {}",
-            humanize(spec.init_timeout)
+            skiff_components::util::duration_text(spec.init_timeout)
         )),
     }
 }
@@ -379,14 +379,6 @@ fn envelope<S: Series>(
         PolicyRef::new(policies, name, kind),
         series(metrics::registry()),
     )
-}
-
-fn humanize(d: Duration) -> String {
-    if d.subsec_millis() == 0 {
-        format!("{}s", d.as_secs())
-    } else {
-        format!("{}ms", d.as_millis())
-    }
 }
 
 /// Plain values as given; `envRef` from the environment (never `DAPR_*`);

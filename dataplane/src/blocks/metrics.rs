@@ -79,7 +79,14 @@ mod tests {
             .topic("orders");
         topic.ingress[0].record(ms);
         topic.egress[1].record(ms);
+        topic.subscribed();
         topic.in_flight.add(2);
+        // Published to only: no gauges.
+        m.section::<pubsub::metrics::Families>()
+            .component("bus")
+            .topic("audit")
+            .egress[1]
+            .record(ms);
         topic.backlog.set(Some(5));
         let b = m.section::<bindings::metrics::Families>().binding("cron");
         b.output("create", true, ms);

@@ -22,8 +22,11 @@ pub const DEFAULT_METRICS_PORT: u16 = 9090;
 #[serde(rename_all = "lowercase")]
 pub enum AppProtocol {
     Http,
+    /// Not offered: refused with a reason (daprd's TLS to the app).
+    #[value(hide = true)]
     Https,
     Grpc,
+    #[value(hide = true)]
     Grpcs,
     H2c,
 }
@@ -36,6 +39,30 @@ impl AppProtocol {
             Self::Grpc => "grpc",
             Self::Grpcs => "grpcs",
             Self::H2c => "h2c",
+        }
+    }
+}
+
+/// `--log-level`: daprd's levels; anything else is refused (a typo such
+/// as `warning` must not silence the log).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogLevel {
+    Debug,
+    Info,
+    Warn,
+    Error,
+    Fatal,
+}
+
+impl LogLevel {
+    /// The log filter it means (fatal lines are error lines that stop
+    /// the sidecar).
+    pub fn filter(self) -> &'static str {
+        match self {
+            Self::Debug => "debug",
+            Self::Info => "info",
+            Self::Warn => "warn",
+            Self::Error | Self::Fatal => "error",
         }
     }
 }
@@ -70,8 +97,10 @@ pub struct Flags {
     /// Concurrent calls delivered to the app; -1 = unlimited.
     #[arg(long = "app-max-concurrency", default_value_t = -1, allow_negative_numbers = true)]
     pub app_max_concurrency: i64,
+    /// HTTP port for the Dapr API to listen on.
     #[arg(long = "dapr-http-port", default_value_t = DEFAULT_HTTP_PORT)]
     pub http_port: u16,
+    /// gRPC port for the Dapr API to listen on.
     #[arg(long = "dapr-grpc-port", default_value_t = DEFAULT_GRPC_PORT)]
     pub grpc_port: u16,
     /// Sidecar-to-sidecar port; 0 picks a free one (standalone default).
@@ -91,6 +120,7 @@ pub struct Flags {
     /// Prometheus exporter port (`/` and `/metrics`); 0 picks a free port.
     #[arg(env = "DAPR_METRICS_PORT", long = "metrics-port", default_value_t = DEFAULT_METRICS_PORT)]
     pub metrics_port: u16,
+    /// Serves Prometheus metrics on --metrics-port.
     #[arg(long = "enable-metrics", default_value_t = true, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
     pub enable_metrics: bool,
     /// Where the exporter binds. Default: 127.0.0.1 standalone, 0.0.0.0 on
@@ -116,20 +146,26 @@ pub struct Flags {
         default_value = "16Ki"
     )]
     pub read_buffer_size: String,
+    /// Seconds in-flight calls and deliveries get to finish at shutdown.
     #[arg(long = "dapr-graceful-shutdown-seconds", default_value_t = 5)]
     pub graceful_shutdown_seconds: u64,
+    /// Probes the app's health (HTTP GET on --app-health-check-path, or
+    /// gRPC HealthCheck) and stops deliveries to it while it fails.
     #[arg(long = "enable-app-health-check", default_value_t = false, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
     pub enable_app_health_check: bool,
+    /// Path used for health checks; HTTP apps only.
     #[arg(long = "app-health-check-path", default_value = "/healthz")]
     pub app_health_check_path: String,
-    /// Seconds between probes.
+    /// Interval to probe for the health of the app, in seconds.
     #[arg(long = "app-health-probe-interval", default_value_t = 5)]
     pub app_health_probe_interval: u64,
-    /// Milliseconds a probe may take.
+    /// Timeout for app health probes, in milliseconds.
     #[arg(long = "app-health-probe-timeout", default_value_t = 500)]
     pub app_health_probe_timeout: u64,
+    /// Consecutive failed probes after which the app is unhealthy.
     #[arg(long = "app-health-threshold", default_value_t = 3)]
     pub app_health_threshold: u32,
+    /// Runtime mode: standalone (self-hosted) or kubernetes.
     #[arg(long = "mode", value_enum, default_value = "standalone")]
     pub mode: Mode,
     /// Mutual TLS between sidecars, with workload certificates from sentry
@@ -137,6 +173,8 @@ pub struct Flags {
     /// issuer kept under SKIFF_HOME.
     #[arg(long = "enable-mtls", default_value_t = false, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
     pub enable_mtls: bool,
+    /// Address of the sentry CA (host:port) that signs workload
+    /// certificates; without it, --enable-mtls signs them in-process.
     #[arg(long = "sentry-address")]
     pub sentry_address: Option<String>,
     /// PEM trust anchors (instead of DAPR_TRUST_ANCHORS).
@@ -172,8 +210,10 @@ pub struct Flags {
         hide = true
     )]
     pub workload_cert_ttl: String,
-    #[arg(long = "log-level", default_value = "info")]
-    pub log_level: String,
+    /// Log verbosity.
+    #[arg(long = "log-level", value_enum, default_value = "info")]
+    pub log_level: LogLevel,
+    /// Prints log lines as JSON.
     #[arg(long = "log-as-json", default_value_t = false, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
     pub log_as_json: bool,
     #[arg(env = "NAMESPACE", long = "namespace", default_value = super::DEFAULT_NAMESPACE, hide = true)]

@@ -3,10 +3,11 @@
 
 pub mod component;
 mod flags;
+pub mod schema;
 mod yaml;
 
-pub use flags::{AppProtocol, Flags, Mode, parse_quantity};
-pub use yaml::{ConfigError, Document, Documents, load_documents, parse_documents};
+pub use flags::{AppProtocol, Flags, LogLevel, Mode, parse_quantity};
+pub use yaml::{ConfigError, Document, Documents, lint_documents, load_documents, parse_documents};
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;

@@ -153,6 +153,9 @@ pub fn parse_documents(text: &str, p: &Path) -> Result<Vec<Document>, ConfigErro
         if value.is_null() {
             continue; // an empty document between separators
         }
+        for w in check_fields(&value, p)? {
+            tracing::warn!("{w}");
+        }
         let mut doc: Document = serde_json::from_value(value).map_err(|e| {
             invalid(
                 p,
@@ -166,6 +169,55 @@ pub fn parse_documents(text: &str, p: &Path) -> Result<Vec<Document>, ConfigErro
         docs.push(doc);
     }
     Ok(docs)
+}
+
+/// Names every field (and kind) of `value` that Dapr's documents do not
+/// have, in a warning with the closest known name; refuses the document
+/// when ignoring the field would weaken security ([`super::schema`]).
+fn check_fields(value: &serde_json::Value, p: &Path) -> Result<Vec<String>, ConfigError> {
+    let kind = value.get("kind").and_then(|k| k.as_str()).unwrap_or("");
+    let name = value
+        .pointer("/metadata/name")
+        .and_then(|n| n.as_str())
+        .unwrap_or("");
+    let file = p.display();
+    if let Some(near) = super::schema::unknown_kind(kind) {
+        let hint = near.map_or_else(String::new, |k| format!(" (did you mean {k}?)"));
+        return Ok(vec![format!(
+            "{file}: kind {kind:?} is not a kind Skiff knows{hint}; document {name:?} is left out"
+        )]);
+    }
+    let mut warnings = Vec::new();
+    for u in super::schema::unknown_fields(kind, value) {
+        if u.guarded {
+            return Err(invalid(
+                p,
+                format!(
+                    "{kind} {name}: {u}; refusing to start, since ignoring it would weaken security"
+                ),
+            ));
+        }
+        warnings.push(format!("{file}: {kind} {name}: {u}; it is ignored"));
+    }
+    Ok(warnings)
+}
+
+/// The warnings loading `text` would log (unknown kinds and fields), or
+/// the error that refuses it: for checking documents without starting a
+/// sidecar (the README test).
+pub fn lint_documents(text: &str, p: &Path) -> Result<Vec<String>, ConfigError> {
+    let mut out = Vec::new();
+    for de in yaml_serde::Deserializer::from_str(text) {
+        let value = serde_json::Value::deserialize(de).map_err(|e| ConfigError::Yaml {
+            path: p.display().to_string(),
+            why: e.to_string(),
+        })?;
+        if !value.is_null() {
+            out.extend(check_fields(&value, p)?);
+        }
+    }
+    parse_documents(text, p)?;
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -184,6 +236,24 @@ mod tests {
         };
         assert_eq!(all.components_for("a").count(), 1);
         assert_eq!(all.components_for("b").count(), 0);
+    }
+
+    #[test]
+    fn a_guarded_typo_refuses_and_others_load() {
+        let text = "apiVersion: dapr.io/v1alpha1\nkind: Configuration\nmetadata:\n  name: c\nspec:\n  accesControl:\n    defaultAction: deny\n";
+        let err = parse_documents(text, Path::new("c.yaml")).expect_err("refused");
+        assert!(
+            err.to_string()
+                .contains("spec.accesControl (did you mean spec.accessControl?)"),
+            "{err}"
+        );
+        let text = "apiVersion: dapr.io/v1alpha1\nkind: Configuration\nmetadata:\n  name: c\nspec:\n  tracng: {}\n";
+        assert_eq!(
+            parse_documents(text, Path::new("c.yaml"))
+                .expect("loads")
+                .len(),
+            1
+        );
     }
 
     #[test]

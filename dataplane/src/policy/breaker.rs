@@ -13,6 +13,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::telemetry::metrics::CB_STATES;
+
 /// The counters a trip expression reads.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Counts {
@@ -394,7 +396,7 @@ impl Breaker {
 
     fn to(&self, g: &mut Inner, state: State, now: Instant) {
         if state != g.state {
-            tracing::info!(breaker = %self.spec.name, target = %self.target, from = ?g.state, to = ?state, "circuit breaker");
+            tracing::info!(breaker = %self.spec.name, target = %self.target, from = CB_STATES[g.state.index()], to = CB_STATES[state.index()], "circuit breaker");
             if let Some(m) = crate::telemetry::metrics::get() {
                 m.breaker_transition(&self.document, &self.target, state.index());
             }

@@ -122,7 +122,7 @@ pub async fn watch(live: Arc<ArcSwap<Policies>>, src: Sources) {
             .and_then(|d| Policies::from_documents(&d, &src.app_id));
         match loaded {
             Ok(p) => {
-                tracing::info!(acl = p.acl.is_some(), resiliency = ?p.resiliency.names, "policies reloaded");
+                tracing::info!(acl = p.acl.is_some(), resiliency = %p.resiliency.names.join(", "), "policies reloaded");
                 live.store(Arc::new(p));
             }
             Err(e) => {

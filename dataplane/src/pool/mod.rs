@@ -107,6 +107,13 @@ pub enum PoolError {
         #[source]
         source: h2::Error,
     },
+    /// A plaintext connection whose peer answered with a TLS record: its
+    /// sidecar takes only mTLS.
+    #[error(
+        "the sidecar at {addr} requires mTLS (it runs with --enable-mtls) and this one does not; \
+         start both with --enable-mtls"
+    )]
+    PeerRequiresMtls { addr: SocketAddr },
     #[error("call to {addr}: reading the request body: {source}")]
     Body {
         addr: SocketAddr,
@@ -119,7 +126,20 @@ impl PoolError {
     /// True when the request never left this sidecar, so another endpoint
     /// may be tried without risk of running it twice.
     pub fn is_connect(&self) -> bool {
-        matches!(self, Self::Connect(_) | Self::Handshake { .. })
+        matches!(
+            self,
+            Self::Connect(_) | Self::Handshake { .. } | Self::PeerRequiresMtls { .. }
+        )
+    }
+
+    /// A failed send, told apart: on a plaintext connection, a frame
+    /// "too large" is how a TLS alert (`15 03 03 ...`) reads as HTTP/2,
+    /// the answer of a TLS-only peer to a plaintext preface.
+    fn send(addr: SocketAddr, source: h2::Error, plaintext: bool) -> Self {
+        if plaintext && source.reason() == Some(h2::Reason::FRAME_SIZE_ERROR) {
+            return Self::PeerRequiresMtls { addr };
+        }
+        Self::Send { addr, source }
     }
 }
 
@@ -218,7 +238,8 @@ impl Checkout {
                         lease.conn.closed.store(true, Ordering::Release);
                         slot.remove(&lease.conn);
                         if retried {
-                            return Err(PoolError::Send { addr, source: e });
+                            let plaintext = lease.conn.peer.is_none();
+                            return Err(PoolError::send(addr, e, plaintext));
                         }
                         retried = true;
                         // The replacement must be the same peer.
@@ -231,11 +252,12 @@ impl Checkout {
             // Ask for the response head as soon as the request is out: HEAD
             // and friends have nothing to follow.
             *head.version_mut() = http::Version::HTTP_2;
+            let plaintext = lease.conn.peer.is_none();
             let (response, stream) = tx
                 .send_request(std::mem::take(&mut head), eos)
-                .map_err(|source| PoolError::Send { addr, source })?;
+                .map_err(|source| PoolError::send(addr, source, plaintext))?;
             let response = send_request_body(body, stream, eos, response).await;
-            let resp = response.map_err(|source| PoolError::Send { addr, source })?;
+            let resp = response.map_err(|source| PoolError::send(addr, source, plaintext))?;
             let (parts, recv) = resp.into_parts();
             let recv = RecvBody::new(recv, &parts.headers);
             Ok(Response::from_parts(parts, PooledBody { recv, lease }))

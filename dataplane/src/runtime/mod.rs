@@ -260,14 +260,11 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     };
     register(&settings, &resolver, &identity, &lifecycle, internal_addr).await?;
     start_subscriptions(&settings, &runner, &blocks, app.as_ref(), declared);
-    tracing::info!(
-        app_id = %settings.app_id,
-        namespace = %settings.namespace,
-        http = ?settings.http_addrs,
-        grpc = ?settings.grpc_addrs,
-        internal = %internal_addr,
-        app = ?app.as_ref().map(|a| a.addr()),
-        "skiffd ready"
+    announce_ready(
+        &settings,
+        lifecycle.clone(),
+        internal_addr,
+        app.as_ref().map(|a| a.addr().to_string()),
     );
 
     wait_for_stop(&lifecycle).await;
@@ -282,6 +279,47 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// Logs "skiffd ready" when `/v1.0/healthz` says so: at once, or (with
+/// mTLS, before the first workload certificate) once it holds one, after
+/// a line saying what it waits for.
+fn announce_ready(
+    s: &Settings,
+    lifecycle: Arc<Lifecycle>,
+    internal: std::net::SocketAddr,
+    app: Option<String>,
+) {
+    let list = |a: &[std::net::SocketAddr]| {
+        a.iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let (http, grpc) = (list(&s.http_addrs), list(&s.grpc_addrs));
+    let (app_id, namespace) = (s.app_id.clone(), s.namespace.clone());
+    tokio::spawn(async move {
+        if !lifecycle.is_ready() {
+            let why = lifecycle.not_ready_reason().unwrap_or_default();
+            tracing::info!(reason = %why, "skiffd started; not ready until it holds a workload certificate");
+            while !lifecycle.is_ready() {
+                tokio::time::sleep(READY_POLL).await;
+            }
+        }
+        tracing::info!(
+            app_id = %app_id,
+            namespace = %namespace,
+            http = %http,
+            grpc = %grpc,
+            internal = %internal,
+            app = app.as_deref().unwrap_or("none"),
+            "skiffd ready"
+        );
+    });
+}
+
+/// How often a sidecar waiting for its first certificate checks whether
+/// it is ready, to say so.
+const READY_POLL: Duration = Duration::from_millis(100);
 
 /// The names of every component document, whoever they are scoped to.
 fn component_names(docs: &Documents) -> Vec<String> {
@@ -330,7 +368,7 @@ async fn drain_and_stop(resolver: &Arc<dyn Resolver>, drain: Drain, grace: Durat
         tracing::info!("drained; bye");
     } else {
         tracing::warn!(
-            ?grace,
+            grace = %skiff_components::util::duration_text(grace),
             "grace period over with calls still in flight; closing"
         );
     }
@@ -426,6 +464,14 @@ fn policies(s: &Settings, docs: &Documents) -> Result<Arc<ArcSwap<Policies>>, St
     let policies = Arc::new(ArcSwap::from_pointee(Policies::from_documents(
         docs, &s.app_id,
     )?));
+    if policies.load().acl.is_some() && s.mtls.is_none() {
+        // daprd is as strict, and as quiet about it.
+        tracing::warn!(
+            "accessControl needs mTLS (--enable-mtls): without it no calling sidecar can be \
+             identified, so every call from one is treated as an unauthenticated caller and \
+             refused unless defaultAction is allow"
+        );
+    }
     tokio::spawn(crate::policy::watch(
         policies.clone(),
         crate::policy::Sources {

@@ -108,7 +108,7 @@ impl Runner {
         let streaming = sub.kind == super::subscriptions::Kind::Streaming;
         let described = self.described.clone();
         tracing::info!(pubsub = %c.name, topic = %sub.topic, kind = sub.kind.as_str(),
-            routes = ?sub.rules, dead_letter = ?sub.dead_letter, "subscribed");
+            routes = %sub.routes_text(), dead_letter = sub.dead_letter.as_deref().unwrap_or("none"), "subscribed");
         let stop = self.stop.subscribe();
         let tracer = self.tracer.clone();
         let h = tokio::spawn(async move {
@@ -180,8 +180,10 @@ async fn run(
         }
     };
     let limit = sub.max_in_flight.unwrap_or(c.concurrency).max(1);
+    let series = c.call.series().topic(&sub.topic);
+    series.subscribed();
     let cx = Arc::new(Ctx {
-        series: c.call.series().topic(&sub.topic),
+        series,
         c,
         sub,
         target,

@@ -156,14 +156,8 @@ fn passthrough(i: &Input<'_>) -> Result<Bytes, EnvelopeError> {
     default("traceid", str_v(i.traceparent));
     default("traceparent", str_v(i.traceparent));
     default("tracestate", str_v(i.tracestate));
-    default(
-        "source",
-        str_v(if i.source.is_empty() {
-            "Dapr"
-        } else {
-            i.source
-        }),
-    );
+    // daprd fills a publisher's own event with "Dapr", not the app id.
+    default("source", str_v("Dapr"));
     default("type", str_v(DEFAULT_TYPE));
     default("specversion", str_v(SPEC_VERSION));
     if let Some(t) = i.ttl {
@@ -346,6 +340,14 @@ mod tests {
         assert_eq!(m["pubsubname"], "ps");
         assert!(!m.contains_key("id"));
         assert!(m.contains_key("time"));
+        assert_eq!(m["source"], "me");
+        // Missing fields as daprd fills them: source "Dapr", not the app id.
+        let bare = parsed(&build(&input(br#"{"data":1}"#, CE_JSON)).expect("env"));
+        assert_eq!(
+            (bare["source"].as_str(), bare["specversion"].as_str()),
+            (Some("Dapr"), Some("1.0"))
+        );
+        assert!(!bare.contains_key("id"));
         assert!(build(&input(b"not json", CE_JSON)).is_err());
     }
 

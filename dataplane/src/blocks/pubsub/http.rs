@@ -5,7 +5,7 @@
 
 use base64::Engine;
 use bytes::Bytes;
-use http::{HeaderMap, Method, Request, Response, StatusCode, header};
+use http::{HeaderMap, Method, Request, Response, header};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
@@ -24,11 +24,8 @@ pub async fn handle(
     max_body: usize,
 ) -> Response<SkiffBody> {
     if !matches!(*req.method(), Method::POST | Method::PUT) {
-        return crate::errors::http_error(
-            StatusCode::METHOD_NOT_ALLOWED,
-            crate::errors::code::NOT_FOUND,
-            "publish takes POST or PUT",
-        );
+        // As for any route called with a method it does not take.
+        return crate::errors::no_route(req.method(), req.uri().path());
     }
     let (bulk, rest) = match rest.strip_prefix("bulk/") {
         Some(r) => (true, r),

@@ -7,7 +7,7 @@
 //! topic's when it starts, so a message records without a lookup.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering::Relaxed};
 use std::time::Duration;
 
 use crate::blocks::call::Series;
@@ -28,6 +28,16 @@ pub struct Topic {
     pub in_flight: Gauge,
     pub retry_wait: Gauge,
     pub backlog: Backlog,
+    /// A subscription of this sidecar reads the topic: only then are the
+    /// gauges rendered (a publisher has nothing in flight to report).
+    subscribed: AtomicBool,
+}
+
+impl Topic {
+    /// Marks the topic as read by a subscription of this sidecar.
+    pub fn subscribed(&self) {
+        self.subscribed.store(true, Relaxed);
+    }
 }
 
 /// Messages the broker holds for a subscription that it has not fetched
@@ -189,8 +199,11 @@ impl Section for Families {
             "gauge",
             "Messages of a subscription being delivered to the app now.",
         );
+        let subscribed = |s: &Topic| s.subscribed.load(Relaxed);
         self.each(&mut |c, t, s| {
-            e.sample("skiff_pubsub_in_flight", &base(c, t), s.in_flight.get())
+            if subscribed(s) {
+                e.sample("skiff_pubsub_in_flight", &base(c, t), s.in_flight.get());
+            }
         });
         e.header(
             "skiff_pubsub_retry_waiting",
@@ -198,11 +211,13 @@ impl Section for Families {
             "Messages of a subscription held for a later retry (claimed, not in flight).",
         );
         self.each(&mut |c, t, s| {
-            e.sample(
-                "skiff_pubsub_retry_waiting",
-                &base(c, t),
-                s.retry_wait.get(),
-            )
+            if subscribed(s) {
+                e.sample(
+                    "skiff_pubsub_retry_waiting",
+                    &base(c, t),
+                    s.retry_wait.get(),
+                );
+            }
         });
         e.header(
             "skiff_pubsub_backlog",

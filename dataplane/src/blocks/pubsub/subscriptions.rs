@@ -119,6 +119,23 @@ impl Sub {
         Route::NoMatch
     }
 
+    /// The routes as a user wrote them, for the log: `/orders` or
+    /// `event.type == "x" -> /x, /default`.
+    pub fn routes_text(&self) -> String {
+        let parts: Vec<String> = self
+            .rules
+            .iter()
+            .map(|r| {
+                if r.source.is_empty() {
+                    r.path.clone()
+                } else {
+                    format!("{} -> {}", r.source, r.path)
+                }
+            })
+            .collect();
+        parts.join(", ")
+    }
+
     /// `/v1.0/metadata`'s `subscriptions[]` entry.
     pub fn describe(&self) -> Value {
         let mut v = serde_json::json!({
