@@ -105,9 +105,9 @@ pub async fn run(home: &Home, specs: Vec<AppSpec>, skiffd: &Path) -> Result<i32>
             // Let the output pumps take the last lines.
             tokio::time::sleep(Duration::from_millis(100)).await;
             bail!(
-                "the sidecar of app {} did not start: {e:#}; its last lines:\n{}",
+                "the sidecar of app {} did not start: {e:#}{}",
                 s.app_id,
-                sidecars[i].tail.text()
+                last_lines(s.sidecar_log, &sidecars[i].tail)
             );
         }
         return Ok(130);
@@ -358,6 +358,17 @@ fn start_app(spec: &AppSpec, ports: &Ports, console: &Console, many: bool) -> Re
     })
 }
 
+/// A process's last lines for a failure message, unless its output went
+/// to the console, where they were just shown (repeating them printed
+/// the sidecar's one fatal line twice more).
+fn last_lines(dest: LogDest, tail: &Tail) -> String {
+    if dest.console() {
+        " (its output is above)".to_owned()
+    } else {
+        format!("; its last lines:\n{}", tail.text())
+    }
+}
+
 /// An app `skiff run` started, to tell when it is up.
 struct Started {
     app_id: String,
@@ -501,9 +512,9 @@ impl Job {
                             self.console.info(&format!("app {id} exited"));
                         } else {
                             self.console.fail(&format!(
-                                "app {id} exited with status {code} after {:.1}s; its last lines:\n{}",
+                                "app {id} exited with status {code} after {:.1}s{}",
                                 app.started.elapsed().as_secs_f64(),
-                                app.tail.text()
+                                last_lines(self.spec.app_log, &app.tail)
                             ));
                         }
                         stop_child(&mut app.child, APP_STOP_WAIT).await;
@@ -513,10 +524,10 @@ impl Job {
                     st = self.sidecar.child.wait() => {
                         tokio::time::sleep(Duration::from_millis(100)).await;
                         self.console.fail(&format!(
-                            "the sidecar of app {id} exited (status {}) after {:.1}s; stopping the app. Its last lines:\n{}",
+                            "the sidecar of app {id} exited (status {}) after {:.1}s; stopping the app{}",
                             code_of(st.ok()),
                             self.sidecar.started.elapsed().as_secs_f64(),
-                            self.sidecar.tail.text()
+                            last_lines(self.spec.sidecar_log, &self.sidecar.tail)
                         ));
                         stop_child(&mut app.child, APP_STOP_WAIT).await;
                         1
@@ -535,8 +546,8 @@ impl Job {
                         let code = code_of(st.ok());
                         tokio::time::sleep(Duration::from_millis(100)).await;
                         self.console.fail(&format!(
-                            "the sidecar of app {id} exited (status {code}); its last lines:\n{}",
-                            self.sidecar.tail.text()
+                            "the sidecar of app {id} exited (status {code}){}",
+                            last_lines(self.spec.sidecar_log, &self.sidecar.tail)
                         ));
                         code.max(1)
                     }

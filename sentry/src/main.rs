@@ -114,7 +114,7 @@ struct ServeArgs {
     #[arg(long, default_value_t = format!("{SERVICE_ACCOUNT_DIR}/token"))]
     kube_token_file: String,
     /// Log verbosity.
-    #[arg(long, default_value = "info", value_parser = ["debug", "info", "warn", "error", "fatal"])]
+    #[arg(long, default_value = "info", value_parser = ["trace", "debug", "info", "warn", "error", "fatal"])]
     log_level: String,
 }
 

@@ -531,10 +531,12 @@ fn newcomer_errors_say_what_to_do() {
     ]);
     assert_eq!(o.status.code(), Some(7));
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(
-        err.contains("app crash exited with status 7") && err.contains("| it-broke-here"),
-        "{err}"
-    );
+    let out = format!("{}{err}", String::from_utf8_lossy(&o.stdout));
+    // Its last line is shown once, as it printed it (it was repeated in
+    // the failure message), and it was never up and running.
+    assert!(err.contains("app crash exited with status 7"), "{out}");
+    assert_eq!(out.matches("== it-broke-here").count(), 1, "{out}");
+    assert!(!out.contains("up and running"), "{out}");
     // A command that does not exist.
     let err = e.fails(&["run", "-a", "nocmd", "--", "no-such-command-here"]);
     assert!(
@@ -566,7 +568,7 @@ fn newcomer_errors_say_what_to_do() {
     let comps = e.root().join("broken");
     std::fs::create_dir_all(&comps).expect("mkdir");
     std::fs::write(comps.join("x.yaml"), "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: x\nspec:\n  type: state.nosuch\n  version: v1\n").expect("w");
-    let err = e.fails(&[
+    let o = e.run(&[
         "run",
         "-a",
         "y",
@@ -575,10 +577,18 @@ fn newcomer_errors_say_what_to_do() {
         "--",
         "true",
     ]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
     assert!(
         err.contains("the sidecar of app y did not start") && err.contains("state.nosuch"),
         "{err}"
     );
+    // The sidecar's one fatal line, shown once (it was four times).
+    assert_eq!(err.matches("unknown component type").count(), 1, "{err}");
     drop(l);
 }
 

@@ -372,6 +372,8 @@ async fn a_sidecar_started_before_sentry_says_why_and_recovers() {
         format!("127.0.0.1:{port}"),
     ]);
     opts.env.push(("DAPR_TRUST_ANCHORS", anchors));
+    let log = w.home.path().join("early.log");
+    opts.log_file = Some(log.clone());
     let s = w.sidecar_started("early", opts);
     let c = http_client();
     let url = format!("{}/v1.0/healthz/outbound", s.http());
@@ -392,10 +394,27 @@ async fn a_sidecar_started_before_sentry_says_why_and_recovers() {
     let registry = w.home.path().join("registry/default/early");
     let entries = |dir: &Path| std::fs::read_dir(dir).map_or(0, |d| d.count());
     assert_eq!(entries(&registry), 0, "registered without a certificate");
+    // Nor said to be ready: the log says what it waits for.
+    let text = || std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        text().contains("not ready until it holds a workload certificate")
+            && !text().contains("skiffd ready"),
+        "{}",
+        text()
+    );
     let _sentry = w.sentry_at(port, &creds, &[]);
     wait_outbound_ready(&s, Duration::from_secs(20)).await;
-    // Ready means published.
+    // Ready means published, and said.
     assert_eq!(entries(&registry), 1, "ready but not registered");
+    let end = Instant::now() + Duration::from_secs(5);
+    while !text().contains("skiffd ready") && Instant::now() < end {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(text().contains("skiffd ready"), "{}", text());
+    // Values as a user writes them, not Rust's debug forms.
+    for debug in ["Some(", "None", "SystemTime", "tv_sec"] {
+        assert!(!text().contains(debug), "{debug} in the log:\n{}", text());
+    }
 }
 
 fn write(dir: &Path, name: &str, contents: &str) -> String {

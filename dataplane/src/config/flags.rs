@@ -43,10 +43,12 @@ impl AppProtocol {
     }
 }
 
-/// `--log-level`: daprd's levels; anything else is refused (a typo such
-/// as `warning` must not silence the log).
+/// `--log-level`: daprd's levels, and `trace` below `debug` (Skiff's);
+/// anything else is refused (a typo such as `warning` must not silence
+/// the log).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum LogLevel {
+    Trace,
     Debug,
     Info,
     Warn,
@@ -59,6 +61,7 @@ impl LogLevel {
     /// the sidecar).
     pub fn filter(self) -> &'static str {
         match self {
+            Self::Trace => "trace",
             Self::Debug => "debug",
             Self::Info => "info",
             Self::Warn => "warn",

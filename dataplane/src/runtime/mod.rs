@@ -311,7 +311,7 @@ fn announce_ready(
             http = %http,
             grpc = %grpc,
             internal = %internal,
-            app = app.as_deref().unwrap_or("none"),
+            app = %app.as_deref().unwrap_or("none"),
             "skiffd ready"
         );
     });
