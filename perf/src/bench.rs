@@ -503,6 +503,15 @@ async fn measure(
     })
 }
 
+/// The lowest and highest of the rounds' figures.
+fn range<T: Copy + PartialOrd + Default>(v: impl Iterator<Item = T>) -> (T, T) {
+    v.fold(None, |acc: Option<(T, T)>, x| match acc {
+        None => Some((x, x)),
+        Some((lo, hi)) => Some((if x < lo { x } else { lo }, if x > hi { x } else { hi })),
+    })
+    .unwrap_or_default()
+}
+
 fn median_by<T: Copy + PartialOrd>(mut v: Vec<T>) -> T {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
     v[v.len() / 2]
@@ -550,6 +559,8 @@ fn summarize(
             note: notes.get(path).cloned().unwrap_or_default(),
             rounds: rs.len(),
             throughput_rps: median_by(rs.iter().map(|r| r.report.achieved_rps).collect()),
+            p50_range_us: range(rs.iter().map(|r| r.report.latency.p50_us)),
+            throughput_range_rps: range(rs.iter().map(|r| r.report.achieved_rps)),
             proxy_cpu_s_per_1000: per_1000(cpu),
             proxy_sys_s_per_1000: per_1000(sys),
             proxy_peak_rss_kib: rs.iter().map(|r| r.proxy_rss_kib).max().unwrap_or(0),
@@ -596,21 +607,25 @@ fn markdown(rows: &[Row], skipped: &[String]) -> String {
             let _ = writeln!(s, "\n### {} {}\n", proto_name(r.proto), r.scenario.name());
             let _ = writeln!(
                 s,
-                "| path | p50 µs | p90 µs | p99 µs | p99.9 µs | added p50 / p99 µs | req/s | vs direct | proxy CPU s/1k req (kernel) | proxy peak RSS | errors |"
+                "| path | p50 µs (rounds) | p90 µs | p99 µs | p99.9 µs | added p50 / p99 µs | req/s (rounds) | vs direct | proxy CPU s/1k req (kernel) | proxy peak RSS | errors |"
             );
             let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|");
         }
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {} | {:+} / {:+} | {:.0} | {:.2} | {:.4} ({:.0}%) | {:.1} MiB | {} |",
+            "| {} | {} ({}–{}) | {} | {} | {} | {:+} / {:+} | {:.0} ({:.0}–{:.0}) | {:.2} | {:.4} ({:.0}%) | {:.1} MiB | {} |",
             r.path.name(),
             r.latency.p50_us,
+            r.p50_range_us.0,
+            r.p50_range_us.1,
             r.latency.p90_us,
             r.latency.p99_us,
             r.latency.p999_us,
             r.added_p50_us,
             r.added_p99_us,
             r.throughput_rps,
+            r.throughput_range_rps.0,
+            r.throughput_range_rps.1,
             r.throughput_vs_direct,
             r.proxy_cpu_s_per_1000,
             if r.proxy_cpu_s_per_1000 > 0.0 {
@@ -653,5 +668,7 @@ mod tests {
     fn median_of_rounds() {
         assert_eq!(median_by(vec![5, 1, 3]), 3);
         assert_eq!(median_by(vec![2.0, 9.0, 4.0, 1.0, 7.0]), 4.0);
+        assert_eq!(range([5, 1, 3].into_iter()), (1, 5));
+        assert_eq!(range([2.5].into_iter()), (2.5, 2.5));
     }
 }

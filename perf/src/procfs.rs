@@ -5,6 +5,15 @@
 /// 100 on every architecture Skiff runs on.
 const TICKS_PER_SECOND: f64 = 100.0;
 
+/// Whether `pid` is a live process (a zombie is not).
+pub fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        s.rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X")
+    })
+}
+
 /// User + system CPU seconds a process has used.
 pub fn cpu_seconds(pid: u32) -> Option<f64> {
     cpu_split(pid).map(|(u, s)| u + s)

@@ -120,6 +120,10 @@ pub struct Running {
 #[derive(Default)]
 pub struct Procs(Vec<Child>, Vec<Option<PathBuf>>);
 
+/// How long a process has to stop after SIGTERM before it and what it
+/// started are killed.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
 impl Procs {
     /// Like [`Procs::spawn`], with stderr kept in `log` for error messages.
     pub fn spawn_logged(&mut self, cmd: &mut Command, log: &FsPath) -> anyhow::Result<u32> {
@@ -134,6 +138,10 @@ impl Procs {
 
     pub fn spawn(&mut self, cmd: &mut Command) -> anyhow::Result<u32> {
         let program = cmd.get_program().to_string_lossy().into_owned();
+        // A group of its own: nginx's and HAProxy's workers stay in their
+        // master's group, so the group is what is stopped (killing the
+        // master alone left nginx workers listening after the run).
+        std::os::unix::process::CommandExt::process_group(cmd, 0);
         let child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -166,9 +174,64 @@ impl Procs {
     }
 }
 
+#[cfg(test)]
+mod procs_tests {
+    use super::*;
+
+    /// A master that starts a worker and exits on SIGTERM without
+    /// stopping it, as a peer's master may: the worker must not outlive
+    /// the bench.
+    #[test]
+    fn no_process_outlives_procs() {
+        let dir = tempfile::tempdir().expect("dir");
+        let pidfile = dir.path().join("worker.pid");
+        let mut p = Procs(Vec::new(), Vec::new());
+        p.spawn(Command::new("sh").arg("-c").arg(format!(
+            "sleep 300 & echo $! > {}; trap 'exit 0' TERM; while :; do sleep 0.05; done",
+            pidfile.display()
+        )))
+        .expect("spawn");
+        let end = std::time::Instant::now() + Duration::from_secs(5);
+        let worker = loop {
+            if let Some(pid) = std::fs::read_to_string(&pidfile)
+                .ok()
+                .and_then(|t| t.trim().parse::<u32>().ok())
+            {
+                break pid;
+            }
+            assert!(std::time::Instant::now() < end, "no worker");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        drop(p);
+        let end = std::time::Instant::now() + Duration::from_secs(5);
+        while crate::procfs::alive(worker) && std::time::Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(
+            !crate::procfs::alive(worker),
+            "worker {worker} outlived the run"
+        );
+    }
+}
+
 impl Drop for Procs {
+    /// Stops every process the way it expects: SIGTERM to its group (the
+    /// peers shut their workers down), a wait, then SIGKILL to whatever is
+    /// left of the group after [`STOP_GRACE`].
     fn drop(&mut self) {
+        use nix::sys::signal::{Signal, killpg};
+        use nix::unistd::Pid;
+        let group = |c: &Child| Pid::from_raw(i32::try_from(c.id()).unwrap_or(0));
+        for c in &self.0 {
+            let _ = killpg(group(c), Signal::SIGTERM);
+        }
+        let end = std::time::Instant::now() + STOP_GRACE;
         for c in &mut self.0 {
+            while std::time::Instant::now() < end && matches!(c.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            // The leader may be gone with workers still in its group.
+            let _ = killpg(group(c), Signal::SIGKILL);
             let _ = c.kill();
             let _ = c.wait();
         }
@@ -206,6 +269,13 @@ pub struct Row {
     pub added_p90_us: i64,
     pub added_p99_us: i64,
     pub throughput_rps: f64,
+    /// The rounds' lowest and highest p50 (µs) and throughput: one figure
+    /// swings by 2x between runs on a shared machine, so the spread is
+    /// reported beside the median.
+    #[serde(default)]
+    pub p50_range_us: (u64, u64),
+    #[serde(default)]
+    pub throughput_range_rps: (f64, f64),
     pub throughput_vs_direct: f64,
     /// CPU seconds the proxy processes spent per 1000 requests.
     pub proxy_cpu_s_per_1000: f64,

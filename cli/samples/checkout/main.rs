@@ -267,6 +267,10 @@ async fn main() -> Result<()> {
         "checkout:   order published → shipment back:   {}",
         p50(&mut e2e)
     );
+    println!(
+        "checkout: (a handful of calls from a debug build, first connections included: a check that \
+         everything works, not Skiff's speed; `skiff-perf` measures that, perf/RESULTS.md has figures)"
+    );
     if std::env::var("STAY").is_ok_and(|v| v == "1") {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {
