@@ -59,6 +59,26 @@ pub fn media_type(ct: &str) -> String {
         .to_ascii_lowercase()
 }
 
+/// `now` as an envelope's `time` (RFC 3339, seconds precision), kept per
+/// thread and formatted again only when the second changes: publishes
+/// within a second share one formatting and allocate nothing for it.
+fn with_now_text<R>(now: SystemTime, f: impl FnOnce(&str) -> R) -> R {
+    thread_local! {
+        static NOW: std::cell::RefCell<(u64, String)> =
+            const { std::cell::RefCell::new((u64::MAX, String::new())) };
+    }
+    let secs = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    NOW.with_borrow_mut(|(at, text)| {
+        if *at != secs {
+            *at = secs;
+            *text = rfc3339(SystemTime::UNIX_EPOCH + Duration::from_secs(secs));
+        }
+        f(text)
+    })
+}
+
 /// The envelope's bytes.
 pub fn build(i: &Input<'_>) -> Result<Bytes, EnvelopeError> {
     let media = media_type(i.content_type);
@@ -130,7 +150,7 @@ pub fn build(i: &Input<'_>) -> Result<Bytes, EnvelopeError> {
     if let Some(sub) = over("subject") {
         s(&mut out, "subject", sub);
     }
-    s(&mut out, "time", &rfc3339(now));
+    with_now_text(now, |t| s(&mut out, "time", t));
     s(&mut out, "topic", i.topic);
     s(&mut out, "traceid", traceparent);
     s(&mut out, "traceparent", traceparent);
@@ -231,7 +251,7 @@ pub fn wrap_raw(data: &[u8], topic: &str, pubsub: &str) -> Bytes {
     out.push_str(",\"pubsubname\":");
     gojson::string(pubsub, &mut out);
     out.push_str(",\"source\":\"Dapr\",\"specversion\":\"1.0\",\"time\":");
-    gojson::string(&rfc3339(SystemTime::now()), &mut out);
+    with_now_text(SystemTime::now(), |t| gojson::string(t, &mut out));
     out.push_str(",\"topic\":");
     gojson::string(topic, &mut out);
     out.push_str(",\"type\":\"com.dapr.event.sent\"}");
@@ -327,6 +347,18 @@ mod tests {
         let m = parsed(&build(&input(&[0, 255], "application/octet-stream")).expect("env"));
         assert_eq!(m["data_base64"], "AP8=");
         assert!(!m.contains_key("data"));
+    }
+
+    #[test]
+    fn the_time_text_is_formatted_once_a_second() {
+        let t = SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_250);
+        let a = with_now_text(t, str::to_owned);
+        assert_eq!(a, rfc3339(t));
+        let same = t + Duration::from_millis(500);
+        assert_eq!(with_now_text(same, str::to_owned), a);
+        let next = t + Duration::from_secs(1);
+        assert_eq!(with_now_text(next, str::to_owned), rfc3339(next));
+        assert_ne!(rfc3339(next), a);
     }
 
     #[test]

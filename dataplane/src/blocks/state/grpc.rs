@@ -57,15 +57,19 @@ fn save_item(store: &str, it: StateItem, raw: bool) -> Result<SaveItem, ApiError
             .get("contentType")
             .is_some_and(|c| c.starts_with("application/json"));
     let (value, is_json) = if json {
-        let v: serde_json::Value = serde_json::from_slice(&it.value).map_err(|e| {
+        let invalid = |e: &dyn std::fmt::Display| {
             store_error(
                 Action::Save,
                 store,
                 &it.key,
                 &StateError::Invalid(format!("value is not JSON: {e}")),
             )
-        })?;
-        (Bytes::from(gojson::encode(&v)), true)
+        };
+        // Checked, then re-encoded from its text (no tree of it built).
+        let raw: &serde_json::value::RawValue =
+            serde_json::from_slice(&it.value).map_err(|e| invalid(&e))?;
+        let v = gojson::reencode(raw.get()).map_err(|e| invalid(&e))?;
+        (Bytes::from(v), true)
     } else {
         (it.value, false)
     };

@@ -9,7 +9,6 @@ use std::collections::BTreeMap;
 use ::http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use serde_json::value::RawValue;
 use skiff_components::state::{Concurrency, Consistency, Item};
 
@@ -121,11 +120,13 @@ struct Options {
 }
 
 #[derive(Deserialize)]
-struct SaveEntry {
+struct SaveEntry<'a> {
     #[serde(default, deserialize_with = "nullable")]
     key: String,
-    #[serde(default)]
-    value: Value,
+    /// The value's text in the request body, re-encoded from there (no
+    /// tree of it is built); absent and `null` store `null`.
+    #[serde(default, borrow)]
+    value: Option<&'a RawValue>,
     #[serde(default)]
     etag: Option<String>,
     #[serde(default, deserialize_with = "nullable")]
@@ -136,7 +137,7 @@ struct SaveEntry {
 
 /// A save entry as the block takes it: the value re-encoded as daprd
 /// stores an HTTP save; query metadata merged in (and winning).
-fn save_item(store: &str, e: SaveEntry, args: &QueryArgs) -> Result<SaveItem, ApiError> {
+fn save_item(store: &str, e: SaveEntry<'_>, args: &QueryArgs) -> Result<SaveItem, ApiError> {
     let mut meta = e.metadata;
     for (k, v) in &args.metadata {
         meta.insert(k.clone(), v.clone());
@@ -153,7 +154,11 @@ fn save_item(store: &str, e: SaveEntry, args: &QueryArgs) -> Result<SaveItem, Ap
     )?;
     Ok(SaveItem {
         key: e.key,
-        value: Bytes::from(gojson::encode(&e.value)),
+        value: Bytes::from(
+            e.value
+                .map_or_else(|| Ok(b"null".to_vec()), |v| gojson::reencode(v.get()))
+                .map_err(malformed)?,
+        ),
         is_json: true,
         etag: e.etag,
         concurrency,
@@ -332,18 +337,19 @@ async fn bulk(
 }
 
 #[derive(Deserialize)]
-struct TxBody {
-    #[serde(default, deserialize_with = "nullable")]
-    operations: Vec<TxEntry>,
+struct TxBody<'a> {
+    #[serde(default, deserialize_with = "nullable", borrow)]
+    operations: Vec<TxEntry<'a>>,
     #[serde(default, deserialize_with = "nullable")]
     metadata: BTreeMap<String, String>,
 }
 
 #[derive(Deserialize)]
-struct TxEntry {
+struct TxEntry<'a> {
     #[serde(default, deserialize_with = "nullable")]
     operation: String,
-    request: Option<SaveEntry>,
+    #[serde(borrow)]
+    request: Option<SaveEntry<'a>>,
 }
 
 async fn transaction(
