@@ -81,3 +81,69 @@ async fn malformed_requests_then_a_normal_call_succeeds() {
         "a new connection works"
     );
 }
+
+/// A raw gRPC call on the API door: `frame` as the whole body.
+async fn grpc_raw(s: &Sidecar, method: &str, frame: Vec<u8>, extra: &[(&str, &str)]) -> Resp {
+    let mut b = http::Request::builder()
+        .method("POST")
+        .uri(format!(
+            "{}/dapr.proto.runtime.v1.Dapr/{method}",
+            s.grpc_addr()
+        ))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers");
+    for (k, v) in extra {
+        b = b.header(*k, *v);
+    }
+    let req = b
+        .body(http_body_util::Full::new(bytes::Bytes::from(frame)))
+        .expect("request");
+    send(&h2_client(), req).await
+}
+
+/// gRPC framing the API door must refuse with a status, never a hang or
+/// a dropped connection, keeping its answers as they are today (the door
+/// is being rewritten: these pin it).
+#[tokio::test]
+async fn malformed_grpc_frames_get_a_status_then_a_normal_call_succeeds() {
+    let w = World::new();
+    let s = w.sidecar("frames", SidecarOpts::default());
+    // Declares 100 bytes, carries 3.
+    let mut short = vec![0u8, 0, 0, 0, 100];
+    short.extend_from_slice(b"abc");
+    // Compressed flag without grpc-encoding.
+    let compressed = vec![1u8, 0, 0, 0, 0];
+    // Not protobuf: field 1 as a length-delimited field longer than the message.
+    let garbage = vec![0u8, 0, 0, 0, 2, 0x0a, 0x7f];
+    // A compression daprd does not take.
+    let gzip = vec![1u8, 0, 0, 0, 0];
+    let cases: [(&str, Vec<u8>, &[(&str, &str)], &str); 4] = [
+        ("short frame", short, &[], "13"),
+        ("compressed flag, no encoding", compressed, &[], "13"),
+        ("not protobuf", garbage, &[], "13"),
+        ("gzip", gzip, &[("grpc-encoding", "gzip")], "12"),
+    ];
+    for (what, frame, extra, want) in cases {
+        let r = grpc_raw(&s, "GetMetadata", frame, extra).await;
+        assert_eq!(r.status, 200, "{what}: {}", r.text());
+        assert_eq!(
+            r.header("grpc-status"),
+            want,
+            "{what}: {}",
+            r.header("grpc-message")
+        );
+    }
+    // Then a well-formed call: not an error (its status is in the
+    // trailers), and one whole gRPC message back.
+    let ok = grpc_raw(&s, "GetMetadata", vec![0, 0, 0, 0, 0], &[]).await;
+    assert_eq!(
+        ok.header("grpc-status"),
+        "",
+        "{}",
+        ok.header("grpc-message")
+    );
+    let b = &ok.body;
+    assert!(b.len() > 5 && b[0] == 0, "{b:?}");
+    let len = u32::from_be_bytes([b[1], b[2], b[3], b[4]]) as usize;
+    assert_eq!(len, b.len() - 5, "one whole message");
+}
