@@ -117,7 +117,9 @@ async fn malformed_grpc_frames_get_a_status_then_a_normal_call_succeeds() {
     let garbage = vec![0u8, 0, 0, 0, 2, 0x0a, 0x7f];
     // A compression daprd does not take.
     let gzip = vec![1u8, 0, 0, 0, 0];
-    let cases: [(&str, Vec<u8>, &[(&str, &str)], &str); 4] = [
+    // What, the body, extra headers, the grpc-status expected.
+    type Case<'a> = (&'a str, Vec<u8>, &'a [(&'a str, &'a str)], &'a str);
+    let cases: [Case<'_>; 4] = [
         ("short frame", short, &[], "13"),
         ("compressed flag, no encoding", compressed, &[], "13"),
         ("not protobuf", garbage, &[], "13"),
