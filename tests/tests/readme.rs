@@ -5,7 +5,8 @@
 //! order, as written, in one network namespace of its own: the README's
 //! ports (3500, 50001, 9090, ...) are free there whatever else runs on
 //! this machine, so no port is rewritten. What the harness changes, and
-//! only this: `HOME` is a temporary directory (so `~/.skiff` is the
+//! only this: ports the system picks come from 60000-65000 (above the
+//! README's fixed ones), `HOME` is a temporary directory (so `~/.skiff` is the
 //! test's), `target/release/` reads `target/debug/` and `cargo build`
 //! lines are left out (`tests/run` built the binaries already; a release
 //! build would take most of CI's hour), the clone's `target/debug` is on
@@ -149,6 +150,15 @@ impl Netns {
             .is_ok_and(|s| s.success())
             && Command::new("ip")
                 .args(["-n", &name, "link", "set", "lo", "up"])
+                .status()
+                .is_ok_and(|s| s.success())
+            // Ports the system picks (free ports, clients' source ports)
+            // above every port the README names: Dapr's 50001-50003 sit in
+            // Linux's default range, and a sidecar's free internal port
+            // once took the 50002 the next command asked for.
+            && Command::new("ip")
+                .args(["netns", "exec", &name, "sh", "-c"])
+                .arg("echo 60000 65000 > /proc/sys/net/ipv4/ip_local_port_range")
                 .status()
                 .is_ok_and(|s| s.success());
         ok.then_some(Self(name))
