@@ -260,16 +260,22 @@ fn place(b: &Block) -> String {
     format!("{}:{}", b.file.display(), b.line)
 }
 
-/// Runs a foreground block to its end; its output when it failed.
-fn run_block(s: &Session, b: &Block, cwd: &Path) -> Result<(), String> {
+/// Starts block `b`, its output (both streams) in a log file of its own.
+fn spawn_logged(s: &Session, b: &Block, cwd: &Path) -> (Child, PathBuf) {
     let log = s.home.path().join(format!(".block-{}.log", b.line));
     let out = std::fs::File::create(&log).expect("log");
-    let mut child = s
+    let child = s
         .command(b, cwd)
         .stdout(out.try_clone().expect("log"))
         .stderr(out)
         .spawn()
         .expect("bash");
+    (child, log)
+}
+
+/// Runs a foreground block to its end; its output when it failed.
+fn run_block(s: &Session, b: &Block, cwd: &Path) -> Result<(), String> {
+    let (mut child, log) = spawn_logged(s, b, cwd);
     let end = Instant::now() + BLOCK_TIMEOUT;
     let status = loop {
         if let Ok(Some(st)) = child.try_wait() {
@@ -292,14 +298,7 @@ fn run_block(s: &Session, b: &Block, cwd: &Path) -> Result<(), String> {
 /// Starts a block a user leaves running; returns once its output shows
 /// `until`.
 fn start_block(s: &Session, b: &Block, cwd: &Path, until: &str) -> Result<Child, String> {
-    let log = s.home.path().join(format!(".block-{}.log", b.line));
-    let out = std::fs::File::create(&log).expect("log");
-    let mut child = s
-        .command(b, cwd)
-        .stdout(out.try_clone().expect("log"))
-        .stderr(out)
-        .spawn()
-        .expect("bash");
+    let (mut child, log) = spawn_logged(s, b, cwd);
     let end = Instant::now() + BACKGROUND_TIMEOUT;
     loop {
         let mut text = String::new();

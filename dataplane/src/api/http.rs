@@ -4,7 +4,6 @@
 //! service invocation (also the `dapr-app-id` header form on any other
 //! path), the building blocks, health, metadata and shutdown.
 
-use crate::errors::no_route as not_found;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -14,7 +13,7 @@ use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use super::health::{Health, no_content};
 use super::metadata::Metadata;
 use crate::blocks::{Block, Blocks, bindings, configuration, lock, pubsub, secrets, state};
-use crate::errors::{code, http_error};
+use crate::errors::{code, http_error, no_route as not_found};
 use crate::headers::DAPR_APP_ID;
 use crate::invoke::envelope::{Door, Invoker};
 use crate::invoke::target::{self, TargetError};

@@ -345,13 +345,6 @@ fn walk(node: &Node, v: &Value, at: &str, known: &str, out: &mut Vec<Unknown>) {
         }
         Value::Object(map) => {
             for (k, child) in map {
-                let join = |base: &str, k: &str| {
-                    if base.is_empty() {
-                        k.to_owned()
-                    } else {
-                        format!("{base}.{k}")
-                    }
-                };
                 if let Some(n) = node.children.get(k) {
                     walk(n, child, &join(at, k), &join(known, k), out);
                 } else if let Some(n) = &node.any_key {
@@ -372,6 +365,15 @@ fn walk(node: &Node, v: &Value, at: &str, known: &str, out: &mut Vec<Unknown>) {
             }
         }
         _ => {}
+    }
+}
+
+/// `base.k`, or `k` at the top.
+fn join(base: &str, k: &str) -> String {
+    if base.is_empty() {
+        k.to_owned()
+    } else {
+        format!("{base}.{k}")
     }
 }
 

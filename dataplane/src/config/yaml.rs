@@ -144,7 +144,17 @@ fn read_file(p: &Path) -> Result<Vec<Document>, ConfigError> {
 
 /// The documents of one YAML text; `p` names it in errors.
 pub fn parse_documents(text: &str, p: &Path) -> Result<Vec<Document>, ConfigError> {
-    let mut docs = Vec::new();
+    let (docs, warnings) = parse(text, p)?;
+    for w in warnings {
+        tracing::warn!("{w}");
+    }
+    Ok(docs)
+}
+
+/// The documents of one YAML text and the warnings about their unknown
+/// kinds and fields, in one pass.
+fn parse(text: &str, p: &Path) -> Result<(Vec<Document>, Vec<String>), ConfigError> {
+    let (mut docs, mut warnings) = (Vec::new(), Vec::new());
     for de in yaml_serde::Deserializer::from_str(text) {
         let value = serde_json::Value::deserialize(de).map_err(|e| ConfigError::Yaml {
             path: p.display().to_string(),
@@ -153,9 +163,7 @@ pub fn parse_documents(text: &str, p: &Path) -> Result<Vec<Document>, ConfigErro
         if value.is_null() {
             continue; // an empty document between separators
         }
-        for w in check_fields(&value, p)? {
-            tracing::warn!("{w}");
-        }
+        warnings.extend(check_fields(&value, p)?);
         let mut doc: Document = serde_json::from_value(value).map_err(|e| {
             invalid(
                 p,
@@ -168,7 +176,7 @@ pub fn parse_documents(text: &str, p: &Path) -> Result<Vec<Document>, ConfigErro
         doc.source = p.to_path_buf();
         docs.push(doc);
     }
-    Ok(docs)
+    Ok((docs, warnings))
 }
 
 /// Names every field (and kind) of `value` that Dapr's documents do not
@@ -206,18 +214,7 @@ fn check_fields(value: &serde_json::Value, p: &Path) -> Result<Vec<String>, Conf
 /// the error that refuses it: for checking documents without starting a
 /// sidecar (the README test).
 pub fn lint_documents(text: &str, p: &Path) -> Result<Vec<String>, ConfigError> {
-    let mut out = Vec::new();
-    for de in yaml_serde::Deserializer::from_str(text) {
-        let value = serde_json::Value::deserialize(de).map_err(|e| ConfigError::Yaml {
-            path: p.display().to_string(),
-            why: e.to_string(),
-        })?;
-        if !value.is_null() {
-            out.extend(check_fields(&value, p)?);
-        }
-    }
-    parse_documents(text, p)?;
-    Ok(out)
+    parse(text, p).map(|(_, warnings)| warnings)
 }
 
 #[cfg(test)]
