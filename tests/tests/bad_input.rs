@@ -125,16 +125,30 @@ async fn malformed_grpc_frames_get_a_status_then_a_normal_call_succeeds() {
         ("not protobuf", garbage, &[], "13"),
         ("gzip", gzip, &[("grpc-encoding", "gzip")], "12"),
     ];
-    for (what, frame, extra, want) in cases {
-        let r = grpc_raw(&s, "GetMetadata", frame, extra).await;
-        assert_eq!(r.status, 200, "{what}: {}", r.text());
-        assert_eq!(
-            r.header("grpc-status"),
-            want,
-            "{what}: {}",
-            r.header("grpc-message")
-        );
+    // GetMetadata is decoded by tonic, GetState by the door itself: both
+    // answer alike.
+    for method in ["GetMetadata", "GetState"] {
+        for (what, frame, extra, want) in &cases {
+            let r = grpc_raw(&s, method, frame.clone(), extra).await;
+            assert_eq!(r.status, 200, "{method}, {what}: {}", r.text());
+            assert_eq!(
+                r.header("grpc-status"),
+                *want,
+                "{method}, {what}: {}",
+                r.header("grpc-message")
+            );
+        }
     }
+    // Two messages where a unary call takes one.
+    let mut two = vec![0u8, 0, 0, 0, 0];
+    two.extend_from_slice(&[0, 0, 0, 0, 0]);
+    let r = grpc_raw(&s, "GetState", two, &[]).await;
+    assert_eq!(
+        r.header("grpc-status"),
+        "13",
+        "{}",
+        r.header("grpc-message")
+    );
     // Then a well-formed call: not an error (its status is in the
     // trailers), and one whole gRPC message back.
     let ok = grpc_raw(&s, "GetMetadata", vec![0, 0, 0, 0, 0], &[]).await;
@@ -148,4 +162,51 @@ async fn malformed_grpc_frames_get_a_status_then_a_normal_call_succeeds() {
     assert!(b.len() > 5 && b[0] == 0, "{b:?}");
     let len = u32::from_be_bytes([b[1], b[2], b[3], b[4]]) as usize;
     assert_eq!(len, b.len() - 5, "one whole message");
+}
+
+/// `grpc-timeout` bounds a call the door serves itself: an invocation of
+/// an app that takes 5 s ends at 300 ms with `DeadlineExceeded`, and the
+/// door serves the next call at once.
+#[tokio::test]
+async fn grpc_timeout_ends_a_slow_call_with_deadline_exceeded() {
+    use prost::Message;
+    use skiff_proto::common::{HttpExtension, InvokeRequest, http_extension::Verb};
+    let w = World::new();
+    let echo = w.echo("slow");
+    let _app = w.sidecar("web", SidecarOpts::app(echo.http_port));
+    let s = w.sidecar("deadline", SidecarOpts::default());
+    let call = |ms: &str| {
+        let m = skiff_proto::runtime::InvokeServiceRequest {
+            id: "web".into(),
+            message: Some(InvokeRequest {
+                method: "slow".into(),
+                http_extension: Some(HttpExtension {
+                    verb: Verb::Get.into(),
+                    querystring: format!("ms={ms}"),
+                }),
+                ..Default::default()
+            }),
+        }
+        .encode_to_vec();
+        let mut frame = vec![0u8];
+        frame.extend_from_slice(&(m.len() as u32).to_be_bytes());
+        frame.extend_from_slice(&m);
+        frame
+    };
+    let r = grpc_raw(
+        &s,
+        "InvokeService",
+        call("5000"),
+        &[("grpc-timeout", "300m")],
+    )
+    .await;
+    assert_eq!(r.header("grpc-status"), "4", "{}", r.header("grpc-message"));
+    assert!(
+        r.header("grpc-message").contains("deadline"),
+        "{}",
+        r.header("grpc-message")
+    );
+    let r = grpc_raw(&s, "InvokeService", call("1"), &[("grpc-timeout", "20S")]).await;
+    assert_eq!(r.header("grpc-status"), "", "{}", r.header("grpc-message"));
+    assert_eq!(r.header("dapr-http-status"), "200");
 }

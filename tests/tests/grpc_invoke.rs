@@ -8,6 +8,7 @@ use skiff_proto::common::{HttpExtension, InvokeRequest, http_extension::Verb};
 use skiff_proto::echo::EchoMessage;
 use skiff_proto::echo::echo_client::EchoClient;
 use skiff_proto::google::protobuf::Any;
+use skiff_proto::runtime as pb;
 use skiff_proto::runtime::InvokeServiceRequest;
 use skiff_proto::runtime::dapr_client::DaprClient;
 use skiff_tests::*;
@@ -152,9 +153,21 @@ async fn invoke_service_over_max_body_size_is_refused() {
         .invoke_service(invoke("rpc", "echo", None, &BIG))
         .await
         .expect_err("too big");
-    // tonic's code for an oversized message (grpc-go says ResourceExhausted).
-    assert_eq!(err.code(), Code::OutOfRange, "{err:?}");
-    assert!(err.message().contains("too large"), "{err:?}");
+    // grpc-go's (daprd's) code and words for an oversized message.
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert!(
+        err.message()
+            .contains("received message larger than max (100"),
+        "{err:?}"
+    );
+    // The same on an RPC tonic still decodes.
+    let big = pb::GetBulkStateRequest {
+        store_name: "s".into(),
+        keys: vec![String::from_utf8(BIG.to_vec()).expect("ascii")],
+        ..Default::default()
+    };
+    let err = c.get_bulk_state(big).await.expect_err("too big");
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
     // The sidecar is fine afterwards.
     c.invoke_service(invoke("rpc", "echo", None, b"small"))
         .await

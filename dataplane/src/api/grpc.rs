@@ -24,6 +24,9 @@ use crate::headers::{
 };
 use crate::invoke::envelope::{Door, Invoker};
 use crate::invoke::{target, wire};
+use bytes::Bytes;
+
+use super::unary;
 use crate::skiff_body::SkiffBody;
 use crate::telemetry::metrics;
 use skiff_proto::google::protobuf::Empty;
@@ -84,6 +87,13 @@ impl GrpcApi {
         }
     }
 
+    async fn call_tonic(&mut self, req: Request<SkiffBody>) -> Response<SkiffBody> {
+        match self.dapr.call(req).await {
+            Ok(resp) => resp.map(SkiffBody::Grpc),
+            Err(never) => match never {},
+        }
+    }
+
     /// The API token once, then: proxy mode for any call with
     /// `dapr-app-id` outside Dapr's service, else Dapr's service by RPC.
     fn route(mut self, req: Request<SkiffBody>) -> impl Future<Output = Response<SkiffBody>> {
@@ -108,10 +118,19 @@ impl GrpcApi {
                 );
             };
             match blocks::rpc(rpc) {
-                Rpc::Served => match self.dapr.call(req).await {
-                    Ok(resp) => resp.map(SkiffBody::Grpc),
-                    Err(never) => match never {},
-                },
+                Rpc::Unary(u) => super::unary::serve(&self.cx, u, req).await,
+                Rpc::Served => {
+                    let (parts, body) = req.into_parts();
+                    let limit = self.cx.door.max_body_size;
+                    match unary::read_frame(&parts.headers, body, limit).await {
+                        Ok(frame) => {
+                            let req = Request::from_parts(parts, SkiffBody::full(frame));
+                            self.call_tonic(req).await
+                        }
+                        Err(e) => e.to_grpc(),
+                    }
+                }
+                Rpc::ClientStream => self.call_tonic(req).await,
                 Rpc::Block(block) => block.not_configured("", &self.cx.door.app_id).to_grpc(),
                 Rpc::NotYet => blocks::not_served(rpc, true).to_grpc(),
                 Rpc::Unknown => blocks::not_served(rpc, false).to_grpc(),
@@ -302,52 +321,42 @@ impl Dapr for DaprApi {
         request: tonic::Request<InvokeServiceRequest>,
     ) -> Result<tonic::Response<InvokeResponse>, tonic::Status> {
         let (metadata, _, msg) = request.into_parts();
-        let target = target::parse_app_id(&msg.id, &self.cx.door.namespace)
-            .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
-        let mut inv = msg.message.ok_or_else(|| {
+        let inv = msg.message.ok_or_else(|| {
             tonic::Status::invalid_argument("InvokeServiceRequest.message is required")
         })?;
         let ext = inv.http_extension.unwrap_or_default();
-        let verb = Verb::try_from(ext.verb).unwrap_or(Verb::None);
-        let query = (!ext.querystring.is_empty()).then_some(ext.querystring.as_str());
-        let pq = target::app_path(&inv.method, query)
-            .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
-
-        let (type_url, data) = inv
-            .data
-            .take()
-            .map(|a| (a.type_url, a.value))
-            .unwrap_or_default();
-        let mut req = Request::new(SkiffBody::full(data));
-        *req.uri_mut() = pq.into();
-        *req.method_mut() = method_of(verb);
-        *req.headers_mut() = forwarded_metadata(metadata.into_headers());
-        let h = req.headers_mut();
-        wire::from_app(h);
-        if verb == Verb::None {
-            h.insert(SKIFF_VERB_NONE, HeaderValue::from_static("1"));
+        let (type_url, data) = inv.data.map(|a| (a.type_url, a.value)).unwrap_or_default();
+        let call = InvokeCall {
+            id: &msg.id,
+            method: &inv.method,
+            type_url: &type_url,
+            data,
+            content_type: &inv.content_type,
+            verb: Verb::try_from(ext.verb).unwrap_or(Verb::None),
+            querystring: &ext.querystring,
+        };
+        let resp = invoke(&self.cx, metadata.into_headers(), call)
+            .await
+            .map_err(tonic::Status::invalid_argument)?;
+        match relay(resp, self.cx.door.max_body_size).await {
+            Ok(r) => {
+                let mut md = tonic::metadata::MetadataMap::new();
+                md.insert(
+                    "dapr-http-status",
+                    tonic::metadata::MetadataValue::from(r.status.as_u16()),
+                );
+                let mut out = tonic::Response::new(InvokeResponse {
+                    data: Some(Any {
+                        type_url: text(r.type_url.as_ref()).to_owned(),
+                        value: r.data,
+                    }),
+                    content_type: text(r.content_type.as_ref()).to_owned(),
+                });
+                *out.metadata_mut() = md;
+                Ok(out)
+            }
+            Err(f) => Err(f.to_status()),
         }
-        if let Ok(ct) = HeaderValue::from_str(&inv.content_type)
-            && !inv.content_type.is_empty()
-        {
-            h.insert(CONTENT_TYPE, ct);
-        }
-        if let Ok(t) = HeaderValue::from_str(&type_url)
-            && !type_url.is_empty()
-        {
-            h.insert(SKIFF_TYPE_URL, t);
-        }
-        let resp = self
-            .cx
-            .invoker
-            .invoke(
-                Door::InvokeService,
-                target,
-                Some(std::mem::take(&mut inv.method)),
-                req,
-            )
-            .await;
-        into_invoke_response(resp, self.cx.door.max_body_size).await
     }
 
     async fn get_state(
@@ -582,14 +591,119 @@ fn method_of(v: Verb) -> Method {
     }
 }
 
-/// The callee's HTTP-shaped answer as `InvokeResponse`: the body becomes
-/// `data`, the HTTP status travels in `dapr-http-status`, a non-2xx status or
-/// a gRPC app's error becomes a gRPC error.
-async fn into_invoke_response(
-    resp: Response<SkiffBody>,
-    limit: usize,
-) -> Result<tonic::Response<InvokeResponse>, tonic::Status> {
-    let (parts, body) = resp.into_parts();
+/// One `InvokeService` call, decoded by either reader.
+struct InvokeCall<'a> {
+    id: &'a str,
+    method: &'a str,
+    type_url: &'a str,
+    data: Bytes,
+    content_type: &'a str,
+    verb: Verb,
+    querystring: &'a str,
+}
+
+/// Sends `call` to its target as an HTTP-shaped request carrying the
+/// caller's metadata; `Err` is an invalid argument.
+async fn invoke(
+    cx: &GrpcContext,
+    metadata: HeaderMap,
+    call: InvokeCall<'_>,
+) -> Result<Response<SkiffBody>, String> {
+    let target = target::parse_app_id(call.id, &cx.door.namespace).map_err(|e| e.to_string())?;
+    let query = (!call.querystring.is_empty()).then_some(call.querystring);
+    let pq = target::app_path(call.method, query).map_err(|e| e.to_string())?;
+    let mut req = Request::new(SkiffBody::full(call.data));
+    *req.uri_mut() = pq.into();
+    *req.method_mut() = method_of(call.verb);
+    *req.headers_mut() = forwarded_metadata(metadata);
+    let h = req.headers_mut();
+    wire::from_app(h);
+    if call.verb == Verb::None {
+        h.insert(SKIFF_VERB_NONE, HeaderValue::from_static("1"));
+    }
+    if let Ok(ct) = HeaderValue::from_str(call.content_type)
+        && !call.content_type.is_empty()
+    {
+        h.insert(CONTENT_TYPE, ct);
+    }
+    if let Ok(t) = HeaderValue::from_str(call.type_url)
+        && !call.type_url.is_empty()
+    {
+        h.insert(SKIFF_TYPE_URL, t);
+    }
+    Ok(cx
+        .invoker
+        .invoke(
+            Door::InvokeService,
+            target,
+            Some(call.method.to_owned()),
+            req,
+        )
+        .await)
+}
+
+/// A callee's answer that succeeded, as `InvokeResponse` carries it.
+struct Relayed {
+    status: http::StatusCode,
+    data: Bytes,
+    content_type: Option<HeaderValue>,
+    type_url: Option<HeaderValue>,
+}
+
+/// A callee's answer that becomes a gRPC error.
+enum RelayFailed {
+    /// A gRPC app's error, or the answer could not be read.
+    Status(Code, String),
+    /// A non-2xx HTTP answer: its body is the message, its status travels
+    /// in `dapr-http-status`.
+    Http(http::StatusCode, Bytes),
+}
+
+impl RelayFailed {
+    fn to_status(&self) -> tonic::Status {
+        match self {
+            Self::Status(c, m) => tonic::Status::new(*c, m.clone()),
+            Self::Http(status, data) => {
+                let mut s = tonic::Status::new(
+                    grpc_code_from_http(*status),
+                    String::from_utf8_lossy(data).into_owned(),
+                );
+                s.metadata_mut().insert(
+                    "dapr-http-status",
+                    tonic::metadata::MetadataValue::from(status.as_u16()),
+                );
+                s
+            }
+        }
+    }
+
+    fn to_grpc(&self) -> Response<SkiffBody> {
+        match self {
+            Self::Status(c, m) => errors::grpc_error(*c, m),
+            Self::Http(status, data) => {
+                let mut r = errors::grpc_error(
+                    grpc_code_from_http(*status),
+                    &String::from_utf8_lossy(data),
+                );
+                r.headers_mut()
+                    .insert(DAPR_HTTP_STATUS, HeaderValue::from(status.as_u16()));
+                r
+            }
+        }
+    }
+}
+
+const DAPR_HTTP_STATUS: http::HeaderName = http::HeaderName::from_static("dapr-http-status");
+
+fn text(v: Option<&HeaderValue>) -> &str {
+    v.and_then(|v| v.to_str().ok()).unwrap_or_default()
+}
+
+/// The callee's HTTP-shaped answer: the body becomes `data`, the HTTP
+/// status travels in `dapr-http-status`, a non-2xx status or a gRPC app's
+/// error becomes a gRPC error.
+async fn relay(resp: Response<SkiffBody>, limit: usize) -> Result<Relayed, RelayFailed> {
+    let (mut parts, body) = resp.into_parts();
     let status = parts.status;
     if let Some(code) = headers::grpc_code(parts.headers.get(&SKIFF_GRPC_STATUS)) {
         let msg = parts
@@ -602,45 +716,129 @@ async fn into_invoke_response(
                     .into_owned()
             })
             .unwrap_or_default();
-        return Err(tonic::Status::new(Code::from_i32(i32::from(code)), msg));
+        return Err(RelayFailed::Status(Code::from_i32(i32::from(code)), msg));
     }
     let data = crate::body::collect_limited(body, limit)
         .await
-        .map_err(|e| tonic::Status::resource_exhausted(format!("response from the app: {e}")))?;
-    let mut md = tonic::metadata::MetadataMap::new();
-    md.insert(
-        "dapr-http-status",
-        tonic::metadata::MetadataValue::from(status.as_u16()),
-    );
+        .map_err(|e| {
+            RelayFailed::Status(
+                Code::ResourceExhausted,
+                format!("response from the app: {e}"),
+            )
+        })?;
     if !status.is_success() {
-        let mut s = tonic::Status::new(
-            grpc_code_from_http(status),
-            String::from_utf8_lossy(&data).into_owned(),
-        );
-        *s.metadata_mut() = md;
-        return Err(s);
+        return Err(RelayFailed::Http(status, data));
     }
-    let content_type = parts
-        .headers
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
-    let type_url = parts
-        .headers
-        .get(&SKIFF_TYPE_URL)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
-    let mut out = tonic::Response::new(InvokeResponse {
-        data: Some(Any {
-            type_url,
-            value: data,
-        }),
-        content_type,
-    });
-    *out.metadata_mut() = md;
-    Ok(out)
+    Ok(Relayed {
+        status,
+        data,
+        content_type: parts.headers.remove(CONTENT_TYPE),
+        type_url: parts.headers.remove(&SKIFF_TYPE_URL),
+    })
+}
+
+/// `InvokeService` read and answered by the door itself
+/// ([`super::unary`]): `InvokeServiceRequest` is decoded in place, the
+/// payload travels as a slice of the received frame, and the answer's
+/// `InvokeResponse` is written by hand with the payload last (uncopied when
+/// large).
+pub async fn invoke_service_wire(
+    cx: &GrpcContext,
+    metadata: HeaderMap,
+    msg: &Bytes,
+) -> Result<unary::Answer, unary::Failed> {
+    use super::protowire::{Reader, int, len};
+    let bad = |e| unary::Failed::Api(unary::malformed(e));
+    let mut r = Reader::new(msg);
+    let mut call = InvokeCall {
+        id: "",
+        method: "",
+        type_url: "",
+        data: Bytes::new(),
+        content_type: "",
+        verb: Verb::None,
+        querystring: "",
+    };
+    let mut has_message = false;
+    while let Some((f, v)) = r.next_field().map_err(bad)? {
+        match f {
+            1 => call.id = r.string(v, "id").map_err(bad)?,
+            3 => {
+                has_message = true;
+                let mut m = r.nested(len(v, "message").map_err(bad)?);
+                while let Some((f, v)) = m.next_field().map_err(bad)? {
+                    match f {
+                        1 => call.method = m.string(v, "method").map_err(bad)?,
+                        2 => {
+                            let mut any = m.nested(len(v, "data").map_err(bad)?);
+                            while let Some((f, v)) = any.next_field().map_err(bad)? {
+                                match f {
+                                    1 => {
+                                        call.type_url = any.string(v, "type_url").map_err(bad)?;
+                                    }
+                                    2 => call.data = any.bytes(len(v, "value").map_err(bad)?),
+                                    _ => {}
+                                }
+                            }
+                        }
+                        3 => {
+                            call.content_type = m.string(v, "content_type").map_err(bad)?;
+                        }
+                        4 => {
+                            let mut ext = m.nested(len(v, "http_extension").map_err(bad)?);
+                            while let Some((f, v)) = ext.next_field().map_err(bad)? {
+                                match f {
+                                    1 => call.verb = Verb::try_from(int(&v)).unwrap_or(Verb::None),
+                                    2 => {
+                                        call.querystring =
+                                            ext.string(v, "querystring").map_err(bad)?;
+                                    }
+                                    _ => {}
+                                }
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    let invalid = |m: String| unary::Failed::Ready(errors::grpc_error(Code::InvalidArgument, &m));
+    if !has_message {
+        return Err(invalid("InvokeServiceRequest.message is required".into()));
+    }
+    let resp = invoke(cx, metadata, call).await.map_err(invalid)?;
+    let r = relay(resp, cx.door.max_body_size)
+        .await
+        .map_err(|f| unary::Failed::Ready(f.to_grpc()))?;
+    Ok(encode_invoke_response(r))
+}
+
+/// `InvokeResponse { data: Any { type_url, value }, content_type }`, with
+/// `content_type` first and the value last, so a large value is sent as it
+/// came.
+fn encode_invoke_response(r: Relayed) -> unary::Answer {
+    use super::protowire::{len_field_size, put_len_field, put_varint};
+    let ct = text(r.content_type.as_ref());
+    let type_url = text(r.type_url.as_ref());
+    let any_len = len_field_size(type_url.len()) + len_field_size(r.data.len());
+    let mut m = unary::Message::with_capacity(
+        len_field_size(ct.len()) + 12 + type_url.len() + r.data.len().min(unary::COPY_TAIL_BYTES),
+    );
+    let b = m.buf();
+    put_len_field(b, 2, ct.as_bytes());
+    // `data` is always present, as daprd sends it.
+    put_varint(b, 1 << 3 | 2);
+    put_varint(b, any_len as u64);
+    put_len_field(b, 1, type_url.as_bytes());
+    let tail = m.bytes_field_last(2, r.data);
+    let mut headers = HeaderMap::new();
+    headers.insert(DAPR_HTTP_STATUS, HeaderValue::from(r.status.as_u16()));
+    unary::Answer {
+        message: m.finish(tail),
+        headers,
+    }
 }
 
 #[cfg(test)]

@@ -139,11 +139,27 @@ pub(crate) fn app_meta(app_id: &str) -> Vec<(&'static str, String)> {
     }
 }
 
+/// The unary RPCs the gRPC door reads and answers itself: the hot ones.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unary {
+    GetState,
+    SaveState,
+    DeleteState,
+    PublishEvent,
+    InvokeService,
+}
+
 /// What Skiff does with one RPC of `dapr.proto.runtime.v1.Dapr`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Rpc {
-    /// Served by the tonic service.
+    /// Served by the door itself, decoded in place (see `api::unary`).
+    Unary(Unary),
+    /// Served by the tonic service, its one request message read and
+    /// checked by the door first (limit, framing, compression), so every
+    /// unary RPC refuses bad input alike.
     Served,
+    /// Served by the tonic service, the request a stream it reads itself.
+    ClientStream,
     /// A building block's RPC: its block answers.
     Block(Block),
     /// Dapr has it and Skiff does not serve it yet.
@@ -155,18 +171,18 @@ pub enum Rpc {
 /// The RPCs of Dapr's runtime service, as the Dapr 1.19 SDKs' protos list
 /// them, by block.
 const RPCS: &[(&str, Rpc)] = &[
-    ("InvokeService", Rpc::Served),
-    ("GetState", Rpc::Served),
+    ("InvokeService", Rpc::Unary(Unary::InvokeService)),
+    ("GetState", Rpc::Unary(Unary::GetState)),
     ("GetBulkState", Rpc::Served),
-    ("SaveState", Rpc::Served),
+    ("SaveState", Rpc::Unary(Unary::SaveState)),
     ("QueryStateAlpha1", Rpc::Served),
-    ("DeleteState", Rpc::Served),
+    ("DeleteState", Rpc::Unary(Unary::DeleteState)),
     ("DeleteBulkState", Rpc::Served),
     ("ExecuteStateTransaction", Rpc::Served),
-    ("PublishEvent", Rpc::Served),
+    ("PublishEvent", Rpc::Unary(Unary::PublishEvent)),
     ("BulkPublishEventAlpha1", Rpc::Served),
     ("BulkPublishEvent", Rpc::Served),
-    ("SubscribeTopicEventsAlpha1", Rpc::Served),
+    ("SubscribeTopicEventsAlpha1", Rpc::ClientStream),
     ("InvokeBinding", Rpc::Served),
     ("GetSecret", Rpc::Served),
     ("GetBulkSecret", Rpc::Served),
@@ -280,8 +296,9 @@ mod tests {
 
     #[test]
     fn rpcs_map_to_their_blocks() {
-        assert_eq!(rpc("InvokeService"), Rpc::Served);
-        assert_eq!(rpc("GetState"), Rpc::Served);
+        assert_eq!(rpc("InvokeService"), Rpc::Unary(Unary::InvokeService));
+        assert_eq!(rpc("GetState"), Rpc::Unary(Unary::GetState));
+        assert_eq!(rpc("GetBulkState"), Rpc::Served);
         assert_eq!(rpc("TryLockAlpha1"), Rpc::Served);
         assert_eq!(rpc("GetConfiguration"), Rpc::Served);
         assert_eq!(rpc("InvokeBinding"), Rpc::Served);

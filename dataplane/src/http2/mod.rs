@@ -310,6 +310,8 @@ pub struct Coalesce<T> {
     io: T,
     buf: BytesMut,
     gate: Arc<FlushGate>,
+    /// `buf` grew past `COALESCE_KEEP` since it was last emptied.
+    large: bool,
     /// Written since the last flush that reached `io`: kept bytes, or a
     /// large write that went through but may sit in `io`'s own buffer
     /// (rustls keeps records until flushed).
@@ -327,6 +329,8 @@ pub struct FlushGate {
 
 /// A write at least this large, with nothing kept, is not copied.
 const COALESCE_DIRECT: usize = 64 << 10;
+/// A write buffer up to this is kept between passes.
+const COALESCE_KEEP: usize = 8 << 10;
 /// Kept bytes are written out once they reach this, held or not.
 const COALESCE_MAX: usize = 256 << 10;
 
@@ -349,6 +353,7 @@ impl<T> Coalesce<T> {
             io,
             buf: BytesMut::new(),
             gate,
+            large: false,
             dirty: false,
         }
     }
@@ -363,8 +368,16 @@ impl<T: AsyncWrite + Unpin> Coalesce<T> {
             }
             bytes::Buf::advance(&mut self.buf, n);
         }
-        // Written: an idle connection keeps no write buffer.
-        self.buf = BytesMut::new();
+        // Written. A small buffer is kept for the next pass (a busy
+        // connection would allocate it again for every answer); a large
+        // one is let go, so an idle connection holds at most
+        // `COALESCE_KEEP` bytes for it.
+        if std::mem::take(&mut self.large) {
+            self.buf = BytesMut::new();
+        } else {
+            // Its start moves back at the next `reserve`, without copying.
+            self.buf.clear();
+        }
         Poll::Ready(Ok(()))
     }
 }
@@ -406,6 +419,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Coalesce<T> {
             }
         }
         me.buf.reserve(len);
+        me.large |= me.buf.capacity() > COALESCE_KEEP;
         for b in bufs {
             me.buf.extend_from_slice(b);
         }
@@ -588,7 +602,25 @@ mod tests {
         assert_eq!(io.io.0[0].len(), 40 * 300);
         assert_eq!(io.io.0[0][299], 0);
         assert_eq!(io.io.0[0][300], 1);
-        assert_eq!(io.buf.capacity(), 0, "an idle connection keeps no buffer");
+        assert_eq!(
+            io.buf.capacity(),
+            0,
+            "an idle connection keeps no large buffer"
+        );
+        // A small one is kept for the next pass: the next write lands in
+        // the same memory.
+        gate.hold();
+        io.write_all(&[1; 100]).await.expect("in-memory io");
+        let first = io.buf.as_ptr();
+        gate.release();
+        io.flush().await.expect("in-memory io");
+        gate.hold();
+        io.write_all(&[2; 100]).await.expect("in-memory io");
+        assert_eq!(io.buf.as_ptr(), first, "the buffer was kept");
+        gate.release();
+        io.flush().await.expect("in-memory io");
+        assert_eq!(io.io.0.len(), 3);
+        assert_eq!(io.io.0[2], vec![2; 100]);
     }
 
     #[tokio::test]

@@ -13,11 +13,21 @@ pub struct Counting;
 
 static ALLOCS: AtomicU64 = AtomicU64::new(0);
 static BYTES: AtomicU64 = AtomicU64::new(0);
+/// Counted allocations still to print a backtrace of.
+static TRACE: AtomicU64 = AtomicU64::new(0);
 
 thread_local! {
     // `const`: reading it allocates nothing and registers no destructor,
     // which an allocator must not do.
     static COUNTED: Cell<bool> = const { Cell::new(false) };
+    // Set while a backtrace is taken: its own allocations are not traced.
+    static TRACING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Prints (to stderr) where each of the next `n` counted allocations was
+/// made: the way to find what a call still allocates.
+pub fn trace_next(n: u64) {
+    TRACE.store(n, Relaxed);
 }
 
 /// Allocations (and reallocations, which may move) and their bytes so far,
@@ -54,7 +64,24 @@ fn note(size: usize) {
     if COUNTED.try_with(Cell::get).unwrap_or(false) {
         ALLOCS.fetch_add(1, Relaxed);
         BYTES.fetch_add(size as u64, Relaxed);
+        if TRACE.load(Relaxed) > 0 {
+            trace(size);
+        }
     }
+}
+
+fn trace(size: usize) {
+    if TRACING.try_with(|t| t.replace(true)).unwrap_or(true) {
+        return;
+    }
+    if TRACE
+        .fetch_update(Relaxed, Relaxed, |n| n.checked_sub(1))
+        .is_ok()
+    {
+        let bt = std::backtrace::Backtrace::force_capture();
+        eprintln!("--- allocation of {size} bytes\n{bt}");
+    }
+    let _ = TRACING.try_with(|t| t.set(false));
 }
 
 // SAFETY: every method forwards its arguments unchanged to `System`, which
@@ -96,7 +123,8 @@ mod tests {
     #[test]
     fn only_counted_threads_are_counted() {
         let before = snapshot();
-        let _uncounted = vec![1u8; 100];
+        let uncounted = std::hint::black_box(vec![1u8; 100]);
+        drop(uncounted);
         std::thread::spawn(|| {
             count_this_thread();
             let a = vec![1u8; 10];
@@ -110,7 +138,7 @@ mod tests {
         assert!(got.allocs >= 2, "{got:?}");
         assert!(got.bytes >= 18, "{got:?}");
         let before = snapshot();
-        let _still_uncounted = vec![1u8; 100];
+        drop(std::hint::black_box(vec![1u8; 100]));
         assert_eq!(snapshot(), before);
     }
 }

@@ -10,7 +10,9 @@
 //! shared machine: the tool to judge "no per-call allocation you can
 //! avoid".
 //!
-//! Usage: `skiff-allocs [--calls N] [--json FILE]`
+//! Usage: `skiff-allocs [--calls N] [--json FILE]`; with
+//! `SKIFF_ALLOCS_TRACE=N`, the first N allocations of one call of each RPC
+//! are printed with their backtraces.
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
@@ -42,7 +44,11 @@ const VALUE_BYTES: usize = 1024;
 const WARMUP: usize = 200;
 
 #[derive(Parser)]
-#[command(name = "skiff-allocs", version, about = "Heap allocations per call of the hot RPCs")]
+#[command(
+    name = "skiff-allocs",
+    version,
+    about = "Heap allocations per call of the hot RPCs"
+)]
 struct Cli {
     /// Measured calls per RPC.
     #[arg(long, default_value_t = 2000)]
@@ -199,6 +205,15 @@ where
     for _ in 0..WARMUP {
         call().await?;
     }
+    if let Some(t) = std::env::var("SKIFF_ALLOCS_TRACE")
+        .ok()
+        .and_then(|t| t.parse().ok())
+    {
+        // One traced call first, outside the count.
+        skiff_alloc_count::trace_next(t);
+        call().await?;
+        skiff_alloc_count::trace_next(0);
+    }
     let before: Snapshot = snapshot();
     for _ in 0..n {
         call().await?;
@@ -323,12 +338,19 @@ async fn drive(n: usize, p: &Ports) -> anyhow::Result<Vec<Row>> {
             Ok(())
         }
     };
-    let save_body = Bytes::from(format!(r#"[{{"key":"k","value":{}}}]"#, String::from_utf8_lossy(&json)));
+    let save_body = Bytes::from(format!(
+        r#"[{{"key":"k","value":{}}}]"#,
+        String::from_utf8_lossy(&json)
+    ));
     row(
         "http",
         "SaveState",
         count(n, || {
-            http_call("POST", format!("{base}/v1.0/state/statestore"), save_body.clone())
+            http_call(
+                "POST",
+                format!("{base}/v1.0/state/statestore"),
+                save_body.clone(),
+            )
         })
         .await?,
     );
@@ -336,7 +358,11 @@ async fn drive(n: usize, p: &Ports) -> anyhow::Result<Vec<Row>> {
         "http",
         "GetState",
         count(n, || {
-            http_call("GET", format!("{base}/v1.0/state/statestore/k"), Bytes::new())
+            http_call(
+                "GET",
+                format!("{base}/v1.0/state/statestore/k"),
+                Bytes::new(),
+            )
         })
         .await?,
     );
@@ -344,7 +370,11 @@ async fn drive(n: usize, p: &Ports) -> anyhow::Result<Vec<Row>> {
         "http",
         "PublishEvent",
         count(n, || {
-            http_call("POST", format!("{base}/v1.0/publish/pubsub/t"), json.clone())
+            http_call(
+                "POST",
+                format!("{base}/v1.0/publish/pubsub/t"),
+                json.clone(),
+            )
         })
         .await?,
     );
@@ -352,7 +382,11 @@ async fn drive(n: usize, p: &Ports) -> anyhow::Result<Vec<Row>> {
         "http",
         "InvokeService",
         count(n, || {
-            http_call("POST", format!("{base}/v1.0/invoke/{APP_ID}/method/echo"), value.clone())
+            http_call(
+                "POST",
+                format!("{base}/v1.0/invoke/{APP_ID}/method/echo"),
+                value.clone(),
+            )
         })
         .await?,
     );

@@ -27,22 +27,93 @@ pub async fn publish(
     headers: &HeaderMap,
     r: pb::PublishEventRequest,
 ) -> Result<(), tonic::Status> {
+    let event = Event {
+        pubsub: &r.pubsub_name,
+        topic: &r.topic,
+        data: r.data,
+        content_type: &r.data_content_type,
+        metadata: r.metadata.into_iter().collect(),
+    };
+    publish_event(block, tracer, headers, event)
+        .await
+        .map_err(|e| e.to_status())
+}
+
+/// A `PublishEventRequest` as either reader decoded it.
+struct Event<'a> {
+    pubsub: &'a str,
+    topic: &'a str,
+    data: bytes::Bytes,
+    content_type: &'a str,
+    metadata: Vec<(String, String)>,
+}
+
+async fn publish_event(
+    block: &PubSubBlock,
+    tracer: &Tracer,
+    headers: &HeaderMap,
+    e: Event<'_>,
+) -> Result<(), crate::errors::ApiError> {
     let span = tracer.start(headers, trace::Kind::Server);
     let (traceparent, tracestate) = trace_context(&span, headers);
     let out = block
         .publish(Publish {
-            pubsub: &r.pubsub_name,
-            topic: &r.topic,
-            data: r.data,
-            content_type: &r.data_content_type,
-            metadata: r.metadata.into_iter().collect(),
+            pubsub: e.pubsub,
+            topic: e.topic,
+            data: e.data,
+            content_type: e.content_type,
+            metadata: e.metadata,
             traceparent,
             tracestate,
         })
-        .await
-        .map_err(|e| e.to_status());
-    finish(tracer, &span, "PublishEvent", &r.topic, out.as_ref().err());
+        .await;
+    if span.is_recorded() {
+        let err = out.as_ref().err().map(|e| e.to_status());
+        finish(tracer, &span, "PublishEvent", e.topic, err.as_ref());
+    }
     out
+}
+
+/// `PublishEventRequest { pubsub_name = 1, topic = 2, data = 3,
+/// data_content_type = 4, metadata = 5 }` read in place by the door
+/// ([`crate::api::unary`]); the data travels as a slice of the frame.
+pub async fn publish_wire(
+    block: &PubSubBlock,
+    tracer: &Tracer,
+    headers: &HeaderMap,
+    msg: &bytes::Bytes,
+) -> Result<crate::api::unary::Answer, crate::errors::ApiError> {
+    use crate::api::protowire::{Reader, len};
+    use crate::api::unary::{Message, malformed};
+    let mut r = Reader::new(msg);
+    let mut e = Event {
+        pubsub: "",
+        topic: "",
+        data: bytes::Bytes::new(),
+        content_type: "",
+        metadata: Vec::new(),
+    };
+    while let Some((f, v)) = r.next_field().map_err(malformed)? {
+        match f {
+            1 => e.pubsub = r.string(v, "pubsub_name").map_err(malformed)?,
+            2 => e.topic = r.string(v, "topic").map_err(malformed)?,
+            3 => e.data = r.bytes(len(v, "data").map_err(malformed)?),
+            4 => {
+                e.content_type = r.string(v, "data_content_type").map_err(malformed)?;
+            }
+            5 => {
+                let (k, v) = r
+                    .map_entry(len(v, "metadata").map_err(malformed)?)
+                    .map_err(malformed)?;
+                // Later entries of a key win, as in a decoded map.
+                e.metadata.retain(|(key, _)| key != k);
+                e.metadata.push((k.to_owned(), v.to_owned()));
+            }
+            _ => {}
+        }
+    }
+    publish_event(block, tracer, headers, e).await?;
+    Ok(Message::with_capacity(0).into())
 }
 
 fn finish(

@@ -40,9 +40,38 @@ fn status(e: ApiError) -> Status {
     e.to_status()
 }
 
+/// A `StateItem` as either reader decoded it.
+struct ItemRef<'a> {
+    key: &'a str,
+    value: Bytes,
+    etag: Option<&'a str>,
+    content_type: Option<&'a str>,
+    ttl: Option<&'a str>,
+    concurrency: Concurrency,
+    consistency: Consistency,
+}
+
+impl<'a> ItemRef<'a> {
+    fn of(it: &'a StateItem) -> Self {
+        Self {
+            key: &it.key,
+            value: it.value.clone(),
+            etag: it.etag.as_ref().map(|e| e.value.as_str()),
+            content_type: it.metadata.get("contentType").map(String::as_str),
+            ttl: it.metadata.get("ttlInSeconds").map(String::as_str),
+            concurrency: concurrency(it.options.as_ref()),
+            consistency: consistency(it.options.as_ref()),
+        }
+    }
+}
+
 /// A `StateItem` to save. `raw`: transaction upserts store bytes as given
 /// whatever the content type (daprd's behaviour).
-fn save_item(store: &str, it: StateItem, raw: bool) -> Result<SaveItem, ApiError> {
+fn save_item(store: &str, it: &StateItem, raw: bool) -> Result<SaveItem, ApiError> {
+    save_item_ref(store, ItemRef::of(it), raw)
+}
+
+fn save_item_ref(store: &str, it: ItemRef<'_>, raw: bool) -> Result<SaveItem, ApiError> {
     if it.key.is_empty() {
         return Err(ApiError::new(
             "ERR_STATE_SAVE",
@@ -53,15 +82,14 @@ fn save_item(store: &str, it: StateItem, raw: bool) -> Result<SaveItem, ApiError
     }
     let json = !raw
         && it
-            .metadata
-            .get("contentType")
+            .content_type
             .is_some_and(|c| c.starts_with("application/json"));
     let (value, is_json) = if json {
         let invalid = |e: &dyn std::fmt::Display| {
             store_error(
                 Action::Save,
                 store,
-                &it.key,
+                it.key,
                 &StateError::Invalid(format!("value is not JSON: {e}")),
             )
         };
@@ -73,15 +101,16 @@ fn save_item(store: &str, it: StateItem, raw: bool) -> Result<SaveItem, ApiError
     } else {
         (it.value, false)
     };
-    let ttl = parse_ttl(it.metadata.get("ttlInSeconds").map(String::as_str))
-        .map_err(|e| store_error(Action::Save, store, &it.key, &StateError::Invalid(e)))?;
+    let ttl = parse_ttl(it.ttl)
+        .map_err(|e| store_error(Action::Save, store, it.key, &StateError::Invalid(e)))?;
     Ok(SaveItem {
-        concurrency: concurrency(it.options.as_ref()),
-        consistency: consistency(it.options.as_ref()),
-        key: it.key,
+        concurrency: it.concurrency,
+        consistency: it.consistency,
+        // Owned: the drivers' requests outlive this call's frame.
+        key: it.key.to_owned(),
         value,
         is_json,
-        etag: it.etag.map(|e| e.value),
+        etag: it.etag.map(str::to_owned),
         ttl,
     })
 }
@@ -152,7 +181,7 @@ pub async fn save_state(block: &StateBlock, r: pb::SaveStateRequest) -> Result<(
     block.store(&r.store_name).map_err(status)?;
     let items = r
         .states
-        .into_iter()
+        .iter()
         .map(|it| save_item(&r.store_name, it, false))
         .collect::<Result<Vec<_>, _>>()
         .map_err(status)?;
@@ -202,7 +231,7 @@ pub async fn execute_state_transaction(
     for op in r.operations {
         let item = op.request.unwrap_or_default();
         ops.push(match op.operation_type.as_str() {
-            "upsert" => TxOp::Upsert(save_item(&r.store_name, item, true).map_err(status)?),
+            "upsert" => TxOp::Upsert(save_item(&r.store_name, &item, true).map_err(status)?),
             "delete" => TxOp::Delete(delete_item(item)),
             other => {
                 return Err(Status::unimplemented(format!(
@@ -237,3 +266,231 @@ pub async fn query_state(
         metadata: HashMap::new(),
     })
 }
+
+/// The store calls of the door's own readers ([`crate::api::unary`]):
+/// requests decoded in place, answers written by hand.
+mod wire {
+    use bytes::Bytes;
+    use http::HeaderMap;
+    use skiff_proto::common::state_options::{StateConcurrency, StateConsistency};
+
+    use super::*;
+    use crate::api::protowire::{
+        Reader, WireError, int, len, len_field_size, map_entry_size, put_len_field, put_map_entry,
+    };
+    use crate::api::unary::{Answer, Message, malformed};
+    use crate::blocks::{Block, traced};
+    use crate::telemetry::trace::Tracer;
+
+    fn failed<T>(o: &Result<T, ApiError>) -> Option<String> {
+        o.as_ref().err().map(|e| e.message.clone())
+    }
+
+    /// `StateOptions { concurrency = 1, consistency = 2 }`.
+    fn options(
+        r: &Reader<'_>,
+        at: std::ops::Range<usize>,
+    ) -> Result<(Concurrency, Consistency), WireError> {
+        let mut o = r.nested(at);
+        let (mut conc, mut cons) = (Concurrency::LastWrite, Consistency::Eventual);
+        while let Some((f, v)) = o.next_field()? {
+            match f {
+                1 if int(&v) == StateConcurrency::ConcurrencyFirstWrite as i32 => {
+                    conc = Concurrency::FirstWrite;
+                }
+                2 => cons = consistency_of(StateConsistency::try_from(int(&v)).unwrap_or_default()),
+                _ => {}
+            }
+        }
+        Ok((conc, cons))
+    }
+
+    /// `Etag { value = 1 }`.
+    fn etag<'a>(r: &Reader<'a>, at: std::ops::Range<usize>) -> Result<&'a str, WireError> {
+        let mut e = r.nested(at);
+        let mut value = "";
+        while let Some((f, v)) = e.next_field()? {
+            if f == 1 {
+                value = e.str(len(v, "etag")?)?;
+            }
+        }
+        Ok(value)
+    }
+
+    /// `StateItem { key = 1, value = 2, etag = 3, metadata = 4, options = 5 }`.
+    fn item<'a>(r: &Reader<'a>, at: std::ops::Range<usize>) -> Result<ItemRef<'a>, WireError> {
+        let mut i = r.nested(at);
+        let mut it = ItemRef {
+            key: "",
+            value: Bytes::new(),
+            etag: None,
+            content_type: None,
+            ttl: None,
+            concurrency: Concurrency::LastWrite,
+            consistency: Consistency::Eventual,
+        };
+        while let Some((f, v)) = i.next_field()? {
+            match f {
+                1 => it.key = i.str(len(v, "key")?)?,
+                2 => it.value = i.bytes(len(v, "value")?),
+                3 => it.etag = Some(etag(&i, len(v, "etag")?)?),
+                4 => match i.map_entry(len(v, "metadata")?)? {
+                    ("contentType", c) => it.content_type = Some(c),
+                    ("ttlInSeconds", t) => it.ttl = Some(t),
+                    _ => {}
+                },
+                5 => (it.concurrency, it.consistency) = options(&i, len(v, "options")?)?,
+                _ => {}
+            }
+        }
+        Ok(it)
+    }
+
+    /// `GetStateRequest { store_name = 1, key = 2, consistency = 3 }`
+    /// (its `metadata` is not read, as by the tonic path) →
+    /// `GetStateResponse { data = 1, etag = 2, metadata = 3 }`, written with
+    /// `data` last.
+    pub async fn get_state_wire(
+        block: &StateBlock,
+        tracer: &Tracer,
+        headers: &HeaderMap,
+        msg: &Bytes,
+    ) -> Result<Answer, ApiError> {
+        let mut r = Reader::new(msg);
+        let (mut store, mut key, mut cons) = ("", "", Consistency::Eventual);
+        while let Some((f, v)) = r.next_field().map_err(malformed)? {
+            match f {
+                1 => store = r.string(v, "store_name").map_err(malformed)?,
+                2 => key = r.string(v, "key").map_err(malformed)?,
+                3 => cons = consistency_of(StateConsistency::try_from(int(&v)).unwrap_or_default()),
+                _ => {}
+            }
+        }
+        let got = traced(
+            tracer,
+            Some(headers),
+            Block::State,
+            "GetState",
+            store,
+            block.get(store, key, cons),
+            failed,
+        )
+        .await?;
+        let Some(item) = got else {
+            return Ok(Message::with_capacity(0).into());
+        };
+        let etag = item.etag.as_deref().unwrap_or_default();
+        let meta = read_metadata(&item);
+        // The value is copied in when small (see `Message::tail`).
+        let inline = if item.data.len() <= crate::api::unary::COPY_TAIL_BYTES {
+            item.data.len()
+        } else {
+            0
+        };
+        let size = len_field_size(etag.len())
+            + meta.as_ref().map_or(0, |(k, v)| map_entry_size(k, v))
+            + 1
+            + crate::api::protowire::varint_len(item.data.len() as u64)
+            + inline;
+        let mut m = Message::with_capacity(size);
+        let b = m.buf();
+        put_len_field(b, 2, etag.as_bytes());
+        if let Some((k, v)) = &meta {
+            put_map_entry(b, 3, k, v);
+        }
+        let tail = m.bytes_field_last(1, item.data);
+        Ok(Answer {
+            message: m.finish(tail),
+            headers: HeaderMap::new(),
+        })
+    }
+
+    /// `SaveStateRequest { store_name = 1, states = 2 }`.
+    pub async fn save_state_wire(
+        block: &StateBlock,
+        tracer: &Tracer,
+        headers: &HeaderMap,
+        msg: &Bytes,
+    ) -> Result<Answer, ApiError> {
+        // The store's name may follow the items on the wire: read it first.
+        let mut r = Reader::new(msg);
+        let mut store = "";
+        let mut count = 0;
+        while let Some((f, v)) = r.next_field().map_err(malformed)? {
+            match f {
+                1 => store = r.string(v, "store_name").map_err(malformed)?,
+                2 => count += 1,
+                _ => {}
+            }
+        }
+        block.store(store)?;
+        let mut items = Vec::with_capacity(count);
+        let mut r = Reader::new(msg);
+        while let Some((f, v)) = r.next_field().map_err(malformed)? {
+            if f == 2 {
+                let it = item(&r, len(v, "states").map_err(malformed)?).map_err(malformed)?;
+                items.push(save_item_ref(store, it, false)?);
+            }
+        }
+        if !items.is_empty() {
+            traced(
+                tracer,
+                Some(headers),
+                Block::State,
+                "SaveState",
+                store,
+                block.save(store, items),
+                failed,
+            )
+            .await?;
+        }
+        Ok(Message::with_capacity(0).into())
+    }
+
+    /// `DeleteStateRequest { store_name = 1, key = 2, etag = 3, options = 4 }`.
+    pub async fn delete_state_wire(
+        block: &StateBlock,
+        tracer: &Tracer,
+        headers: &HeaderMap,
+        msg: &Bytes,
+    ) -> Result<Answer, ApiError> {
+        let mut r = Reader::new(msg);
+        let mut store = "";
+        let mut it = DeleteItem {
+            concurrency: Concurrency::LastWrite,
+            consistency: Consistency::Eventual,
+            key: String::new(),
+            etag: None,
+        };
+        while let Some((f, v)) = r.next_field().map_err(malformed)? {
+            match f {
+                1 => store = r.string(v, "store_name").map_err(malformed)?,
+                2 => {
+                    it.key = r.string(v, "key").map_err(malformed)?.to_owned();
+                }
+                3 => {
+                    let e = etag(&r, len(v, "etag").map_err(malformed)?).map_err(malformed)?;
+                    it.etag = Some(e.to_owned());
+                }
+                4 => {
+                    (it.concurrency, it.consistency) =
+                        options(&r, len(v, "options").map_err(malformed)?).map_err(malformed)?;
+                }
+                _ => {}
+            }
+        }
+        traced(
+            tracer,
+            Some(headers),
+            Block::State,
+            "DeleteState",
+            store,
+            block.delete(store, it, Action::Delete),
+            failed,
+        )
+        .await?;
+        Ok(Message::with_capacity(0).into())
+    }
+}
+
+pub use wire::{delete_state_wire, get_state_wire, save_state_wire};

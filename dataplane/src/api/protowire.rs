@@ -1,0 +1,275 @@
+//! Protobuf's wire format, read in place and written by hand, for the RPCs
+//! the gRPC door serves itself (see [`super::unary`]). Reading borrows:
+//! strings are `&str` into the received frame and bytes fields are `Bytes`
+//! slices of it, so a value Skiff only passes through is never copied and
+//! a request costs no allocation to decode. Field numbers are the ones in
+//! `proto/dapr/...`; a test per message checks them against prost.
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+/// Why a message could not be read. The texts follow prost's, which the
+/// door answered with before it read messages itself.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum WireError {
+    #[error("failed to decode Protobuf message: buffer underflow")]
+    Truncated,
+    #[error("failed to decode Protobuf message: invalid varint")]
+    Varint,
+    #[error("failed to decode Protobuf message: invalid wire type value: {0}")]
+    WireType(u64),
+    #[error("failed to decode Protobuf message: invalid tag value: 0")]
+    ZeroTag,
+    #[error("failed to decode Protobuf message: invalid string value: data is not UTF-8 encoded")]
+    NotUtf8,
+    #[error("failed to decode Protobuf message: {0}: expected a length-delimited field")]
+    Shape(&'static str),
+}
+
+/// One field's value as it is on the wire.
+pub enum Value {
+    Varint(u64),
+    /// The byte range of a length-delimited field in the message.
+    Len(std::ops::Range<usize>),
+    /// Fixed 32 or 64 bits (no field Skiff reads has them; skipped).
+    Fixed,
+}
+
+/// Walks the fields of one message held in `Bytes`.
+pub struct Reader<'a> {
+    buf: &'a Bytes,
+    pos: usize,
+    end: usize,
+}
+
+impl<'a> Reader<'a> {
+    pub fn new(buf: &'a Bytes) -> Self {
+        Self {
+            buf,
+            pos: 0,
+            end: buf.len(),
+        }
+    }
+
+    /// A reader of the embedded message at `range` of the same buffer.
+    pub fn nested(&self, range: std::ops::Range<usize>) -> Reader<'a> {
+        Reader {
+            buf: self.buf,
+            pos: range.start,
+            end: range.end,
+        }
+    }
+
+    fn varint(&mut self) -> Result<u64, WireError> {
+        let mut v = 0u64;
+        for shift in (0..64).step_by(7) {
+            let Some(&b) = self.buf.get(self.pos).filter(|_| self.pos < self.end) else {
+                return Err(WireError::Truncated);
+            };
+            self.pos += 1;
+            v |= u64::from(b & 0x7f) << shift;
+            if b < 0x80 {
+                return Ok(v);
+            }
+        }
+        Err(WireError::Varint)
+    }
+
+    /// The next field's number and value; `None` at the end.
+    pub fn next_field(&mut self) -> Result<Option<(u32, Value)>, WireError> {
+        if self.pos >= self.end {
+            return Ok(None);
+        }
+        let key = self.varint()?;
+        let field = u32::try_from(key >> 3).map_err(|_| WireError::Varint)?;
+        if field == 0 {
+            return Err(WireError::ZeroTag);
+        }
+        let value = match key & 7 {
+            0 => Value::Varint(self.varint()?),
+            1 => self.skip(8)?,
+            2 => {
+                let n = usize::try_from(self.varint()?).map_err(|_| WireError::Truncated)?;
+                let start = self.pos;
+                let end = start.checked_add(n).ok_or(WireError::Truncated)?;
+                if end > self.end {
+                    return Err(WireError::Truncated);
+                }
+                self.pos = end;
+                Value::Len(start..end)
+            }
+            5 => self.skip(4)?,
+            t => return Err(WireError::WireType(t)),
+        };
+        Ok(Some((field, value)))
+    }
+
+    fn skip(&mut self, n: usize) -> Result<Value, WireError> {
+        if self.end - self.pos < n {
+            return Err(WireError::Truncated);
+        }
+        self.pos += n;
+        Ok(Value::Fixed)
+    }
+
+    /// A string field, borrowed from the message.
+    pub fn str(&self, r: std::ops::Range<usize>) -> Result<&'a str, WireError> {
+        std::str::from_utf8(&self.buf[r]).map_err(|_| WireError::NotUtf8)
+    }
+
+    /// A string field's value, borrowed; `what` names it in the error when
+    /// the field is not length-delimited.
+    pub fn string(&self, v: Value, what: &'static str) -> Result<&'a str, WireError> {
+        self.str(len(v, what)?)
+    }
+
+    /// A bytes field, as a slice of the message's buffer (no copy).
+    pub fn bytes(&self, r: std::ops::Range<usize>) -> Bytes {
+        self.buf.slice(r)
+    }
+
+    /// A `map<string, string>` entry (key 1, value 2).
+    pub fn map_entry(&self, r: std::ops::Range<usize>) -> Result<(&'a str, &'a str), WireError> {
+        let mut e = self.nested(r);
+        let (mut k, mut v) = ("", "");
+        while let Some((f, val)) = e.next_field()? {
+            match (f, val) {
+                (1, Value::Len(r)) => k = e.str(r)?,
+                (2, Value::Len(r)) => v = e.str(r)?,
+                (1 | 2, _) => return Err(WireError::Shape("map entry")),
+                _ => {}
+            }
+        }
+        Ok((k, v))
+    }
+}
+
+/// The range of a length-delimited field, or the error for a field of the
+/// wrong shape.
+pub fn len(v: Value, what: &'static str) -> Result<std::ops::Range<usize>, WireError> {
+    match v {
+        Value::Len(r) => Ok(r),
+        _ => Err(WireError::Shape(what)),
+    }
+}
+
+/// An `int32`/enum field (a varint; other shapes read as 0, as prost would
+/// refuse them, but no client sends them).
+pub fn int(v: &Value) -> i32 {
+    match v {
+        Value::Varint(n) => *n as i32,
+        _ => 0,
+    }
+}
+
+pub fn varint_len(mut v: u64) -> usize {
+    let mut n = 1;
+    while v >= 0x80 {
+        v >>= 7;
+        n += 1;
+    }
+    n
+}
+
+pub fn put_varint(out: &mut BytesMut, mut v: u64) {
+    while v >= 0x80 {
+        out.put_u8((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.put_u8(v as u8);
+}
+
+/// The encoded size of a length-delimited field of `n` bytes as
+/// [`put_len_field`] writes it: its key included (field numbers below 16
+/// take one byte), nothing when empty.
+pub fn len_field_size(n: usize) -> usize {
+    if n == 0 {
+        0
+    } else {
+        1 + varint_len(n as u64) + n
+    }
+}
+
+/// A length-delimited field (`string`, `bytes`, a message), omitted when
+/// empty as proto3 does.
+pub fn put_len_field(out: &mut BytesMut, field: u32, data: &[u8]) {
+    if data.is_empty() {
+        return;
+    }
+    put_varint(out, u64::from(field << 3 | 2));
+    put_varint(out, data.len() as u64);
+    out.put_slice(data);
+}
+
+/// A `map<string, string>` entry as field `field`.
+pub fn put_map_entry(out: &mut BytesMut, field: u32, k: &str, v: &str) {
+    let inner = len_field_size(k.len()) + len_field_size(v.len());
+    put_varint(out, u64::from(field << 3 | 2));
+    put_varint(out, inner as u64);
+    put_len_field(out, 1, k.as_bytes());
+    put_len_field(out, 2, v.as_bytes());
+}
+
+pub fn map_entry_size(k: &str, v: &str) -> usize {
+    let inner = len_field_size(k.len()) + len_field_size(v.len());
+    1 + varint_len(inner as u64) + inner
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn varints_round_trip_and_bad_ones_are_refused() {
+        for v in [0u64, 1, 127, 128, 300, 1 << 35, u64::MAX] {
+            let mut b = BytesMut::new();
+            put_varint(&mut b, v);
+            assert_eq!(b.len(), varint_len(v));
+            // As field 1, wire type 0.
+            let mut m = BytesMut::new();
+            put_varint(&mut m, 8);
+            m.extend_from_slice(&b);
+            let m = m.freeze();
+            let mut r = Reader::new(&m);
+            match r.next_field() {
+                Ok(Some((1, Value::Varint(got)))) => assert_eq!(got, v),
+                _ => panic!("varint {v}"),
+            }
+        }
+        let eleven = Bytes::from_static(&[
+            8, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 1,
+        ]);
+        assert_eq!(
+            Reader::new(&eleven).next_field().err(),
+            Some(WireError::Varint)
+        );
+        let cut = Bytes::from_static(&[0x0a, 5, b'a']);
+        assert_eq!(
+            Reader::new(&cut).next_field().err(),
+            Some(WireError::Truncated)
+        );
+        let zero = Bytes::from_static(&[0, 0]);
+        assert_eq!(
+            Reader::new(&zero).next_field().err(),
+            Some(WireError::ZeroTag)
+        );
+        let group = Bytes::from_static(&[0x0b]);
+        assert_eq!(
+            Reader::new(&group).next_field().err(),
+            Some(WireError::WireType(3))
+        );
+    }
+
+    #[test]
+    fn nested_readers_stay_inside_their_field() {
+        // Field 2 holds a message whose field 1 claims more than field 2 has.
+        let m = Bytes::from_static(&[0x12, 2, 0x0a, 9, 0x18, 1]);
+        let mut r = Reader::new(&m);
+        let Ok(Some((2, Value::Len(inner)))) = r.next_field() else {
+            panic!("field 2")
+        };
+        assert_eq!(
+            r.nested(inner).next_field().err(),
+            Some(WireError::Truncated)
+        );
+    }
+}

@@ -1,0 +1,377 @@
+//! The unary RPCs the gRPC door serves itself, without tonic: the hot ones
+//! (`GetState`, `SaveState`, `DeleteState`, `PublishEvent`,
+//! `InvokeService`). The request's one message is read from the stream's
+//! frames (one DATA frame for a small message, kept as it came), decoded in
+//! place by the block's own reader ([`super::protowire`]), and the answer
+//! is written by hand into one buffer with its gRPC frame header, followed
+//! by `grpc-status: 0` as trailers. Everything runs in the stream's own
+//! future on the connection's task: no task, channel or box per call.
+//!
+//! The door's answers stay those of a gRPC server: `grpc-timeout` bounds
+//! the call (`DeadlineExceeded`), a compressed message is refused as daprd
+//! refuses it (`Unimplemented`), a message over `--max-body-size` is
+//! `ResourceExhausted`, and a frame that is not one whole protobuf message
+//! is `Internal`, each with grpc-go's words.
+
+use std::pin::Pin;
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
+use http_body::Body;
+use tonic::Code;
+
+use super::grpc::{GrpcContext, parse_grpc_timeout};
+use super::protowire::WireError;
+use crate::blocks::Unary;
+use crate::errors::{ApiError, code};
+use crate::headers::GRPC_TIMEOUT;
+use crate::skiff_body::{Gathered, SkiffBody};
+
+/// The gRPC frame header: a compressed flag and a 4-byte length.
+pub const FRAME_HEADER: usize = 5;
+
+/// An answer under construction: the frame header is reserved first and
+/// filled in by [`Message::finish`].
+pub struct Message(BytesMut);
+
+impl Message {
+    /// A message of about `size` bytes (a good guess saves a reallocation).
+    pub fn with_capacity(size: usize) -> Self {
+        let mut b = BytesMut::with_capacity(FRAME_HEADER + size);
+        b.put_bytes(0, FRAME_HEADER);
+        Self(b)
+    }
+
+    pub fn buf(&mut self) -> &mut BytesMut {
+        &mut self.0
+    }
+
+    /// The framed message, and what follows it uncopied (a large payload
+    /// written last, see [`Message::tail`]).
+    pub fn finish(mut self, tail: Option<Bytes>) -> (Bytes, Option<Bytes>) {
+        let n = self.0.len() - FRAME_HEADER + tail.as_ref().map_or(0, Bytes::len);
+        self.0[1..FRAME_HEADER].copy_from_slice(&(n as u32).to_be_bytes());
+        (self.0.freeze(), tail.filter(|t| !t.is_empty()))
+    }
+
+    /// A bytes field that ends the message (proto3 omits it when empty),
+    /// as [`Message::tail`] sends it.
+    pub fn bytes_field_last(&mut self, field: u32, data: Bytes) -> Option<Bytes> {
+        if data.is_empty() {
+            return None;
+        }
+        super::protowire::put_varint(&mut self.0, u64::from(field << 3 | 2));
+        super::protowire::put_varint(&mut self.0, data.len() as u64);
+        self.tail(data)
+    }
+
+    /// A payload that ends the message: copied into the buffer when small
+    /// (one DATA frame), else sent after it as it is.
+    pub fn tail(&mut self, data: Bytes) -> Option<Bytes> {
+        if data.len() <= COPY_TAIL_BYTES {
+            self.0.extend_from_slice(&data);
+            None
+        } else {
+            Some(data)
+        }
+    }
+}
+
+/// Payloads up to this are copied into the answer's buffer: one write and
+/// one DATA frame cost less than a memcpy of this size.
+pub const COPY_TAIL_BYTES: usize = 16 << 10;
+
+/// What a handler answers: the framed message (and an uncopied tail) and
+/// the metadata to send with the head.
+pub struct Answer {
+    pub message: (Bytes, Option<Bytes>),
+    pub headers: HeaderMap,
+}
+
+impl From<Message> for Answer {
+    fn from(m: Message) -> Self {
+        Answer {
+            message: m.finish(None),
+            headers: HeaderMap::new(),
+        }
+    }
+}
+
+/// Why a call ended without an answer: an error of Dapr's API, or an error
+/// answer already made (`InvokeService` relays the app's status).
+pub enum Failed {
+    Api(ApiError),
+    Ready(Response<SkiffBody>),
+}
+
+impl From<ApiError> for Failed {
+    fn from(e: ApiError) -> Self {
+        Failed::Api(e)
+    }
+}
+
+/// Serves one call of `rpc`, whose path routed it here.
+pub async fn serve(cx: &GrpcContext, rpc: Unary, req: Request<SkiffBody>) -> Response<SkiffBody> {
+    let deadline = req
+        .headers()
+        .get(&GRPC_TIMEOUT)
+        .and_then(parse_grpc_timeout);
+    // One future with an optional timer beside it, rather than `timeout`
+    // in one arm and the bare call in the other: the stream's future (one
+    // allocation per call) would hold the call's state twice.
+    let mut call = std::pin::pin!(call(cx, rpc, req));
+    let mut timer = std::pin::pin!(deadline.map(tokio::time::sleep));
+    let out = std::future::poll_fn(|c| {
+        if let std::task::Poll::Ready(out) = call.as_mut().poll(c) {
+            return std::task::Poll::Ready(out);
+        }
+        if let (Some(t), Some(d)) = (timer.as_mut().as_pin_mut(), deadline)
+            && t.poll(c).is_ready()
+        {
+            return std::task::Poll::Ready(Err(deadline_exceeded(d).into()));
+        }
+        std::task::Poll::Pending
+    })
+    .await;
+    match out {
+        Ok(a) => respond(a),
+        Err(Failed::Api(e)) => e.to_grpc(),
+        Err(Failed::Ready(r)) => r,
+    }
+}
+
+async fn call(cx: &GrpcContext, rpc: Unary, req: Request<SkiffBody>) -> Result<Answer, Failed> {
+    let (parts, body) = req.into_parts();
+    let msg = read_message(&parts.headers, body, cx.door.max_body_size).await?;
+    let blocks = &cx.blocks;
+    let tracer = &cx.invoker.tracer;
+    let answer = match rpc {
+        Unary::GetState => {
+            crate::blocks::state::grpc::get_state_wire(&blocks.state, tracer, &parts.headers, &msg)
+                .await
+        }
+        Unary::SaveState => {
+            crate::blocks::state::grpc::save_state_wire(&blocks.state, tracer, &parts.headers, &msg)
+                .await
+        }
+        Unary::DeleteState => {
+            crate::blocks::state::grpc::delete_state_wire(
+                &blocks.state,
+                tracer,
+                &parts.headers,
+                &msg,
+            )
+            .await
+        }
+        Unary::PublishEvent => {
+            crate::blocks::pubsub::grpc::publish_wire(&blocks.pubsub, tracer, &parts.headers, &msg)
+                .await
+        }
+        Unary::InvokeService => {
+            // Boxed, as tonic boxed it: the invocation's future is several
+            // times the others', and every stream's future is as large as
+            // its largest branch.
+            return Box::pin(super::grpc::invoke_service_wire(cx, parts.headers, &msg)).await;
+        }
+    };
+    answer.map_err(Failed::Api)
+}
+
+/// The head, the message, then `grpc-status: 0`.
+fn respond(a: Answer) -> Response<SkiffBody> {
+    let mut resp = Response::new(SkiffBody::Unary(Some(a.message.0), a.message.1, false));
+    *resp.status_mut() = StatusCode::OK;
+    let h = resp.headers_mut();
+    *h = a.headers;
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    resp
+}
+
+fn internal(message: String) -> ApiError {
+    ApiError::new(
+        code::MALFORMED_REQUEST,
+        StatusCode::BAD_REQUEST,
+        Code::Internal,
+        message,
+    )
+}
+
+/// A request message that is not the protobuf its RPC takes.
+pub fn malformed(e: WireError) -> ApiError {
+    internal(format!("grpc: error unmarshalling request: {e}"))
+}
+
+fn deadline_exceeded(d: Duration) -> ApiError {
+    ApiError::new(
+        code::DIRECT_INVOKE,
+        StatusCode::GATEWAY_TIMEOUT,
+        Code::DeadlineExceeded,
+        format!(
+            "context deadline exceeded (grpc-timeout {} ms)",
+            d.as_millis()
+        ),
+    )
+}
+
+/// The one message of a unary call, without its frame header, as a slice
+/// of what was received.
+pub async fn read_message(
+    headers: &HeaderMap,
+    body: SkiffBody,
+    limit: usize,
+) -> Result<Bytes, ApiError> {
+    Ok(read_frame(headers, body, limit)
+        .await?
+        .slice(FRAME_HEADER..))
+}
+
+/// The one gRPC frame of a unary call, whole, once it is known to be one
+/// uncompressed message within `limit`.
+pub async fn read_frame(
+    headers: &HeaderMap,
+    mut body: SkiffBody,
+    limit: usize,
+) -> Result<Bytes, ApiError> {
+    if let Some(enc) = headers.get("grpc-encoding").filter(|e| *e != "identity") {
+        return Err(ApiError::new(
+            code::MALFORMED_REQUEST,
+            StatusCode::NOT_IMPLEMENTED,
+            Code::Unimplemented,
+            format!(
+                "grpc: Decompressor is not installed for grpc-encoding \"{}\"",
+                String::from_utf8_lossy(enc.as_bytes())
+            ),
+        ));
+    }
+    let most = limit.saturating_add(FRAME_HEADER);
+    let mut got = Gathered::default();
+    while let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
+        let frame = frame.map_err(|e| internal(format!("grpc: reading the request: {e}")))?;
+        if let Ok(d) = frame.into_data() {
+            got.push(d);
+            if got.len() > most {
+                return Err(too_large(&got.into_bytes(), limit));
+            }
+        }
+    }
+    let frame = got.into_bytes();
+    check_frame(&frame, limit)?;
+    Ok(frame)
+}
+
+/// The message inside one gRPC frame that must be all of `b`.
+pub fn unframe(b: Bytes, limit: usize) -> Result<Bytes, ApiError> {
+    check_frame(&b, limit)?;
+    Ok(b.slice(FRAME_HEADER..))
+}
+
+/// Whether `b` is one whole uncompressed gRPC frame within `limit`.
+fn check_frame(b: &Bytes, limit: usize) -> Result<(), ApiError> {
+    if b.len() < FRAME_HEADER {
+        return Err(internal(if b.is_empty() {
+            "grpc: the request has no message".to_owned()
+        } else {
+            "grpc: the request ended inside a frame header".to_owned()
+        }));
+    }
+    let declared = u32::from_be_bytes([b[1], b[2], b[3], b[4]]) as usize;
+    if b[0] == 1 {
+        return Err(internal(
+            "grpc: compressed flag set with identity or empty encoding".into(),
+        ));
+    }
+    if b[0] != 0 {
+        return Err(internal(format!("grpc: invalid compressed flag {}", b[0])));
+    }
+    if declared > limit {
+        return Err(too_large(b, limit));
+    }
+    let have = b.len() - FRAME_HEADER;
+    if have < declared {
+        return Err(internal(format!(
+            "grpc: the request ended inside its message ({have} of {declared} bytes)"
+        )));
+    }
+    if have > declared {
+        return Err(internal(
+            "grpc: more than one message in a unary request".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn too_large(b: &Bytes, limit: usize) -> ApiError {
+    let declared = b.get(1..FRAME_HEADER).map_or(b.len(), |l| {
+        u32::from_be_bytes([l[0], l[1], l[2], l[3]]) as usize
+    });
+    ApiError::new(
+        code::MALFORMED_REQUEST,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        Code::ResourceExhausted,
+        format!(
+            "grpc: received message larger than max ({declared} vs. {limit}): message too large (--max-body-size)"
+        ),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn framed(flag: u8, declared: u32, body: &[u8]) -> Bytes {
+        let mut b = vec![flag];
+        b.extend_from_slice(&declared.to_be_bytes());
+        b.extend_from_slice(body);
+        Bytes::from(b)
+    }
+
+    #[test]
+    fn frames_are_taken_whole_or_refused_with_grpc_codes() {
+        let ok = unframe(framed(0, 3, b"abc"), 10).expect("one message");
+        assert_eq!(&ok[..], b"abc");
+        let empty = unframe(framed(0, 0, b""), 10).expect("an empty message");
+        assert!(empty.is_empty());
+        let code = |b: Bytes| unframe(b, 10).err().map(|e| e.grpc);
+        assert_eq!(code(Bytes::new()), Some(Code::Internal));
+        assert_eq!(code(Bytes::from_static(&[0, 0])), Some(Code::Internal));
+        assert_eq!(code(framed(0, 100, b"abc")), Some(Code::ResourceExhausted));
+        assert_eq!(code(framed(0, 5, b"abc")), Some(Code::Internal));
+        assert_eq!(code(framed(0, 2, b"abc")), Some(Code::Internal));
+        assert_eq!(code(framed(1, 0, b"")), Some(Code::Internal));
+        assert_eq!(code(framed(7, 0, b"")), Some(Code::Internal));
+        let big = unframe(framed(0, 11, &[0; 11]), 10).expect_err("too big");
+        assert!(
+            big.message.contains("larger than max (11 vs. 10)"),
+            "{}",
+            big.message
+        );
+    }
+
+    #[test]
+    fn a_message_is_framed_with_its_length_and_a_large_tail_is_not_copied() {
+        let mut m = Message::with_capacity(8);
+        m.buf().put_slice(b"ab");
+        let small = m.tail(Bytes::from_static(b"cd"));
+        assert!(small.is_none());
+        let (head, tail) = m.finish(small);
+        assert_eq!(&head[..], &[0, 0, 0, 0, 4, b'a', b'b', b'c', b'd']);
+        assert!(tail.is_none());
+
+        let mut m = Message::with_capacity(8);
+        m.buf().put_slice(b"ab");
+        let big = Bytes::from(vec![1u8; COPY_TAIL_BYTES + 1]);
+        let tail = m.tail(big.clone());
+        let (head, tail) = m.finish(tail);
+        let n = 2 + COPY_TAIL_BYTES + 1;
+        assert_eq!(
+            &head[..],
+            &[&[0u8][..], &(n as u32).to_be_bytes(), b"ab"].concat()[..]
+        );
+        let tail = tail.expect("sent as it is");
+        assert_eq!(tail.as_ptr(), big.as_ptr(), "not copied");
+    }
+}
