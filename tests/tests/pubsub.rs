@@ -1511,3 +1511,116 @@ async fn redis_reclaims_idle_entries_behind_live_ones() {
         "the entries idle behind twenty live ones were not reclaimed: got {got:?}"
     );
 }
+
+/// A streaming subscriber that opens its stream and never reads it (no
+/// HTTP/2 window at all) is reset once `--stream-stall-timeout` passes
+/// without a byte taken, and the events queued to it are not lost: a
+/// subscriber that reads gets every one of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streaming_subscriber_that_never_reads_is_reset_and_loses_nothing() {
+    use pb::subscribe_topic_events_request_alpha1::SubscribeTopicEventsRequestType as In;
+    use pb::subscribe_topic_events_response_alpha1::SubscribeTopicEventsResponseType as Out;
+    use prost::Message;
+    let w = World::new();
+    w.component("ps.yaml", &Driver::Sqlite.yaml(&w, "ps", &[]));
+    let s = w.sidecar(
+        "stalled",
+        SidecarOpts {
+            args: vec!["--stream-stall-timeout".into(), "1s".into()],
+            ..SidecarOpts::default()
+        },
+    );
+    let initial = |topic: &str| pb::SubscribeTopicEventsRequestAlpha1 {
+        subscribe_topic_events_request_type: Some(In::InitialRequest(
+            pb::SubscribeTopicEventsRequestInitialAlpha1 {
+                pubsub_name: "ps".into(),
+                topic: topic.into(),
+                metadata: HashMap::new(),
+                dead_letter_topic: None,
+            },
+        )),
+    };
+
+    // The client that never reads: a window of 0, the first message sent,
+    // its side of the stream left open.
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", s.grpc_port))
+        .await
+        .expect("connect");
+    let (h2, conn) = h2::client::Builder::new()
+        .initial_window_size(0)
+        .handshake::<_, bytes::Bytes>(tcp)
+        .await
+        .expect("handshake");
+    tokio::spawn(conn);
+    let mut h2 = h2.ready().await.expect("ready");
+    let req = http::Request::post(format!(
+        "http://127.0.0.1:{}/dapr.proto.runtime.v1.Dapr/SubscribeTopicEventsAlpha1",
+        s.grpc_port
+    ))
+    .header("content-type", "application/grpc")
+    .header("te", "trailers")
+    .body(())
+    .expect("request");
+    let (resp, mut send) = h2.send_request(req, false).expect("send");
+    let m = initial("stall").encode_to_vec();
+    let mut frame = vec![0u8];
+    frame.extend_from_slice(&(m.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&m);
+    send.send_data(frame.into(), false).expect("first message");
+    let resp = tokio::time::timeout(WAIT, resp)
+        .await
+        .expect("a head in time")
+        .expect("a head");
+    assert_eq!(resp.status(), 200);
+    let c = http_client();
+    for i in 0..3 {
+        publish(&c, &s, "ps/stall", None, &format!("s{i}")).await;
+    }
+    let mut body = resp.into_body();
+    let end = tokio::time::timeout(WAIT, body.data())
+        .await
+        .expect("reset within the stall timeout, not left open");
+    let reason = match end {
+        Some(Err(e)) => e.reason(),
+        other => panic!("a reset, not {other:?}"),
+    };
+    assert_eq!(reason, Some(h2::Reason::CANCEL));
+    drop(send);
+
+    // A subscriber that reads gets all three.
+    let mut g = DaprClient::new(s.grpc_channel().await);
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    tx.send(initial("stall")).await.expect("send");
+    let mut stream = g
+        .subscribe_topic_events_alpha1(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .expect("subscribe")
+        .into_inner();
+    let mut seen = Vec::new();
+    while seen.len() < 3 {
+        let m = tokio::time::timeout(WAIT, stream.message())
+            .await
+            .expect("every event in time")
+            .expect("ok")
+            .expect("some");
+        let Some(Out::EventMessage(e)) = m.subscribe_topic_events_response_type else {
+            continue;
+        };
+        let data = String::from_utf8_lossy(&e.data).into_owned();
+        if !seen.contains(&data) {
+            seen.push(data);
+        }
+        tx.send(pb::SubscribeTopicEventsRequestAlpha1 {
+            subscribe_topic_events_request_type: Some(In::EventProcessed(
+                pb::SubscribeTopicEventsRequestProcessedAlpha1 {
+                    id: e.id,
+                    status: Some(pb::TopicEventResponse { status: 0 }),
+                },
+            )),
+        })
+        .await
+        .expect("ack");
+    }
+    seen.sort();
+    assert_eq!(seen, ["s0", "s1", "s2"]);
+}

@@ -26,6 +26,7 @@ use crate::invoke::envelope::{Door, Invoker};
 use crate::invoke::{target, wire};
 use bytes::Bytes;
 
+use super::protowire::{Reader, WireError, int, len};
 use super::unary;
 use crate::skiff_body::SkiffBody;
 use crate::telemetry::metrics;
@@ -592,14 +593,15 @@ fn method_of(v: Verb) -> Method {
 }
 
 /// One `InvokeService` call, decoded by either reader.
-struct InvokeCall<'a> {
-    id: &'a str,
-    method: &'a str,
-    type_url: &'a str,
-    data: Bytes,
-    content_type: &'a str,
-    verb: Verb,
-    querystring: &'a str,
+#[derive(Debug)]
+pub struct InvokeCall<'a> {
+    pub id: &'a str,
+    pub method: &'a str,
+    pub type_url: &'a str,
+    pub data: Bytes,
+    pub content_type: &'a str,
+    pub verb: Verb,
+    pub querystring: &'a str,
 }
 
 /// Sends `call` to its target as an HTTP-shaped request carrying the
@@ -737,18 +739,12 @@ async fn relay(resp: Response<SkiffBody>, limit: usize) -> Result<Relayed, Relay
     })
 }
 
-/// `InvokeService` read and answered by the door itself
-/// ([`super::unary`]): `InvokeServiceRequest` is decoded in place, the
-/// payload travels as a slice of the received frame, and the answer's
-/// `InvokeResponse` is written by hand with the payload last (uncopied when
-/// large).
-pub async fn invoke_service_wire(
-    cx: &GrpcContext,
-    metadata: HeaderMap,
-    msg: &Bytes,
-) -> Result<unary::Answer, unary::Failed> {
-    use super::protowire::{Reader, int, len};
-    let bad = |e| unary::Failed::Api(unary::malformed(e));
+/// `InvokeServiceRequest { id = 1, message = 3: InvokeRequest { method = 1,
+/// data = 2: Any { type_url = 1, value = 2 }, content_type = 3,
+/// http_extension = 4: { verb = 1, querystring = 2 } } }`, read in place;
+/// `None` without a `message`. Embedded messages that come twice are
+/// merged, as protobuf does, by reading each over the last.
+pub fn decode_invoke(msg: &Bytes) -> Result<Option<InvokeCall<'_>>, WireError> {
     let mut r = Reader::new(msg);
     let mut call = InvokeCall {
         id: "",
@@ -760,43 +756,41 @@ pub async fn invoke_service_wire(
         querystring: "",
     };
     let mut has_message = false;
-    while let Some((f, v)) = r.next_field().map_err(bad)? {
+    while let Some((f, v)) = r.next_field()? {
         match f {
-            1 => call.id = r.string(v, "id").map_err(bad)?,
+            1 => call.id = r.string(v, "id")?,
             3 => {
                 has_message = true;
-                let mut m = r.nested(len(v, "message").map_err(bad)?);
-                while let Some((f, v)) = m.next_field().map_err(bad)? {
+                invoke_request(r.nested(len(v, "message")?), &mut call)?;
+            }
+            _ => {}
+        }
+    }
+    Ok(has_message.then_some(call))
+}
+
+/// `InvokeRequest`'s fields, over `call`.
+fn invoke_request<'a>(mut m: Reader<'a>, call: &mut InvokeCall<'a>) -> Result<(), WireError> {
+    while let Some((f, v)) = m.next_field()? {
+        match f {
+            1 => call.method = m.string(v, "method")?,
+            2 => {
+                let mut any = m.nested(len(v, "data")?);
+                while let Some((f, v)) = any.next_field()? {
                     match f {
-                        1 => call.method = m.string(v, "method").map_err(bad)?,
-                        2 => {
-                            let mut any = m.nested(len(v, "data").map_err(bad)?);
-                            while let Some((f, v)) = any.next_field().map_err(bad)? {
-                                match f {
-                                    1 => {
-                                        call.type_url = any.string(v, "type_url").map_err(bad)?;
-                                    }
-                                    2 => call.data = any.bytes(len(v, "value").map_err(bad)?),
-                                    _ => {}
-                                }
-                            }
-                        }
-                        3 => {
-                            call.content_type = m.string(v, "content_type").map_err(bad)?;
-                        }
-                        4 => {
-                            let mut ext = m.nested(len(v, "http_extension").map_err(bad)?);
-                            while let Some((f, v)) = ext.next_field().map_err(bad)? {
-                                match f {
-                                    1 => call.verb = Verb::try_from(int(&v)).unwrap_or(Verb::None),
-                                    2 => {
-                                        call.querystring =
-                                            ext.string(v, "querystring").map_err(bad)?;
-                                    }
-                                    _ => {}
-                                }
-                            }
-                        }
+                        1 => call.type_url = any.string(v, "type_url")?,
+                        2 => call.data = any.bytes(len(v, "value")?),
+                        _ => {}
+                    }
+                }
+            }
+            3 => call.content_type = m.string(v, "content_type")?,
+            4 => {
+                let mut ext = m.nested(len(v, "http_extension")?);
+                while let Some((f, v)) = ext.next_field()? {
+                    match f {
+                        1 => call.verb = Verb::try_from(int(&v)).unwrap_or(Verb::None),
+                        2 => call.querystring = ext.string(v, "querystring")?,
                         _ => {}
                     }
                 }
@@ -804,10 +798,24 @@ pub async fn invoke_service_wire(
             _ => {}
         }
     }
+    Ok(())
+}
+
+/// `InvokeService` read and answered by the door itself
+/// ([`super::unary`]): `InvokeServiceRequest` is decoded in place, the
+/// payload travels as a slice of the received frame, and the answer's
+/// `InvokeResponse` is written by hand with the payload last (uncopied when
+/// large).
+pub async fn invoke_service_wire(
+    cx: &GrpcContext,
+    metadata: HeaderMap,
+    msg: &Bytes,
+) -> Result<unary::Answer, unary::Failed> {
+    let call = decode_invoke(msg).map_err(|e| unary::Failed::Api(unary::malformed(e)))?;
     let invalid = |m: String| unary::Failed::Ready(errors::grpc_error(Code::InvalidArgument, &m));
-    if !has_message {
+    let Some(call) = call else {
         return Err(invalid("InvokeServiceRequest.message is required".into()));
-    }
+    };
     let resp = invoke(cx, metadata, call).await.map_err(invalid)?;
     let r = relay(resp, cx.door.max_body_size)
         .await

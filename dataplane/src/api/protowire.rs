@@ -25,12 +25,16 @@ pub enum WireError {
     Shape(&'static str),
 }
 
+/// Groups nested deeper than this are refused (prost's recursion limit).
+const MAX_GROUP_DEPTH: usize = 100;
+
 /// One field's value as it is on the wire.
 pub enum Value {
     Varint(u64),
     /// The byte range of a length-delimited field in the message.
     Len(std::ops::Range<usize>),
-    /// Fixed 32 or 64 bits (no field Skiff reads has them; skipped).
+    /// Fixed 32 or 64 bits, or a group (no field Skiff reads has them;
+    /// skipped).
     Fixed,
 }
 
@@ -98,9 +102,41 @@ impl<'a> Reader<'a> {
                 Value::Len(start..end)
             }
             5 => self.skip(4)?,
+            3 => self.skip_group(field)?,
             t => return Err(WireError::WireType(t)),
         };
         Ok(Some((field, value)))
+    }
+
+    /// Skips a (deprecated) group up to its end tag, as prost does for an
+    /// unknown field; groups nest at most `MAX_GROUP_DEPTH` deep.
+    fn skip_group(&mut self, field: u32) -> Result<Value, WireError> {
+        let mut open = vec![field];
+        while let Some(&inner) = open.last() {
+            let key = self.varint()?;
+            let f = u32::try_from(key >> 3).map_err(|_| WireError::Varint)?;
+            match key & 7 {
+                0 => {
+                    self.varint()?;
+                }
+                1 => {
+                    self.skip(8)?;
+                }
+                2 => {
+                    let n = usize::try_from(self.varint()?).map_err(|_| WireError::Truncated)?;
+                    self.skip(n)?;
+                }
+                3 if open.len() < MAX_GROUP_DEPTH => open.push(f),
+                4 if f == inner => {
+                    open.pop();
+                }
+                5 => {
+                    self.skip(4)?;
+                }
+                t => return Err(WireError::WireType(t)),
+            }
+        }
+        Ok(Value::Fixed)
     }
 
     fn skip(&mut self, n: usize) -> Result<Value, WireError> {
@@ -252,10 +288,21 @@ mod tests {
             Reader::new(&zero).next_field().err(),
             Some(WireError::ZeroTag)
         );
-        let group = Bytes::from_static(&[0x0b]);
+        // A group (field 1) holding a varint, closed: skipped whole.
+        let group = Bytes::from_static(&[0x0b, 0x10, 1, 0x0c, 0x18, 7]);
+        let mut r = Reader::new(&group);
+        assert!(matches!(r.next_field(), Ok(Some((1, Value::Fixed)))));
+        assert!(matches!(r.next_field(), Ok(Some((3, Value::Varint(7))))));
+        // Never closed, or closed by another field's end tag: refused.
+        let open = Bytes::from_static(&[0x0b, 0x10, 1]);
         assert_eq!(
-            Reader::new(&group).next_field().err(),
-            Some(WireError::WireType(3))
+            Reader::new(&open).next_field().err(),
+            Some(WireError::Truncated)
+        );
+        let crossed = Bytes::from_static(&[0x0b, 0x14]);
+        assert_eq!(
+            Reader::new(&crossed).next_field().err(),
+            Some(WireError::WireType(4))
         );
     }
 

@@ -40,12 +40,13 @@ pub async fn publish(
 }
 
 /// A `PublishEventRequest` as either reader decoded it.
-struct Event<'a> {
-    pubsub: &'a str,
-    topic: &'a str,
-    data: bytes::Bytes,
-    content_type: &'a str,
-    metadata: Vec<(String, String)>,
+#[derive(Debug)]
+pub struct Event<'a> {
+    pub pubsub: &'a str,
+    pub topic: &'a str,
+    pub data: bytes::Bytes,
+    pub content_type: &'a str,
+    pub metadata: Vec<(String, String)>,
 }
 
 async fn publish_event(
@@ -75,16 +76,10 @@ async fn publish_event(
 }
 
 /// `PublishEventRequest { pubsub_name = 1, topic = 2, data = 3,
-/// data_content_type = 4, metadata = 5 }` read in place by the door
-/// ([`crate::api::unary`]); the data travels as a slice of the frame.
-pub async fn publish_wire(
-    block: &PubSubBlock,
-    tracer: &Tracer,
-    headers: &HeaderMap,
-    msg: &bytes::Bytes,
-) -> Result<crate::api::unary::Answer, crate::errors::ApiError> {
-    use crate::api::protowire::{Reader, len};
-    use crate::api::unary::{Message, malformed};
+/// data_content_type = 4, metadata = 5 }`, read in place: the data is a
+/// slice of the frame.
+pub fn decode_event(msg: &bytes::Bytes) -> Result<Event<'_>, crate::api::protowire::WireError> {
+    use crate::api::protowire::Reader;
     let mut r = Reader::new(msg);
     let mut e = Event {
         pubsub: "",
@@ -93,18 +88,14 @@ pub async fn publish_wire(
         content_type: "",
         metadata: Vec::new(),
     };
-    while let Some((f, v)) = r.next_field().map_err(malformed)? {
+    while let Some((f, v)) = r.next_field()? {
         match f {
-            1 => e.pubsub = r.string(v, "pubsub_name").map_err(malformed)?,
-            2 => e.topic = r.string(v, "topic").map_err(malformed)?,
-            3 => e.data = r.bytes(len(v, "data").map_err(malformed)?),
-            4 => {
-                e.content_type = r.string(v, "data_content_type").map_err(malformed)?;
-            }
+            1 => e.pubsub = r.string(v, "pubsub_name")?,
+            2 => e.topic = r.string(v, "topic")?,
+            3 => e.data = r.bytes(crate::api::protowire::len(v, "data")?),
+            4 => e.content_type = r.string(v, "data_content_type")?,
             5 => {
-                let (k, v) = r
-                    .map_entry(len(v, "metadata").map_err(malformed)?)
-                    .map_err(malformed)?;
+                let (k, v) = r.map_entry(crate::api::protowire::len(v, "metadata")?)?;
                 // Later entries of a key win, as in a decoded map.
                 e.metadata.retain(|(key, _)| key != k);
                 e.metadata.push((k.to_owned(), v.to_owned()));
@@ -112,6 +103,18 @@ pub async fn publish_wire(
             _ => {}
         }
     }
+    Ok(e)
+}
+
+/// `PublishEvent` served by the door itself ([`crate::api::unary`]).
+pub async fn publish_wire(
+    block: &PubSubBlock,
+    tracer: &Tracer,
+    headers: &HeaderMap,
+    msg: &bytes::Bytes,
+) -> Result<crate::api::unary::Answer, crate::errors::ApiError> {
+    use crate::api::unary::{Message, malformed};
+    let e = decode_event(msg).map_err(malformed)?;
     publish_event(block, tracer, headers, e).await?;
     Ok(Message::with_capacity(0).into())
 }

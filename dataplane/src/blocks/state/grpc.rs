@@ -41,14 +41,15 @@ fn status(e: ApiError) -> Status {
 }
 
 /// A `StateItem` as either reader decoded it.
-struct ItemRef<'a> {
-    key: &'a str,
-    value: Bytes,
-    etag: Option<&'a str>,
-    content_type: Option<&'a str>,
-    ttl: Option<&'a str>,
-    concurrency: Concurrency,
-    consistency: Consistency,
+#[derive(Debug)]
+pub struct ItemRef<'a> {
+    pub key: &'a str,
+    pub value: Bytes,
+    pub etag: Option<&'a str>,
+    pub content_type: Option<&'a str>,
+    pub ttl: Option<&'a str>,
+    pub concurrency: Concurrency,
+    pub consistency: Consistency,
 }
 
 impl<'a> ItemRef<'a> {
@@ -286,17 +287,23 @@ mod wire {
         o.as_ref().err().map(|e| e.message.clone())
     }
 
-    /// `StateOptions { concurrency = 1, consistency = 2 }`.
+    /// `StateOptions { concurrency = 1, consistency = 2 }`, over what an
+    /// earlier occurrence of the field said (protobuf merges repeated
+    /// embedded messages).
     fn options(
         r: &Reader<'_>,
         at: std::ops::Range<usize>,
+        (mut conc, mut cons): (Concurrency, Consistency),
     ) -> Result<(Concurrency, Consistency), WireError> {
         let mut o = r.nested(at);
-        let (mut conc, mut cons) = (Concurrency::LastWrite, Consistency::Eventual);
         while let Some((f, v)) = o.next_field()? {
             match f {
-                1 if int(&v) == StateConcurrency::ConcurrencyFirstWrite as i32 => {
-                    conc = Concurrency::FirstWrite;
+                1 => {
+                    conc = if int(&v) == StateConcurrency::ConcurrencyFirstWrite as i32 {
+                        Concurrency::FirstWrite
+                    } else {
+                        Concurrency::LastWrite
+                    };
                 }
                 2 => cons = consistency_of(StateConsistency::try_from(int(&v)).unwrap_or_default()),
                 _ => {}
@@ -305,16 +312,20 @@ mod wire {
         Ok((conc, cons))
     }
 
-    /// `Etag { value = 1 }`.
-    fn etag<'a>(r: &Reader<'a>, at: std::ops::Range<usize>) -> Result<&'a str, WireError> {
+    /// `Etag { value = 1 }`, over an earlier occurrence (merged).
+    fn etag<'a>(
+        r: &Reader<'a>,
+        at: std::ops::Range<usize>,
+        before: Option<&'a str>,
+    ) -> Result<Option<&'a str>, WireError> {
         let mut e = r.nested(at);
-        let mut value = "";
+        let mut value = before.unwrap_or_default();
         while let Some((f, v)) = e.next_field()? {
             if f == 1 {
-                value = e.str(len(v, "etag")?)?;
+                value = e.string(v, "etag")?;
             }
         }
-        Ok(value)
+        Ok(Some(value))
     }
 
     /// `StateItem { key = 1, value = 2, etag = 3, metadata = 4, options = 5 }`.
@@ -333,13 +344,16 @@ mod wire {
             match f {
                 1 => it.key = i.str(len(v, "key")?)?,
                 2 => it.value = i.bytes(len(v, "value")?),
-                3 => it.etag = Some(etag(&i, len(v, "etag")?)?),
+                3 => it.etag = etag(&i, len(v, "etag")?, it.etag)?,
                 4 => match i.map_entry(len(v, "metadata")?)? {
                     ("contentType", c) => it.content_type = Some(c),
                     ("ttlInSeconds", t) => it.ttl = Some(t),
                     _ => {}
                 },
-                5 => (it.concurrency, it.consistency) = options(&i, len(v, "options")?)?,
+                5 => {
+                    (it.concurrency, it.consistency) =
+                        options(&i, len(v, "options")?, (it.concurrency, it.consistency))?;
+                }
                 _ => {}
             }
         }
@@ -347,7 +361,22 @@ mod wire {
     }
 
     /// `GetStateRequest { store_name = 1, key = 2, consistency = 3 }`
-    /// (its `metadata` is not read, as by the tonic path) →
+    /// (its `metadata` is not read, as by the tonic path).
+    pub fn decode_get(msg: &Bytes) -> Result<(&str, &str, Consistency), WireError> {
+        let mut r = Reader::new(msg);
+        let (mut store, mut key, mut cons) = ("", "", Consistency::Eventual);
+        while let Some((f, v)) = r.next_field()? {
+            match f {
+                1 => store = r.string(v, "store_name")?,
+                2 => key = r.string(v, "key")?,
+                3 => cons = consistency_of(StateConsistency::try_from(int(&v)).unwrap_or_default()),
+                _ => {}
+            }
+        }
+        Ok((store, key, cons))
+    }
+
+    /// `GetState`:
     /// `GetStateResponse { data = 1, etag = 2, metadata = 3 }`, written with
     /// `data` last.
     pub async fn get_state_wire(
@@ -356,16 +385,7 @@ mod wire {
         headers: &HeaderMap,
         msg: &Bytes,
     ) -> Result<Answer, ApiError> {
-        let mut r = Reader::new(msg);
-        let (mut store, mut key, mut cons) = ("", "", Consistency::Eventual);
-        while let Some((f, v)) = r.next_field().map_err(malformed)? {
-            match f {
-                1 => store = r.string(v, "store_name").map_err(malformed)?,
-                2 => key = r.string(v, "key").map_err(malformed)?,
-                3 => cons = consistency_of(StateConsistency::try_from(int(&v)).unwrap_or_default()),
-                _ => {}
-            }
-        }
+        let (store, key, cons) = decode_get(msg).map_err(malformed)?;
         let got = traced(
             tracer,
             Some(headers),
@@ -406,32 +426,33 @@ mod wire {
     }
 
     /// `SaveStateRequest { store_name = 1, states = 2 }`.
+    pub fn decode_save(msg: &Bytes) -> Result<(&str, Vec<ItemRef<'_>>), WireError> {
+        let mut r = Reader::new(msg);
+        let mut store = "";
+        let mut items = Vec::new();
+        while let Some((f, v)) = r.next_field()? {
+            match f {
+                1 => store = r.string(v, "store_name")?,
+                2 => items.push(item(&r, len(v, "states")?)?),
+                _ => {}
+            }
+        }
+        Ok((store, items))
+    }
+
+    /// `SaveState`.
     pub async fn save_state_wire(
         block: &StateBlock,
         tracer: &Tracer,
         headers: &HeaderMap,
         msg: &Bytes,
     ) -> Result<Answer, ApiError> {
-        // The store's name may follow the items on the wire: read it first.
-        let mut r = Reader::new(msg);
-        let mut store = "";
-        let mut count = 0;
-        while let Some((f, v)) = r.next_field().map_err(malformed)? {
-            match f {
-                1 => store = r.string(v, "store_name").map_err(malformed)?,
-                2 => count += 1,
-                _ => {}
-            }
-        }
+        let (store, decoded) = decode_save(msg).map_err(malformed)?;
         block.store(store)?;
-        let mut items = Vec::with_capacity(count);
-        let mut r = Reader::new(msg);
-        while let Some((f, v)) = r.next_field().map_err(malformed)? {
-            if f == 2 {
-                let it = item(&r, len(v, "states").map_err(malformed)?).map_err(malformed)?;
-                items.push(save_item_ref(store, it, false)?);
-            }
-        }
+        let items = decoded
+            .into_iter()
+            .map(|it| save_item_ref(store, it, false))
+            .collect::<Result<Vec<_>, _>>()?;
         if !items.is_empty() {
             traced(
                 tracer,
@@ -448,12 +469,7 @@ mod wire {
     }
 
     /// `DeleteStateRequest { store_name = 1, key = 2, etag = 3, options = 4 }`.
-    pub async fn delete_state_wire(
-        block: &StateBlock,
-        tracer: &Tracer,
-        headers: &HeaderMap,
-        msg: &Bytes,
-    ) -> Result<Answer, ApiError> {
+    pub fn decode_delete(msg: &Bytes) -> Result<(&str, DeleteItem), WireError> {
         let mut r = Reader::new(msg);
         let mut store = "";
         let mut it = DeleteItem {
@@ -462,23 +478,33 @@ mod wire {
             key: String::new(),
             etag: None,
         };
-        while let Some((f, v)) = r.next_field().map_err(malformed)? {
+        let mut tag = None;
+        while let Some((f, v)) = r.next_field()? {
             match f {
-                1 => store = r.string(v, "store_name").map_err(malformed)?,
+                1 => store = r.string(v, "store_name")?,
                 2 => {
-                    it.key = r.string(v, "key").map_err(malformed)?.to_owned();
+                    it.key = r.string(v, "key")?.to_owned();
                 }
-                3 => {
-                    let e = etag(&r, len(v, "etag").map_err(malformed)?).map_err(malformed)?;
-                    it.etag = Some(e.to_owned());
-                }
+                3 => tag = etag(&r, len(v, "etag")?, tag)?,
                 4 => {
                     (it.concurrency, it.consistency) =
-                        options(&r, len(v, "options").map_err(malformed)?).map_err(malformed)?;
+                        options(&r, len(v, "options")?, (it.concurrency, it.consistency))?;
                 }
                 _ => {}
             }
         }
+        it.etag = tag.map(str::to_owned);
+        Ok((store, it))
+    }
+
+    /// `DeleteState`.
+    pub async fn delete_state_wire(
+        block: &StateBlock,
+        tracer: &Tracer,
+        headers: &HeaderMap,
+        msg: &Bytes,
+    ) -> Result<Answer, ApiError> {
+        let (store, it) = decode_delete(msg).map_err(malformed)?;
         traced(
             tracer,
             Some(headers),
@@ -493,4 +519,6 @@ mod wire {
     }
 }
 
-pub use wire::{delete_state_wire, get_state_wire, save_state_wire};
+pub use wire::{
+    decode_delete, decode_get, decode_save, delete_state_wire, get_state_wire, save_state_wire,
+};
