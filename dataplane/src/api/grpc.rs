@@ -121,15 +121,24 @@ impl GrpcApi {
             match blocks::rpc(rpc) {
                 Rpc::Unary(u) => super::unary::serve(&self.cx, u, req).await,
                 Rpc::Served => {
+                    let deadline = unary::deadline_of(req.headers());
                     let (parts, body) = req.into_parts();
                     let limit = self.cx.door.max_body_size;
-                    match unary::read_frame(&parts.headers, body, limit).await {
-                        Ok(frame) => {
-                            let req = Request::from_parts(parts, SkiffBody::full(frame));
-                            self.call_tonic(req).await
+                    let call = async {
+                        match unary::read_frame(&parts.headers, body, limit).await {
+                            Ok(frame) => {
+                                let req = Request::from_parts(parts, SkiffBody::full(frame));
+                                self.call_tonic(req).await
+                            }
+                            Err(e) => e.to_grpc(),
                         }
-                        Err(e) => e.to_grpc(),
-                    }
+                    };
+                    // Bounds the wait for the answer's head (a stream,
+                    // once begun, runs on). Boxed: the RPCs tonic serves
+                    // are not the hot ones (tonic boxes its own future
+                    // too), and every stream's future is as large as its
+                    // largest branch.
+                    Box::pin(unary::within(deadline, call, unary::past_deadline)).await
                 }
                 Rpc::ClientStream => self.call_tonic(req).await,
                 Rpc::Block(block) => block.not_configured("", &self.cx.door.app_id).to_grpc(),

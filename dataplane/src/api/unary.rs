@@ -113,25 +113,16 @@ impl From<ApiError> for Failed {
 
 /// Serves one call of `rpc`, whose path routed it here.
 pub async fn serve(cx: &GrpcContext, rpc: Unary, req: Request<SkiffBody>) -> Response<SkiffBody> {
-    let deadline = req
-        .headers()
-        .get(&GRPC_TIMEOUT)
-        .and_then(parse_grpc_timeout);
-    // One future with an optional timer beside it, rather than `timeout`
-    // in one arm and the bare call in the other: the stream's future (one
-    // allocation per call) would hold the call's state twice.
+    let deadline = deadline_of(req.headers());
+    // Pinned here rather than moved into `within`: the stream's future
+    // (one allocation per call) would hold the call's state twice.
     let mut call = std::pin::pin!(call(cx, rpc, req));
     let mut timer = std::pin::pin!(deadline.map(tokio::time::sleep));
     let out = std::future::poll_fn(|c| {
         if let std::task::Poll::Ready(out) = call.as_mut().poll(c) {
             return std::task::Poll::Ready(out);
         }
-        if let (Some(t), Some(d)) = (timer.as_mut().as_pin_mut(), deadline)
-            && t.poll(c).is_ready()
-        {
-            return std::task::Poll::Ready(Err(deadline_exceeded(d).into()));
-        }
-        std::task::Poll::Pending
+        expired(timer.as_mut(), deadline, c).map(|d| Err(deadline_exceeded(d).into()))
     })
     .await;
     match out {
@@ -139,6 +130,54 @@ pub async fn serve(cx: &GrpcContext, rpc: Unary, req: Request<SkiffBody>) -> Res
         Err(Failed::Api(e)) => e.to_grpc(),
         Err(Failed::Ready(r)) => r,
     }
+}
+
+/// The call's `grpc-timeout`, if it has one.
+pub fn deadline_of(h: &HeaderMap) -> Option<Duration> {
+    h.get(&GRPC_TIMEOUT).and_then(parse_grpc_timeout)
+}
+
+/// An answer past the deadline (for a call the door does not read itself).
+pub fn past_deadline(d: Duration) -> Response<SkiffBody> {
+    deadline_exceeded(d).to_grpc()
+}
+
+/// Whether the deadline's timer has fired (`Ready` with the deadline).
+fn expired(
+    timer: std::pin::Pin<&mut Option<tokio::time::Sleep>>,
+    deadline: Option<Duration>,
+    c: &mut std::task::Context<'_>,
+) -> std::task::Poll<Duration> {
+    if let (Some(t), Some(d)) = (timer.as_pin_mut(), deadline)
+        && t.poll(c).is_ready()
+    {
+        return std::task::Poll::Ready(d);
+    }
+    std::task::Poll::Pending
+}
+
+/// `call`, or `late(deadline)` once the deadline passes.
+pub async fn within<F: Future>(
+    deadline: Option<Duration>,
+    call: F,
+    late: impl FnOnce(Duration) -> F::Output,
+) -> F::Output {
+    let mut call = std::pin::pin!(call);
+    let mut timer = std::pin::pin!(deadline.map(tokio::time::sleep));
+    let mut late = Some(late);
+    std::future::poll_fn(|c| {
+        if let std::task::Poll::Ready(out) = call.as_mut().poll(c) {
+            return std::task::Poll::Ready(out);
+        }
+        match (expired(timer.as_mut(), deadline, c), late.take()) {
+            (std::task::Poll::Ready(d), Some(late)) => std::task::Poll::Ready(late(d)),
+            (_, l) => {
+                late = l;
+                std::task::Poll::Pending
+            }
+        }
+    })
+    .await
 }
 
 async fn call(cx: &GrpcContext, rpc: Unary, req: Request<SkiffBody>) -> Result<Answer, Failed> {
@@ -327,6 +366,30 @@ mod tests {
         b.extend_from_slice(&declared.to_be_bytes());
         b.extend_from_slice(body);
         Bytes::from(b)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_deadline_ends_a_slow_call_and_spares_a_quick_one() {
+        let slow = async {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            "answered"
+        };
+        let started = tokio::time::Instant::now();
+        let got = within(Some(Duration::from_millis(300)), slow, |_| "late").await;
+        assert_eq!(got, "late");
+        assert_eq!(started.elapsed(), Duration::from_millis(300));
+        let quick = async { "answered" };
+        assert_eq!(
+            within(Some(Duration::from_millis(300)), quick, |_| "late").await,
+            "answered"
+        );
+        let unbounded = async {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            "answered"
+        };
+        assert_eq!(within(None, unbounded, |_| "late").await, "answered");
+        let r = past_deadline(Duration::from_millis(300));
+        assert_eq!(crate::headers::grpc_status(r.headers()), Some(4));
     }
 
     #[test]
