@@ -821,14 +821,15 @@ pub async fn invoke_service_wire(
     msg: &Bytes,
 ) -> Result<unary::Answer, unary::Failed> {
     let call = decode_invoke(msg).map_err(|e| unary::Failed::Api(unary::malformed(e)))?;
-    let invalid = |m: String| unary::Failed::Ready(errors::grpc_error(Code::InvalidArgument, &m));
+    let invalid =
+        |m: String| unary::Failed::Ready(Box::new(errors::grpc_error(Code::InvalidArgument, &m)));
     let Some(call) = call else {
         return Err(invalid("InvokeServiceRequest.message is required".into()));
     };
     let resp = invoke(cx, metadata, call).await.map_err(invalid)?;
     let r = relay(resp, cx.door.max_body_size)
         .await
-        .map_err(|f| unary::Failed::Ready(f.to_grpc()))?;
+        .map_err(|f| unary::Failed::Ready(Box::new(f.to_grpc())))?;
     Ok(encode_invoke_response(r))
 }
 

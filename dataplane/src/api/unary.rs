@@ -102,7 +102,8 @@ impl From<Message> for Answer {
 /// answer already made (`InvokeService` relays the app's status).
 pub enum Failed {
     Api(ApiError),
-    Ready(Response<SkiffBody>),
+    /// Boxed: an error path, and it keeps every call's `Result` small.
+    Ready(Box<Response<SkiffBody>>),
 }
 
 impl From<ApiError> for Failed {
@@ -128,7 +129,7 @@ pub async fn serve(cx: &GrpcContext, rpc: Unary, req: Request<SkiffBody>) -> Res
     match out {
         Ok(a) => respond(a),
         Err(Failed::Api(e)) => e.to_grpc(),
-        Err(Failed::Ready(r)) => r,
+        Err(Failed::Ready(r)) => *r,
     }
 }
 
