@@ -193,6 +193,7 @@ async fn run(
         tracer,
         limit,
         slots: Arc::new(Semaphore::new(limit)),
+        acks: Default::default(),
     });
     let keeper = tokio::spawn(keep_alive(cx.clone()));
     let sampler = tokio::spawn(sample_backlog(cx.clone()));

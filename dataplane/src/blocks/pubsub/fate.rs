@@ -100,6 +100,8 @@ pub(super) struct Ctx {
     pub(super) tracer: Arc<Tracer>,
     pub(super) limit: usize,
     pub(super) slots: Arc<Semaphore>,
+    /// Acks of deliveries that end together leave together.
+    pub(super) acks: super::acks::Acks,
 }
 
 impl Ctx {
@@ -157,10 +159,11 @@ pub(super) enum Fate {
 /// Acks, dead-letters or releases one message, and lets go of its claim.
 pub(super) async fn settle(cx: &Ctx, msg: &Received, fate: Fate) {
     let id = std::slice::from_ref(&msg.id);
+    let ack = |ids: Vec<String>| async move { cx.subscription.ack(&ids).await };
     let done = match fate {
-        Fate::Ack => cx.subscription.ack(id).await,
+        Fate::Ack => cx.acks.ack(&msg.id, ack).await,
         Fate::DeadLetter(why) => match dead_letter(cx, msg, &why).await {
-            true => cx.subscription.ack(id).await,
+            true => cx.acks.ack(&msg.id, ack).await,
             false => cx.subscription.release(id).await,
         },
         Fate::Release => cx.subscription.release(id).await,

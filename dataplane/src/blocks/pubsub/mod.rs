@@ -8,6 +8,7 @@
 //! in one place ([`errors`]); the HTTP and gRPC adapters only decode and
 //! answer.
 
+mod acks;
 pub mod app;
 mod bulk;
 pub mod deliver;
