@@ -328,7 +328,7 @@ pub fn csr(data: &[u8]) {
     }
 }
 
-/// The gRPC door's own request readers (`api::unary`, `api::protowire`):
+/// The gRPC door's own request readers (`api::unary`, `protowire`):
 /// the frame check, then every RPC's decoder over the same bytes. Whatever
 /// prost accepts as that RPC's message, the door must accept too and read
 /// the same fields from (a differential check: prost is what the door used
@@ -338,7 +338,7 @@ pub fn grpc_request(data: &[u8]) {
     // The bytes as a message, and the message inside them as a frame.
     let inside = crate::api::unary::unframe(frame.clone(), 1 << 16).ok();
     if let Some(m) = &inside {
-        assert_eq!(m.len() + crate::api::unary::FRAME_HEADER, frame.len());
+        assert_eq!(m.len() + crate::protowire::FRAME_HEADER, frame.len());
     }
     for msg in std::iter::once(frame).chain(inside) {
         grpc_messages(&msg);

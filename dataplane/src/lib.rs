@@ -45,6 +45,7 @@ pub mod lifecycle;
 pub mod middleware;
 pub mod policy;
 pub mod pool;
+pub mod protowire;
 pub mod runtime;
 pub mod server;
 pub mod skiff_body;

@@ -26,8 +26,8 @@ use crate::invoke::envelope::{Door, Invoker};
 use crate::invoke::{target, wire};
 use bytes::Bytes;
 
-use super::protowire::{Reader, WireError, int, len};
 use super::unary;
+use crate::protowire::{Reader, WireError, int, len};
 use crate::skiff_body::SkiffBody;
 use crate::telemetry::metrics;
 use skiff_proto::google::protobuf::Empty;
@@ -119,7 +119,13 @@ impl GrpcApi {
                 );
             };
             match blocks::rpc(rpc) {
-                Rpc::Unary(u) => super::unary::serve(&self.cx, u, req).await,
+                Rpc::Unary(u) => {
+                    let cx = &self.cx;
+                    unary::serve(req, cx.door.max_body_size, |h, msg| {
+                        serve_unary(cx, u, h, msg)
+                    })
+                    .await
+                }
                 Rpc::Served => {
                     let deadline = unary::deadline_of(req.headers());
                     let (parts, body) = req.into_parts();
@@ -149,6 +155,33 @@ impl GrpcApi {
     }
 }
 
+/// The blocks' readers of the RPCs the door serves itself.
+async fn serve_unary(
+    cx: &GrpcContext,
+    rpc: blocks::Unary,
+    h: HeaderMap,
+    msg: Bytes,
+) -> Result<unary::Answer, unary::Failed> {
+    let (b, tracer) = (&cx.blocks, &cx.invoker.tracer);
+    let answer = match rpc {
+        blocks::Unary::GetState => state::grpc::get_state_wire(&b.state, tracer, &h, &msg).await,
+        blocks::Unary::SaveState => state::grpc::save_state_wire(&b.state, tracer, &h, &msg).await,
+        blocks::Unary::DeleteState => {
+            state::grpc::delete_state_wire(&b.state, tracer, &h, &msg).await
+        }
+        blocks::Unary::PublishEvent => {
+            pubsub::grpc::publish_wire(&b.pubsub, tracer, &h, &msg).await
+        }
+        blocks::Unary::InvokeService => {
+            // Boxed, as tonic boxed it: the invocation's future is several
+            // times the others', and every stream's future is as large as
+            // its largest branch.
+            return Box::pin(invoke_service_wire(cx, h, &msg)).await;
+        }
+    };
+    answer.map_err(unary::Failed::Api)
+}
+
 /// Forwards a gRPC call to the app named by `dapr-app-id`. Bodies and
 /// trailers stream both ways, so every call shape works; the deadline
 /// travels in `grpc-timeout` and also bounds the wait for the response head.
@@ -166,7 +199,7 @@ fn proxy(cx: &GrpcContext, req: Request<SkiffBody>) -> impl Future<Output = Resp
         let deadline = req
             .headers()
             .get(&GRPC_TIMEOUT)
-            .and_then(parse_grpc_timeout);
+            .and_then(unary::parse_grpc_timeout);
         let (mut parts, body) = req.into_parts();
         wire::from_app(&mut parts.headers);
         wire::mark_grpc_proxy(&mut parts.headers);
@@ -175,25 +208,6 @@ fn proxy(cx: &GrpcContext, req: Request<SkiffBody>) -> impl Future<Output = Resp
             .invoke(Door::GrpcProxy { deadline }, target, None, req)
             .await
     }
-}
-
-/// `grpc-timeout`: up to 8 digits and a unit (H, M, S, m, u, n).
-pub fn parse_grpc_timeout(v: &HeaderValue) -> Option<Duration> {
-    let s = v.to_str().ok()?;
-    if s.len() < 2 || s.len() > 9 {
-        return None;
-    }
-    let (n, unit) = s.split_at(s.len() - 1);
-    let n: u64 = n.parse().ok()?;
-    Some(match unit {
-        "H" => Duration::from_secs(n.saturating_mul(3600)),
-        "M" => Duration::from_secs(n.saturating_mul(60)),
-        "S" => Duration::from_secs(n),
-        "m" => Duration::from_millis(n),
-        "u" => Duration::from_micros(n),
-        "n" => Duration::from_nanos(n),
-        _ => return None,
-    })
 }
 
 /// The tonic implementation of `dapr.proto.runtime.v1.Dapr`.
@@ -820,7 +834,8 @@ pub async fn invoke_service_wire(
     metadata: HeaderMap,
     msg: &Bytes,
 ) -> Result<unary::Answer, unary::Failed> {
-    let call = decode_invoke(msg).map_err(|e| unary::Failed::Api(unary::malformed(e)))?;
+    let call =
+        decode_invoke(msg).map_err(|e| unary::Failed::Api(crate::protowire::malformed(e)))?;
     let invalid =
         |m: String| unary::Failed::Ready(Box::new(errors::grpc_error(Code::InvalidArgument, &m)));
     let Some(call) = call else {
@@ -837,12 +852,15 @@ pub async fn invoke_service_wire(
 /// `content_type` first and the value last, so a large value is sent as it
 /// came.
 fn encode_invoke_response(r: Relayed) -> unary::Answer {
-    use super::protowire::{len_field_size, put_len_field, put_varint};
+    use crate::protowire::{len_field_size, put_len_field, put_varint};
     let ct = text(r.content_type.as_ref());
     let type_url = text(r.type_url.as_ref());
     let any_len = len_field_size(type_url.len()) + len_field_size(r.data.len());
-    let mut m = unary::Message::with_capacity(
-        len_field_size(ct.len()) + 12 + type_url.len() + r.data.len().min(unary::COPY_TAIL_BYTES),
+    let mut m = crate::protowire::Message::with_capacity(
+        len_field_size(ct.len())
+            + 12
+            + type_url.len()
+            + r.data.len().min(crate::protowire::COPY_TAIL_BYTES),
     );
     let b = m.buf();
     put_len_field(b, 2, ct.as_bytes());
@@ -865,7 +883,7 @@ mod tests {
 
     #[test]
     fn grpc_timeouts() {
-        let p = |s: &'static str| parse_grpc_timeout(&HeaderValue::from_static(s));
+        let p = |s: &'static str| unary::parse_grpc_timeout(&HeaderValue::from_static(s));
         assert_eq!(p("5S"), Some(Duration::from_secs(5)));
         assert_eq!(p("250m"), Some(Duration::from_millis(250)));
         assert_eq!(p("1H"), Some(Duration::from_secs(3600)));

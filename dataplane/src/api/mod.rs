@@ -8,7 +8,6 @@ pub mod grpc;
 pub mod health;
 pub mod http;
 pub mod metadata;
-pub mod protowire;
 pub mod unary;
 
 use ::http::HeaderMap;

@@ -1,11 +1,12 @@
-//! The unary RPCs the gRPC door serves itself, without tonic: the hot ones
-//! (`GetState`, `SaveState`, `DeleteState`, `PublishEvent`,
-//! `InvokeService`). The request's one message is read from the stream's
-//! frames (one DATA frame for a small message, kept as it came), decoded in
-//! place by the block's own reader ([`super::protowire`]), and the answer
-//! is written by hand into one buffer with its gRPC frame header, followed
-//! by `grpc-status: 0` as trailers. Everything runs in the stream's own
-//! future on the connection's task: no task, channel or box per call.
+//! How the gRPC door serves a unary call without tonic (the hot RPCs the
+//! route table marks `Rpc::Unary`: `GetState`, `SaveState`, `DeleteState`,
+//! `PublishEvent`, `InvokeService`). The request's one message is read from
+//! the stream's frames (one DATA frame for a small message, kept as it
+//! came) and handed to the block's own reader (`grpc.rs` dispatches; the
+//! readers decode in place with [`crate::protowire`]); the answer, written
+//! by hand into one buffer with its gRPC frame header, goes out followed by
+//! `grpc-status: 0` as trailers. Everything runs in the stream's own future
+//! on the connection's task: no task, channel or box per call.
 //!
 //! The door's answers stay those of a gRPC server: `grpc-timeout` bounds
 //! the call (`DeadlineExceeded`), a compressed message is refused as daprd
@@ -16,87 +17,15 @@
 use std::pin::Pin;
 use std::time::Duration;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
 use http_body::Body;
 use tonic::Code;
 
-use super::grpc::{GrpcContext, parse_grpc_timeout};
-use super::protowire::WireError;
-use crate::blocks::Unary;
 use crate::errors::{ApiError, code};
 use crate::headers::GRPC_TIMEOUT;
+pub use crate::protowire::{Answer, FRAME_HEADER};
 use crate::skiff_body::{Gathered, SkiffBody};
-
-/// The gRPC frame header: a compressed flag and a 4-byte length.
-pub const FRAME_HEADER: usize = 5;
-
-/// An answer under construction: the frame header is reserved first and
-/// filled in by [`Message::finish`].
-pub struct Message(BytesMut);
-
-impl Message {
-    /// A message of about `size` bytes (a good guess saves a reallocation).
-    pub fn with_capacity(size: usize) -> Self {
-        let mut b = BytesMut::with_capacity(FRAME_HEADER + size);
-        b.put_bytes(0, FRAME_HEADER);
-        Self(b)
-    }
-
-    pub fn buf(&mut self) -> &mut BytesMut {
-        &mut self.0
-    }
-
-    /// The framed message, and what follows it uncopied (a large payload
-    /// written last, see [`Message::tail`]).
-    pub fn finish(mut self, tail: Option<Bytes>) -> (Bytes, Option<Bytes>) {
-        let n = self.0.len() - FRAME_HEADER + tail.as_ref().map_or(0, Bytes::len);
-        self.0[1..FRAME_HEADER].copy_from_slice(&(n as u32).to_be_bytes());
-        (self.0.freeze(), tail.filter(|t| !t.is_empty()))
-    }
-
-    /// A bytes field that ends the message (proto3 omits it when empty),
-    /// as [`Message::tail`] sends it.
-    pub fn bytes_field_last(&mut self, field: u32, data: Bytes) -> Option<Bytes> {
-        if data.is_empty() {
-            return None;
-        }
-        super::protowire::put_varint(&mut self.0, u64::from(field << 3 | 2));
-        super::protowire::put_varint(&mut self.0, data.len() as u64);
-        self.tail(data)
-    }
-
-    /// A payload that ends the message: copied into the buffer when small
-    /// (one DATA frame), else sent after it as it is.
-    pub fn tail(&mut self, data: Bytes) -> Option<Bytes> {
-        if data.len() <= COPY_TAIL_BYTES {
-            self.0.extend_from_slice(&data);
-            None
-        } else {
-            Some(data)
-        }
-    }
-}
-
-/// Payloads up to this are copied into the answer's buffer: one write and
-/// one DATA frame cost less than a memcpy of this size.
-pub const COPY_TAIL_BYTES: usize = 16 << 10;
-
-/// What a handler answers: the framed message (and an uncopied tail) and
-/// the metadata to send with the head.
-pub struct Answer {
-    pub message: (Bytes, Option<Bytes>),
-    pub headers: HeaderMap,
-}
-
-impl From<Message> for Answer {
-    fn from(m: Message) -> Self {
-        Answer {
-            message: m.finish(None),
-            headers: HeaderMap::new(),
-        }
-    }
-}
 
 /// Why a call ended without an answer: an error of Dapr's API, or an error
 /// answer already made (`InvokeService` relays the app's status).
@@ -112,12 +41,24 @@ impl From<ApiError> for Failed {
     }
 }
 
-/// Serves one call of `rpc`, whose path routed it here.
-pub async fn serve(cx: &GrpcContext, rpc: Unary, req: Request<SkiffBody>) -> Response<SkiffBody> {
+/// Serves one unary call: its one message is read (within `limit`) and
+/// handed to `handler` with the call's metadata; the handler's answer goes
+/// out with `grpc-status: 0`, its error as a gRPC status. `grpc-timeout`
+/// bounds all of it.
+pub async fn serve<F, Fut>(req: Request<SkiffBody>, limit: usize, handler: F) -> Response<SkiffBody>
+where
+    F: FnOnce(HeaderMap, Bytes) -> Fut,
+    Fut: Future<Output = Result<Answer, Failed>>,
+{
     let deadline = deadline_of(req.headers());
+    let call = async move {
+        let (parts, body) = req.into_parts();
+        let msg = read_message(&parts.headers, body, limit).await?;
+        handler(parts.headers, msg).await
+    };
     // Pinned here rather than moved into `within`: the stream's future
     // (one allocation per call) would hold the call's state twice.
-    let mut call = std::pin::pin!(call(cx, rpc, req));
+    let mut call = std::pin::pin!(call);
     let mut timer = std::pin::pin!(deadline.map(tokio::time::sleep));
     let out = std::future::poll_fn(|c| {
         if let std::task::Poll::Ready(out) = call.as_mut().poll(c) {
@@ -131,6 +72,25 @@ pub async fn serve(cx: &GrpcContext, rpc: Unary, req: Request<SkiffBody>) -> Res
         Err(Failed::Api(e)) => e.to_grpc(),
         Err(Failed::Ready(r)) => *r,
     }
+}
+
+/// `grpc-timeout`: up to 8 digits and a unit (H, M, S, m, u, n).
+pub fn parse_grpc_timeout(v: &HeaderValue) -> Option<Duration> {
+    let s = v.to_str().ok()?;
+    if s.len() < 2 || s.len() > 9 {
+        return None;
+    }
+    let (n, unit) = s.split_at(s.len() - 1);
+    let n: u64 = n.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
 }
 
 /// The call's `grpc-timeout`, if it has one.
@@ -181,43 +141,6 @@ pub async fn within<F: Future>(
     .await
 }
 
-async fn call(cx: &GrpcContext, rpc: Unary, req: Request<SkiffBody>) -> Result<Answer, Failed> {
-    let (parts, body) = req.into_parts();
-    let msg = read_message(&parts.headers, body, cx.door.max_body_size).await?;
-    let blocks = &cx.blocks;
-    let tracer = &cx.invoker.tracer;
-    let answer = match rpc {
-        Unary::GetState => {
-            crate::blocks::state::grpc::get_state_wire(&blocks.state, tracer, &parts.headers, &msg)
-                .await
-        }
-        Unary::SaveState => {
-            crate::blocks::state::grpc::save_state_wire(&blocks.state, tracer, &parts.headers, &msg)
-                .await
-        }
-        Unary::DeleteState => {
-            crate::blocks::state::grpc::delete_state_wire(
-                &blocks.state,
-                tracer,
-                &parts.headers,
-                &msg,
-            )
-            .await
-        }
-        Unary::PublishEvent => {
-            crate::blocks::pubsub::grpc::publish_wire(&blocks.pubsub, tracer, &parts.headers, &msg)
-                .await
-        }
-        Unary::InvokeService => {
-            // Boxed, as tonic boxed it: the invocation's future is several
-            // times the others', and every stream's future is as large as
-            // its largest branch.
-            return Box::pin(super::grpc::invoke_service_wire(cx, parts.headers, &msg)).await;
-        }
-    };
-    answer.map_err(Failed::Api)
-}
-
 /// The head, the message, then `grpc-status: 0`.
 fn respond(a: Answer) -> Response<SkiffBody> {
     let mut resp = Response::new(SkiffBody::Unary(Some(a.message.0), a.message.1, false));
@@ -238,11 +161,6 @@ fn internal(message: String) -> ApiError {
         Code::Internal,
         message,
     )
-}
-
-/// A request message that is not the protobuf its RPC takes.
-pub fn malformed(e: WireError) -> ApiError {
-    internal(format!("grpc: error unmarshalling request: {e}"))
 }
 
 fn deadline_exceeded(d: Duration) -> ApiError {
@@ -413,29 +331,5 @@ mod tests {
             "{}",
             big.message
         );
-    }
-
-    #[test]
-    fn a_message_is_framed_with_its_length_and_a_large_tail_is_not_copied() {
-        let mut m = Message::with_capacity(8);
-        m.buf().put_slice(b"ab");
-        let small = m.tail(Bytes::from_static(b"cd"));
-        assert!(small.is_none());
-        let (head, tail) = m.finish(small);
-        assert_eq!(&head[..], &[0, 0, 0, 0, 4, b'a', b'b', b'c', b'd']);
-        assert!(tail.is_none());
-
-        let mut m = Message::with_capacity(8);
-        m.buf().put_slice(b"ab");
-        let big = Bytes::from(vec![1u8; COPY_TAIL_BYTES + 1]);
-        let tail = m.tail(big.clone());
-        let (head, tail) = m.finish(tail);
-        let n = 2 + COPY_TAIL_BYTES + 1;
-        assert_eq!(
-            &head[..],
-            &[&[0u8][..], &(n as u32).to_be_bytes(), b"ab"].concat()[..]
-        );
-        let tail = tail.expect("sent as it is");
-        assert_eq!(tail.as_ptr(), big.as_ptr(), "not copied");
     }
 }

@@ -78,8 +78,8 @@ async fn publish_event(
 /// `PublishEventRequest { pubsub_name = 1, topic = 2, data = 3,
 /// data_content_type = 4, metadata = 5 }`, read in place: the data is a
 /// slice of the frame.
-pub fn decode_event(msg: &bytes::Bytes) -> Result<Event<'_>, crate::api::protowire::WireError> {
-    use crate::api::protowire::Reader;
+pub fn decode_event(msg: &bytes::Bytes) -> Result<Event<'_>, crate::protowire::WireError> {
+    use crate::protowire::Reader;
     let mut r = Reader::new(msg);
     let mut e = Event {
         pubsub: "",
@@ -92,10 +92,10 @@ pub fn decode_event(msg: &bytes::Bytes) -> Result<Event<'_>, crate::api::protowi
         match f {
             1 => e.pubsub = r.string(v, "pubsub_name")?,
             2 => e.topic = r.string(v, "topic")?,
-            3 => e.data = r.bytes(crate::api::protowire::len(v, "data")?),
+            3 => e.data = r.bytes(crate::protowire::len(v, "data")?),
             4 => e.content_type = r.string(v, "data_content_type")?,
             5 => {
-                let (k, v) = r.map_entry(crate::api::protowire::len(v, "metadata")?)?;
+                let (k, v) = r.map_entry(crate::protowire::len(v, "metadata")?)?;
                 // Later entries of a key win, as in a decoded map.
                 e.metadata.retain(|(key, _)| key != k);
                 e.metadata.push((k.to_owned(), v.to_owned()));
@@ -112,8 +112,8 @@ pub async fn publish_wire(
     tracer: &Tracer,
     headers: &HeaderMap,
     msg: &bytes::Bytes,
-) -> Result<crate::api::unary::Answer, crate::errors::ApiError> {
-    use crate::api::unary::{Message, malformed};
+) -> Result<crate::protowire::Answer, crate::errors::ApiError> {
+    use crate::protowire::{Message, malformed};
     let e = decode_event(msg).map_err(malformed)?;
     publish_event(block, tracer, headers, e).await?;
     Ok(Message::with_capacity(0).into())

@@ -276,11 +276,11 @@ mod wire {
     use skiff_proto::common::state_options::{StateConcurrency, StateConsistency};
 
     use super::*;
-    use crate::api::protowire::{
+    use crate::blocks::{Block, traced};
+    use crate::protowire::{Answer, Message, malformed};
+    use crate::protowire::{
         Reader, WireError, int, len, len_field_size, map_entry_size, put_len_field, put_map_entry,
     };
-    use crate::api::unary::{Answer, Message, malformed};
-    use crate::blocks::{Block, traced};
     use crate::telemetry::trace::Tracer;
 
     fn failed<T>(o: &Result<T, ApiError>) -> Option<String> {
@@ -402,7 +402,7 @@ mod wire {
         let etag = item.etag.as_deref().unwrap_or_default();
         let meta = read_metadata(&item);
         // The value is copied in when small (see `Message::tail`).
-        let inline = if item.data.len() <= crate::api::unary::COPY_TAIL_BYTES {
+        let inline = if item.data.len() <= crate::protowire::COPY_TAIL_BYTES {
             item.data.len()
         } else {
             0
@@ -410,7 +410,7 @@ mod wire {
         let size = len_field_size(etag.len())
             + meta.as_ref().map_or(0, |(k, v)| map_entry_size(k, v))
             + 1
-            + crate::api::protowire::varint_len(item.data.len() as u64)
+            + crate::protowire::varint_len(item.data.len() as u64)
             + inline;
         let mut m = Message::with_capacity(size);
         let b = m.buf();

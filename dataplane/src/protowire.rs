@@ -1,11 +1,15 @@
-//! Protobuf's wire format, read in place and written by hand, for the RPCs
-//! the gRPC door serves itself (see [`super::unary`]). Reading borrows:
+//! Protobuf's wire format, read in place and written by hand, and the
+//! framed unary answer built with it, for the RPCs the gRPC door serves
+//! itself (`api::unary` serves them, the blocks decode and answer). Reading borrows:
 //! strings are `&str` into the received frame and bytes fields are `Bytes`
 //! slices of it, so a value Skiff only passes through is never copied and
 //! a request costs no allocation to decode. Field numbers are the ones in
 //! `proto/dapr/...`; a test per message checks them against prost.
 
 use bytes::{BufMut, Bytes, BytesMut};
+use http::{HeaderMap, StatusCode};
+
+use crate::errors::{ApiError, code};
 
 /// Why a message could not be read. The texts follow prost's, which the
 /// door answered with before it read messages itself.
@@ -250,6 +254,86 @@ pub fn map_entry_size(k: &str, v: &str) -> usize {
     1 + varint_len(inner as u64) + inner
 }
 
+/// The gRPC frame header: a compressed flag and a 4-byte length.
+pub const FRAME_HEADER: usize = 5;
+
+/// An answer under construction: the frame header is reserved first and
+/// filled in by [`Message::finish`].
+pub struct Message(BytesMut);
+
+impl Message {
+    /// A message of about `size` bytes (a good guess saves a reallocation).
+    pub fn with_capacity(size: usize) -> Self {
+        let mut b = BytesMut::with_capacity(FRAME_HEADER + size);
+        b.put_bytes(0, FRAME_HEADER);
+        Self(b)
+    }
+
+    pub fn buf(&mut self) -> &mut BytesMut {
+        &mut self.0
+    }
+
+    /// The framed message, and what follows it uncopied (a large payload
+    /// written last, see [`Message::tail`]).
+    pub fn finish(mut self, tail: Option<Bytes>) -> (Bytes, Option<Bytes>) {
+        let n = self.0.len() - FRAME_HEADER + tail.as_ref().map_or(0, Bytes::len);
+        self.0[1..FRAME_HEADER].copy_from_slice(&(n as u32).to_be_bytes());
+        (self.0.freeze(), tail.filter(|t| !t.is_empty()))
+    }
+
+    /// A bytes field that ends the message (proto3 omits it when empty),
+    /// as [`Message::tail`] sends it.
+    pub fn bytes_field_last(&mut self, field: u32, data: Bytes) -> Option<Bytes> {
+        if data.is_empty() {
+            return None;
+        }
+        put_varint(&mut self.0, u64::from(field << 3 | 2));
+        put_varint(&mut self.0, data.len() as u64);
+        self.tail(data)
+    }
+
+    /// A payload that ends the message: copied into the buffer when small
+    /// (one DATA frame), else sent after it as it is.
+    pub fn tail(&mut self, data: Bytes) -> Option<Bytes> {
+        if data.len() <= COPY_TAIL_BYTES {
+            self.0.extend_from_slice(&data);
+            None
+        } else {
+            Some(data)
+        }
+    }
+}
+
+/// Payloads up to this are copied into the answer's buffer: one write and
+/// one DATA frame cost less than a memcpy of this size.
+pub const COPY_TAIL_BYTES: usize = 16 << 10;
+
+/// What a handler answers: the framed message (and an uncopied tail) and
+/// the metadata to send with the head.
+pub struct Answer {
+    pub message: (Bytes, Option<Bytes>),
+    pub headers: HeaderMap,
+}
+
+impl From<Message> for Answer {
+    fn from(m: Message) -> Self {
+        Answer {
+            message: m.finish(None),
+            headers: HeaderMap::new(),
+        }
+    }
+}
+
+/// A request message that is not the protobuf its RPC takes.
+pub fn malformed(e: WireError) -> ApiError {
+    ApiError::new(
+        code::MALFORMED_REQUEST,
+        StatusCode::BAD_REQUEST,
+        tonic::Code::Internal,
+        format!("grpc: error unmarshalling request: {e}"),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -318,5 +402,29 @@ mod tests {
             r.nested(inner).next_field().err(),
             Some(WireError::Truncated)
         );
+    }
+
+    #[test]
+    fn a_message_is_framed_with_its_length_and_a_large_tail_is_not_copied() {
+        let mut m = Message::with_capacity(8);
+        m.buf().put_slice(b"ab");
+        let small = m.tail(Bytes::from_static(b"cd"));
+        assert!(small.is_none());
+        let (head, tail) = m.finish(small);
+        assert_eq!(&head[..], &[0, 0, 0, 0, 4, b'a', b'b', b'c', b'd']);
+        assert!(tail.is_none());
+
+        let mut m = Message::with_capacity(8);
+        m.buf().put_slice(b"ab");
+        let big = Bytes::from(vec![1u8; COPY_TAIL_BYTES + 1]);
+        let tail = m.tail(big.clone());
+        let (head, tail) = m.finish(tail);
+        let n = 2 + COPY_TAIL_BYTES + 1;
+        assert_eq!(
+            &head[..],
+            &[&[0u8][..], &(n as u32).to_be_bytes(), b"ab"].concat()[..]
+        );
+        let tail = tail.expect("sent as it is");
+        assert_eq!(tail.as_ptr(), big.as_ptr(), "not copied");
     }
 }
