@@ -14,11 +14,10 @@
 //! `SKIFF_ALLOCS_TRACE=N`, the first N allocations of one call of each RPC
 //! are printed with their backtraces.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
@@ -27,6 +26,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use skiff_alloc_count::{Counting, Snapshot, count_this_thread, snapshot};
+use skiff_perf::topology::{free_port, wait_port};
 use skiff_proto::common::{HttpExtension, InvokeRequest, StateItem, http_extension::Verb};
 use skiff_proto::google::protobuf::Any;
 use skiff_proto::runtime as pb;
@@ -75,10 +75,6 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 struct Ports {
@@ -183,17 +179,6 @@ fn start_sidecar(p: &Ports, work: &std::path::Path) -> anyhow::Result<()> {
             }
         })?;
     Ok(())
-}
-
-async fn wait_port(port: u16) -> anyhow::Result<()> {
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    for _ in 0..200 {
-        if tokio::net::TcpStream::connect(addr).await.is_ok() {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    bail!("the sidecar did not listen on {port} within 10 s")
 }
 
 /// Runs `call` `WARMUP` times, then `n` times counted.
