@@ -229,28 +229,37 @@ pub fn len_field_size(n: usize) -> usize {
     }
 }
 
+/// The key and length of a length-delimited field of `n` bytes, whose
+/// bytes the caller writes next.
+pub fn put_len_prefix(out: &mut BytesMut, field: u32, n: usize) {
+    put_varint(out, u64::from(field << 3 | 2));
+    put_varint(out, n as u64);
+}
+
 /// A length-delimited field (`string`, `bytes`, a message), omitted when
 /// empty as proto3 does.
 pub fn put_len_field(out: &mut BytesMut, field: u32, data: &[u8]) {
     if data.is_empty() {
         return;
     }
-    put_varint(out, u64::from(field << 3 | 2));
-    put_varint(out, data.len() as u64);
+    put_len_prefix(out, field, data.len());
     out.put_slice(data);
+}
+
+/// The size of a `map<string, string>` entry's own fields.
+fn map_entry_inner(k: &str, v: &str) -> usize {
+    len_field_size(k.len()) + len_field_size(v.len())
 }
 
 /// A `map<string, string>` entry as field `field`.
 pub fn put_map_entry(out: &mut BytesMut, field: u32, k: &str, v: &str) {
-    let inner = len_field_size(k.len()) + len_field_size(v.len());
-    put_varint(out, u64::from(field << 3 | 2));
-    put_varint(out, inner as u64);
+    put_len_prefix(out, field, map_entry_inner(k, v));
     put_len_field(out, 1, k.as_bytes());
     put_len_field(out, 2, v.as_bytes());
 }
 
 pub fn map_entry_size(k: &str, v: &str) -> usize {
-    let inner = len_field_size(k.len()) + len_field_size(v.len());
+    let inner = map_entry_inner(k, v);
     1 + varint_len(inner as u64) + inner
 }
 
@@ -287,14 +296,23 @@ impl Message {
         if data.is_empty() {
             return None;
         }
-        put_varint(&mut self.0, u64::from(field << 3 | 2));
-        put_varint(&mut self.0, data.len() as u64);
+        put_len_prefix(&mut self.0, field, data.len());
         self.tail(data)
+    }
+
+    /// What [`Message::bytes_field_last`] of `n` bytes puts in the buffer
+    /// (the value itself only when it is copied in).
+    pub fn bytes_field_last_size(n: usize) -> usize {
+        match n {
+            0 => 0,
+            n if n <= COPY_TAIL_BYTES => len_field_size(n),
+            n => 1 + varint_len(n as u64),
+        }
     }
 
     /// A payload that ends the message: copied into the buffer when small
     /// (one DATA frame), else sent after it as it is.
-    pub fn tail(&mut self, data: Bytes) -> Option<Bytes> {
+    fn tail(&mut self, data: Bytes) -> Option<Bytes> {
         if data.len() <= COPY_TAIL_BYTES {
             self.0.extend_from_slice(&data);
             None
@@ -313,6 +331,17 @@ pub const COPY_TAIL_BYTES: usize = 16 << 10;
 pub struct Answer {
     pub message: (Bytes, Option<Bytes>),
     pub headers: HeaderMap,
+}
+
+impl Answer {
+    /// An empty message (`Empty`, or a response with every field at its
+    /// default): a static frame, nothing allocated.
+    pub fn empty() -> Self {
+        Answer {
+            message: (Bytes::from_static(&[0; FRAME_HEADER]), None),
+            headers: HeaderMap::new(),
+        }
+    }
 }
 
 impl From<Message> for Answer {

@@ -19,8 +19,7 @@ use crate::blocks::{
 };
 use crate::errors::{self, grpc_code_from_http};
 use crate::headers::{
-    self, DAPR_APP_ID, GRPC_TIMEOUT, SKIFF_GRPC_MESSAGE, SKIFF_GRPC_STATUS, SKIFF_TYPE_URL,
-    SKIFF_VERB_NONE,
+    self, DAPR_APP_ID, SKIFF_GRPC_MESSAGE, SKIFF_GRPC_STATUS, SKIFF_TYPE_URL, SKIFF_VERB_NONE,
 };
 use crate::invoke::envelope::{Door, Invoker};
 use crate::invoke::{target, wire};
@@ -196,10 +195,7 @@ fn proxy(cx: &GrpcContext, req: Request<SkiffBody>) -> impl Future<Output = Resp
             Ok(t) => t,
             Err(e) => return errors::grpc_error(Code::InvalidArgument, &e.to_string()),
         };
-        let deadline = req
-            .headers()
-            .get(&GRPC_TIMEOUT)
-            .and_then(unary::parse_grpc_timeout);
+        let deadline = unary::deadline_of(req.headers());
         let (mut parts, body) = req.into_parts();
         wire::from_app(&mut parts.headers);
         wire::mark_grpc_proxy(&mut parts.headers);
@@ -852,21 +848,21 @@ pub async fn invoke_service_wire(
 /// `content_type` first and the value last, so a large value is sent as it
 /// came.
 fn encode_invoke_response(r: Relayed) -> unary::Answer {
-    use crate::protowire::{len_field_size, put_len_field, put_varint};
+    use crate::protowire::{Message, len_field_size, put_len_field, put_len_prefix};
     let ct = text(r.content_type.as_ref());
     let type_url = text(r.type_url.as_ref());
     let any_len = len_field_size(type_url.len()) + len_field_size(r.data.len());
-    let mut m = crate::protowire::Message::with_capacity(
+    let mut m = Message::with_capacity(
         len_field_size(ct.len())
-            + 12
-            + type_url.len()
-            + r.data.len().min(crate::protowire::COPY_TAIL_BYTES),
+            + 1
+            + crate::protowire::varint_len(any_len as u64)
+            + len_field_size(type_url.len())
+            + Message::bytes_field_last_size(r.data.len()),
     );
     let b = m.buf();
     put_len_field(b, 2, ct.as_bytes());
     // `data` is always present, as daprd sends it.
-    put_varint(b, 1 << 3 | 2);
-    put_varint(b, any_len as u64);
+    put_len_prefix(b, 1, any_len);
     put_len_field(b, 1, type_url.as_bytes());
     let tail = m.bytes_field_last(2, r.data);
     let mut headers = HeaderMap::new();

@@ -56,16 +56,14 @@ where
         let msg = read_message(&parts.headers, body, limit).await?;
         handler(parts.headers, msg).await
     };
-    // Pinned here rather than moved into `within`: the stream's future
-    // (one allocation per call) would hold the call's state twice.
+    // Pinned here and lent to `within`: moved into it, the call's state
+    // would be held twice in the stream's future (one allocation per call).
     let mut call = std::pin::pin!(call);
-    let mut timer = std::pin::pin!(deadline.map(tokio::time::sleep));
-    let out = std::future::poll_fn(|c| {
-        if let std::task::Poll::Ready(out) = call.as_mut().poll(c) {
-            return std::task::Poll::Ready(out);
-        }
-        expired(timer.as_mut(), deadline, c).map(|d| Err(deadline_exceeded(d).into()))
-    })
+    let out = within(
+        deadline,
+        call.as_mut(),
+        |d| Err(deadline_exceeded(d).into()),
+    )
     .await;
     match out {
         Ok(a) => respond(a),
@@ -103,20 +101,6 @@ pub fn past_deadline(d: Duration) -> Response<SkiffBody> {
     deadline_exceeded(d).to_grpc()
 }
 
-/// Whether the deadline's timer has fired (`Ready` with the deadline).
-fn expired(
-    timer: std::pin::Pin<&mut Option<tokio::time::Sleep>>,
-    deadline: Option<Duration>,
-    c: &mut std::task::Context<'_>,
-) -> std::task::Poll<Duration> {
-    if let (Some(t), Some(d)) = (timer.as_pin_mut(), deadline)
-        && t.poll(c).is_ready()
-    {
-        return std::task::Poll::Ready(d);
-    }
-    std::task::Poll::Pending
-}
-
 /// `call`, or `late(deadline)` once the deadline passes.
 pub async fn within<F: Future>(
     deadline: Option<Duration>,
@@ -130,13 +114,13 @@ pub async fn within<F: Future>(
         if let std::task::Poll::Ready(out) = call.as_mut().poll(c) {
             return std::task::Poll::Ready(out);
         }
-        match (expired(timer.as_mut(), deadline, c), late.take()) {
-            (std::task::Poll::Ready(d), Some(late)) => std::task::Poll::Ready(late(d)),
-            (_, l) => {
-                late = l;
-                std::task::Poll::Pending
-            }
+        if let (Some(t), Some(d)) = (timer.as_mut().as_pin_mut(), deadline)
+            && t.poll(c).is_ready()
+            && let Some(late) = late.take()
+        {
+            return std::task::Poll::Ready(late(d));
         }
+        std::task::Poll::Pending
     })
     .await
 }

@@ -113,10 +113,9 @@ pub async fn publish_wire(
     headers: &HeaderMap,
     msg: &bytes::Bytes,
 ) -> Result<crate::protowire::Answer, crate::errors::ApiError> {
-    use crate::protowire::{Message, malformed};
-    let e = decode_event(msg).map_err(malformed)?;
+    let e = decode_event(msg).map_err(crate::protowire::malformed)?;
     publish_event(block, tracer, headers, e).await?;
-    Ok(Message::with_capacity(0).into())
+    Ok(crate::protowire::Answer::empty())
 }
 
 fn finish(

@@ -317,7 +317,7 @@ mod wire {
         r: &Reader<'a>,
         at: std::ops::Range<usize>,
         before: Option<&'a str>,
-    ) -> Result<Option<&'a str>, WireError> {
+    ) -> Result<&'a str, WireError> {
         let mut e = r.nested(at);
         let mut value = before.unwrap_or_default();
         while let Some((f, v)) = e.next_field()? {
@@ -325,7 +325,7 @@ mod wire {
                 value = e.string(v, "etag")?;
             }
         }
-        Ok(Some(value))
+        Ok(value)
     }
 
     /// `StateItem { key = 1, value = 2, etag = 3, metadata = 4, options = 5 }`.
@@ -342,9 +342,9 @@ mod wire {
         };
         while let Some((f, v)) = i.next_field()? {
             match f {
-                1 => it.key = i.str(len(v, "key")?)?,
+                1 => it.key = i.string(v, "key")?,
                 2 => it.value = i.bytes(len(v, "value")?),
-                3 => it.etag = etag(&i, len(v, "etag")?, it.etag)?,
+                3 => it.etag = Some(etag(&i, len(v, "etag")?, it.etag)?),
                 4 => match i.map_entry(len(v, "metadata")?)? {
                     ("contentType", c) => it.content_type = Some(c),
                     ("ttlInSeconds", t) => it.ttl = Some(t),
@@ -397,21 +397,13 @@ mod wire {
         )
         .await?;
         let Some(item) = got else {
-            return Ok(Message::with_capacity(0).into());
+            return Ok(Answer::empty());
         };
         let etag = item.etag.as_deref().unwrap_or_default();
         let meta = read_metadata(&item);
-        // The value is copied in when small (see `Message::tail`).
-        let inline = if item.data.len() <= crate::protowire::COPY_TAIL_BYTES {
-            item.data.len()
-        } else {
-            0
-        };
         let size = len_field_size(etag.len())
             + meta.as_ref().map_or(0, |(k, v)| map_entry_size(k, v))
-            + 1
-            + crate::protowire::varint_len(item.data.len() as u64)
-            + inline;
+            + Message::bytes_field_last_size(item.data.len());
         let mut m = Message::with_capacity(size);
         let b = m.buf();
         put_len_field(b, 2, etag.as_bytes());
@@ -465,7 +457,7 @@ mod wire {
             )
             .await?;
         }
-        Ok(Message::with_capacity(0).into())
+        Ok(Answer::empty())
     }
 
     /// `DeleteStateRequest { store_name = 1, key = 2, etag = 3, options = 4 }`.
@@ -485,7 +477,7 @@ mod wire {
                 2 => {
                     it.key = r.string(v, "key")?.to_owned();
                 }
-                3 => tag = etag(&r, len(v, "etag")?, tag)?,
+                3 => tag = Some(etag(&r, len(v, "etag")?, tag)?),
                 4 => {
                     (it.concurrency, it.consistency) =
                         options(&r, len(v, "options")?, (it.concurrency, it.consistency))?;
@@ -515,7 +507,7 @@ mod wire {
             failed,
         )
         .await?;
-        Ok(Message::with_capacity(0).into())
+        Ok(Answer::empty())
     }
 }
 
