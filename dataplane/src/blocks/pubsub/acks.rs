@@ -40,40 +40,50 @@ impl Acks {
         F: Fn(Vec<String>) -> Fut,
         Fut: Future<Output = Result<(), PubSubError>>,
     {
-        let (tx, rx) = oneshot::channel();
-        let lead = {
+        let waiter = {
             let mut q = self.lock();
             q.ids.push(id.to_owned());
-            q.waiters.push(tx);
-            !std::mem::replace(&mut q.sending, true)
-        };
-        if lead {
-            // If this future is dropped mid-way, `Lead` hands the duty back
-            // so the queue is not stranded.
-            let guard = Lead(self);
-            loop {
-                let (ids, waiters) = {
-                    let mut q = self.lock();
-                    if q.ids.is_empty() {
-                        q.sending = false;
-                        break;
-                    }
-                    (std::mem::take(&mut q.ids), std::mem::take(&mut q.waiters))
-                };
-                let r = send(ids).await;
-                for w in waiters {
-                    let _ = w.send(r.clone());
-                }
+            if q.sending {
+                let (tx, rx) = oneshot::channel();
+                q.waiters.push(tx);
+                Some(rx)
+            } else {
+                q.sending = true;
+                None
             }
-            // Done: the queue was empty and `sending` is off; another
-            // settler may already lead, so the guard must not touch it.
-            std::mem::forget(guard);
+        };
+        if let Some(rx) = waiter {
+            return rx.await.unwrap_or_else(|_| {
+                Err(PubSubError::Broker(
+                    "the ack carrying this message was dropped".into(),
+                ))
+            });
         }
-        rx.await.unwrap_or_else(|_| {
-            Err(PubSubError::Broker(
-                "the ack carrying this message was dropped".into(),
-            ))
-        })
+        // The leader: its own id goes with the first ack it sends, whose
+        // result is its answer. If this future is dropped mid-way, `Lead`
+        // hands the duty back so the queue is not stranded.
+        let guard = Lead(self);
+        let mut mine = None;
+        loop {
+            let (ids, waiters) = {
+                let mut q = self.lock();
+                if q.ids.is_empty() {
+                    q.sending = false;
+                    break;
+                }
+                (std::mem::take(&mut q.ids), std::mem::take(&mut q.waiters))
+            };
+            let r = send(ids).await;
+            for w in waiters {
+                let _ = w.send(r.clone());
+            }
+            mine.get_or_insert(r);
+        }
+        // Done: the queue was empty and `sending` is off; another settler
+        // may already lead, so the guard must not touch it.
+        std::mem::forget(guard);
+        // The first pass always sends: the queue held this id.
+        mine.unwrap_or(Ok(()))
     }
 }
 
