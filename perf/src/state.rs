@@ -22,17 +22,17 @@ use clap::Args;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use prost::Message as _;
 use serde::Serialize;
 use skiff_components::Properties;
 use skiff_components::registry::{self, Component};
 use skiff_components::state::{Concurrency, Consistency, SetRequest, StateStore, Ttl};
 use skiff_proto::common::StateItem;
-use skiff_proto::runtime::dapr_client::DaprClient;
 use skiff_proto::runtime::{GetStateRequest, SaveStateRequest};
-use tonic::transport::Channel;
 
 use crate::bench::{Procs, free_port, wait_port};
 use crate::hist::{Latency, Percentiles};
+use crate::load::GrpcUnary;
 use crate::procfs;
 
 /// Value size, as the targets are stated.
@@ -72,9 +72,9 @@ enum Op {
 enum Caller {
     /// The driver, in this process.
     Direct(Arc<dyn StateStore>, String),
-    Grpc(DaprClient<Channel>, String),
+    Grpc(GrpcUnary, String),
     Http(
-        Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+        Box<Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>>,
         String,
     ),
 }
@@ -111,27 +111,32 @@ impl Caller {
                     }
                 }
             }
-            Self::Grpc(c, store) => match op {
-                Op::Get => {
-                    c.get_state(GetStateRequest {
-                        store_name: store.clone(),
-                        key: key.to_owned(),
-                        ..Default::default()
-                    })
-                    .await?;
-                }
-                Op::Set => {
-                    c.save_state(SaveStateRequest {
-                        store_name: store.clone(),
-                        states: vec![StateItem {
+            Self::Grpc(c, store) => {
+                let (method, msg) = match op {
+                    Op::Get => (
+                        "/dapr.proto.runtime.v1.Dapr/GetState",
+                        GetStateRequest {
+                            store_name: store.clone(),
                             key: key.to_owned(),
-                            value: value.clone(),
                             ..Default::default()
-                        }],
-                    })
-                    .await?;
-                }
-            },
+                        }
+                        .encode_to_vec(),
+                    ),
+                    Op::Set => (
+                        "/dapr.proto.runtime.v1.Dapr/SaveState",
+                        SaveStateRequest {
+                            store_name: store.clone(),
+                            states: vec![StateItem {
+                                key: key.to_owned(),
+                                value: value.clone(),
+                                ..Default::default()
+                            }],
+                        }
+                        .encode_to_vec(),
+                    ),
+                };
+                c.call(method, &msg).await.map_err(anyhow::Error::msg)?;
+            }
             Self::Http(c, base) => {
                 let req = match op {
                     Op::Get => {
@@ -342,9 +347,7 @@ pub async fn run(a: StateArgs) -> anyhow::Result<()> {
     let value = Bytes::from(vec![b'x'; VALUE_BYTES]);
     // The same 1 KiB as a JSON string (HTTP saves carry JSON).
     let json = Bytes::from(format!("\"{}\"", "x".repeat(VALUE_BYTES - 2)));
-    let channel = Channel::from_shared(format!("http://127.0.0.1:{}", w.grpc))?
-        .connect()
-        .await?;
+    let grpc = GrpcUnary::connect(&format!("127.0.0.1:{}", w.grpc)).await?;
     let http_client = Client::builder(TokioExecutor::new()).build_http();
     let prefix = format!("{APP_ID}||");
     let red = direct(
@@ -364,9 +367,9 @@ pub async fn run(a: StateArgs) -> anyhow::Result<()> {
             "redis",
             vec![
                 Caller::Direct(red, prefix.clone()),
-                Caller::Grpc(DaprClient::new(channel.clone()), "red".into()),
+                Caller::Grpc(grpc.clone(), "red".into()),
                 Caller::Http(
-                    http_client.clone(),
+                    Box::new(http_client.clone()),
                     format!("http://127.0.0.1:{}/v1.0/state/red", w.http),
                 ),
             ],
@@ -375,9 +378,9 @@ pub async fn run(a: StateArgs) -> anyhow::Result<()> {
             "sqlite",
             vec![
                 Caller::Direct(lite, prefix.clone()),
-                Caller::Grpc(DaprClient::new(channel.clone()), "lite".into()),
+                Caller::Grpc(grpc.clone(), "lite".into()),
                 Caller::Http(
-                    http_client.clone(),
+                    Box::new(http_client.clone()),
                     format!("http://127.0.0.1:{}/v1.0/state/lite", w.http),
                 ),
             ],

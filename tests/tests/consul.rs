@@ -150,7 +150,7 @@ async fn consul_registers_resolves_follows_health_and_survives_its_outage() {
 
     // A clean shutdown deregisters (gone from the catalog, not just critical).
     let e3 = w.echo("host-3");
-    let o3 = w.sidecar("orders", with_config(SidecarOpts::app(e3.http_port), &cfg));
+    let mut o3 = w.sidecar("orders", with_config(SidecarOpts::app(e3.http_port), &cfg));
     let end = Instant::now() + Duration::from_secs(10);
     while passing(http, "orders").await != 2 {
         assert!(Instant::now() < end, "the third instance did not register");
@@ -182,7 +182,16 @@ async fn consul_registers_resolves_follows_health_and_survives_its_outage() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
-    // Consul goes away: the cached endpoints keep serving.
+    // Consul goes away: the cached endpoints keep serving. Host 3 has
+    // finished its drain first: this part is about the cache outliving
+    // Consul, not about a call that races a callee's shutdown (the caller
+    // may still hold host 3 if Consul went before its watch saw the
+    // deregistration; a host that is gone refuses the connection and the
+    // call moves on, as host 2 showed).
+    assert!(
+        o3.proc.wait_exit(Duration::from_secs(20)).is_some(),
+        "host 3's sidecar did not stop after its drain"
+    );
     agent.kill();
     for _ in 0..20 {
         let r = send(&c, request("POST", &url, "x")).await;

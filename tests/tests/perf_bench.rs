@@ -232,3 +232,25 @@ async fn open_loop_times_out_a_silent_server_and_finishes() {
         );
     }
 }
+
+/// The hot RPCs stay within their allocation budget: `skiff-allocs
+/// --check` counts exactly (not a timing), so a change that adds an
+/// allocation per call to a hot path fails here until its budget and its
+/// reason are written down in `skiff-allocs`.
+#[test]
+fn the_hot_rpcs_stay_within_their_allocation_budget() {
+    let out = Command::new(bin("skiff-allocs"))
+        .args(["--calls", "300", "--check"])
+        .output()
+        .expect("run skiff-allocs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "over budget: {}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for rpc in ["GetState", "SaveState", "PublishEvent", "InvokeService"] {
+        assert!(stdout.contains(&format!("| grpc | {rpc} |")), "{stdout}");
+        assert!(stdout.contains(&format!("| http | {rpc} |")), "{stdout}");
+    }
+}

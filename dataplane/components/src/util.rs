@@ -50,7 +50,8 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
             "m" => 60.0,
             "s" => 1.0,
             "ms" => 1e-3,
-            "us" | "µs" => 1e-6,
+            // Go takes the micro sign and the Greek mu alike.
+            "us" | "µs" | "μs" => 1e-6,
             "ns" => 1e-9,
             _ => return None,
         };
@@ -113,6 +114,10 @@ mod tests {
         assert_eq!(parse_duration("1h30m"), Some(Duration::from_secs(5400)));
         assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
         assert_eq!(parse_duration("10"), Some(Duration::from_secs(10)));
+        assert_eq!(
+            parse_duration("0h0m30s0ms0μs"),
+            Some(Duration::from_secs(30))
+        );
         assert_eq!(parse_duration("5 parsecs"), None);
         assert_eq!(parse_duration(""), None);
     }

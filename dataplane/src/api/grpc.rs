@@ -866,7 +866,12 @@ fn encode_invoke_response(r: Relayed) -> unary::Answer {
     put_len_field(b, 1, type_url.as_bytes());
     let tail = m.bytes_field_last(2, r.data);
     let mut headers = HeaderMap::new();
-    headers.insert(DAPR_HTTP_STATUS, HeaderValue::from(r.status.as_u16()));
+    // The usual status without formatting a number into a new buffer.
+    let status = match r.status.as_u16() {
+        200 => HeaderValue::from_static("200"),
+        s => HeaderValue::from(s),
+    };
+    headers.insert(DAPR_HTTP_STATUS, status);
     unary::Answer {
         message: m.finish(tail),
         headers,

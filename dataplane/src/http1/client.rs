@@ -106,7 +106,17 @@ impl Http1Client {
             let (parts, mut body) = req.into_parts();
             let no_body_expected = parts.method == Method::HEAD;
             let framing = BodyFraming::of(&parts.headers, &parts.method, &body);
-            let mut head = BytesMut::with_capacity(256);
+            // Sized once: the start line, the headers, and a small body in
+            // memory that joins the head's write.
+            let merged = body
+                .size_hint()
+                .exact()
+                .filter(|&n| n <= MERGE_BODY_BYTES as u64)
+                .map_or(0, |n| n as usize);
+            let pq = parts.uri.path_and_query().map_or(0, |p| p.as_str().len());
+            let mut head = BytesMut::with_capacity(
+                super::head_capacity(&parts.headers) + pq + self.inner.host.len() + merged,
+            );
             encode_head(&parts, &self.inner.host, framing, &mut head);
             // In memory, the request can be sent again; the common small case
             // rides in the head's write.

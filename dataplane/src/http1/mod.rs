@@ -83,6 +83,18 @@ impl BodyFraming {
     }
 }
 
+/// What a head with `headers` takes written, plus room for the start
+/// line and the lines this hop adds (host, framing, connection): a head
+/// buffer sized once instead of grown twice on the way.
+pub(crate) fn head_capacity(headers: &http::HeaderMap) -> usize {
+    const START_AND_ADDED: usize = 128;
+    headers
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len() + 4)
+        .sum::<usize>()
+        + START_AND_ADDED
+}
+
 pub(crate) fn header_line(out: &mut BytesMut, name: &str, value: &[u8]) {
     out.extend_from_slice(name.as_bytes());
     out.extend_from_slice(b": ");

@@ -454,7 +454,17 @@ async fn write_response<B: OutBody>(
             None => BodyFraming::Chunked,
         }
     };
-    let mut head = BytesMut::with_capacity(256);
+    // A small body in memory joins the head's write (below): room for it
+    // now, so the buffer is allocated once.
+    let merged = if bodiless {
+        0
+    } else {
+        body.size_hint()
+            .exact()
+            .filter(|&n| n <= MERGE_BODY_BYTES as u64)
+            .map_or(0, |n| n as usize)
+    };
+    let mut head = BytesMut::with_capacity(super::head_capacity(&parts.headers) + merged);
     head.extend_from_slice(b"HTTP/1.1 ");
     head.extend_from_slice(status.as_str().as_bytes());
     head.extend_from_slice(b" ");

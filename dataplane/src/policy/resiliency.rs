@@ -584,7 +584,8 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             .unwrap_or(after.len());
         let unit = match &after[..u_end] {
             "ns" => 1e-9,
-            "us" | "µs" => 1e-6,
+            // Go takes the micro sign and the Greek mu alike.
+            "us" | "µs" | "μs" => 1e-6,
             "ms" => 1e-3,
             "s" => 1.0,
             "m" => 60.0,
@@ -700,6 +701,12 @@ spec:
         assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
         assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
         assert_eq!(parse_duration("100ms"), Ok(Duration::from_millis(100)));
+        // The Python SDK writes Go's full form with the Greek mu.
+        assert_eq!(
+            parse_duration("1h0m0s0ms0μs"),
+            Ok(Duration::from_secs(3600))
+        );
+        assert_eq!(parse_duration("5µs"), parse_duration("5μs"));
         for b in ["", "5", "s", "5 s", "5d", "-1s"] {
             assert!(parse_duration(b).is_err(), "{b:?}");
         }

@@ -256,6 +256,13 @@ fn hex_byte(two: &[u8]) -> Option<u8> {
 
 /// The `traceparent` value naming `span` as the parent.
 pub fn traceparent(trace: &[u8; 16], span: &[u8; 8], flags: u8) -> HeaderValue {
+    HeaderValue::from_bytes(&traceparent_text(trace, span, flags))
+        .unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+/// The `traceparent` text on the stack, for callers that want it as text
+/// (a CloudEvent's fields) rather than as a header.
+pub fn traceparent_text(trace: &[u8; 16], span: &[u8; 8], flags: u8) -> [u8; 55] {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut out = [0u8; 55];
     out[..3].copy_from_slice(b"00-");
@@ -270,7 +277,7 @@ pub fn traceparent(trace: &[u8; 16], span: &[u8; 8], flags: u8) -> HeaderValue {
     put(53, &[flags]);
     out[35] = b'-';
     out[52] = b'-';
-    HeaderValue::from_bytes(&out).unwrap_or_else(|_| HeaderValue::from_static(""))
+    out
 }
 
 /// OpenCensus' binary context, base64 as gRPC carries `-bin` metadata:

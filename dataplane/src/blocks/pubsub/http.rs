@@ -91,12 +91,12 @@ pub async fn handle(
 /// The CloudEvent's trace fields: this publish's span, and the caller's
 /// `tracestate`.
 pub fn trace_context(span: &trace::Span, h: &HeaderMap) -> (String, String) {
-    let tp = trace::traceparent(&span.trace_id, &span.span_id, u8::from(span.sampled));
+    let tp = trace::traceparent_text(&span.trace_id, &span.span_id, u8::from(span.sampled));
     let ts = h
         .get("tracestate")
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default();
-    (tp.to_str().unwrap_or_default().to_owned(), ts.to_owned())
+    (String::from_utf8_lossy(&tp).into_owned(), ts.to_owned())
 }
 
 fn decode(s: &str) -> String {
@@ -125,7 +125,7 @@ fn event_bytes(raw: Option<&RawValue>, content_type: &str) -> Result<Bytes, Stri
     };
     let media = media_type(content_type);
     let as_string = || serde_json::from_str::<String>(raw.get()).map_err(|e| e.to_string());
-    match media.as_str() {
+    match &*media {
         "application/octet-stream" => base64::engine::general_purpose::STANDARD
             .decode(as_string()?)
             .map(Bytes::from)
