@@ -11,6 +11,7 @@
 //! front doors, and every other RPC of Dapr's runtime service that Skiff
 //! does not serve says so by name ([`rpc`]).
 
+pub mod actors;
 pub mod adapter;
 pub mod bindings;
 pub mod call;

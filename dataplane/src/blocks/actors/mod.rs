@@ -1,0 +1,8 @@
+//! Actors: Dapr's virtual actors (issue 30). What is here so far is the
+//! placement ring every sidecar computes owners with ([`ring`]) and the
+//! reading of an app's `GET /dapr/config` ([`config`]); the runtime API
+//! still answers daprd's error for a sidecar without an actor runtime
+//! ([`super::Block::not_configured`]).
+
+pub mod config;
+pub mod ring;

@@ -1,0 +1,180 @@
+//! The placement ring: which host of an actor type owns an actor id.
+//!
+//! Every sidecar computes the same answer from the same host list, the way
+//! daprd does since 1.13 (placement sends hosts, not virtual nodes): each
+//! host sits on the ring at `replication` points, point `i` of host `H` at
+//! `hash(H + decimal(i))`, and an actor id belongs to the first point at
+//! or after `hash(id)`, wrapping around. `hash` is the first 8 bytes of
+//! BLAKE2b-512 read as a little-endian `u64`. Any difference here from
+//! daprd's `pkg/placement/hashing` would send a call to the wrong host
+//! when Skiff and daprd sidecars share a placement, so the function, the
+//! point names and the search are daprd's exactly.
+//!
+//! A ring is built once per placement table version and then only read:
+//! a lookup is one hash and one binary search, no lock, no allocation.
+
+use blake2::{Blake2b512, Digest};
+
+/// Points per host unless placement says otherwise (daprd's
+/// `--replicationFactor` default).
+pub const DEFAULT_REPLICATION: usize = 100;
+
+/// A host of an actor type: the address its sidecar serves actor calls
+/// on (`host:port`, the name placement knows it by) and its app id.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Host {
+    pub name: String,
+    pub app_id: String,
+}
+
+/// One actor type's ring.
+#[derive(Clone, Debug, Default)]
+pub struct Ring {
+    /// `(point, index into hosts)`, sorted by point, one entry per point.
+    points: Vec<(u64, u32)>,
+    hosts: Vec<Host>,
+}
+
+impl Ring {
+    /// The ring of `hosts` with `replication` points each. A host named
+    /// twice counts once (its first entry), as daprd's `Add` does.
+    pub fn new(hosts: impl IntoIterator<Item = Host>, replication: usize) -> Self {
+        let mut unique: Vec<Host> = Vec::new();
+        for h in hosts {
+            if !unique.iter().any(|u| u.name == h.name) {
+                unique.push(h);
+            }
+        }
+        let mut points = Vec::with_capacity(unique.len() * replication);
+        let mut name = String::new();
+        for (i, h) in unique.iter().enumerate() {
+            let idx = u32::try_from(i).unwrap_or(u32::MAX);
+            for v in 0..replication {
+                name.clear();
+                name.push_str(&h.name);
+                name.push_str(itoa::Buffer::new().format(v));
+                points.push((hash(&name), idx));
+            }
+        }
+        // Stable, so equal points keep the order they were added in; the
+        // last one added owns a shared point, as in daprd's map (a 64-bit
+        // collision between two hosts' points is not expected to happen).
+        points.sort_by_key(|p| p.0);
+        let mut owned: Vec<(u64, u32)> = Vec::with_capacity(points.len());
+        for p in points {
+            match owned.last_mut() {
+                Some(last) if last.0 == p.0 => *last = p,
+                _ => owned.push(p),
+            }
+        }
+        Self {
+            points: owned,
+            hosts: unique,
+        }
+    }
+
+    /// The host that owns actor `id`, or `None` when the type has no host.
+    pub fn owner(&self, id: &str) -> Option<&Host> {
+        if self.points.is_empty() {
+            return None;
+        }
+        let h = hash(id);
+        let at = self.points.partition_point(|p| p.0 < h);
+        let (_, host) = self.points[if at == self.points.len() { 0 } else { at }];
+        self.hosts.get(host as usize)
+    }
+
+    pub fn hosts(&self) -> &[Host] {
+        &self.hosts
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.hosts.is_empty()
+    }
+}
+
+/// daprd's ring hash: BLAKE2b-512's first 8 bytes, little-endian.
+pub fn hash(s: &str) -> u64 {
+    let d = Blake2b512::digest(s.as_bytes());
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&d[..8]);
+    u64::from_le_bytes(first)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host(name: &str) -> Host {
+        Host {
+            name: name.into(),
+            app_id: format!("app-{name}"),
+        }
+    }
+
+    #[test]
+    fn the_hash_is_blake2b_512_read_little_endian() {
+        // RFC 7693's BLAKE2b-512 digests of "" and "abc", first 8 bytes
+        // (786a02f742015903…, ba80a53f981c4d0d…) read little-endian.
+        assert_eq!(hash(""), 0x0359_0142_f702_6a78);
+        assert_eq!(hash("abc"), 0x0d4d_1c98_3fa5_80ba);
+    }
+
+    #[test]
+    fn an_empty_ring_owns_nothing() {
+        assert!(Ring::new([], DEFAULT_REPLICATION).owner("a").is_none());
+    }
+
+    #[test]
+    fn the_owner_is_the_first_point_at_or_after_the_key_wrapping_around() {
+        let r = Ring::new([host("10.0.0.1:50002"), host("10.0.0.2:50002")], 3);
+        // Brute force over the same points: the smallest point >= the key,
+        // else the smallest point of all.
+        let mut pts: Vec<(u64, &str)> = Vec::new();
+        for h in ["10.0.0.1:50002", "10.0.0.2:50002"] {
+            for i in 0..3 {
+                pts.push((hash(&format!("{h}{i}")), h));
+            }
+        }
+        pts.sort();
+        for id in (0..500).map(|i| format!("actor-{i}")) {
+            let k = hash(&id);
+            let want = pts.iter().find(|p| p.0 >= k).unwrap_or(&pts[0]).1;
+            assert_eq!(r.owner(&id).map(|h| h.name.as_str()), Some(want), "{id}");
+        }
+    }
+
+    #[test]
+    fn a_host_named_twice_counts_once() {
+        let r = Ring::new([host("a:1"), host("a:1"), host("b:1")], 10);
+        assert_eq!(r.hosts().len(), 2);
+        assert_eq!(r.points.len(), 20);
+    }
+
+    #[test]
+    fn losing_a_host_moves_only_its_actors() {
+        let all = ["h1:1", "h2:1", "h3:1", "h4:1"];
+        let before = Ring::new(all.map(host), DEFAULT_REPLICATION);
+        let after = Ring::new(all[..3].iter().map(|h| host(h)), DEFAULT_REPLICATION);
+        let mut moved = 0;
+        for id in (0..4000).map(|i| format!("{i}")) {
+            let (b, a) = (before.owner(&id).expect("b"), after.owner(&id).expect("a"));
+            if b.name != "h4:1" {
+                assert_eq!(a, b, "{id} moved though its host stayed");
+            } else {
+                moved += 1;
+            }
+        }
+        // With 100 points per host each owns about a quarter.
+        assert!((600..1400).contains(&moved), "{moved} of 4000 on h4");
+    }
+
+    #[test]
+    fn order_of_hosts_does_not_change_owners() {
+        let a = Ring::new(["x:1", "y:1", "z:1"].map(host), DEFAULT_REPLICATION);
+        let b = Ring::new(["z:1", "x:1", "y:1"].map(host), DEFAULT_REPLICATION);
+        for id in (0..1000).map(|i| format!("id{i}")) {
+            assert_eq!(a.owner(&id), b.owner(&id));
+        }
+    }
+}
