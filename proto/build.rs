@@ -7,6 +7,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/dapr/proto/runtime/v1/dapr.proto",
         "proto/dapr/proto/runtime/v1/appcallback.proto",
         "proto/dapr/proto/sentry/v1/sentry.proto",
+        "proto/dapr/proto/placement/v1/placement.proto",
         "proto/skiff/echo/v1/echo.proto",
     ];
     for f in &files {

@@ -27,6 +27,11 @@ pub mod dapr {
                 tonic::include_proto!("dapr.proto.sentry.v1");
             }
         }
+        pub mod placement {
+            pub mod v1 {
+                tonic::include_proto!("dapr.proto.placement.v1");
+            }
+        }
     }
 }
 
@@ -47,6 +52,7 @@ pub mod skiff {
 }
 
 pub use dapr::proto::common::v1 as common;
+pub use dapr::proto::placement::v1 as placement;
 pub use dapr::proto::runtime::v1 as runtime;
 pub use dapr::proto::sentry::v1 as sentry;
 pub use skiff::echo::v1 as echo;

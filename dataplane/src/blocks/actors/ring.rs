@@ -13,7 +13,10 @@
 //! A ring is built once per placement table version and then only read:
 //! a lookup is one hash and one binary search, no lock, no allocation.
 
+use std::collections::HashMap;
+
 use blake2::{Blake2b512, Digest};
+use skiff_proto::placement::PlacementTables;
 
 /// Points per host unless placement says otherwise (daprd's
 /// `--replicationFactor` default).
@@ -93,6 +96,67 @@ impl Ring {
     }
 }
 
+/// The rings of one placement table version, one per actor type.
+#[derive(Clone, Debug, Default)]
+pub struct Rings {
+    pub version: u64,
+    by_type: HashMap<String, Ring>,
+}
+
+impl Rings {
+    /// The rings of `tables` (an UPDATE's), at `version`. Each type's hosts
+    /// are its `load_map`, named by their keys as daprd names them.
+    pub fn from_tables(tables: &PlacementTables, version: u64) -> Self {
+        let replication = usize::try_from(tables.replication_factor)
+            .ok()
+            .filter(|&r| r > 0)
+            .unwrap_or(DEFAULT_REPLICATION);
+        let by_type = tables
+            .entries
+            .iter()
+            .map(|(ty, table)| {
+                let hosts = table.load_map.iter().map(|(name, h)| Host {
+                    name: name.clone(),
+                    app_id: h.id.clone(),
+                });
+                (ty.clone(), Ring::new(hosts, replication))
+            })
+            .collect();
+        Self { version, by_type }
+    }
+
+    /// The host that owns actor `id` of `actor_type`.
+    pub fn owner(&self, actor_type: &str, id: &str) -> Option<&Host> {
+        self.by_type.get(actor_type)?.owner(id)
+    }
+
+    /// The types whose owners may differ between `self` and `next`: only
+    /// their calls wait during a round, the others go on.
+    pub fn changed_types(&self, next: &Rings) -> Vec<String> {
+        let same = |a: &Ring, b: &Ring| {
+            let mut x: Vec<&str> = a.hosts.iter().map(|h| h.name.as_str()).collect();
+            let mut y: Vec<&str> = b.hosts.iter().map(|h| h.name.as_str()).collect();
+            x.sort_unstable();
+            y.sort_unstable();
+            x == y && a.points.len() == b.points.len()
+        };
+        let mut changed: Vec<String> = self
+            .by_type
+            .iter()
+            .filter(|(t, r)| next.by_type.get(*t).is_none_or(|n| !same(r, n)))
+            .map(|(t, _)| t.clone())
+            .chain(
+                next.by_type
+                    .keys()
+                    .filter(|t| !self.by_type.contains_key(*t))
+                    .cloned(),
+            )
+            .collect();
+        changed.sort_unstable();
+        changed
+    }
+}
+
 /// daprd's ring hash: BLAKE2b-512's first 8 bytes, little-endian.
 pub fn hash(s: &str) -> u64 {
     let d = Blake2b512::digest(s.as_bytes());
@@ -167,6 +231,90 @@ mod tests {
         }
         // With 100 points per host each owns about a quarter.
         assert!((600..1400).contains(&moved), "{moved} of 4000 on h4");
+    }
+
+    fn tables(types: &[(&str, &[&str])], replication: i64) -> PlacementTables {
+        use skiff_proto::placement::{Host as PHost, PlacementTable};
+        PlacementTables {
+            entries: types
+                .iter()
+                .map(|(t, hosts)| {
+                    let load_map = hosts
+                        .iter()
+                        .map(|h| {
+                            let host = PHost {
+                                name: (*h).into(),
+                                id: format!("app-{h}"),
+                                entities: vec![(*t).into()],
+                                ..Default::default()
+                            };
+                            ((*h).to_owned(), host)
+                        })
+                        .collect();
+                    let table = PlacementTable {
+                        load_map,
+                        ..Default::default()
+                    };
+                    ((*t).to_owned(), table)
+                })
+                .collect(),
+            replication_factor: replication,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn tables_become_one_ring_per_type() {
+        let t = tables(&[("Cart", &["a:1", "b:1"]), ("User", &["b:1"])], 0);
+        let rings = Rings::from_tables(&t, 7);
+        assert_eq!(rings.version, 7);
+        let direct = Ring::new([host("a:1"), host("b:1")], DEFAULT_REPLICATION);
+        for id in (0..200).map(|i| format!("{i}")) {
+            assert_eq!(
+                rings.owner("Cart", &id).map(|h| &h.name),
+                direct.owner(&id).map(|h| &h.name)
+            );
+            assert_eq!(
+                rings.owner("User", &id).map(|h| h.name.as_str()),
+                Some("b:1")
+            );
+        }
+        assert!(rings.owner("Nobody", "1").is_none());
+        assert_eq!(
+            rings.owner("User", "1").map(|h| h.app_id.as_str()),
+            Some("app-b:1")
+        );
+    }
+
+    #[test]
+    fn only_types_whose_hosts_changed_are_changed() {
+        let before = Rings::from_tables(
+            &tables(
+                &[
+                    ("Cart", &["a:1", "b:1"]),
+                    ("User", &["b:1"]),
+                    ("Old", &["a:1"]),
+                ],
+                100,
+            ),
+            1,
+        );
+        let after = Rings::from_tables(
+            &tables(
+                &[
+                    ("Cart", &["b:1", "a:1"]),
+                    ("User", &["b:1", "c:1"]),
+                    ("New", &["c:1"]),
+                ],
+                100,
+            ),
+            2,
+        );
+        assert_eq!(before.changed_types(&after), ["New", "Old", "User"]);
+        assert!(after.changed_types(&after).is_empty());
+        // Another replication factor moves every type's actors.
+        let denser = Rings::from_tables(&tables(&[("Cart", &["a:1", "b:1"])], 200), 3);
+        assert!(before.changed_types(&denser).contains(&"Cart".to_owned()));
     }
 
     #[test]
