@@ -5,7 +5,8 @@
 //! (`../shared/dapr-actors-contract.md` §3.2).
 //!
 //! [`rounds`] is the protocol's logic with no I/O of its own: events in
-//! (a report, an ack, a stream gone, the clock), messages out. The same
+//! (a report, an ack, a stream gone, the clock), messages out;
+//! [`server`] serves it over tonic. The same
 //! logic serves both places placement runs: inside the sidecar that holds
 //! `$SKIFF_HOME`'s placement lock on one machine, and in `skiff-placement`
 //! replicas across machines. Neither keeps the table anywhere but in
@@ -15,3 +16,4 @@
 #![forbid(unsafe_code)]
 
 pub mod rounds;
+pub mod server;
