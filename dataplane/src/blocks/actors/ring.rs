@@ -166,7 +166,7 @@ pub fn hash(s: &str) -> u64 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn host(name: &str) -> Host {
@@ -233,7 +233,8 @@ mod tests {
         assert!((600..1400).contains(&moved), "{moved} of 4000 on h4");
     }
 
-    fn tables(types: &[(&str, &[&str])], replication: i64) -> PlacementTables {
+    /// Placement tables naming `hosts` for each type (ids `app-<host>`).
+    pub(crate) fn tables(types: &[(&str, &[&str])], replication: i64) -> PlacementTables {
         use skiff_proto::placement::{Host as PHost, PlacementTable};
         PlacementTables {
             entries: types
