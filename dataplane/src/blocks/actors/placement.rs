@@ -51,6 +51,8 @@ struct Snapshot {
     ready: bool,
     /// The version a `lock` announced.
     locked: u64,
+    /// Rounds seen to their end.
+    rounds: u64,
 }
 
 /// The tables as this sidecar knows them.
@@ -89,6 +91,7 @@ impl View {
                 self.tx.send_modify(|s| {
                     s.held = Arc::default();
                     s.ready = true;
+                    s.rounds += 1;
                 });
                 Some(HostOperation::Unlock)
             }
@@ -103,6 +106,11 @@ impl View {
 
     pub fn ready(&self) -> bool {
         self.tx.borrow().ready
+    }
+
+    /// Rounds this sidecar has seen to their end (from any leader).
+    pub fn rounds(&self) -> u64 {
+        self.tx.borrow().rounds
     }
 
     /// The version of the tables in force.
@@ -144,19 +152,46 @@ impl View {
     }
 }
 
-/// Follows placement for as long as `view` lives: connects to `addrs` in
+/// Where placement is.
+#[derive(Clone, Debug)]
+pub enum Addresses {
+    /// `--placement-host-address`: tried in turn.
+    Listed(Vec<String>),
+    /// The embedded leader's address file in `$SKIFF_HOME`, read again
+    /// before every attempt (the leader may have changed).
+    File(std::path::PathBuf),
+}
+
+impl Addresses {
+    fn pick(&self, attempt: usize) -> Option<String> {
+        match self {
+            Self::Listed(l) if !l.is_empty() => Some(l[attempt % l.len()].clone()),
+            Self::Listed(_) => None,
+            Self::File(p) => std::fs::read_to_string(p)
+                .ok()
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty()),
+        }
+    }
+}
+
+/// Follows placement for as long as it is polled: connects to `addrs` in
 /// turn, reports `me`, applies and acks every order, and starts again
 /// when the stream breaks.
-pub async fn connect_and_follow(addrs: Vec<String>, me: Report, view: Arc<View>) {
-    if addrs.is_empty() {
-        return;
-    }
-    let mut next = 0usize;
+pub async fn connect_and_follow(addrs: Addresses, me: Report, view: Arc<View>) {
+    let mut attempt = 0usize;
     loop {
-        let addr = &addrs[next % addrs.len()];
-        next = next.wrapping_add(1);
-        if let Err(e) = follow(addr, &me, &view).await {
-            tracing::warn!(placement = %addr, error = %e, "placement stream ended; reconnecting");
+        let picked = addrs.pick(attempt);
+        attempt = attempt.wrapping_add(1);
+        if let Some(addr) = picked
+            && let Err(e) = follow(&addr, &me, &view).await
+        {
+            // Said once per outage, not at every attempt.
+            if view.ready() || attempt == 1 {
+                tracing::warn!(placement = %addr, error = %e, "placement stream ended; reconnecting");
+            } else {
+                tracing::debug!(placement = %addr, error = %e, "placement not reached");
+            }
         }
         view.lost();
         let pause = RECONNECT_PAUSE.mul_f64(0.5 + fastrand::f64());
@@ -320,16 +355,9 @@ mod tests {
             ..Default::default()
         };
         let (a, b) = (Arc::new(View::default()), Arc::new(View::default()));
-        let fa = tokio::spawn(connect_and_follow(
-            vec![addr.to_string()],
-            me("a:1"),
-            a.clone(),
-        ));
-        let fb = tokio::spawn(connect_and_follow(
-            vec![addr.to_string()],
-            me("b:1"),
-            b.clone(),
-        ));
+        let at = Addresses::Listed(vec![addr.to_string()]);
+        let fa = tokio::spawn(connect_and_follow(at.clone(), me("a:1"), a.clone()));
+        let fb = tokio::spawn(connect_and_follow(at, me("b:1"), b.clone()));
         // Both end up on the same table, naming both hosts, and agree on
         // every owner.
         let end = tokio::time::Instant::now() + Duration::from_secs(10);
