@@ -3,8 +3,9 @@
 //! sidecar's stream to placement and the view of its tables that holds
 //! only the types a round changes ([`placement`]), the embedded leader
 //! elected through a file lock in `$SKIFF_HOME` ([`embedded`]), the reading of an
-//! app's `GET /dapr/config` ([`config`]) and one actor's turn queue with
-//! reentrancy ([`turns`]). The runtime API still answers
+//! app's `GET /dapr/config` ([`config`]), one actor's turn queue with
+//! reentrancy ([`turns`]) and Dapr's time formats for timers and
+//! reminders ([`when`]). The runtime API still answers
 //! daprd's error for a sidecar without an actor runtime
 //! ([`super::Block::not_configured`]).
 
@@ -13,3 +14,4 @@ pub mod embedded;
 pub mod placement;
 pub mod ring;
 pub mod turns;
+pub mod when;
