@@ -121,12 +121,7 @@ impl Block {
             Self::Bindings => bindings::errors::not_found(name),
             Self::Configuration => configuration::errors::not_configured(),
             Self::Lock => lock::errors::not_configured(),
-            Self::Actors => e(
-                "ERR_ACTOR_RUNTIME_NOT_FOUND",
-                StatusCode::INTERNAL_SERVER_ERROR,
-                Code::Internal,
-                "the state store is not configured to use the actor runtime. Have you set the - name: actorStateStore value: \"true\" in your state store component file?",
-            ),
+            Self::Actors => actors::errors::runtime_not_found(),
         }
     }
 }

@@ -11,6 +11,7 @@
 
 pub mod config;
 pub mod embedded;
+pub mod errors;
 pub mod placement;
 pub mod ring;
 pub mod turns;
