@@ -8,6 +8,7 @@ pub mod hist;
 pub mod load;
 pub mod lock;
 pub mod peers;
+pub mod placement;
 pub mod plot;
 pub mod procfs;
 pub mod pubsub;

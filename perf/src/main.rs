@@ -42,6 +42,9 @@ enum Cmd {
     /// TryLock through one skiffd against Skiff's Redis lock driver called
     /// directly (the floor), plus the in-memory lock.
     Lock(skiff_perf::lock::LockArgs),
+    /// Placement rounds: how long a host leaving or joining takes to reach
+    /// every sidecar.
+    Placement(skiff_perf::placement::PlacementArgs),
     /// Draw the percentile curves of a recorded `bench --json` file as SVG.
     Plot {
         json: PathBuf,
@@ -137,6 +140,11 @@ fn main() -> ExitCode {
         }),
         Cmd::Lock(a) => on_task(&rt, async move {
             skiff_perf::lock::run(a).await.map_err(|e| format!("{e:#}"))
+        }),
+        Cmd::Placement(a) => on_task(&rt, async move {
+            skiff_perf::placement::run(a)
+                .await
+                .map_err(|e| format!("{e:#}"))
         }),
         Cmd::Plot { json, out } => plot(&json, &out),
     };

@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use clap::Parser;
 use skiff_placement::server::{PlacementService, Settings};
-use skiff_proto::placement::placement_server::PlacementServer;
 
 #[derive(Parser)]
 #[command(
@@ -76,15 +75,10 @@ fn serve(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             replication_factor: cli.replication_factor,
         });
         tracing::info!(%addr, "skiff-placement ready");
-        tonic::transport::Server::builder()
-            .add_service(PlacementServer::new(service))
-            .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(listener),
-                async {
-                    let _ = tokio::signal::ctrl_c().await;
-                },
-            )
-            .await?;
+        skiff_placement::server::serve(listener, service, async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await?;
         Ok(())
     })
 }

@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 use skiff_proto::placement::placement_server::Placement;
 use skiff_proto::placement::{Host, PlacementOrder};
 use tokio::sync::mpsc;
-use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::rounds::{Namespace, Out, StreamId};
@@ -192,6 +192,27 @@ impl State {
     }
 }
 
+/// Serves `service` on `listener` until `shutdown` completes. Accepted
+/// connections get `TCP_NODELAY`: a stage's orders and acks are small
+/// writes that Nagle's algorithm would hold back for the peer's delayed
+/// ACK (40 ms a stage on Linux).
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    service: PlacementService,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), tonic::transport::Error> {
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).map(|s| {
+        if let Ok(s) = &s {
+            let _ = s.set_nodelay(true);
+        }
+        s
+    });
+    tonic::transport::Server::builder()
+        .add_service(skiff_proto::placement::placement_server::PlacementServer::new(service))
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await
+}
+
 #[tonic::async_trait]
 impl Placement for PlacementService {
     type ReportDaprStatusStream = Orders;
@@ -236,9 +257,8 @@ mod tests {
 
     use skiff_proto::placement::HostOperation;
     use skiff_proto::placement::placement_client::PlacementClient;
-    use skiff_proto::placement::placement_server::PlacementServer;
     use tokio_stream::StreamExt;
-    use tonic::transport::{Channel, Server};
+    use tonic::transport::Channel;
 
     use super::*;
 
@@ -248,13 +268,7 @@ mod tests {
             .expect("bind");
         let addr = l.local_addr().expect("addr");
         let svc = PlacementService::new(settings);
-        let s = svc.clone();
-        tokio::spawn(async move {
-            let _ = Server::builder()
-                .add_service(PlacementServer::new(s))
-                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(l))
-                .await;
-        });
+        tokio::spawn(super::serve(l, svc.clone(), std::future::pending()));
         (addr, svc)
     }
 

@@ -254,3 +254,28 @@ fn the_hot_rpcs_stay_within_their_allocation_budget() {
         assert!(stdout.contains(&format!("| http | {rpc} |")), "{stdout}");
     }
 }
+
+/// `skiff-perf placement` runs rounds to their end and reports both
+/// kinds; a run it cannot make is one line and a failure.
+#[test]
+fn placement_rounds_are_measured() {
+    let out = Command::new(bin("skiff-perf"))
+        .args(["placement", "--hosts", "3", "--rounds", "4"])
+        .output()
+        .expect("run skiff-perf placement");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("| a host leaves | 2 |"), "{stdout}");
+    assert!(stdout.contains("| a host joins | 2 |"), "{stdout}");
+    let bad = Command::new(bin("skiff-perf"))
+        .args(["placement", "--hosts", "1"])
+        .output()
+        .expect("run skiff-perf placement");
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+}

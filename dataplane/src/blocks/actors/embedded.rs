@@ -19,7 +19,6 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use skiff_placement::server::{PlacementService, Settings};
-use skiff_proto::placement::placement_server::PlacementServer;
 
 /// How often a sidecar that is not the leader tries the lock.
 pub const LEADER_POLL: Duration = Duration::from_millis(500);
@@ -78,10 +77,12 @@ async fn lead(home: &Path, lock: File, settings: Settings) -> std::io::Result<()
     let addr = listener.local_addr()?;
     publish_addr(&addr_path(home), &addr.to_string())?;
     tracing::info!(%addr, "this sidecar leads placement on this machine");
-    let served = tonic::transport::Server::builder()
-        .add_service(PlacementServer::new(PlacementService::new(settings)))
-        .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
-        .await;
+    let served = skiff_placement::server::serve(
+        listener,
+        PlacementService::new(settings),
+        std::future::pending(),
+    )
+    .await;
     drop(lock);
     served.map_err(std::io::Error::other)
 }

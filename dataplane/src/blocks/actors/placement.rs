@@ -79,7 +79,7 @@ impl View {
             "update" => {
                 let empty = Default::default();
                 let tables = order.tables.as_ref().unwrap_or(&empty);
-                let next = Rings::from_tables(tables, order.version);
+                let next = self.tx.borrow().rings.after(tables, order.version);
                 self.tx.send_modify(|s| {
                     let changed = s.rings.changed_types(&next);
                     s.held = Arc::new(changed.into_iter().collect());
@@ -334,19 +334,17 @@ mod tests {
     #[tokio::test]
     async fn follows_a_real_placement_service() {
         use skiff_placement::server::{PlacementService, Settings};
-        use skiff_proto::placement::placement_server::PlacementServer;
 
         let l = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
         let addr = l.local_addr().expect("addr");
         let svc = PlacementService::new(Settings::default());
-        tokio::spawn(async move {
-            let _ = tonic::transport::Server::builder()
-                .add_service(PlacementServer::new(svc))
-                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(l))
-                .await;
-        });
+        tokio::spawn(skiff_placement::server::serve(
+            l,
+            svc,
+            std::future::pending(),
+        ));
         let me = |name: &str| Report {
             name: name.into(),
             id: "app".into(),

@@ -14,6 +14,7 @@
 //! a lookup is one hash and one binary search, no lock, no allocation.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use blake2::{Blake2b512, Digest};
 use skiff_proto::placement::PlacementTables;
@@ -36,28 +37,43 @@ pub struct Ring {
     /// `(point, index into hosts)`, sorted by point, one entry per point.
     points: Vec<(u64, u32)>,
     hosts: Vec<Host>,
+    /// Each host's points, kept so the next table's rings reuse them.
+    vnodes: Vec<Arc<[u64]>>,
 }
+
+/// A host's points, by name (those of the rings in force: a round that
+/// adds one host hashes only its points, as daprd's cache does).
+type Known<'a> = HashMap<&'a str, &'a Arc<[u64]>>;
 
 impl Ring {
     /// The ring of `hosts` with `replication` points each. A host named
     /// twice counts once (its first entry), as daprd's `Add` does.
     pub fn new(hosts: impl IntoIterator<Item = Host>, replication: usize) -> Self {
+        Self::reusing(hosts, replication, &Known::new())
+    }
+
+    fn reusing(
+        hosts: impl IntoIterator<Item = Host>,
+        replication: usize,
+        known: &Known<'_>,
+    ) -> Self {
         let mut unique: Vec<Host> = Vec::new();
         for h in hosts {
             if !unique.iter().any(|u| u.name == h.name) {
                 unique.push(h);
             }
         }
+        let vnodes: Vec<Arc<[u64]>> = unique
+            .iter()
+            .map(|h| match known.get(h.name.as_str()) {
+                Some(v) if v.len() == replication => Arc::clone(v),
+                _ => host_points(&h.name, replication),
+            })
+            .collect();
         let mut points = Vec::with_capacity(unique.len() * replication);
-        let mut name = String::new();
-        for (i, h) in unique.iter().enumerate() {
+        for (i, v) in vnodes.iter().enumerate() {
             let idx = u32::try_from(i).unwrap_or(u32::MAX);
-            for v in 0..replication {
-                name.clear();
-                name.push_str(&h.name);
-                name.push_str(itoa::Buffer::new().format(v));
-                points.push((hash(&name), idx));
-            }
+            points.extend(v.iter().map(|p| (*p, idx)));
         }
         // Stable, so equal points keep the order they were added in; the
         // last one added owns a shared point, as in daprd's map (a 64-bit
@@ -73,6 +89,7 @@ impl Ring {
         Self {
             points: owned,
             hosts: unique,
+            vnodes,
         }
     }
 
@@ -107,6 +124,17 @@ impl Rings {
     /// The rings of `tables` (an UPDATE's), at `version`. Each type's hosts
     /// are its `load_map`, named by their keys as daprd names them.
     pub fn from_tables(tables: &PlacementTables, version: u64) -> Self {
+        Self::after(&Rings::default(), tables, version)
+    }
+
+    /// The same, reusing the points of hosts `self` already has.
+    pub fn after(&self, tables: &PlacementTables, version: u64) -> Self {
+        let mut known = Known::new();
+        for r in self.by_type.values() {
+            for (h, v) in r.hosts.iter().zip(&r.vnodes) {
+                known.insert(h.name.as_str(), v);
+            }
+        }
         let replication = usize::try_from(tables.replication_factor)
             .ok()
             .filter(|&r| r > 0)
@@ -119,7 +147,7 @@ impl Rings {
                     name: name.clone(),
                     app_id: h.id.clone(),
                 });
-                (ty.clone(), Ring::new(hosts, replication))
+                (ty.clone(), Ring::reusing(hosts, replication, &known))
             })
             .collect();
         Self { version, by_type }
@@ -155,6 +183,19 @@ impl Rings {
         changed.sort_unstable();
         changed
     }
+}
+
+/// Point `i` of host `name` is at `hash(name + i)`.
+fn host_points(name: &str, replication: usize) -> Arc<[u64]> {
+    let mut key = String::with_capacity(name.len() + 4);
+    (0..replication)
+        .map(|v| {
+            key.clear();
+            key.push_str(name);
+            key.push_str(itoa::Buffer::new().format(v));
+            hash(&key)
+        })
+        .collect()
 }
 
 /// daprd's ring hash: BLAKE2b-512's first 8 bytes, little-endian.
@@ -285,6 +326,23 @@ pub(crate) mod tests {
             rings.owner("User", "1").map(|h| h.app_id.as_str()),
             Some("app-b:1")
         );
+    }
+
+    #[test]
+    fn rings_after_a_table_reuse_its_hosts_points_and_agree_with_fresh_ones() {
+        let first = Rings::from_tables(&tables(&[("Cart", &["a:1", "b:1"])], 100), 1);
+        let t = tables(&[("Cart", &["a:1", "b:1", "c:1"]), ("User", &["a:1"])], 100);
+        let reused = first.after(&t, 2);
+        let fresh = Rings::from_tables(&t, 2);
+        for id in (0..500).map(|i| i.to_string()) {
+            assert_eq!(reused.owner("Cart", &id), fresh.owner("Cart", &id));
+            assert_eq!(reused.owner("User", &id), fresh.owner("User", &id));
+        }
+        let a = |r: &Rings, ty: &str| r.by_type[ty].vnodes[0].clone();
+        assert!(Arc::ptr_eq(&a(&first, "Cart"), &a(&reused, "Cart")));
+        // Another replication factor hashes afresh.
+        let denser = first.after(&tables(&[("Cart", &["a:1"])], 200), 3);
+        assert_eq!(denser.by_type["Cart"].points.len(), 200);
     }
 
     #[test]
