@@ -33,15 +33,12 @@ use tokio::net::tcp::OwnedReadHalf;
 
 use super::{
     BodyFraming, BodyWriter, End, Framing, H1Body, Handback, Http1Error, MAX_HEADERS,
-    READ_BUF_START, ReadIo, Received, header_line, keeps_alive, poll_read_buf,
+    MERGE_BODY_BYTES, READ_BUF_START, ReadIo, Received, header_line, keeps_alive, poll_read_buf,
 };
 use crate::body::OutBody;
 
 /// Idle connections kept per app; more are closed when they come back.
 pub const MAX_IDLE: usize = 256;
-/// A body up to this size is copied behind the request head so both leave
-/// in one write; larger ones are written from their own buffer.
-const MERGE_BODY_BYTES: usize = 16 << 10;
 /// Keep-alive connections to one app.
 pub struct Http1Client {
     inner: Arc<Inner>,
@@ -108,14 +105,12 @@ impl Http1Client {
             let framing = BodyFraming::of(&parts.headers, &parts.method, &body);
             // Sized once: the start line, the headers, and a small body in
             // memory that joins the head's write.
-            let merged = body
-                .size_hint()
-                .exact()
-                .filter(|&n| n <= MERGE_BODY_BYTES as u64)
-                .map_or(0, |n| n as usize);
             let pq = parts.uri.path_and_query().map_or(0, |p| p.as_str().len());
             let mut head = BytesMut::with_capacity(
-                super::head_capacity(&parts.headers) + pq + self.inner.host.len() + merged,
+                super::head_capacity(&parts.headers)
+                    + pq
+                    + self.inner.host.len()
+                    + super::merged_len(&body).unwrap_or(0),
             );
             encode_head(&parts, &self.inner.host, framing, &mut head);
             // In memory, the request can be sent again; the common small case

@@ -83,6 +83,18 @@ impl BodyFraming {
     }
 }
 
+/// A body in memory up to this size is copied behind its head so both
+/// leave in one write; larger ones are written from their own buffer.
+pub(crate) const MERGE_BODY_BYTES: usize = 16 << 10;
+
+/// The length of `body` when it is small enough to join its head's write.
+pub(crate) fn merged_len<B: Body>(body: &B) -> Option<usize> {
+    body.size_hint()
+        .exact()
+        .filter(|&n| n <= MERGE_BODY_BYTES as u64)
+        .map(|n| n as usize)
+}
+
 /// What a head with `headers` takes written, plus room for the start
 /// line and the lines this hop adds (host, framing, connection): a head
 /// buffer sized once instead of grown twice on the way.

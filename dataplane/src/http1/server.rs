@@ -44,14 +44,10 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 use super::{
     BodyFraming, BodyWriter, End, Framing, H1Body, Http1Error, MAX_HEADERS, READ_BUF_START, ReadIo,
-    Received, header_line, keeps_alive, poll_read_buf,
+    Received, header_line, keeps_alive, merged_len, poll_read_buf,
 };
 use crate::body::OutBody;
 use crate::transport::PeerInfo;
-
-/// A body up to this size is copied behind the answer's head so both leave
-/// in one write.
-const MERGE_BODY_BYTES: usize = 16 << 10;
 
 /// How served HTTP/1.1 connections behave.
 #[derive(Clone, Debug)]
@@ -456,15 +452,9 @@ async fn write_response<B: OutBody>(
     };
     // A small body in memory joins the head's write (below): room for it
     // now, so the buffer is allocated once.
-    let merged = if bodiless {
-        0
-    } else {
-        body.size_hint()
-            .exact()
-            .filter(|&n| n <= MERGE_BODY_BYTES as u64)
-            .map_or(0, |n| n as usize)
-    };
-    let mut head = BytesMut::with_capacity(super::head_capacity(&parts.headers) + merged);
+    let merged = if bodiless { None } else { merged_len(&body) };
+    let mut head =
+        BytesMut::with_capacity(super::head_capacity(&parts.headers) + merged.unwrap_or(0));
     head.extend_from_slice(b"HTTP/1.1 ");
     head.extend_from_slice(status.as_str().as_bytes());
     head.extend_from_slice(b" ");
@@ -495,11 +485,7 @@ async fn write_response<B: OutBody>(
     if !bodiless {
         // A small message in memory rides in the head's write; anything
         // else is written from its own buffers.
-        let small = body
-            .size_hint()
-            .exact()
-            .is_some_and(|n| n <= MERGE_BODY_BYTES as u64);
-        match small.then(|| body.take_in_memory()).flatten() {
+        match merged.and_then(|_| body.take_in_memory()) {
             Some(b) => head.extend_from_slice(&b),
             None => {
                 let mut writer = BodyWriter::with_head(body, framing, head);
