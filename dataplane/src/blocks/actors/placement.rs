@@ -125,28 +125,32 @@ impl View {
         actor_type: &str,
         id: &str,
         wait: Duration,
-    ) -> Result<Host, LookupError> {
+    ) -> Result<Arc<Host>, LookupError> {
         let mut rx = self.tx.subscribe();
         let deadline = tokio::time::Instant::now() + wait;
         loop {
-            {
+            let held = {
                 let s = rx.borrow_and_update();
+                let held = s.held.contains(actor_type);
                 let have_table = s.ready || s.rings.version > 0;
-                if have_table && !s.held.contains(actor_type) {
+                if have_table && !held {
                     return s
                         .rings
                         .owner(actor_type, id)
                         .cloned()
                         .ok_or_else(|| LookupError::NoAddress(format!("{actor_type}/{id}")));
                 }
-            }
-            let held = self.tx.borrow().held.contains(actor_type);
-            match tokio::time::timeout_at(deadline, rx.changed()).await {
-                Ok(Ok(())) => continue,
-                _ if held => {
-                    return Err(LookupError::NoAddress(format!("{actor_type}/{id}")));
-                }
-                _ => return Err(LookupError::NoPlacement),
+                held
+            };
+            if !matches!(
+                tokio::time::timeout_at(deadline, rx.changed()).await,
+                Ok(Ok(()))
+            ) {
+                return Err(if held {
+                    LookupError::NoAddress(format!("{actor_type}/{id}"))
+                } else {
+                    LookupError::NoPlacement
+                });
             }
         }
     }
@@ -368,7 +372,7 @@ mod tests {
             let x = a.owner("Cart", &id, WAIT).await.expect("a");
             let y = b.owner("Cart", &id, WAIT).await.expect("b");
             assert_eq!(x, y, "{id}");
-            seen.insert(x.name);
+            seen.insert(x.name.clone());
         }
         assert_eq!(seen.len(), 2, "{seen:?}");
         fa.abort();

@@ -36,7 +36,8 @@ pub struct Host {
 pub struct Ring {
     /// `(point, index into hosts)`, sorted by point, one entry per point.
     points: Vec<(u64, u32)>,
-    hosts: Vec<Host>,
+    /// Shared, so a lookup hands out its owner without copying it.
+    hosts: Vec<Arc<Host>>,
     /// Each host's points, kept so the next table's rings reuse them.
     vnodes: Vec<Arc<[u64]>>,
 }
@@ -57,10 +58,10 @@ impl Ring {
         replication: usize,
         known: &Known<'_>,
     ) -> Self {
-        let mut unique: Vec<Host> = Vec::new();
+        let mut unique: Vec<Arc<Host>> = Vec::new();
         for h in hosts {
             if !unique.iter().any(|u| u.name == h.name) {
-                unique.push(h);
+                unique.push(Arc::new(h));
             }
         }
         let vnodes: Vec<Arc<[u64]>> = unique
@@ -94,7 +95,7 @@ impl Ring {
     }
 
     /// The host that owns actor `id`, or `None` when the type has no host.
-    pub fn owner(&self, id: &str) -> Option<&Host> {
+    pub fn owner(&self, id: &str) -> Option<&Arc<Host>> {
         if self.points.is_empty() {
             return None;
         }
@@ -104,7 +105,7 @@ impl Ring {
         self.hosts.get(host as usize)
     }
 
-    pub fn hosts(&self) -> &[Host] {
+    pub fn hosts(&self) -> &[Arc<Host>] {
         &self.hosts
     }
 
@@ -154,7 +155,7 @@ impl Rings {
     }
 
     /// The host that owns actor `id` of `actor_type`.
-    pub fn owner(&self, actor_type: &str, id: &str) -> Option<&Host> {
+    pub fn owner(&self, actor_type: &str, id: &str) -> Option<&Arc<Host>> {
         self.by_type.get(actor_type)?.owner(id)
     }
 
@@ -338,7 +339,17 @@ pub(crate) mod tests {
             assert_eq!(reused.owner("Cart", &id), fresh.owner("Cart", &id));
             assert_eq!(reused.owner("User", &id), fresh.owner("User", &id));
         }
-        let a = |r: &Rings, ty: &str| r.by_type[ty].vnodes[0].clone();
+        // Host a:1's points, found by name (a table's hosts come in a map's
+        // order, not the order they were written).
+        let a = |r: &Rings, ty: &str| {
+            let ring = &r.by_type[ty];
+            let at = ring
+                .hosts
+                .iter()
+                .position(|h| h.name == "a:1")
+                .expect("a:1");
+            ring.vnodes[at].clone()
+        };
         assert!(Arc::ptr_eq(&a(&first, "Cart"), &a(&reused, "Cart")));
         // Another replication factor hashes afresh.
         let denser = first.after(&tables(&[("Cart", &["a:1"])], 200), 3);
