@@ -202,20 +202,13 @@ impl Namespace {
         let Some(m) = self.streams.remove(&stream) else {
             return out;
         };
-        let in_round = self
-            .round
-            .as_ref()
-            .is_some_and(|r| r.with.contains(&stream));
         if !m.types.is_empty() || self.in_table.contains_key(&stream) {
             // A host of the table is gone: a table that names it must not
             // be unlocked, so the round starts again now.
             self.changed = true;
-            if self.round.is_some() {
-                self.round = None;
-            }
+            self.round = None;
             self.start_round(now, &mut out);
-        } else if in_round {
-            let r = self.round.as_mut().expect("in_round");
+        } else if let Some(r) = self.round.as_mut().filter(|r| r.with.contains(&stream)) {
             r.waiting.remove(&stream);
             r.with.remove(&stream);
             self.advance_if_acked(now, &mut out);
@@ -318,14 +311,7 @@ impl Namespace {
             Stage::Lock => Stage::Update,
             Stage::Update => Stage::Unlock,
             Stage::Unlock => {
-                let done = self.round.take().expect("round");
-                self.current = done.tables;
-                for s in std::mem::take(&mut self.late) {
-                    if self.streams.contains_key(&s) && !done.with.contains(&s) {
-                        self.private_round(s, out);
-                    }
-                }
-                self.start_round(now, out);
+                self.finish_round(now, out);
                 return;
             }
         };
@@ -336,6 +322,21 @@ impl Namespace {
         for s in &r.with {
             out.push(Out::Send(*s, order(next, r.version, tables.clone())));
         }
+    }
+
+    /// The round is acked to its end: its table is current, late callers
+    /// get it, and changes gathered meanwhile start the next round.
+    fn finish_round(&mut self, now: Instant, out: &mut Vec<Out>) {
+        let Some(done) = self.round.take() else {
+            return;
+        };
+        self.current = done.tables;
+        for s in std::mem::take(&mut self.late) {
+            if self.streams.contains_key(&s) && !done.with.contains(&s) {
+                self.private_round(s, out);
+            }
+        }
+        self.start_round(now, out);
     }
 
     /// The current table to one stream, in a round of its own (its acks
